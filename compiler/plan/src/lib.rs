@@ -1,0 +1,22 @@
+//! The plan: what `envc` builds, as plain data, and the stable hashing that names every layer.
+//!
+//! This crate is shared by the compiler (which produces plans from specs) and the runtime (which
+//! realizes them). It has no dependency on the spec language or its diagnostics, so the privileged
+//! code's dependency tree stays small.
+//!
+//! A [`Plan`] is a chain of [`Layer`]s: the base first, then the spec's layers in order. Each
+//! layer's [`LayerId`] is a blake3 hash (with a versioned context string) of the canonical encoding
+//! of its [`key`](Layer::key): its parent's id and its ordered steps, with every host file a `copy`
+//! reads folded in by content. Names, spans, paths on the host and mirrors never enter a key.
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod env;
+pub mod id;
+pub mod key;
+mod model;
+
+pub use digest::{Digest, TreeDigest, TreeStats};
+pub use id::{IdParseError, LayerId};
+pub use key::Key;
+pub use model::{Base, CopyKind, Layer, Mode, Plan, Step, BASE_LAYER_NAME};

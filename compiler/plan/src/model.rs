@@ -1,0 +1,437 @@
+//! The plan's data types and how each of them contributes to a layer's key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::digest::Digest;
+use crate::env;
+use crate::id::LayerId;
+use crate::key::{Key, LAYER_ID_CONTEXT};
+
+/// The name of the first layer of every plan, the base.
+pub const BASE_LAYER_NAME: &str = "base";
+
+/// A compiled environment: the base and the spec's layers, in order, each with its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The environment's name (the spec's `name`).
+    pub name: String,
+    /// The spec this plan was compiled from, as given. Not part of any id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<PathBuf>,
+    /// The layers, base first; each layer's parent is the one before it.
+    pub layers: Vec<Layer>,
+}
+
+/// One layer of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// The layer's name in the spec (`base` for the base). Not part of the id.
+    pub name: String,
+    /// The hash of the layer's key.
+    pub id: LayerId,
+    /// The previous layer's id; `None` for the base.
+    pub parent: Option<LayerId>,
+    /// The steps, in order. The base layer has exactly one step, [`Step::Base`].
+    pub steps: Vec<Step>,
+}
+
+/// Where a root starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Base {
+    /// A Debian (or derivative) root built by mmdebstrap.
+    Debian {
+        /// The suite or codename, e.g. `bookworm`.
+        suite: String,
+        /// The mmdebstrap variant, e.g. `minbase`.
+        variant: String,
+        /// The dpkg architecture, resolved at compile time.
+        arch: String,
+        /// Archive components, sorted.
+        components: Vec<String>,
+        /// Extra packages installed with the base, sorted.
+        include: Vec<String>,
+        /// The mirror; `None` means the host's apt sources. Not part of the id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mirror: Option<String>,
+    },
+    /// A root filesystem tarball, identified by its content.
+    Tar {
+        /// The tarball on the host. Not part of the id.
+        path: PathBuf,
+        /// blake3 of the tarball's bytes.
+        digest: Digest,
+    },
+    /// An empty root.
+    Scratch,
+}
+
+/// Whether a `copy` source is a file or a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyKind {
+    /// A regular file.
+    File,
+    /// A directory, copied recursively.
+    Directory,
+}
+
+/// Unix permission bits (at most `0o7777`), shown as 4 octal digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mode(pub u32);
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mode({self})")
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match u32::from_str_radix(&s, 8) {
+            Ok(m) if m <= 0o7777 => Ok(Mode(m)),
+            _ => Err(serde::de::Error::custom(format!("`{s}` is not an octal mode"))),
+        }
+    }
+}
+
+/// One step of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Step {
+    /// Create the base root (only in the first layer).
+    Base {
+        /// What the base is.
+        base: Base,
+    },
+    /// Install packages with the distribution's package manager.
+    Packages {
+        /// `NAME` or `NAME=VERSION`, sorted and without duplicates.
+        packages: Vec<String>,
+    },
+    /// Run a shell command inside the root.
+    Run {
+        /// The command, given to `/bin/sh -c`.
+        command: String,
+        /// Whether the step gets the host's network.
+        network: bool,
+        /// The user to run as; `None` means root.
+        #[serde(default)]
+        user: Option<String>,
+    },
+    /// Copy a host file or directory into the root.
+    Copy {
+        /// The source on the host (absolute). Not part of the id: its content is.
+        source: PathBuf,
+        /// The absolute destination inside the root.
+        dest: String,
+        /// File or directory.
+        kind: CopyKind,
+        /// Permission bits to set on what is copied; `None` keeps the source's.
+        #[serde(default)]
+        mode: Option<Mode>,
+        /// `USER[:GROUP]` to own what is copied; `None` means root.
+        #[serde(default)]
+        owner: Option<String>,
+        /// The digest of the source tree ([`crate::digest::tree`]).
+        digest: Digest,
+    },
+    /// Set environment variables for later steps and for users of the root (values expanded).
+    Env {
+        /// The variables.
+        vars: BTreeMap<String, String>,
+    },
+    /// Set the working directory of later steps and of users of the root.
+    Workdir {
+        /// An absolute path inside the root.
+        path: String,
+    },
+}
+
+impl Base {
+    /// The canonical key of the base.
+    pub fn key(&self) -> Key {
+        match self {
+            Base::Debian { suite, variant, arch, components, include, mirror: _ } => Key::record(
+                "debian",
+                vec![
+                    ("suite", Key::str(suite)),
+                    ("variant", Key::str(variant)),
+                    ("arch", Key::str(arch)),
+                    ("components", Key::strs(components)),
+                    ("include", Key::strs(include)),
+                ],
+            ),
+            Base::Tar { path: _, digest } => Key::record("tar", vec![("content", Key::Digest(digest.0))]),
+            Base::Scratch => Key::record("scratch", vec![]),
+        }
+    }
+}
+
+impl Step {
+    /// The canonical key of the step.
+    pub fn key(&self) -> Key {
+        match self {
+            Step::Base { base } => base.key(),
+            Step::Packages { packages } => Key::record("packages", vec![("packages", Key::strs(packages))]),
+            Step::Run { command, network, user } => Key::record(
+                "run",
+                vec![
+                    ("command", Key::str(command)),
+                    ("network", Key::Bool(*network)),
+                    ("user", Key::opt_str(user.as_deref())),
+                ],
+            ),
+            Step::Copy { source: _, dest, kind: _, mode, owner, digest } => Key::record(
+                "copy",
+                vec![
+                    ("dest", Key::str(dest)),
+                    ("mode", mode.map_or(Key::None, |m| Key::U64(u64::from(m.0)))),
+                    ("owner", Key::opt_str(owner.as_deref())),
+                    ("content", Key::Digest(digest.0)),
+                ],
+            ),
+            Step::Env { vars } => Key::record(
+                "env",
+                vec![("vars", Key::Map(vars.iter().map(|(k, v)| (k.clone(), Key::str(v))).collect()))],
+            ),
+            Step::Workdir { path } => Key::record("workdir", vec![("path", Key::str(path))]),
+        }
+    }
+
+    /// A one-line summary for progress output and `envc plan`.
+    pub fn summary(&self) -> String {
+        match self {
+            Step::Base { base: Base::Debian { suite, variant, arch, .. } } => {
+                format!("debian {suite} {variant} {arch}")
+            }
+            Step::Base { base: Base::Tar { path, .. } } => format!("tar {}", path.display()),
+            Step::Base { base: Base::Scratch } => "scratch".to_owned(),
+            Step::Packages { packages } => format!("packages {}", packages.join(" ")),
+            Step::Run { command, .. } => format!("run {command}"),
+            Step::Copy { source, dest, .. } => format!("copy {} {dest}", source.display()),
+            Step::Env { vars } => {
+                let parts: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("env {}", parts.join(" "))
+            }
+            Step::Workdir { path } => format!("workdir {path}"),
+        }
+    }
+}
+
+impl Layer {
+    /// The canonical key: for the base, the base's definition; for any other layer, its parent's id
+    /// and its ordered steps. The layer's name is not part of it.
+    pub fn key(&self) -> Key {
+        Self::key_of(self.parent, &self.steps)
+    }
+
+    fn key_of(parent: Option<LayerId>, steps: &[Step]) -> Key {
+        match (parent, steps) {
+            (None, [Step::Base { base }]) => Key::record("base-layer", vec![("base", base.key())]),
+            (parent, steps) => Key::record(
+                "layer",
+                vec![
+                    ("parent", parent.map_or(Key::None, |p| Key::Digest(p.0))),
+                    ("steps", Key::List(steps.iter().map(Step::key).collect())),
+                ],
+            ),
+        }
+    }
+
+    /// Computes the id of a layer with this parent and these steps.
+    pub fn compute_id(parent: Option<LayerId>, steps: &[Step]) -> LayerId {
+        LayerId(Self::key_of(parent, steps).hash(LAYER_ID_CONTEXT))
+    }
+
+    /// Whether this layer is the base.
+    pub fn is_base(&self) -> bool {
+        self.parent.is_none()
+    }
+}
+
+/// A plan whose stored ids do not match its content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The plan has no layers.
+    #[error("the plan has no layers")]
+    Empty,
+    /// A layer's parent is not the previous layer.
+    #[error("layer `{layer}` does not have the previous layer as its parent")]
+    BrokenChain {
+        /// The layer's name.
+        layer: String,
+    },
+    /// A layer's id is not the hash of its key.
+    #[error("layer `{layer}` has id {stored} but its content hashes to {computed}")]
+    WrongId {
+        /// The layer's name.
+        layer: String,
+        /// The id in the plan.
+        stored: LayerId,
+        /// The id of its content.
+        computed: LayerId,
+    },
+}
+
+impl Plan {
+    /// Builds a plan from a base and named layers, computing every id.
+    pub fn new(name: impl Into<String>, base: Base, layers: Vec<(String, Vec<Step>)>) -> Plan {
+        let base_steps = vec![Step::Base { base }];
+        let base_id = Layer::compute_id(None, &base_steps);
+        let mut out = vec![Layer { name: BASE_LAYER_NAME.to_owned(), id: base_id, parent: None, steps: base_steps }];
+        for (name, steps) in layers {
+            let parent = out.last().map(|l| l.id);
+            let id = Layer::compute_id(parent, &steps);
+            out.push(Layer { name, id, parent, steps });
+        }
+        Plan { name: name.into(), spec: None, layers: out }
+    }
+
+    /// Checks that the layers form a chain and that every id is the hash of its layer's key.
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        let mut parent = None;
+        if self.layers.is_empty() {
+            return Err(VerifyError::Empty);
+        }
+        for layer in &self.layers {
+            if layer.parent != parent {
+                return Err(VerifyError::BrokenChain { layer: layer.name.clone() });
+            }
+            let computed = Layer::compute_id(layer.parent, &layer.steps);
+            if computed != layer.id {
+                return Err(VerifyError::WrongId { layer: layer.name.clone(), stored: layer.id, computed });
+            }
+            parent = Some(layer.id);
+        }
+        Ok(())
+    }
+
+    /// The base's definition.
+    pub fn base(&self) -> Option<&Base> {
+        match self.layers.first()?.steps.first()? {
+            Step::Base { base } => Some(base),
+            _ => None,
+        }
+    }
+
+    /// The environment and working directory in effect before step `step` of layer `layer`
+    /// (pass `usize::MAX` as `step` for after the whole layer).
+    pub fn context_at(&self, layer: usize, step: usize) -> (BTreeMap<String, String>, Option<String>) {
+        let mut vars = env::defaults();
+        let mut workdir = None;
+        for (li, l) in self.layers.iter().enumerate().take(layer + 1) {
+            for (si, s) in l.steps.iter().enumerate() {
+                if li == layer && si >= step {
+                    break;
+                }
+                match s {
+                    Step::Env { vars: v } => vars.extend(v.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                    Step::Workdir { path } => workdir = Some(path.clone()),
+                    _ => {}
+                }
+            }
+        }
+        (vars, workdir)
+    }
+
+    /// The environment and working directory users of the finished root get.
+    pub fn final_context(&self) -> (BTreeMap<String, String>, Option<String>) {
+        self.context_at(self.layers.len().saturating_sub(1), usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Plan {
+        Plan::new(
+            "t",
+            Base::Scratch,
+            vec![
+                ("a".into(), vec![Step::Run { command: "true".into(), network: false, user: None }]),
+                ("b".into(), vec![Step::Workdir { path: "/w".into() }]),
+            ],
+        )
+    }
+
+    #[test]
+    fn chain_and_verify() {
+        let plan = sample();
+        assert_eq!(plan.layers.len(), 3);
+        assert_eq!(plan.layers[1].parent, Some(plan.layers[0].id));
+        plan.verify().unwrap();
+        let mut bad = plan.clone();
+        bad.layers[1].steps = vec![Step::Run { command: "false".into(), network: false, user: None }];
+        assert!(matches!(bad.verify(), Err(VerifyError::WrongId { .. })));
+    }
+
+    #[test]
+    fn names_are_not_in_ids() {
+        let a = sample();
+        let mut b = sample();
+        b.layers[1].name = "renamed".into();
+        b.verify().unwrap();
+        assert_eq!(a.layers[1].id, b.layers[1].id);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut plan = sample();
+        plan.layers.push(Layer {
+            name: "c".into(),
+            id: plan.layers[2].id,
+            parent: Some(plan.layers[2].id),
+            steps: vec![Step::Copy {
+                source: "/x".into(),
+                dest: "/y".into(),
+                kind: CopyKind::File,
+                mode: Some(Mode(0o644)),
+                owner: None,
+                digest: Digest([1; 32]),
+            }],
+        });
+        let text = serde_json::to_string(&plan).unwrap();
+        assert!(text.contains("\"mode\":\"0644\""), "{text}");
+        let back: Plan = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn context_tracks_env_and_workdir() {
+        let plan = Plan::new(
+            "t",
+            Base::Scratch,
+            vec![(
+                "a".into(),
+                vec![
+                    Step::Env { vars: [("A".to_owned(), "1".to_owned())].into() },
+                    Step::Workdir { path: "/w".into() },
+                ],
+            )],
+        );
+        let (vars, wd) = plan.context_at(1, 1);
+        assert_eq!(vars.get("A").map(String::as_str), Some("1"));
+        assert_eq!(wd, None);
+        let (_, wd) = plan.final_context();
+        assert_eq!(wd.as_deref(), Some("/w"));
+    }
+}
