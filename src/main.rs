@@ -1,1 +1,130 @@
-fn main(){}
+//! The `envc` binary: wires the compiler (and later the runtime) to the command line and owns all
+//! rendering of diagnostics and progress.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use envc_compiler::{Compiled, SpecError};
+use miette::{GraphicalReportHandler, GraphicalTheme};
+
+use crate::cli::{Cli, Color, Command};
+
+/// Documented exit codes.
+mod exit {
+    /// The command did what was asked.
+    pub const SUCCESS: u8 = 0;
+    /// An operation failed (I/O, build step, store).
+    pub const FAILURE: u8 = 1;
+    /// The command line was wrong.
+    pub const USAGE: u8 = 2;
+    /// A spec is invalid.
+    pub const INVALID_SPEC: u8 = 3;
+}
+
+struct Ui {
+    handler: GraphicalReportHandler,
+}
+
+impl Ui {
+    fn new(color: Color) -> Ui {
+        let colored = match color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        };
+        let theme = if colored { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
+        Ui { handler: GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false) }
+    }
+
+    fn report(&self, diag: &dyn miette::Diagnostic) {
+        let mut out = String::new();
+        if self.handler.render_report(&mut out, diag).is_err() {
+            out = format!("error: {diag}\n");
+        }
+        let _ = writeln!(std::io::stderr().lock(), "{out}");
+    }
+
+    fn spec_errors(&self, spec: &Path, errors: &[SpecError]) {
+        for e in errors {
+            self.report(e);
+        }
+        let n = errors.len();
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "error: {} is invalid: {n} error{}",
+            spec.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+}
+
+fn compile(ui: &Ui, spec: &Path) -> Result<Compiled, u8> {
+    envc_compiler::compile(spec).map_err(|errors| {
+        ui.spec_errors(spec, &errors);
+        exit::INVALID_SPEC
+    })
+}
+
+fn print_plan(compiled: &Compiled, json: bool) -> Result<(), u8> {
+    let plan = &compiled.plan;
+    let mut out = std::io::stdout().lock();
+    let text = if json {
+        let mut s = serde_json::to_string_pretty(plan).map_err(|_| exit::FAILURE)?;
+        s.push('\n');
+        s
+    } else {
+        let mut s = format!("{} ({} layers)\n", plan.name, plan.layers.len());
+        let width = plan.layers.iter().map(|l| l.name.len()).max().unwrap_or(4);
+        for layer in &plan.layers {
+            for (i, step) in layer.steps.iter().enumerate() {
+                if i == 0 {
+                    s.push_str(&format!("  {:width$}  {}  {}\n", layer.name, layer.id.short(16), step.summary()));
+                } else {
+                    s.push_str(&format!("  {:width$}  {:16}  {}\n", "", "", step.summary()));
+                }
+            }
+        }
+        s
+    };
+    out.write_all(text.as_bytes()).map_err(|_| exit::FAILURE)
+}
+
+fn run(cli: Cli) -> u8 {
+    let ui = Ui::new(cli.color);
+    let result = match cli.command {
+        Command::Check { specs } => {
+            let mut worst = exit::SUCCESS;
+            for spec in &specs {
+                match compile(&ui, spec) {
+                    Ok(c) => {
+                        println!("{}: ok ({} layers, {})", spec.display(), c.plan.layers.len(), c.plan.name);
+                    }
+                    Err(code) => worst = worst.max(code),
+                }
+            }
+            if worst == exit::SUCCESS { Ok(()) } else { Err(worst) }
+        }
+        Command::Plan { spec, json } => compile(&ui, &spec).and_then(|c| print_plan(&c, json)),
+    };
+    match result {
+        Ok(()) => exit::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::SUCCESS });
+        }
+    };
+    ExitCode::from(run(cli))
+}

@@ -1,1 +1,69 @@
+//! The envc compiler: KDL spec text -> spanned syntax tree -> checked, hashed layer plan.
+//!
+//! Stages: `kdl` parses; [`decode`] turns the document into a spanned [`ast`] and checks the shape
+//! of every node; [`resolve`] follows `extends`, checks what values mean, reads every host file the
+//! environment depends on and lowers to an [`envc_plan::Plan`]. Every stage collects all errors it
+//! finds; [`compile`] returns them together, each a [`SpecError`] with a stable code and a span.
+//! Spans never reach the plan: [`Compiled`] keeps a side table from plan steps to spec locations,
+//! for errors that happen later (a failing build step points back at its line).
+#![forbid(unsafe_code)]
 
+pub mod ast;
+pub mod decode;
+mod error;
+pub mod resolve;
+mod suggest;
+
+use std::path::Path;
+
+pub use envc_plan as plan;
+pub use error::{Src, SpecError};
+use miette::SourceSpan;
+pub use resolve::host_arch;
+
+/// Where a plan step was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Index into [`Compiled::sources`].
+    pub file: usize,
+    /// The span of the step's node.
+    pub span: SourceSpan,
+}
+
+/// A compiled spec: the plan and where each of its steps came from.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The plan.
+    pub plan: envc_plan::Plan,
+    /// Every spec file read, the base-most first and the compiled spec last.
+    pub sources: Vec<Src>,
+    /// For each layer of the plan, for each of its steps, where it was written.
+    pub locations: Vec<Vec<Location>>,
+}
+
+impl Compiled {
+    /// The source and span of step `step` of layer `layer`.
+    pub fn step_location(&self, layer: usize, step: usize) -> Option<(&Src, SourceSpan)> {
+        let loc = self.locations.get(layer)?.get(step)?;
+        Some((self.sources.get(loc.file)?, loc.span))
+    }
+
+    /// `file:line:col` of step `step` of layer `layer`.
+    pub fn step_position(&self, layer: usize, step: usize) -> Option<String> {
+        let (src, span) = self.step_location(layer, step)?;
+        let (line, col) = resolve::line_col(src.inner(), span.offset());
+        Some(format!("{}:{line}:{col}", src.name()))
+    }
+}
+
+/// Compiles the spec at `path` (and every spec it extends). Relative paths in a spec are resolved
+/// against that spec's directory.
+pub fn compile(path: &Path) -> Result<Compiled, Vec<SpecError>> {
+    resolve::compile(path, resolve::RootText::Read)
+}
+
+/// Compiles spec text as if it were the file at `path` (which need not exist; specs it extends and
+/// files it copies are read relative to `path`'s directory).
+pub fn compile_source(path: &Path, text: impl Into<String>) -> Result<Compiled, Vec<SpecError>> {
+    resolve::compile(path, resolve::RootText::Given(text.into()))
+}

@@ -166,8 +166,13 @@ fn special_kind(ft: &fs::FileType) -> &'static str {
     }
 }
 
+/// `top/rel`, or `top` itself for the empty relative path (joining "" would add a trailing `/`).
+fn join_rel(top: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() { top.to_owned() } else { top.join(rel) }
+}
+
 fn walk(top: &Path, rel: PathBuf, meta: fs::Metadata, out: &mut Vec<Entry>) -> Result<(), DigestError> {
-    let path = top.join(&rel);
+    let path = join_rel(top, &rel);
     let ft = meta.file_type();
     let mode = meta.permissions().mode() & 0o7777;
     if ft.is_file() {
@@ -205,7 +210,7 @@ pub fn tree(path: &Path) -> Result<TreeDigest, DigestError> {
     let contents: Vec<Option<Digest>> = entries
         .par_iter()
         .map(|e| match e.kind {
-            EntryKind::File { len } => file_with_len(&path.join(&e.rel), len).map(Some),
+            EntryKind::File { len } => file_with_len(&join_rel(path, &e.rel), len).map(Some),
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
@@ -261,6 +266,8 @@ mod tests {
         let f = dir.join("a");
         fs::write(&f, b"hello").unwrap();
         assert_eq!(file(&f).unwrap().0, *blake3::hash(b"hello").as_bytes());
+        let t = tree(&f).unwrap();
+        assert_eq!(t.stats, TreeStats { files: 1, dirs: 0, symlinks: 0, bytes: 5 });
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -1,0 +1,450 @@
+//! Every way a spec can be wrong, each with a stable code, a label on the exact span and help.
+
+use std::sync::Arc;
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+/// A spec file's text with the name it is shown under.
+pub type Src = NamedSource<Arc<String>>;
+
+/// One mistake in a spec.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum SpecError {
+    /// The spec file (or a file it extends) cannot be read.
+    #[error("cannot read spec `{path}`: {reason}")]
+    #[diagnostic(code(envc::spec::unreadable), help("check that the path exists and is a readable KDL file"))]
+    Unreadable { path: String, reason: String },
+
+    /// The text is not valid KDL v2.
+    #[error("{message}")]
+    #[diagnostic(code(envc::spec::syntax))]
+    Syntax {
+        #[source_code]
+        src: Src,
+        #[label("{label}")]
+        span: SourceSpan,
+        message: String,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// A node envc does not know.
+    #[error("unknown node `{name}` {place}")]
+    #[diagnostic(code(envc::spec::unknown_node))]
+    UnknownNode {
+        #[source_code]
+        src: Src,
+        #[label("not a known node")]
+        span: SourceSpan,
+        name: String,
+        place: &'static str,
+        #[help]
+        help: String,
+    },
+
+    /// A property a node does not take.
+    #[error("`{node}` has no property `{name}`")]
+    #[diagnostic(code(envc::spec::unknown_property))]
+    UnknownProperty {
+        #[source_code]
+        src: Src,
+        #[label("unknown property")]
+        span: SourceSpan,
+        node: String,
+        name: String,
+        #[help]
+        help: String,
+    },
+
+    /// The same property given twice on one node.
+    #[error("property `{name}` is given twice")]
+    #[diagnostic(code(envc::spec::duplicate_property), help("remove one of them"))]
+    DuplicateProperty {
+        #[source_code]
+        src: Src,
+        #[label("given again here")]
+        span: SourceSpan,
+        #[label("first given here")]
+        first: SourceSpan,
+        name: String,
+    },
+
+    /// A required argument is missing.
+    #[error("`{node}` needs {what}")]
+    #[diagnostic(code(envc::spec::missing_argument))]
+    MissingArgument {
+        #[source_code]
+        src: Src,
+        #[label("missing {what}")]
+        span: SourceSpan,
+        node: String,
+        what: String,
+        #[help]
+        help: String,
+    },
+
+    /// More arguments than the node takes.
+    #[error("`{node}` takes {expected}")]
+    #[diagnostic(code(envc::spec::too_many_arguments), help("remove the extra argument"))]
+    TooManyArguments {
+        #[source_code]
+        src: Src,
+        #[label("unexpected argument")]
+        span: SourceSpan,
+        node: String,
+        expected: String,
+    },
+
+    /// A value of the wrong type.
+    #[error("expected {expected}, found {found}")]
+    #[diagnostic(code(envc::spec::wrong_type))]
+    WrongType {
+        #[source_code]
+        src: Src,
+        #[label("this is {found}")]
+        span: SourceSpan,
+        expected: String,
+        found: &'static str,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// A block on a node that takes none.
+    #[error("`{node}` does not take a block")]
+    #[diagnostic(code(envc::spec::unexpected_block), help("only `layer` nodes have a `{{ ... }}` block"))]
+    UnexpectedBlock {
+        #[source_code]
+        src: Src,
+        #[label("unexpected block")]
+        span: SourceSpan,
+        node: String,
+    },
+
+    /// The spec has no `name`.
+    #[error("the spec has no `name`")]
+    #[diagnostic(code(envc::spec::missing_name), help("add a line such as `name \"rust-ci\"` at the top of the spec"))]
+    MissingName {
+        #[source_code]
+        src: Src,
+        #[label("expected `name` in this spec")]
+        span: SourceSpan,
+    },
+
+    /// A node that may appear once appears again.
+    #[error("`{node}` is given more than once")]
+    #[diagnostic(code(envc::spec::duplicate_node), help("keep exactly one `{node}`"))]
+    DuplicateNode {
+        #[source_code]
+        src: Src,
+        #[label("given again here")]
+        span: SourceSpan,
+        #[label("first given here")]
+        first: SourceSpan,
+        node: String,
+    },
+
+    /// Neither the spec nor anything it extends has a `base`.
+    #[error("the spec has no `base`")]
+    #[diagnostic(
+        code(envc::spec::missing_base),
+        help("add one of `base \"debian\" suite=\"bookworm\"`, `base \"tar\" \"rootfs.tar.gz\"` or `base \"scratch\"`, or `extends` a spec that has one")
+    )]
+    MissingBase {
+        #[source_code]
+        src: Src,
+        #[label("expected `base` in this spec")]
+        span: SourceSpan,
+    },
+
+    /// More than one base along the spec and what it extends.
+    #[error("the environment has more than one `base`")]
+    #[diagnostic(code(envc::spec::multiple_bases))]
+    MultipleBases {
+        #[source_code]
+        src: Src,
+        #[label("another base")]
+        span: SourceSpan,
+        #[label("first base")]
+        first: Option<SourceSpan>,
+        #[help]
+        help: String,
+    },
+
+    /// An environment or layer name that is not a short identifier.
+    #[error("invalid {what} `{value}`")]
+    #[diagnostic(
+        code(envc::spec::invalid_name),
+        help("use 1 to 64 characters from a-z, A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit")
+    )]
+    InvalidName {
+        #[source_code]
+        src: Src,
+        #[label("not a valid {what}")]
+        span: SourceSpan,
+        what: &'static str,
+        value: String,
+    },
+
+    /// A layer named like the base layer.
+    #[error("the layer name `base` is reserved for the base layer")]
+    #[diagnostic(code(envc::spec::reserved_layer_name), help("choose another name for this layer"))]
+    ReservedLayerName {
+        #[source_code]
+        src: Src,
+        #[label("reserved name")]
+        span: SourceSpan,
+    },
+
+    /// Two layers with the same name.
+    #[error("there is already a layer named `{name}`")]
+    #[diagnostic(code(envc::spec::duplicate_layer))]
+    DuplicateLayer {
+        #[source_code]
+        src: Src,
+        #[label("second layer named `{name}`")]
+        span: SourceSpan,
+        #[label("first defined here")]
+        first: Option<SourceSpan>,
+        name: String,
+        #[help]
+        help: String,
+    },
+
+    /// A layer without steps.
+    #[error("layer `{name}` has no steps")]
+    #[diagnostic(
+        code(envc::spec::empty_layer),
+        help("give the layer at least one of `packages`, `run`, `copy`, `env` or `workdir`, or remove it")
+    )]
+    EmptyLayer {
+        #[source_code]
+        src: Src,
+        #[label("this layer is empty")]
+        span: SourceSpan,
+        name: String,
+    },
+
+    /// A base kind envc does not know.
+    #[error("unknown base `{kind}`")]
+    #[diagnostic(code(envc::spec::unknown_base))]
+    UnknownBase {
+        #[source_code]
+        src: Src,
+        #[label("not a known base")]
+        span: SourceSpan,
+        kind: String,
+        #[help]
+        help: String,
+    },
+
+    /// A required property is missing.
+    #[error("`{node}` needs the property `{name}`")]
+    #[diagnostic(code(envc::spec::missing_property))]
+    MissingProperty {
+        #[source_code]
+        src: Src,
+        #[label("missing `{name}=...`")]
+        span: SourceSpan,
+        node: String,
+        name: String,
+        #[help]
+        help: String,
+    },
+
+    /// A value outside what a property or argument accepts.
+    #[error("invalid {what} `{value}`")]
+    #[diagnostic(code(envc::spec::invalid_value))]
+    InvalidValue {
+        #[source_code]
+        src: Src,
+        #[label("{reason}")]
+        span: SourceSpan,
+        what: String,
+        value: String,
+        reason: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// A package name that apt would not accept.
+    #[error("invalid package `{package}`")]
+    #[diagnostic(
+        code(envc::spec::invalid_package),
+        help("write `NAME` or `NAME=VERSION`, e.g. `hello` or `hello=2.10-3`; names use a-z, 0-9, `+`, `-` and `.`")
+    )]
+    InvalidPackage {
+        #[source_code]
+        src: Src,
+        #[label("{reason}")]
+        span: SourceSpan,
+        package: String,
+        reason: String,
+    },
+
+    /// A package listed twice in one step.
+    #[error("package `{package}` is listed twice")]
+    #[diagnostic(code(envc::spec::duplicate_package), help("list each package once per `packages` step"))]
+    DuplicatePackage {
+        #[source_code]
+        src: Src,
+        #[label("listed again here")]
+        span: SourceSpan,
+        #[label("first listed here")]
+        first: SourceSpan,
+        package: String,
+    },
+
+    /// A copy source that does not exist.
+    #[error("copy source `{path}` does not exist")]
+    #[diagnostic(code(envc::spec::copy_source_missing))]
+    CopySourceMissing {
+        #[source_code]
+        src: Src,
+        #[label("no such file or directory")]
+        span: SourceSpan,
+        path: String,
+        #[help]
+        help: String,
+    },
+
+    /// A copy source outside the spec's directory.
+    #[error("copy source `{path}` {reason}")]
+    #[diagnostic(
+        code(envc::spec::copy_source_escapes),
+        help("copy sources are relative to the spec's directory and must stay inside it, so that the spec's directory holds everything that defines the environment")
+    )]
+    CopySourceEscapes {
+        #[source_code]
+        src: Src,
+        #[label("outside the spec's directory")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+    },
+
+    /// A copy source that cannot be read or copied.
+    #[error("cannot copy `{path}`: {reason}")]
+    #[diagnostic(code(envc::spec::copy_source_unreadable), help("copy sources must be readable regular files, directories and symbolic links"))]
+    CopySourceUnreadable {
+        #[source_code]
+        src: Src,
+        #[label("cannot be copied")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+    },
+
+    /// A relative destination inside the root.
+    #[error("destination `{path}` is not absolute")]
+    #[diagnostic(code(envc::spec::relative_destination))]
+    RelativeDestination {
+        #[source_code]
+        src: Src,
+        #[label("relative path")]
+        span: SourceSpan,
+        path: String,
+        #[help]
+        help: String,
+    },
+
+    /// A path inside the root that is not usable.
+    #[error("invalid path `{path}`")]
+    #[diagnostic(code(envc::spec::invalid_path))]
+    InvalidPath {
+        #[source_code]
+        src: Src,
+        #[label("{reason}")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// A mode that is not octal permission bits.
+    #[error("invalid mode `{value}`")]
+    #[diagnostic(code(envc::spec::invalid_mode), help("write the mode as an octal string of permission bits, e.g. mode=\"0644\" or mode=\"0755\""))]
+    InvalidMode {
+        #[source_code]
+        src: Src,
+        #[label("{reason}")]
+        span: SourceSpan,
+        value: String,
+        reason: String,
+    },
+
+    /// An owner or user that is not a user name or number.
+    #[error("invalid {what} `{value}`")]
+    #[diagnostic(code(envc::spec::invalid_user))]
+    InvalidUser {
+        #[source_code]
+        src: Src,
+        #[label("not a valid {what}")]
+        span: SourceSpan,
+        what: &'static str,
+        value: String,
+        #[help]
+        help: String,
+    },
+
+    /// An environment variable name that is not valid.
+    #[error("invalid environment variable name `{name}`")]
+    #[diagnostic(code(envc::spec::invalid_env_name), help("names use A-Z, a-z, 0-9 and `_`, and do not start with a digit"))]
+    InvalidEnvName {
+        #[source_code]
+        src: Src,
+        #[label("invalid name")]
+        span: SourceSpan,
+        name: String,
+    },
+
+    /// A `$VAR` in an `env` value that cannot be expanded.
+    #[error("cannot expand `{value}`: {reason}")]
+    #[diagnostic(code(envc::spec::bad_expansion))]
+    BadExpansion {
+        #[source_code]
+        src: Src,
+        #[label("{reason}")]
+        span: SourceSpan,
+        value: String,
+        reason: String,
+        #[help]
+        help: String,
+    },
+
+    /// An `extends` target that cannot be read.
+    #[error("cannot extend `{path}`: {reason}")]
+    #[diagnostic(code(envc::spec::extends_missing), help("`extends` takes a path relative to this spec's directory"))]
+    ExtendsMissing {
+        #[source_code]
+        src: Src,
+        #[label("cannot be read")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+    },
+
+    /// Specs that extend each other in a loop.
+    #[error("`extends` forms a cycle: {chain}")]
+    #[diagnostic(code(envc::spec::extends_cycle), help("a spec cannot extend itself, directly or through other specs"))]
+    ExtendsCycle {
+        #[source_code]
+        src: Src,
+        #[label("this closes the cycle")]
+        span: SourceSpan,
+        chain: String,
+    },
+
+    /// A tar base whose file cannot be read.
+    #[error("cannot read base tarball `{path}`: {reason}")]
+    #[diagnostic(code(envc::spec::base_file_unreadable), help("the path is relative to the spec's directory, or absolute"))]
+    BaseFileUnreadable {
+        #[source_code]
+        src: Src,
+        #[label("cannot be read")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+    },
+}
