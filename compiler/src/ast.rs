@@ -29,6 +29,10 @@ pub struct SpecFile {
     pub extends: Option<Spanned<String>>,
     /// `layer ... { }`, in order.
     pub layers: Vec<LayerDecl>,
+    /// Whether a `name` node was written (even one that failed to decode).
+    pub wrote_name: bool,
+    /// Whether a `base` node was written (even one that failed to decode).
+    pub wrote_base: bool,
 }
 
 /// A `base` node.

@@ -198,6 +198,7 @@ impl Decoder<'_> {
             let node_name = node.name().value();
             match node_name {
                 "name" => {
+                    spec.wrote_name = true;
                     let r = self.reader(node, false);
                     self.finish(&r, &[], 1, "exactly one argument, the environment's name");
                     let value = self.string_arg(&r, 0, "the environment's name", "name \"rust-ci\"");
@@ -230,6 +231,7 @@ impl Decoder<'_> {
                     }
                 }
                 "base" => {
+                    spec.wrote_base = true;
                     let decl = self.base(node);
                     match (&spec.base, decl) {
                         (Some(first), Some(_)) => self.errors.push(SpecError::MultipleBases {

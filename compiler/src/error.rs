@@ -336,7 +336,7 @@ pub enum SpecError {
     },
 
     /// A relative destination inside the root.
-    #[error("destination `{path}` is not absolute")]
+    #[error("`{path}` is not an absolute path")]
     #[diagnostic(code(envc::spec::relative_destination))]
     RelativeDestination {
         #[source_code]

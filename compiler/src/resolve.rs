@@ -273,7 +273,9 @@ impl Lower<'_> {
                 None
             }
             None => {
-                self.errors.push(SpecError::MissingName { src: top.src.clone(), span: (0, 0).into() });
+                if !top.ast.wrote_name {
+                    self.errors.push(SpecError::MissingName { src: top.src.clone(), span: (0, 0).into() });
+                }
                 None
             }
         };
@@ -300,7 +302,9 @@ impl Lower<'_> {
             Some((fi, decl)) => self.base(&files[fi], decl).map(|b| (b, Location { file: fi, span: decl.span })),
             None => {
                 let f = &files[0];
-                self.errors.push(SpecError::MissingBase { src: f.src.clone(), span: (0, 0).into() });
+                if !files.iter().any(|f| f.ast.wrote_base) {
+                    self.errors.push(SpecError::MissingBase { src: f.src.clone(), span: (0, 0).into() });
+                }
                 None
             }
         };
@@ -490,7 +494,36 @@ impl Lower<'_> {
         }
     }
 
-    fn path_in_root(&mut self, f: &File, p: &Spanned<String>, what: &str) -> Option<String> {
+    /// Expands `$VAR` in a value against the environment so far, reporting what cannot be expanded.
+    fn expand(&mut self, f: &File, value: &Spanned<String>, vars: &BTreeMap<String, String>) -> Option<String> {
+        match env::expand(&value.value, vars) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let help = match &e {
+                    env::ExpandError::Undefined { name } => {
+                        let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+                        match suggest::closest(name, &known) {
+                            Some(c) if c != name => format!("did you mean `${c}`? Variables come from envc's defaults and earlier `env` steps; write `$$` for a literal `$`"),
+                            _ => "variables come from envc's defaults (PATH, HOME, LANG, DEBIAN_FRONTEND) and earlier `env` steps; write `$$` for a literal `$`".into(),
+                        }
+                    }
+                    _ => "write `$NAME` or `${NAME}`; write `$$` for a literal `$`".into(),
+                };
+                self.errors.push(SpecError::BadExpansion {
+                    src: f.src.clone(),
+                    span: value.span,
+                    value: value.value.clone(),
+                    reason: e.to_string(),
+                    help,
+                });
+                None
+            }
+        }
+    }
+
+    fn path_in_root(&mut self, f: &File, p: &Spanned<String>, what: &str, vars: &BTreeMap<String, String>) -> Option<String> {
+        let expanded = self.expand(f, p, vars)?;
+        let p = &Spanned::new(expanded, p.span);
         if !p.value.starts_with('/') {
             self.errors.push(SpecError::RelativeDestination {
                 src: f.src.clone(),
@@ -570,13 +603,14 @@ impl Lower<'_> {
             }
             StepKind::Copy { source, dest, mode, owner } => {
                 let resolved = self.copy_source(f, source);
-                let mut dest_path = self.path_in_root(f, dest, "the destination");
+                let mut dest_path = self.path_in_root(f, dest, "the destination", vars);
                 let owner = match owner {
                     Some(o) => Some(self.user(f, o, "owner", true)),
                     None => None,
                 };
                 let (path, kind, tree) = resolved?;
                 if kind == CopyKind::File
+                    && dest_path.is_some()
                     && dest.value.ends_with('/')
                     && let (Some(d), Some(name)) = (&mut dest_path, path.file_name())
                 {
@@ -606,36 +640,17 @@ impl Lower<'_> {
                         self.errors.push(SpecError::InvalidEnvName { src: f.src.clone(), span: key.span, name: key.value.clone() });
                         continue;
                     }
-                    match env::expand(&value.value, vars) {
-                        Ok(v) => {
+                    match self.expand(f, value, vars) {
+                        Some(v) => {
                             out.insert(key.value.clone(), v);
                         }
-                        Err(e) => {
-                            ok = false;
-                            let help = match &e {
-                                env::ExpandError::Undefined { name } => {
-                                    let known: Vec<&str> = vars.keys().map(String::as_str).collect();
-                                    match suggest::closest(name, &known) {
-                                        Some(c) if c != name => format!("did you mean `${c}`? Variables come from envc's defaults and earlier `env` steps; write `$$` for a literal `$`"),
-                                        _ => "variables come from envc's defaults (PATH, HOME, LANG, DEBIAN_FRONTEND) and earlier `env` steps; write `$$` for a literal `$`".into(),
-                                    }
-                                }
-                                _ => "write `$NAME` or `${NAME}`; write `$$` for a literal `$`".into(),
-                            };
-                            self.errors.push(SpecError::BadExpansion {
-                                src: f.src.clone(),
-                                span: value.span,
-                                value: value.value.clone(),
-                                reason: e.to_string(),
-                                help,
-                            });
-                        }
+                        None => ok = false,
                     }
                 }
                 vars.extend(out.iter().map(|(k, v)| (k.clone(), v.clone())));
                 (ok && !out.is_empty()).then_some(Step::Env { vars: out })
             }
-            StepKind::Workdir(path) => Some(Step::Workdir { path: self.path_in_root(f, path, "the working directory")? }),
+            StepKind::Workdir(path) => Some(Step::Workdir { path: self.path_in_root(f, path, "the working directory", vars)? }),
         }
     }
 

@@ -1,0 +1,2 @@
+# envc team defaults
+export EDITOR=vi
