@@ -79,7 +79,8 @@ fn print_plan(compiled: &Compiled, json: bool) -> Result<(), u8> {
         s.push('\n');
         s
     } else {
-        let mut s = format!("{} ({} layers)\n", plan.name, plan.layers.len());
+        let n = plan.layers.len();
+        let mut s = format!("{} ({n} layer{})\n", plan.name, if n == 1 { "" } else { "s" });
         let width = plan.layers.iter().map(|l| l.name.len()).max().unwrap_or(4);
         for layer in &plan.layers {
             for (i, step) in layer.steps.iter().enumerate() {
@@ -103,7 +104,8 @@ fn run(cli: Cli) -> u8 {
             for spec in &specs {
                 match compile(&ui, spec) {
                     Ok(c) => {
-                        println!("{}: ok ({} layers, {})", spec.display(), c.plan.layers.len(), c.plan.name);
+                        let n = c.plan.layers.len();
+                        println!("{}: ok ({n} layer{}, {})", spec.display(), if n == 1 { "" } else { "s" }, c.plan.name);
                     }
                     Err(code) => worst = worst.max(code),
                 }

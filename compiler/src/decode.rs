@@ -448,7 +448,7 @@ impl Decoder<'_> {
                             src: self.src(),
                             span,
                             value: repr,
-                            reason: "a decimal number, not octal".into(),
+                            reason: "not written in octal".into(),
                         });
                         return None;
                     }

@@ -77,21 +77,25 @@ fn display(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Lexically normalizes a relative path: drops `.` and folds `dir/..`.
-fn normalize_lexically(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
+/// Lexically normalizes a path: drops `.` and folds `dir/..`; a `..` with nothing left to fold
+/// stays (so a result starting with `..` leaves its starting directory).
+pub(crate) fn normalize_lexically(path: &Path) -> PathBuf {
+    let mut parts: Vec<Component<'_>> = Vec::new();
     for c in path.components() {
         match c {
             Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() || out.as_os_str().is_empty() && path.is_relative() && !out.has_root() {
-                    out.push("..");
+            Component::ParentDir => match parts.last() {
+                Some(Component::Normal(_)) => {
+                    parts.pop();
                 }
-            }
-            other => out.push(other),
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => parts.push(c),
+            },
+            other => parts.push(other),
         }
     }
-    out
+    let out: PathBuf = parts.iter().collect();
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
 }
 
 fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
@@ -157,7 +161,8 @@ fn load_chain(root: &Path, root_text: RootText, errors: &mut Vec<SpecError>) -> 
         let src: Src = NamedSource::new(display(&path), text.clone()).with_language("kdl");
         let ast = match parse_file(&src, &text, errors) {
             Some(doc) => decode::decode(&doc, &src, errors),
-            None => SpecFile::default(),
+            // What a file that does not parse declares is unknown: report nothing missing.
+            None => SpecFile { wrote_name: true, wrote_base: true, ..SpecFile::default() },
         };
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -302,7 +307,9 @@ impl Lower<'_> {
             Some((fi, decl)) => self.base(&files[fi], decl).map(|b| (b, Location { file: fi, span: decl.span })),
             None => {
                 let f = &files[0];
-                if !files.iter().any(|f| f.ast.wrote_base) {
+                // A base-most file that still extends something means the chain was cut short by
+                // an error already reported.
+                if !files.iter().any(|f| f.ast.wrote_base) && f.ast.extends.is_none() {
                     self.errors.push(SpecError::MissingBase { src: f.src.clone(), span: (0, 0).into() });
                 }
                 None
@@ -718,5 +725,37 @@ impl Lower<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalization() {
+        let n = |p: &str| normalize_lexically(Path::new(p)).to_string_lossy().into_owned();
+        assert_eq!(n("files/../files/a.txt"), "files/a.txt");
+        assert_eq!(n("files/sub/../a.txt"), "files/a.txt");
+        assert_eq!(n("../common.kdl"), "../common.kdl");
+        assert_eq!(n("sub/../../x"), "../x");
+        assert_eq!(n("sub/../../../x"), "../../x");
+        assert_eq!(n("./a/./b"), "a/b");
+        assert_eq!(n("a/.."), ".");
+        assert_eq!(n("/a/../../b"), "/b");
+        assert_eq!(n("sub/child/../../common.kdl"), "common.kdl");
+    }
+
+    #[test]
+    fn packages() {
+        assert_eq!(check_package("hello"), Ok("hello"));
+        assert_eq!(check_package("hello=2.10-3"), Ok("hello"));
+        assert_eq!(check_package("libc6:i386"), Ok("libc6:i386"));
+        assert_eq!(check_package("g++"), Ok("g++"));
+        assert!(check_package("Hello").is_err());
+        assert!(check_package("a").is_err());
+        assert!(check_package("hello=").is_err());
+        assert!(check_package("hello=abc").is_err());
+        assert!(check_package("hello:").is_err());
     }
 }

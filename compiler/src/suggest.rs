@@ -21,7 +21,7 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
     candidates
         .iter()
-        .map(|c| (distance(&word.to_ascii_lowercase(), c), *c))
+        .map(|c| (distance(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()), *c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -54,6 +54,7 @@ mod tests {
         assert_eq!(closest("pakages", &["packages", "run"]), Some("packages"));
         assert_eq!(closest("xyz", &["packages", "run"]), None);
         assert_eq!(closest("RUN", &["packages", "run"]), Some("run"));
+        assert_eq!(closest("HOMEE", &["HOME", "PATH"]), Some("HOME"));
         assert_eq!(help("zzz", &["a", "b"], "nodes"), "known nodes: `a`, `b`");
     }
 }
