@@ -39,7 +39,10 @@ impl Ui {
         };
         let theme = if colored { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
         let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
-        Ui { handler: GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false) }
+        Ui { handler: GraphicalReportHandler::new_themed(theme)
+            .with_width(width)
+            .with_links(false)
+            .with_word_separator(textwrap::WordSeparator::AsciiSpace) }
     }
 
     fn report(&self, diag: &dyn miette::Diagnostic) {

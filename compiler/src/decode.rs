@@ -80,11 +80,21 @@ impl Decoder<'_> {
         if !takes_block && let Some(children) = node.children() {
             self.errors.push(SpecError::UnexpectedBlock {
                 src: self.src(),
-                span: children.span(),
+                span: self.brace_span(children.span()),
                 node: node.name().value().to_owned(),
             });
         }
         Reader { node, name: node.name().value(), args, props }
+    }
+
+    /// The span from the `{` before a children block's content to the `}` after it.
+    fn brace_span(&self, inner: SourceSpan) -> SourceSpan {
+        let text = self.src.inner().as_str();
+        let start = inner.offset().min(text.len());
+        let end = (inner.offset() + inner.len()).min(text.len());
+        let open = text.get(..start).and_then(|t| t.rfind('{')).unwrap_or(start);
+        let close = text.get(end..).and_then(|t| t.find('}')).map_or(end, |i| end + i + 1);
+        (open, close - open).into()
     }
 
     /// Reports properties not in `allowed` and arguments past `max_args`.

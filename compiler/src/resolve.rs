@@ -63,6 +63,7 @@ pub(crate) fn compile(path: &Path, root_text: RootText) -> Result<Compiled, Vec<
     }
     let mut cx = Lower { files: &chain, errors: &mut errors };
     let lowered = cx.lower();
+    sort_errors(&chain, &mut errors);
     match lowered {
         Some((plan, locations)) if errors.is_empty() => {
             let mut plan = plan;
@@ -71,6 +72,26 @@ pub(crate) fn compile(path: &Path, root_text: RootText) -> Result<Compiled, Vec<
         }
         _ => Err(errors),
     }
+}
+
+/// Orders errors as a reader meets them: by file (the compiled spec first, then what it extends),
+/// then by position. The sort is stable, so errors at one position keep their stage order.
+fn sort_errors(chain: &[File], errors: &mut [SpecError]) {
+    use miette::Diagnostic;
+    let key = |e: &SpecError| -> (usize, usize) {
+        let Some(span) = e.labels().and_then(|mut l| l.next()).map(|l| *l.inner()) else {
+            return (0, 0);
+        };
+        let name = e
+            .source_code()
+            .and_then(|s| s.read_span(&span, 0, 0).ok())
+            .and_then(|c| c.name().map(str::to_owned));
+        let rank = name
+            .and_then(|n| chain.iter().rev().position(|f| f.src.name() == n))
+            .unwrap_or(usize::MAX);
+        (rank, span.offset())
+    };
+    errors.sort_by_key(|e| key(e));
 }
 
 fn display(path: &Path) -> String {
@@ -103,12 +124,21 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
         Ok(doc) => Some(doc),
         Err(err) => {
             for d in err.diagnostics {
+                let start = d.span.offset();
+                let spanned = text.get(start..start + d.span.len()).unwrap_or("");
+                let word: String = text.get(start..).unwrap_or("").chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+                let help = match (spanned, word.as_str()) {
+                    (_, w @ ("true" | "false" | "null")) => {
+                        Some(format!("KDL v2 writes booleans and null with a `#`: `#{w}`; to mean the text, quote it: \"{w}\""))
+                    }
+                    _ => d.help,
+                };
                 errors.push(SpecError::Syntax {
                     src: src.clone(),
                     span: d.span,
                     message: d.message.unwrap_or_else(|| "invalid KDL".into()),
                     label: d.label.unwrap_or_else(|| "here".into()),
-                    help: d.help,
+                    help,
                 });
             }
             None
@@ -296,8 +326,7 @@ impl Lower<'_> {
                     span: decl.span,
                     first: None,
                     help: format!(
-                        "this spec extends `{}`, which already has a base at {}; remove this one",
-                        files[fi].src.name(),
+                        "a spec this one extends already has a base, at {}; remove one of them",
                         at(&files[fi], first.span)
                     ),
                 }),
@@ -343,8 +372,7 @@ impl Lower<'_> {
                             "layer names are unique within an environment; rename one of them".into()
                         } else {
                             format!(
-                                "the first is in `{}` at {}, which this spec extends; layer names are unique within an environment",
-                                files[ffi].src.name(),
+                                "the first is at {}, in a spec this one extends; layer names are unique within an environment",
                                 at(&files[ffi], fspan)
                             )
                         },
@@ -536,7 +564,10 @@ impl Lower<'_> {
                 src: f.src.clone(),
                 span: p.span,
                 path: p.value.clone(),
-                help: format!("{what} is a path inside the root and must start with `/`, e.g. `/{}`", p.value.trim_start_matches("./")),
+                help: match normalize_in_root(&format!("/{}", p.value)) {
+                    Ok(abs) if !p.value.starts_with("..") => format!("{what} is a path inside the root and must start with `/`, e.g. `{abs}`"),
+                    _ => format!("{what} is a path inside the root and must start with `/`"),
+                },
             });
             return None;
         }
