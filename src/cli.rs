@@ -14,6 +14,15 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
 
+    /// The store: sealed layers, metadata and working roots.
+    #[arg(long, global = true, env = "ENVC_STORE", default_value = "/var/lib/envc", value_name = "DIR")]
+    pub store: PathBuf,
+
+    /// The backend of a new store (an existing store keeps its own): overlay, or btrfs.
+    /// Default: btrfs when the store is on btrfs, overlay otherwise.
+    #[arg(long, global = true, env = "ENVC_BACKEND", value_name = "KIND")]
+    pub backend: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,6 +52,56 @@ pub enum Command {
         #[arg(value_name = "SPEC")]
         spec: PathBuf,
         /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the layers that are not stored, reuse the rest, and print the path of the
+    /// environment's working root (a writable snapshot of the last layer).
+    Apply {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Discard the working root's changes: a fresh snapshot of the last layer.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Run a command in a fresh throwaway snapshot of the environment (or in its working root
+    /// with --keep); envc exits with the command's status.
+    Run {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Run in the working root, keeping what the command changes.
+        #[arg(long)]
+        keep: bool,
+        /// Give the command no network (only loopback).
+        #[arg(long)]
+        no_network: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// An interactive shell in a fresh throwaway snapshot (or in the working root with --keep).
+    Shell {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Use the working root, keeping what the shell changes.
+        #[arg(long)]
+        keep: bool,
+        /// Give the shell no network (only loopback).
+        #[arg(long)]
+        no_network: bool,
+    },
+    /// Drop an environment's working root.
+    Rm {
+        /// The environment's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// The store as a tree of layers (shared prefixes visible), with sizes and last use.
+    Ls {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },

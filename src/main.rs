@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod ops;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -15,7 +16,7 @@ use miette::{GraphicalReportHandler, GraphicalTheme};
 use crate::cli::{Cli, Color, Command};
 
 /// Documented exit codes.
-mod exit {
+pub(crate) mod exit {
     /// The command did what was asked.
     pub const SUCCESS: u8 = 0;
     /// An operation failed (I/O, build step, store).
@@ -26,7 +27,7 @@ mod exit {
     pub const INVALID_SPEC: u8 = 3;
 }
 
-struct Ui {
+pub(crate) struct Ui {
     handler: GraphicalReportHandler,
 }
 
@@ -45,7 +46,11 @@ impl Ui {
             .with_word_separator(textwrap::WordSeparator::AsciiSpace) }
     }
 
-    fn report(&self, diag: &dyn miette::Diagnostic) {
+    pub(crate) fn error(&self, msg: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "error: {msg}");
+    }
+
+    pub(crate) fn report(&self, diag: &dyn miette::Diagnostic) {
         let mut out = String::new();
         if self.handler.render_report(&mut out, diag).is_err() {
             out = format!("error: {diag}\n");
@@ -116,6 +121,29 @@ fn run(cli: Cli) -> u8 {
             if worst == exit::SUCCESS { Ok(()) } else { Err(worst) }
         }
         Command::Plan { spec, json } => compile(&ui, &spec).and_then(|c| print_plan(&c, json)),
+        Command::Apply { spec, reset } => compile(&ui, &spec).and_then(|c| {
+            let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
+            ops::apply(&ui, &rt, &c, reset)
+        }),
+        Command::Run { spec, keep, no_network, command } => {
+            return match compile(&ui, &spec).and_then(|c| {
+                let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
+                ops::run(&ui, &rt, &c, command, keep, !no_network)
+            }) {
+                Ok(code) | Err(code) => code,
+            };
+        }
+        Command::Shell { spec, keep, no_network } => {
+            return match compile(&ui, &spec).and_then(|c| {
+                let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
+                let shell = vec!["/bin/sh".to_owned(), "-c".to_owned(), "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi".to_owned()];
+                ops::run(&ui, &rt, &c, shell, keep, !no_network)
+            }) {
+                Ok(code) | Err(code) => code,
+            };
+        }
+        Command::Rm { name } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::rm(&ui, &rt, &name)),
+        Command::Ls { json } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::ls(&ui, &rt, json)),
     };
     match result {
         Ok(()) => exit::SUCCESS,
@@ -124,6 +152,13 @@ fn run(cli: Cli) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // The sandbox helper: envc re-executes itself to get a fresh single-threaded process for
+    // namespace and mount work.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == envc_runtime::sandbox::HELPER_ARG) {
+        let code = envc_runtime::sandbox::helper_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -12,3 +12,11 @@ pub mod sandbox;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tools;
+pub mod backend;
+pub mod store;
+pub mod apply;
+pub mod aptsrc;
+
+pub use apply::{Applied, ApplyError, Event, Runtime};
+pub use backend::BackendKind;
+pub use store::Store;

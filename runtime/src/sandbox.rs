@@ -108,9 +108,8 @@ pub struct Spec {
     pub action: Action,
 }
 
-/// Runs `spec` in a sandbox by starting `helper` (the envc binary) and waiting for it. The
-/// sandbox's stdout and stderr go to `stdout`/`stderr` (or are inherited).
-pub fn run(helper: &Path, spec: &Spec, stdio: Stdio3) -> io::Result<ExitStatus> {
+/// Starts the sandbox helper (`helper`, the envc binary) for `spec`.
+pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> io::Result<std::process::Child> {
     let json = serde_json::to_string(spec).map_err(io::Error::other)?;
     let mut cmd = Command::new(helper);
     cmd.arg(HELPER_ARG).arg(json).env_clear();
@@ -121,7 +120,14 @@ pub fn run(helper: &Path, spec: &Spec, stdio: Stdio3) -> io::Result<ExitStatus> 
             cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         }
     }
-    cmd.status()
+    let child = cmd.spawn();
+    drop(cmd);
+    child
+}
+
+/// Runs `spec` with the caller's stdin, stdout and stderr and waits for it.
+pub fn run_interactive(helper: &Path, spec: &Spec) -> io::Result<ExitStatus> {
+    spawn(helper, spec, Stdio3::Inherit)?.wait()
 }
 
 /// Where the sandbox's standard streams go.
@@ -233,6 +239,10 @@ fn init(spec: &Spec) -> Result<i32, String> {
             }
             for (name, content) in &spec.tmp_files {
                 let tmp = ctx(open_in_root(&root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY), || "open /tmp".into())?;
+                if let Some(dir) = name.strip_suffix('/') {
+                    ctx(mkdirat(&tmp, dir, Mode::from_bits_truncate(0o755)), || format!("create /tmp/{dir}"))?;
+                    continue;
+                }
                 let fd = ctx(
                     nix::fcntl::openat(&tmp, name.as_str(), OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644)),
                     || format!("create /tmp/{name}"),

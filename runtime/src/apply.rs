@@ -1,0 +1,513 @@
+//! The main job: realize a plan. Layers whose id is stored are reused; the others are built in
+//! order, each under its own lock, in a staging area that is published only when every step
+//! succeeded. Then the environment gets its working root.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use envc_plan::{Base, Layer, LayerId, Plan, Step};
+
+use crate::aptsrc;
+use crate::backend::{Backend, BackendError, Build};
+use crate::sandbox::{self, Action, Bind, RootSource, Spec, Stdio3};
+use crate::store::{self, Meta, RootRecord, Store, StoreError};
+use crate::tools::{self, Tool, ToolError};
+
+/// What the runtime reports while it works; the binary turns these into lines or bars.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Leftovers of interrupted builds were removed.
+    Cleaned {
+        /// How many staging areas.
+        count: usize,
+    },
+    /// A layer is in the store.
+    Cached {
+        /// Its index in the plan.
+        index: usize,
+        /// The layer.
+        layer: &'a Layer,
+    },
+    /// Another envc is building this layer; waiting for it.
+    Waiting {
+        /// Its index in the plan.
+        index: usize,
+        /// The layer.
+        layer: &'a Layer,
+    },
+    /// A layer build starts.
+    Building {
+        /// Its index in the plan.
+        index: usize,
+        /// The layer.
+        layer: &'a Layer,
+    },
+    /// A step starts.
+    Step {
+        /// The layer's index.
+        index: usize,
+        /// The step's index in the layer.
+        step: usize,
+        /// A one-line summary.
+        summary: String,
+    },
+    /// A line of build output.
+    Output {
+        /// The layer's name.
+        layer: &'a str,
+        /// The line.
+        line: String,
+    },
+    /// A layer was built and sealed.
+    Built {
+        /// Its index in the plan.
+        index: usize,
+        /// The layer.
+        layer: &'a Layer,
+        /// Seconds it took.
+        secs: f64,
+    },
+}
+
+/// A failed apply, naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A step failed: the layer was not sealed.
+    #[error("step {} of layer `{layer}` failed: {reason}", step + 1)]
+    StepFailed {
+        /// The layer's index in the plan.
+        index: usize,
+        /// The layer's name.
+        layer: String,
+        /// The step's index in the layer.
+        step: usize,
+        /// What happened ("exit status 2", ...).
+        reason: String,
+        /// The command's exit status, when it ran.
+        status: Option<i32>,
+        /// The last lines of output.
+        tail: Vec<String>,
+        /// The full log.
+        log: PathBuf,
+    },
+    /// A store operation failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A backend operation failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Starting or talking to the sandbox failed.
+    #[error("cannot {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The outcome of an apply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The working root.
+    pub root: PathBuf,
+    /// Layers built.
+    pub built: usize,
+    /// Layers reused.
+    pub cached: usize,
+    /// Whether the working root was (re)created.
+    pub fresh_root: bool,
+}
+
+/// The runtime: a store and the helper binary that runs sandboxes.
+pub struct Runtime {
+    /// The store.
+    pub store: Store,
+    /// The envc binary, re-executed as the sandbox helper.
+    pub helper: PathBuf,
+}
+
+type Sink<'s, 'p> = &'s mut dyn FnMut(Event<'p>);
+
+impl Runtime {
+    fn backend(&self) -> &dyn Backend {
+        self.store.backend()
+    }
+
+    /// Builds every layer of `plan` that is not stored.
+    pub fn realize<'p>(&self, plan: &'p Plan, sink: Sink<'_, 'p>) -> Result<(usize, usize), ApplyError> {
+        let cleaned = self.store.clean_staging()?;
+        if cleaned > 0 {
+            sink(Event::Cleaned { count: cleaned });
+        }
+        let (mut built, mut cached) = (0, 0);
+        for (index, layer) in plan.layers.iter().enumerate() {
+            if self.store.is_sealed(&layer.id) {
+                cached += 1;
+                sink(Event::Cached { index, layer });
+                continue;
+            }
+            let _lock = match self.store.try_lock_layer(&layer.id)? {
+                Some(l) => l,
+                None => {
+                    sink(Event::Waiting { index, layer });
+                    self.store.lock_layer(&layer.id)?
+                }
+            };
+            if self.store.is_sealed(&layer.id) {
+                cached += 1;
+                sink(Event::Cached { index, layer });
+                continue;
+            }
+            self.backend().discard(&layer.id)?;
+            sink(Event::Building { index, layer });
+            let started = Instant::now();
+            self.build(plan, index, sink)?;
+            built += 1;
+            sink(Event::Built { index, layer, secs: started.elapsed().as_secs_f64() });
+        }
+        Ok((built, cached))
+    }
+
+    /// Realizes `plan` and gives it its working root.
+    pub fn apply<'p>(&self, plan: &'p Plan, reset: bool, sink: Sink<'_, 'p>) -> Result<Applied, ApplyError> {
+        let (built, cached) = self.realize(plan, sink)?;
+        let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
+        let _lock = self.store.lock_root(&plan.name)?;
+        let rec = self.store.read_root(&plan.name);
+        let fresh = reset || rec.as_ref().is_none_or(|r| r.chain != chain) || !self.backend().root_ready(&plan.name);
+        let root = if fresh {
+            let path = self.backend().create_root(&plan.name, &chain)?;
+            self.store.write_root(&RootRecord {
+                name: plan.name.clone(),
+                spec: plan.spec.as_ref().map(|p| p.display().to_string()),
+                chain: chain.clone(),
+                created: store::now(),
+            })?;
+            self.touch(&chain);
+            path
+        } else {
+            self.backend().root_path(&plan.name)
+        };
+        Ok(Applied { root, built, cached, fresh_root: fresh })
+    }
+
+    /// Marks layers as used now.
+    fn touch(&self, chain: &[LayerId]) {
+        let now = store::now();
+        for id in chain {
+            if let Some(mut m) = self.store.read_meta(id) {
+                m.last_used = now;
+                let _ = self.store.write_meta(&m);
+            }
+        }
+    }
+
+    /// Runs `argv` in a throwaway snapshot of the plan's last layer (or in its working root with
+    /// `keep`), with the plan's environment and working directory, on the caller's terminal.
+    /// Returns the command's exit status.
+    pub fn run<'p>(&self, plan: &'p Plan, argv: Vec<String>, keep: bool, network: bool, sink: Sink<'_, 'p>) -> Result<i32, ApplyError> {
+        let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
+        let (vars, workdir) = plan.final_context();
+        let action = Action::Exec { argv, env: vars.into_iter().collect(), cwd: workdir.unwrap_or_else(|| "/".into()), user: None, deny_services: false };
+        if keep {
+            let applied = self.apply(plan, false, sink)?;
+            let spec = Spec { source: RootSource::Dir, mountpoint: applied.root, network, binds: vec![], tmp_files: vec![], action };
+            return self.interactive(&spec);
+        }
+        self.realize(plan, sink)?;
+        let scratch = self.backend().scratch_root(&chain)?;
+        let spec = Spec { source: scratch.source.clone(), mountpoint: scratch.mountpoint.clone(), network, binds: vec![], tmp_files: vec![], action };
+        let result = self.interactive(&spec);
+        self.backend().drop_scratch(scratch)?;
+        result
+    }
+
+    fn interactive(&self, spec: &Spec) -> Result<i32, ApplyError> {
+        let status = sandbox::run_interactive(&self.helper, spec).map_err(|source| ApplyError::Io { op: format!("start the sandbox helper {}", self.helper.display()), source })?;
+        Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    }
+
+    /// Removes a working root.
+    pub fn remove_root(&self, name: &str) -> Result<bool, ApplyError> {
+        let _lock = self.store.lock_root(name)?;
+        let existed = self.store.read_root(name).is_some();
+        self.backend().drop_root(name)?;
+        self.store.remove_root_record(name)?;
+        Ok(existed)
+    }
+
+    fn build<'p>(&self, plan: &'p Plan, index: usize, sink: Sink<'_, 'p>) -> Result<(), ApplyError> {
+        let layer = &plan.layers[index];
+        let chain: Vec<LayerId> = plan.layers[..index].iter().map(|l| l.id).collect();
+        let started = Instant::now();
+        let build = self.backend().begin(layer.id, &chain)?;
+        let log_path = self.store.path().join("staging").join(format!("{}.log", layer.id));
+        let mut log = File::create(&log_path).map_err(store::io_err("create build log", &log_path))?;
+        let mut result = Ok(());
+        for (si, step) in layer.steps.iter().enumerate() {
+            sink(Event::Step { index, step: si, summary: step.summary() });
+            let _ = writeln!(log, "# step {}: {}", si + 1, step.summary());
+            result = self.step(plan, index, si, &build, &mut log, sink);
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(log);
+        let failed_log = self.store.path().join("logs").join(format!("{}.failed.log", layer.id));
+        if let Err(e) = result {
+            let _ = fs::rename(&log_path, &failed_log);
+            let e = match e {
+                ApplyError::StepFailed { index, layer, step, reason, status, tail, .. } => ApplyError::StepFailed { index, layer, step, reason, status, tail, log: failed_log },
+                other => other,
+            };
+            if let Err(rollback) = self.backend().discard(&layer.id) {
+                return Err(ApplyError::Io { op: format!("roll back the failed build of layer `{}` ({e})", layer.name), source: io::Error::other(rollback.to_string()) });
+            }
+            return Err(e);
+        }
+        let size = self.backend().seal(build)?;
+        let now = store::now();
+        self.store.write_meta(&Meta {
+            id: layer.id,
+            parent: layer.parent,
+            key: layer.key().to_json(),
+            name: layer.name.clone(),
+            env: plan.name.clone(),
+            spec: plan.spec.as_ref().map(|p| p.display().to_string()),
+            size,
+            created: now,
+            last_used: now,
+            build_secs: started.elapsed().as_secs_f64(),
+        })?;
+        let final_log = self.store.log_path(&layer.id);
+        let _ = fs::rename(&log_path, &final_log);
+        let _ = fs::remove_file(&failed_log);
+        Ok(())
+    }
+
+    fn step<'p>(&self, plan: &'p Plan, index: usize, si: usize, build: &Build, log: &mut File, sink: Sink<'_, 'p>) -> Result<(), ApplyError> {
+        let layer = &plan.layers[index];
+        let fail = |reason: String, status: Option<i32>, tail: Vec<String>| ApplyError::StepFailed {
+            index,
+            layer: layer.name.clone(),
+            step: si,
+            reason,
+            status,
+            tail,
+            log: PathBuf::new(),
+        };
+        let (vars, workdir) = plan.context_at(index, si);
+        let env: Vec<(String, String)> = vars.into_iter().collect();
+        let cwd = workdir.unwrap_or_else(|| "/".into());
+        let spec = match &layer.steps[si] {
+            Step::Base { base } => {
+                let mut tail = Vec::new();
+                let mut on_line = |line: &str| {
+                    let _ = writeln!(log, "{line}");
+                    tools::push_tail(&mut tail, line);
+                    sink(Event::Output { layer: &layer.name, line: line.to_owned() });
+                };
+                return match self.make_base(base, &build.mountpoint, &mut on_line) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let tail = match e {
+                            ToolError::Failed { tail: t, .. } if tail.is_empty() => t,
+                            _ => tail,
+                        };
+                        Err(fail(reason, None, tail))
+                    }
+                };
+            }
+            Step::Env { .. } | Step::Workdir { .. } => return Ok(()),
+            Step::Run { command, network, user } => Spec {
+                source: build.source.clone(),
+                mountpoint: build.mountpoint.clone(),
+                network: *network,
+                binds: vec![],
+                tmp_files: vec![],
+                action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), command.clone()], env, cwd, user: user.clone(), deny_services: false },
+            },
+            Step::Copy { source, dest, mode, owner, .. } => Spec {
+                source: build.source.clone(),
+                mountpoint: build.mountpoint.clone(),
+                network: false,
+                binds: vec![],
+                tmp_files: vec![],
+                action: Action::Copy { source: source.clone(), dest: dest.clone(), mode: mode.map(|m| m.0), owner: owner.clone() },
+            },
+            Step::Packages { packages } => {
+                let (script, tmp_files, lists_key) = apt_script(plan.base(), packages);
+                let debs = self.store.cache_dir("debs")?;
+                let lists = self.store.cache_dir(&format!("apt-lists/{lists_key}"))?;
+                for d in [debs.join("partial"), lists.join("partial")] {
+                    fs::create_dir_all(&d).map_err(store::io_err("create", &d))?;
+                }
+                let _debs_lock = self.store.lock_cache("debs")?;
+                let _lists_lock = self.store.lock_cache(&format!("lists-{lists_key}"))?;
+                let spec = Spec {
+                    source: build.source.clone(),
+                    mountpoint: build.mountpoint.clone(),
+                    network: true,
+                    binds: vec![
+                        Bind { host: debs, target: "/var/cache/apt/archives".into(), readonly: false },
+                        Bind { host: lists, target: "/var/lib/apt/lists".into(), readonly: false },
+                    ],
+                    tmp_files,
+                    action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), script], env, cwd: "/".into(), user: None, deny_services: true },
+                };
+                return self.sandboxed(&spec, &layer.name, log, sink).and_then(|(code, tail)| {
+                    if code == 0 { Ok(()) } else { Err(fail(exit_reason(code), Some(code), tail)) }
+                });
+            }
+        };
+        let (code, tail) = self.sandboxed(&spec, &layer.name, log, sink)?;
+        if code == 0 { Ok(()) } else { Err(fail(exit_reason(code), Some(code), tail)) }
+    }
+
+    /// Runs a sandbox, streaming its output to the sink and the log; returns status and tail.
+    fn sandboxed<'p>(&self, spec: &Spec, layer: &'p str, log: &mut File, sink: Sink<'_, 'p>) -> Result<(i32, Vec<String>), ApplyError> {
+        let io_err = |op: &str| {
+            let op = op.to_owned();
+            move |source| ApplyError::Io { op, source }
+        };
+        let (reader, writer) = io::pipe().map_err(io_err("create a pipe"))?;
+        let mut child = sandbox::spawn(&self.helper, spec, Stdio3::Pipe(writer)).map_err(io_err(&format!("start the sandbox helper {}", self.helper.display())))?;
+        let mut tail = Vec::new();
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf);
+                    let line = text.trim_end_matches(['\n', '\r']);
+                    let _ = writeln!(log, "{line}");
+                    tools::push_tail(&mut tail, line);
+                    sink(Event::Output { layer, line: line.to_owned() });
+                }
+            }
+        }
+        let status = child.wait().map_err(io_err("wait for the sandbox"))?;
+        let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+        Ok((code, tail))
+    }
+
+    fn make_base(&self, base: &Base, dir: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
+        match base {
+            Base::Scratch => Ok(()),
+            Base::Tar { path, .. } => Tool::new("tar")?
+                .arg("--extract")
+                .arg("--file")
+                .arg(path)
+                .arg("--directory")
+                .arg(dir)
+                .args(["--preserve-permissions", "--same-owner", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
+                .stream(on_line),
+            Base::Debian { suite, variant, arch, components, include, mirror } => {
+                let sources_file;
+                let mut t = Tool::new("mmdebstrap")?
+                    .arg(format!("--variant={variant}"))
+                    .arg(format!("--architectures={arch}"))
+                    .arg(format!("--components={}", components.join(",")))
+                    .arg("--mode=root")
+                    .arg("--aptopt=Acquire::Retries \"3\"")
+                    .arg("--dpkgopt=force-unsafe-io");
+                if !include.is_empty() {
+                    t = t.arg(format!("--include={}", include.join(",")));
+                }
+                t = t.arg(suite).arg(dir);
+                match mirror {
+                    Some(m) => t = t.arg(m),
+                    None => {
+                        let text = aptsrc::sources_for(&aptsrc::host_entries(), suite, components).ok_or_else(|| ToolError::NotFound {
+                            program: "a Debian mirror in the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d); give the base a mirror=".into(),
+                        })?;
+                        sources_file = self.store.path().join("tmp").join(format!("sources-{}.list", std::process::id()));
+                        fs::write(&sources_file, text).map_err(|source| ToolError::Spawn { program: sources_file.clone(), source })?;
+                        t = t.arg(&sources_file);
+                    }
+                }
+                let r = t.stream(on_line);
+                if mirror.is_none() {
+                    let _ = fs::remove_file(self.store.path().join("tmp").join(format!("sources-{}.list", std::process::id())));
+                }
+                r?;
+                // Nothing of the host may stay in a layer: mmdebstrap copies its resolver config and
+                // hostname in.
+                for f in ["etc/resolv.conf", "etc/hostname"] {
+                    let p = dir.join(f);
+                    if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                        let _ = fs::remove_file(&p);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn exit_reason(code: i32) -> String {
+    match code {
+        sandbox::SETUP_FAILED => "the sandbox could not be set up".into(),
+        c if c > 128 => format!("killed by signal {}", c - 128),
+        c => format!("exit status {c}"),
+    }
+}
+
+/// The shell script of a `packages` step, the files it needs in /tmp, and the key of its apt lists
+/// cache.
+fn apt_script(base: Option<&Base>, packages: &[String]) -> (String, Vec<(String, String)>, String) {
+    let mut opts = vec![
+        "-o APT::Install-Recommends=false".to_owned(),
+        "-o APT::Install-Suggests=false".to_owned(),
+        "-o Dpkg::Options::=--force-unsafe-io".to_owned(),
+        "-o Dpkg::Options::=--force-confdef".to_owned(),
+        "-o Dpkg::Options::=--force-confold".to_owned(),
+        "-o Acquire::Retries=3".to_owned(),
+    ];
+    let mut files = Vec::new();
+    let sources = match base {
+        Some(Base::Debian { suite, components, mirror: Some(m), .. }) => Some(aptsrc::sources_for_mirror(m, suite, components)),
+        Some(Base::Debian { suite, components, mirror: None, .. }) => aptsrc::sources_for(&aptsrc::host_entries(), suite, components),
+        _ => None,
+    };
+    let key = match &sources {
+        Some(s) => {
+            opts.push("-o Dir::Etc::SourceList=/tmp/envc-sources.list".into());
+            opts.push("-o Dir::Etc::SourceParts=/tmp/envc-sources.d".into());
+            files.push(("envc-sources.list".to_owned(), s.clone()));
+            files.push(("envc-sources.d/".to_owned(), String::new()));
+            blake3::hash(s.as_bytes()).to_hex()[..16].to_owned()
+        }
+        None => "root".to_owned(),
+    };
+    let opts = opts.join(" ");
+    let quoted: Vec<String> = packages.iter().map(|p| format!("'{p}'")).collect();
+    let script = format!("set -e\napt-get {opts} update\napt-get {opts} install -y -- {}\n", quoted.join(" "));
+    (script, files, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_script_uses_generated_sources_for_debian_mirrors() {
+        let base = Base::Debian { suite: "bookworm".into(), variant: "minbase".into(), arch: "amd64".into(), components: vec!["main".into()], include: vec![], mirror: Some("http://m.example/debian".into()) };
+        let (script, files, key) = apt_script(Some(&base), &["hello".into(), "gcc=4".into()]);
+        assert!(script.contains("install -y -- 'hello' 'gcc=4'"), "{script}");
+        assert!(script.contains("Dir::Etc::SourceList=/tmp/envc-sources.list"));
+        assert_eq!(files[0].1, "deb http://m.example/debian bookworm main\n");
+        assert_eq!(key.len(), 16);
+        let (script, files, key) = apt_script(Some(&Base::Scratch), &["hello".into()]);
+        assert!(!script.contains("SourceList"));
+        assert!(files.is_empty());
+        assert_eq!(key, "root");
+    }
+}

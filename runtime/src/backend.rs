@@ -1,0 +1,495 @@
+//! How layers and roots are made. One contract, several backends:
+//!
+//! - **overlay** (default): a layer is a directory holding its diff; building a layer mounts an
+//!   overlay of its ancestors with a fresh upper directory (inside the build's own mount
+//!   namespace), and sealing renames the upper to `layers/ID`. A working root is an overlay of the
+//!   chain mounted at a stable path. Mounts use `fsconfig(lowerdir+)`, so chain depth is not
+//!   limited by the one-page mount option string.
+//! - **btrfs**: a layer is a read-only subvolume; building snapshots the parent writable, sealing
+//!   makes it read-only and renames it into `layers/`. A working root is a writable snapshot.
+//!
+//! Sealing is one atomic rename in every backend: a staging area is never mistaken for a layer.
+//! The LVM thin backend fits the same contract (a build is a writable thin snapshot; sealing tags
+//! it and makes it read-only).
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use envc_plan::LayerId;
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::RootSource;
+use crate::sys;
+use crate::tools::{Tool, ToolError};
+
+/// The kinds of backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// overlayfs: works on any Linux filesystem.
+    Overlay,
+    /// btrfs subvolumes and snapshots.
+    Btrfs,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Overlay => "overlay",
+            BackendKind::Btrfs => "btrfs",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "overlay" | "overlayfs" => Ok(BackendKind::Overlay),
+            "btrfs" => Ok(BackendKind::Btrfs),
+            other => Err(format!("unknown backend `{other}` (known: overlay, btrfs)")),
+        }
+    }
+}
+
+/// A failure of a backend operation, naming the operation and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A filesystem operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An external tool failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// The backend cannot work here.
+    #[error("the {backend} backend cannot use {}: {reason}", path.display())]
+    Unsupported {
+        /// Which backend.
+        backend: BackendKind,
+        /// The store.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
+    move |source| BackendError::Io { op, path: path.to_owned(), source }
+}
+
+/// A layer being built.
+#[derive(Debug)]
+pub struct Build {
+    /// The layer's id.
+    pub id: LayerId,
+    /// How the sandbox gets the root.
+    pub source: RootSource,
+    /// Where the root is or gets mounted. For a base, the directory to create it in.
+    pub mountpoint: PathBuf,
+}
+
+/// A throwaway root (for `envc run`), removed after use.
+#[derive(Debug)]
+pub struct Scratch {
+    /// How the sandbox gets the root.
+    pub source: RootSource,
+    /// Where the root is or gets mounted.
+    pub mountpoint: PathBuf,
+    dir: PathBuf,
+}
+
+/// The backend contract. Every method names, in its errors, the operation and the object.
+pub trait Backend: Send + Sync {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Whether a layer is sealed.
+    fn is_sealed(&self, id: &LayerId) -> bool;
+    /// Every sealed layer.
+    fn sealed(&self) -> Result<Vec<LayerId>, BackendError>;
+    /// Starts building layer `id` on top of `chain` (its sealed ancestors, base first; empty for a
+    /// base). The caller holds the layer's lock and has discarded leftovers.
+    fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError>;
+    /// Makes a finished build durable and publishes it atomically; returns its size in bytes.
+    fn seal(&self, build: Build) -> Result<u64, BackendError>;
+    /// Removes whatever a build of `id` left in staging.
+    fn discard(&self, id: &LayerId) -> Result<(), BackendError>;
+    /// Removes a sealed layer (the caller checks that nothing needs it).
+    fn remove(&self, id: &LayerId) -> Result<(), BackendError>;
+    /// The stable path of a working root.
+    fn root_path(&self, name: &str) -> PathBuf;
+    /// Whether the working root exists and is usable (mounted, for overlay).
+    fn root_ready(&self, name: &str) -> bool;
+    /// (Re)creates the working root as a fresh writable snapshot of `chain`'s last layer.
+    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError>;
+    /// Removes a working root.
+    fn drop_root(&self, name: &str) -> Result<(), BackendError>;
+    /// A throwaway writable snapshot of `chain`'s last layer.
+    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError>;
+    /// Removes a throwaway root.
+    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError>;
+}
+
+/// The backend a new store at `root` gets by default.
+pub fn detect(root: &Path) -> BackendKind {
+    match sys::fs_type(root) {
+        Ok(t) if t == sys::BTRFS_MAGIC => BackendKind::Btrfs,
+        _ => BackendKind::Overlay,
+    }
+}
+
+/// Opens the backend of the store at `root`.
+pub fn new(kind: BackendKind, root: &Path) -> Result<Box<dyn Backend>, BackendError> {
+    match kind {
+        BackendKind::Overlay => Ok(Box::new(Overlay { root: root.to_owned() })),
+        BackendKind::Btrfs => {
+            if sys::fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
+                return Err(BackendError::Unsupported { backend: kind, path: root.to_owned(), reason: "the store is not on a btrfs filesystem".into() });
+            }
+            Ok(Box::new(Btrfs { root: root.to_owned() }))
+        }
+    }
+}
+
+fn list_ids(dir: &Path) -> Result<Vec<LayerId>, BackendError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let e = e.map_err(io_err("list", dir))?;
+        if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+fn remove_dir_if_exists(path: &Path) -> Result<(), BackendError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(BackendError::Io { op: "remove", path: path.to_owned(), source: e }),
+    }
+}
+
+/// Bytes used by a tree (allocated blocks; hard links counted once per walk).
+pub fn disk_usage(path: &Path) -> u64 {
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(m) = fs::symlink_metadata(p) else { return 0 };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            return 0;
+        }
+        let mut total = m.blocks() * 512;
+        if m.is_dir() {
+            for e in fs::read_dir(p).into_iter().flatten().flatten() {
+                total += walk(&e.path(), seen);
+            }
+        }
+        total
+    }
+    walk(path, &mut std::collections::HashSet::new())
+}
+
+fn sync_dir(path: &Path) -> Result<(), BackendError> {
+    let f = fs::File::open(path).map_err(io_err("open", path))?;
+    sys::syncfs(std::os::fd::AsFd::as_fd(&f)).map_err(io_err("sync", path))
+}
+
+/// A unique name for a throwaway directory.
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether `path` is a mount point in this mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+fn unmount(path: &Path) -> Result<(), BackendError> {
+    while is_mounted(path) {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| BackendError::Io { op: "unmount", path: path.to_owned(), source: e.into() })?;
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------------
+
+struct Overlay {
+    root: PathBuf,
+}
+
+impl Overlay {
+    fn layer(&self, id: &LayerId) -> PathBuf {
+        self.root.join("layers").join(id.to_hex())
+    }
+
+    fn staging(&self, id: &LayerId) -> PathBuf {
+        self.root.join("staging").join(id.to_hex())
+    }
+
+    fn lowers(&self, chain: &[LayerId]) -> Vec<PathBuf> {
+        chain.iter().rev().map(|id| self.layer(id)).collect()
+    }
+
+    fn mkdirs(dirs: &[&Path]) -> Result<(), BackendError> {
+        for d in dirs {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Overlay {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Overlay
+    }
+
+    fn is_sealed(&self, id: &LayerId) -> bool {
+        self.layer(id).is_dir()
+    }
+
+    fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
+        list_ids(&self.root.join("layers"))
+    }
+
+    fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError> {
+        let st = self.staging(&id);
+        let upper = st.join("upper");
+        if chain.is_empty() {
+            Self::mkdirs(&[&upper])?;
+            return Ok(Build { id, source: RootSource::Dir, mountpoint: upper });
+        }
+        let work = st.join("work");
+        let mnt = st.join("mnt");
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        Ok(Build { id, source: RootSource::Overlay { lowers: self.lowers(chain), upper, work }, mountpoint: mnt })
+    }
+
+    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+        let st = self.staging(&build.id);
+        let upper = st.join("upper");
+        sync_dir(&upper)?;
+        let size = disk_usage(&upper);
+        let dest = self.layer(&build.id);
+        fs::rename(&upper, &dest).map_err(io_err("publish layer", &dest))?;
+        remove_dir_if_exists(&st)?;
+        Ok(size)
+    }
+
+    fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
+        remove_dir_if_exists(&self.staging(id))
+    }
+
+    fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
+        // Rename first so that a half-removed layer is never seen as sealed.
+        let path = self.layer(id);
+        let doomed = self.root.join("tmp").join(unique("removed"));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => remove_dir_if_exists(&doomed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::Io { op: "remove layer", path, source: e }),
+        }
+    }
+
+    fn root_path(&self, name: &str) -> PathBuf {
+        self.root.join("roots").join(name).join("root")
+    }
+
+    fn root_ready(&self, name: &str) -> bool {
+        is_mounted(&self.root_path(name))
+    }
+
+    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
+        self.drop_root(name)?;
+        let dir = self.root.join("roots").join(name);
+        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        let fs_ctx = sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
+        for l in self.lowers(chain) {
+            fs_ctx.set_string("lowerdir+", l.as_os_str()).map_err(io_err("add lower layer", &l))?;
+        }
+        fs_ctx.set_string("upperdir", upper.as_os_str()).map_err(io_err("set upper dir", &upper))?;
+        fs_ctx.set_string("workdir", work.as_os_str()).map_err(io_err("set work dir", &work))?;
+        fs_ctx.mount_at(&mnt).map_err(io_err("mount working root at", &mnt))?;
+        Ok(mnt)
+    }
+
+    fn drop_root(&self, name: &str) -> Result<(), BackendError> {
+        let dir = self.root.join("roots").join(name);
+        let mnt = dir.join("root");
+        unmount(&mnt)?;
+        // Rename away first: discarding is one rename whatever the root's size.
+        for sub in ["upper", "work"] {
+            let p = dir.join(sub);
+            if p.exists() {
+                let doomed = self.root.join("tmp").join(unique("discard"));
+                fs::rename(&p, &doomed).map_err(io_err("discard", &p))?;
+                remove_dir_if_exists(&doomed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
+        let dir = self.root.join("tmp").join(unique("run"));
+        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("mnt"));
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        Ok(Scratch { source: RootSource::Overlay { lowers: self.lowers(chain), upper, work }, mountpoint: mnt, dir })
+    }
+
+    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
+        remove_dir_if_exists(&scratch.dir)
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+
+struct Btrfs {
+    root: PathBuf,
+}
+
+fn btrfs() -> Result<Tool, BackendError> {
+    Ok(Tool::new("btrfs")?)
+}
+
+/// Whether `path` is the top of a btrfs subvolume (inode 256).
+fn is_subvolume(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == 256)
+}
+
+impl Btrfs {
+    fn layer(&self, id: &LayerId) -> PathBuf {
+        self.root.join("layers").join(id.to_hex())
+    }
+
+    fn staging(&self, id: &LayerId) -> PathBuf {
+        self.root.join("staging").join(id.to_hex())
+    }
+
+    fn delete_subvolume(path: &Path) -> Result<(), BackendError> {
+        if is_subvolume(path) {
+            // A read-only snapshot must be made writable before it can be deleted by some kernels.
+            let _ = btrfs()?.args(["property", "set", "-ts"]).arg(path).args(["ro", "false"]).output();
+            btrfs()?.args(["subvolume", "delete"]).arg(path).output()?;
+            Ok(())
+        } else {
+            remove_dir_if_exists(path)
+        }
+    }
+
+    fn snapshot(src: &Path, dest: &Path, readonly: bool) -> Result<(), BackendError> {
+        let mut t = btrfs()?.args(["subvolume", "snapshot"]);
+        if readonly {
+            t = t.arg("-r");
+        }
+        t.arg(src).arg(dest).output()?;
+        Ok(())
+    }
+}
+
+impl Backend for Btrfs {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Btrfs
+    }
+
+    fn is_sealed(&self, id: &LayerId) -> bool {
+        self.layer(id).is_dir()
+    }
+
+    fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
+        list_ids(&self.root.join("layers"))
+    }
+
+    fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError> {
+        let st = self.staging(&id);
+        match chain.last() {
+            None => {
+                btrfs()?.args(["subvolume", "create"]).arg(&st).output()?;
+            }
+            Some(parent) => Self::snapshot(&self.layer(parent), &st, false)?,
+        }
+        Ok(Build { id, source: RootSource::Dir, mountpoint: st })
+    }
+
+    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+        let st = self.staging(&build.id);
+        sync_dir(&st)?;
+        let size = disk_usage(&st);
+        btrfs()?.args(["property", "set", "-ts"]).arg(&st).args(["ro", "true"]).output()?;
+        let dest = self.layer(&build.id);
+        fs::rename(&st, &dest).map_err(io_err("publish layer", &dest))?;
+        Ok(size)
+    }
+
+    fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
+        Self::delete_subvolume(&self.staging(id))
+    }
+
+    fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
+        let path = self.layer(id);
+        if !path.exists() {
+            return Ok(());
+        }
+        let doomed = self.root.join("tmp").join(unique("removed"));
+        fs::rename(&path, &doomed).map_err(io_err("remove layer", &path))?;
+        Self::delete_subvolume(&doomed)
+    }
+
+    fn root_path(&self, name: &str) -> PathBuf {
+        self.root.join("roots").join(name).join("root")
+    }
+
+    fn root_ready(&self, name: &str) -> bool {
+        is_subvolume(&self.root_path(name))
+    }
+
+    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
+        self.drop_root(name)?;
+        let dir = self.root.join("roots").join(name);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let top = chain.last().expect("a root has at least a base");
+        let path = self.root_path(name);
+        Self::snapshot(&self.layer(top), &path, false)?;
+        Ok(path)
+    }
+
+    fn drop_root(&self, name: &str) -> Result<(), BackendError> {
+        let path = self.root_path(name);
+        if path.exists() {
+            let doomed = self.root.join("tmp").join(unique("discard"));
+            fs::rename(&path, &doomed).map_err(io_err("discard", &path))?;
+            Self::delete_subvolume(&doomed)?;
+        }
+        Ok(())
+    }
+
+    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
+        let dir = self.root.join("tmp").join(unique("run"));
+        let top = chain.last().expect("a root has at least a base");
+        Self::snapshot(&self.layer(top), &dir, false)?;
+        Ok(Scratch { source: RootSource::Dir, mountpoint: dir.clone(), dir })
+    }
+
+    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
+        Self::delete_subvolume(&scratch.dir)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_object_safe(_: &dyn Backend) {}
+
+

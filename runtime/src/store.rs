@@ -1,0 +1,314 @@
+//! The store on disk.
+//!
+//! ```text
+//! STORE/store.json          format version and backend
+//! STORE/layers/ID           sealed layers (overlay: the layer's diff; btrfs: a read-only subvolume)
+//! STORE/meta/ID.json        what built a layer, its key, size, times
+//! STORE/logs/ID.log         the build log of a sealed layer (ID.failed.log for a failed build)
+//! STORE/staging/ID          layers being built; never mistaken for sealed ones
+//! STORE/locks/ID.lock       one lock per layer id, outside the directories it guards
+//! STORE/roots/NAME/         working roots: root.json and the root itself at NAME/root
+//! STORE/cache/              host-side caches shared by builds (.deb files, apt lists)
+//! STORE/tmp/                throwaway roots of `envc run`
+//! ```
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use envc_plan::LayerId;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{self, Backend, BackendKind};
+
+/// The store's default location.
+pub const DEFAULT_STORE: &str = "/var/lib/envc";
+/// The on-disk format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A failure of a store operation, naming the operation and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The store was made with another backend or format.
+    #[error("store {} {reason}", path.display())]
+    Incompatible {
+        /// The store.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// A backend operation failed.
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+}
+
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_owned(), source }
+}
+
+/// `store.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoreConfig {
+    version: u32,
+    backend: BackendKind,
+}
+
+/// What the store records about a sealed layer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    /// The layer's id.
+    pub id: LayerId,
+    /// Its parent's id.
+    pub parent: Option<LayerId>,
+    /// The canonical key, as JSON (what `envc why` compares).
+    pub key: serde_json::Value,
+    /// The layer's name in the spec that built it.
+    pub name: String,
+    /// The environment that built it.
+    pub env: String,
+    /// The spec that built it, as given.
+    pub spec: Option<String>,
+    /// Bytes the layer adds (overlay: its diff; btrfs: the whole subvolume).
+    pub size: u64,
+    /// Unix seconds when it was sealed.
+    pub created: u64,
+    /// Unix seconds when an apply last used it.
+    pub last_used: u64,
+    /// Seconds its build took.
+    pub build_secs: f64,
+}
+
+/// A working root's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RootRecord {
+    /// The environment's name.
+    pub name: String,
+    /// The spec it was applied from.
+    pub spec: Option<String>,
+    /// The layer chain it is a snapshot of, base first.
+    pub chain: Vec<LayerId>,
+    /// Unix seconds when it was (re)created.
+    pub created: u64,
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    backend: Box<dyn Backend>,
+}
+
+/// A held lock; released when dropped.
+pub struct Lock(#[allow(dead_code)] Flock<File>);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`. `choice` picks the backend of a new store;
+    /// without it, a store on btrfs uses btrfs and any other uses overlay.
+    pub fn open(root: &Path, choice: Option<BackendKind>) -> Result<Store, StoreError> {
+        fs::create_dir_all(root).map_err(io_err("create store", root))?;
+        let root = fs::canonicalize(root).map_err(io_err("resolve store", root))?;
+        for d in ["layers", "meta", "logs", "staging", "locks", "roots", "cache", "tmp"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let cfg_path = root.join("store.json");
+        let cfg = match fs::read(&cfg_path) {
+            Ok(bytes) => {
+                let cfg: StoreConfig = serde_json::from_slice(&bytes).map_err(|e| StoreError::Incompatible {
+                    path: root.clone(),
+                    reason: format!("has an unreadable store.json: {e}"),
+                })?;
+                if cfg.version != FORMAT_VERSION {
+                    return Err(StoreError::Incompatible { path: root, reason: format!("has format version {}, this envc reads {FORMAT_VERSION}", cfg.version) });
+                }
+                if let Some(c) = choice
+                    && c != cfg.backend
+                {
+                    return Err(StoreError::Incompatible {
+                        path: root,
+                        reason: format!("uses the {} backend, not {}; use another --store for {}", cfg.backend, c, c),
+                    });
+                }
+                cfg
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let backend = choice.unwrap_or_else(|| backend::detect(&root));
+                let cfg = StoreConfig { version: FORMAT_VERSION, backend };
+                write_json(&cfg_path, &cfg)?;
+                cfg
+            }
+            Err(e) => return Err(StoreError::Io { op: "read", path: cfg_path, source: e }),
+        };
+        let backend = backend::new(cfg.backend, &root)?;
+        Ok(Store { root, backend })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    fn lock_file(&self, name: &str, arg: FlockArg) -> Result<Option<Lock>, StoreError> {
+        let path = self.root.join("locks").join(name);
+        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("open lock", &path))?;
+        match Flock::lock(file, arg) {
+            Ok(l) => Ok(Some(Lock(l))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(StoreError::Io { op: "lock", path, source: e.into() }),
+        }
+    }
+
+    /// Locks a layer id, waiting for other holders.
+    pub fn lock_layer(&self, id: &LayerId) -> Result<Lock, StoreError> {
+        Ok(self.lock_file(&format!("{id}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
+    }
+
+    /// Locks a layer id if nobody holds it.
+    pub fn try_lock_layer(&self, id: &LayerId) -> Result<Option<Lock>, StoreError> {
+        self.lock_file(&format!("{id}.lock"), FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Locks a working root by name, waiting for other holders.
+    pub fn lock_root(&self, name: &str) -> Result<Lock, StoreError> {
+        Ok(self.lock_file(&format!("root-{name}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
+    }
+
+    /// Locks a shared cache by name, waiting for other holders.
+    pub fn lock_cache(&self, name: &str) -> Result<Lock, StoreError> {
+        Ok(self.lock_file(&format!("cache-{name}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
+    }
+
+    /// Whether a layer is sealed.
+    pub fn is_sealed(&self, id: &LayerId) -> bool {
+        self.backend.is_sealed(id)
+    }
+
+    /// The metadata path of a layer.
+    pub fn meta_path(&self, id: &LayerId) -> PathBuf {
+        self.root.join("meta").join(format!("{id}.json"))
+    }
+
+    /// The log path of a layer.
+    pub fn log_path(&self, id: &LayerId) -> PathBuf {
+        self.root.join("logs").join(format!("{id}.log"))
+    }
+
+    /// A shared cache directory (created).
+    pub fn cache_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let p = self.root.join("cache").join(name);
+        fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        Ok(p)
+    }
+
+    /// Reads a layer's metadata.
+    pub fn read_meta(&self, id: &LayerId) -> Option<Meta> {
+        fs::read(self.meta_path(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Writes a layer's metadata atomically.
+    pub fn write_meta(&self, meta: &Meta) -> Result<(), StoreError> {
+        write_json(&self.meta_path(&meta.id), meta)
+    }
+
+    /// Every sealed layer with its metadata (a layer without readable metadata gets a stub).
+    pub fn layers(&self) -> Result<Vec<Meta>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.backend.sealed()? {
+            out.push(self.read_meta(&id).unwrap_or(Meta {
+                id,
+                parent: None,
+                key: serde_json::Value::Null,
+                name: "?".into(),
+                env: "?".into(),
+                spec: None,
+                size: 0,
+                created: 0,
+                last_used: 0,
+                build_secs: 0.0,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The record of a working root.
+    pub fn read_root(&self, name: &str) -> Option<RootRecord> {
+        fs::read(self.root.join("roots").join(name).join("root.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Writes the record of a working root.
+    pub fn write_root(&self, rec: &RootRecord) -> Result<(), StoreError> {
+        let dir = self.root.join("roots").join(&rec.name);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        write_json(&dir.join("root.json"), rec)
+    }
+
+    /// Removes the record of a working root (and its directory).
+    pub fn remove_root_record(&self, name: &str) -> Result<(), StoreError> {
+        let dir = self.root.join("roots").join(name);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io { op: "remove", path: dir, source: e }),
+        }
+    }
+
+    /// Every working root.
+    pub fn roots(&self) -> Vec<RootRecord> {
+        let mut out: Vec<RootRecord> = fs::read_dir(self.root.join("roots"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|e| self.read_root(&e.file_name().to_string_lossy()))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Removes what interrupted builds left behind: staging areas whose layer nobody is building.
+    pub fn clean_staging(&self) -> Result<usize, StoreError> {
+        let dir = self.root.join("staging");
+        let mut cleaned = 0;
+        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.split('.').next()).and_then(|n| n.parse::<LayerId>().ok()) else {
+                continue;
+            };
+            if let Some(_lock) = self.try_lock_layer(&id)? {
+                self.backend.discard(&id)?;
+                cleaned += 1;
+            }
+        }
+        Ok(cleaned)
+    }
+}
+
+/// Writes JSON to `path` atomically (temporary file + rename).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io { op: "encode", path: path.to_owned(), source: io::Error::other(e) })?;
+    fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("publish", path))
+}

@@ -1,0 +1,205 @@
+//! The runtime commands: apply, run, shell, rm, ls. Progress events become lines on stderr.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use envc_compiler::Compiled;
+use envc_runtime::store::Meta;
+use envc_runtime::{ApplyError, BackendKind, Event, Runtime, Store};
+use miette::{LabeledSpan, MietteDiagnostic, Report};
+
+use crate::{Ui, exit};
+
+/// Opens the runtime for the store and backend the command line names.
+pub fn runtime(ui: &Ui, store: &Path, backend: Option<&str>) -> Result<Runtime, u8> {
+    let choice = match backend.map(str::parse::<BackendKind>) {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            ui.error(&e);
+            return Err(exit::USAGE);
+        }
+        None => None,
+    };
+    let store = Store::open(store, choice).map_err(|e| {
+        ui.error(&e.to_string());
+        exit::FAILURE
+    })?;
+    let helper = std::env::current_exe().map_err(|e| {
+        ui.error(&format!("cannot find the envc binary to run sandboxes: {e}"));
+        exit::FAILURE
+    })?;
+    Ok(Runtime { store, helper })
+}
+
+/// Prints progress events as plain lines (prefixed by the layer's name) on stderr.
+pub struct Progress {
+    quiet_output: bool,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress { quiet_output: std::env::var_os("ENVC_QUIET").is_some(), tty: std::io::stderr().is_terminal() }
+    }
+
+    pub fn event(&mut self, e: Event<'_>) {
+        let mut err = std::io::stderr().lock();
+        let _ = match e {
+            Event::Cleaned { count } => writeln!(err, "envc: removed {count} interrupted build{}", if count == 1 { "" } else { "s" }),
+            Event::Cached { layer, .. } => writeln!(err, "[{}] cached {}", layer.name, layer.id.short(12)),
+            Event::Waiting { layer, .. } => writeln!(err, "[{}] waiting for another envc building {}", layer.name, layer.id.short(12)),
+            Event::Building { layer, .. } => writeln!(err, "[{}] building {}", layer.name, layer.id.short(12)),
+            Event::Step { .. } => Ok(()),
+            Event::Output { layer, line } => {
+                if self.quiet_output {
+                    Ok(())
+                } else if self.tty {
+                    writeln!(err, "\x1b[2m[{layer}]\x1b[0m {line}")
+                } else {
+                    writeln!(err, "[{layer}] {line}")
+                }
+            }
+            Event::Built { layer, secs, .. } => writeln!(err, "[{}] built in {:.1} s", layer.name, secs),
+        };
+    }
+}
+
+/// Renders an apply failure; a failed step points at its line in the spec.
+pub fn report_apply_error(ui: &Ui, compiled: &Compiled, e: &ApplyError) {
+    if let ApplyError::StepFailed { index, layer, step, reason, tail, log, .. } = e
+        && let Some((src, span)) = compiled.step_location(*index, *step)
+    {
+        let mut help = String::new();
+        if !tail.is_empty() {
+            help.push_str("last lines of output:\n");
+            for line in tail.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
+                help.push_str("  ");
+                help.push_str(line);
+                help.push('\n');
+            }
+        }
+        help.push_str(&format!("full log: {}", log.display()));
+        let diag = MietteDiagnostic::new(format!("layer `{layer}`: step {} failed: {reason}", step + 1))
+            .with_code("envc::apply::step_failed")
+            .with_label(LabeledSpan::at(span, "this step failed"))
+            .with_help(help);
+        let report = Report::new(diag).with_source_code(src.clone());
+        ui.report(report.as_ref());
+        return;
+    }
+    ui.error(&e.to_string());
+}
+
+pub fn apply(ui: &Ui, rt: &Runtime, compiled: &Compiled, reset: bool) -> Result<(), u8> {
+    let mut progress = Progress::new();
+    match rt.apply(&compiled.plan, reset, &mut |e| progress.event(e)) {
+        Ok(applied) => {
+            let _ = writeln!(std::io::stderr(), "envc: {} built, {} cached; root {}", applied.built, applied.cached, if applied.fresh_root { "created" } else { "kept" });
+            println!("{}", applied.root.display());
+            Ok(())
+        }
+        Err(e) => {
+            report_apply_error(ui, compiled, &e);
+            Err(exit::FAILURE)
+        }
+    }
+}
+
+pub fn run(ui: &Ui, rt: &Runtime, compiled: &Compiled, argv: Vec<String>, keep: bool, network: bool) -> Result<u8, u8> {
+    let mut progress = Progress::new();
+    match rt.run(&compiled.plan, argv, keep, network, &mut |e| progress.event(e)) {
+        Ok(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
+        Err(e) => {
+            report_apply_error(ui, compiled, &e);
+            Err(exit::FAILURE)
+        }
+    }
+}
+
+pub fn rm(ui: &Ui, rt: &Runtime, name: &str) -> Result<(), u8> {
+    match rt.remove_root(name) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            ui.error(&format!("no working root named `{name}` in {}", rt.store.path().display()));
+            Err(exit::FAILURE)
+        }
+        Err(e) => {
+            ui.error(&e.to_string());
+            Err(exit::FAILURE)
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+fn ago(secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let d = now.saturating_sub(secs);
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
+    let layers = rt.store.layers().map_err(|e| {
+        ui.error(&e.to_string());
+        exit::FAILURE
+    })?;
+    let roots = rt.store.roots();
+    if json {
+        let value = serde_json::json!({
+            "store": rt.store.path(),
+            "backend": rt.store.backend().kind().to_string(),
+            "layers": layers,
+            "roots": roots,
+        });
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return Ok(());
+    }
+    let by_id: BTreeMap<_, &Meta> = layers.iter().map(|m| (m.id, m)).collect();
+    let mut children: BTreeMap<Option<envc_plan::LayerId>, Vec<&Meta>> = BTreeMap::new();
+    for m in &layers {
+        let parent = m.parent.filter(|p| by_id.contains_key(p));
+        children.entry(parent).or_default().push(m);
+    }
+    for v in children.values_mut() {
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    }
+    let mut out = String::new();
+    out.push_str(&format!("{} ({} backend, {} layers, {})\n", rt.store.path().display(), rt.store.backend().kind(), layers.len(), human_size(layers.iter().map(|m| m.size).sum())));
+    fn walk(out: &mut String, children: &BTreeMap<Option<envc_plan::LayerId>, Vec<&Meta>>, roots: &[envc_runtime::store::RootRecord], parent: Option<envc_plan::LayerId>, prefix: &str) {
+        let Some(list) = children.get(&parent) else { return };
+        for (i, m) in list.iter().enumerate() {
+            let last = i + 1 == list.len();
+            let users: Vec<&str> = roots.iter().filter(|r| r.chain.last() == Some(&m.id)).map(|r| r.name.as_str()).collect();
+            let users = if users.is_empty() { String::new() } else { format!("  <- root {}", users.join(", ")) };
+            out.push_str(&format!(
+                "{prefix}{} {} {}  {}  used {}{users}\n",
+                if last { "└─" } else { "├─" },
+                m.name,
+                m.id.short(12),
+                human_size(m.size),
+                ago(m.last_used)
+            ));
+            let next = format!("{prefix}{}", if last { "   " } else { "│  " });
+            walk(out, children, roots, Some(m.id), &next);
+        }
+    }
+    walk(&mut out, &children, &roots, None, "");
+    print!("{out}");
+    Ok(())
+}
