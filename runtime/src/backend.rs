@@ -429,9 +429,11 @@ impl Backend for Btrfs {
         let st = self.staging(&build.id);
         sync_dir(&st)?;
         let size = disk_usage(&st);
-        btrfs()?.args(["property", "set", "-ts"]).arg(&st).args(["ro", "true"]).output()?;
+        // Publishing is the creation of a read-only snapshot: atomic, and a read-only subvolume
+        // cannot be renamed into place.
         let dest = self.layer(&build.id);
-        fs::rename(&st, &dest).map_err(io_err("publish layer", &dest))?;
+        Self::snapshot(&st, &dest, true)?;
+        Self::delete_subvolume(&st)?;
         Ok(size)
     }
 
@@ -444,9 +446,7 @@ impl Backend for Btrfs {
         if !path.exists() {
             return Ok(());
         }
-        let doomed = self.root.join("tmp").join(unique("removed"));
-        fs::rename(&path, &doomed).map_err(io_err("remove layer", &path))?;
-        Self::delete_subvolume(&doomed)
+        Self::delete_subvolume(&path)
     }
 
     fn root_path(&self, name: &str) -> PathBuf {

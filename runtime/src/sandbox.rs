@@ -274,23 +274,50 @@ pub fn open_in_root(root: &OwnedFd, rel: &str, flags: OFlag) -> nix::Result<Owne
     openat2(root, rel, how)
 }
 
-/// `mkdir -p` inside the root; returns the directory.
+/// `mkdir -p` inside the root; returns the directory. Symlinks met on the way are followed, but
+/// inside the root: an absolute target is taken relative to the root, `..` stops at it.
 pub fn mkdir_in_root(root: &OwnedFd, rel: &str, mode: u32) -> nix::Result<OwnedFd> {
-    let rel = rel.trim_matches('/');
-    match open_in_root(root, rel, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
-        Err(nix::errno::Errno::ENOENT) => {}
-        other => return other,
+    let mut path = rel.trim_matches('/').to_owned();
+    for _ in 0..40 {
+        match open_in_root(root, &path, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
+            Err(nix::errno::Errno::ENOENT) => {}
+            other => return other,
+        }
+        // Find the longest prefix that exists; the next component is missing or a dangling link.
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let mut parent = open_in_root(root, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
+        let mut i = 0;
+        while i < parts.len() {
+            let prefix = parts[..=i].join("/");
+            match open_in_root(root, &prefix, OFlag::O_DIRECTORY | OFlag::O_RDONLY) {
+                Ok(fd) => {
+                    parent = fd;
+                    i += 1;
+                }
+                Err(nix::errno::Errno::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let name = parts.get(i).copied().ok_or(nix::errno::Errno::ENOENT)?;
+        match nix::fcntl::readlinkat(&parent, name) {
+            Ok(target) => {
+                // A dangling symlink: continue from its target, inside the root.
+                let target = target.to_string_lossy().into_owned();
+                let rest = parts[i + 1..].join("/");
+                let base = if target.starts_with('/') { String::new() } else { parts[..i].join("/") };
+                path = [base.as_str(), target.trim_start_matches('/'), rest.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/");
+                continue;
+            }
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(nix::errno::Errno::EINVAL) => return Err(nix::errno::Errno::ENOTDIR),
+            Err(e) => return Err(e),
+        }
+        match mkdirat(&parent, name, Mode::from_bits_truncate(mode)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let (parent, name) = match rel.rsplit_once('/') {
-        Some((p, n)) => (p, n),
-        None => ("", rel),
-    };
-    let pfd = mkdir_in_root(root, parent, 0o755)?;
-    match mkdirat(&pfd, name, Mode::from_bits_truncate(mode)) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(e),
-    }
-    nix::fcntl::openat(&pfd, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+    Err(nix::errno::Errno::ELOOP)
 }
 
 /// Mounts onto a directory inside the root, named through `/proc/self/fd` so that the target is

@@ -286,18 +286,28 @@ impl Store {
         out
     }
 
-    /// Removes what interrupted builds left behind: staging areas whose layer nobody is building.
+    /// Removes what interrupted builds left behind: staging areas (and their logs) of layers that
+    /// nobody is building. Returns how many builds were cleaned up.
     pub fn clean_staging(&self) -> Result<usize, StoreError> {
         let dir = self.root.join("staging");
-        let mut cleaned = 0;
+        let mut ids = std::collections::BTreeSet::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let entry = entry.map_err(io_err("list", &dir))?;
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.split('.').next()).and_then(|n| n.parse::<LayerId>().ok()) else {
-                continue;
-            };
+            if let Some(id) = name.to_str().and_then(|n| n.split('.').next()).and_then(|n| n.parse::<LayerId>().ok()) {
+                ids.insert(id);
+            }
+        }
+        let mut cleaned = 0;
+        for id in ids {
             if let Some(_lock) = self.try_lock_layer(&id)? {
                 self.backend.discard(&id)?;
+                let log = dir.join(format!("{id}.log"));
+                match fs::remove_file(&log) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::Io { op: "remove", path: log, source: e }),
+                }
                 cleaned += 1;
             }
         }

@@ -1,0 +1,207 @@
+//! Shared fixtures of the runtime tests: privilege checks, a busybox root tarball, stores on each
+//! backend (btrfs on a loop-file filesystem made by the test), and running the envc binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub const ENVC: &str = env!("CARGO_BIN_EXE_envc");
+
+/// Whether privileged tests can run here. Without privileges they are skipped with a message,
+/// unless ENVC_REQUIRE_PRIVILEGED=1 (as in CI), which makes a missing privilege a failure.
+pub fn privileged(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let busybox = Path::new("/bin/busybox").exists();
+    if root && busybox {
+        return true;
+    }
+    let why = if !root { "not running as root" } else { "/bin/busybox is missing (apt-get install busybox-static)" };
+    if std::env::var("ENVC_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("{test}: privileged test cannot run: {why}, and ENVC_REQUIRE_PRIVILEGED=1");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+/// A fresh directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let base = std::env::var_os("ENVC_TEST_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let p = base.join(format!("envc-test-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Unmount anything left below (working roots), then remove.
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(self.0.to_str().unwrap())).collect();
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A root filesystem tarball with busybox and its applets, a passwd with `builder`, built once.
+pub fn busybox_tarball() -> PathBuf {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("envc-busybox-{}", std::process::id()));
+        let root = dir.join("root");
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["bin", "etc", "root", "home/builder", "usr/sbin"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\nbuilder:x:1000:\n").unwrap();
+        let status = Command::new("chown").args(["1000:1000"]).arg(root.join("home/builder")).status().unwrap();
+        assert!(status.success());
+        let tar = dir.join("busybox.tar.gz");
+        let status = Command::new("tar").arg("-czf").arg(&tar).arg("-C").arg(&root).arg(".").status().unwrap();
+        assert!(status.success(), "tar failed");
+        tar
+    })
+    .clone()
+}
+
+/// Which backend a store uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Overlay,
+    Btrfs,
+}
+
+/// A store for one test, on a filesystem suited to its backend.
+pub struct TestStore {
+    pub kind: Kind,
+    pub store: PathBuf,
+    pub specs: PathBuf,
+    _mount: Option<LoopFs>,
+    _dir: TempDir,
+}
+
+/// A loop-file filesystem, unmounted and detached on drop.
+pub struct LoopFs {
+    pub mountpoint: PathBuf,
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(self.mountpoint.to_str().unwrap())).collect();
+            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mounts {
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+impl TestStore {
+    pub fn new(kind: Kind, name: &str) -> TestStore {
+        let dir = TempDir::new(name);
+        let specs = dir.path().join("specs");
+        std::fs::create_dir_all(&specs).unwrap();
+        std::fs::copy(busybox_tarball(), specs.join("busybox.tar.gz")).unwrap();
+        let (store, mount) = match kind {
+            Kind::Overlay => (dir.path().join("store"), None),
+            Kind::Btrfs => {
+                let img = dir.path().join("btrfs.img");
+                let f = std::fs::File::create(&img).unwrap();
+                f.set_len(1 << 30).unwrap();
+                let out = Command::new("mkfs.btrfs").arg("-q").arg(&img).output().expect("mkfs.btrfs (apt-get install btrfs-progs)");
+                assert!(out.status.success(), "mkfs.btrfs: {}", String::from_utf8_lossy(&out.stderr));
+                let mnt = dir.path().join("mnt");
+                std::fs::create_dir_all(&mnt).unwrap();
+                let out = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).output().unwrap();
+                assert!(out.status.success(), "mount btrfs loop: {}", String::from_utf8_lossy(&out.stderr));
+                (mnt.join("store"), Some(LoopFs { mountpoint: mnt }))
+            }
+        };
+        TestStore { kind, store, specs, _mount: mount, _dir: dir }
+    }
+
+    /// Writes a spec (and returns its path).
+    pub fn spec(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.specs.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(ENVC);
+        c.env("NO_COLOR", "1").env("COLUMNS", "200").env("ENVC_STORE", &self.store).env_remove("ENVC_BACKEND");
+        c.arg("--backend").arg(match self.kind {
+            Kind::Overlay => "overlay",
+            Kind::Btrfs => "btrfs",
+        });
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn envc(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd().args(args).output().unwrap())
+    }
+
+    pub fn apply(&self, spec: &Path) -> Run {
+        let r = Run::from(self.cmd().arg("apply").arg(spec).output().unwrap());
+        assert_eq!(r.code, 0, "apply {} failed:\n{}", spec.display(), r.stderr);
+        r
+    }
+
+    /// Mount points below the store, other than working roots.
+    pub fn stray_mounts(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let roots = self.store.join("roots");
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(self.store.to_str().unwrap()) && !Path::new(m).starts_with(&roots))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The result of running envc.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into_owned(), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+    }
+}
+
+impl Run {
+    /// Names of the layers built (from the progress lines).
+    pub fn built(&self) -> Vec<String> {
+        self.stderr.lines().filter(|l| l.contains("] built in ")).map(|l| l[1..l.find(']').unwrap()].to_owned()).collect()
+    }
+    pub fn cached(&self) -> Vec<String> {
+        self.stderr.lines().filter(|l| l.contains("] cached ")).map(|l| l[1..l.find(']').unwrap()].to_owned()).collect()
+    }
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(self.stdout.trim())
+    }
+}
