@@ -470,6 +470,9 @@ fn apt_script(base: Option<&Base>, packages: &[String]) -> (String, Vec<(String,
         "-o Dpkg::Options::=--force-confdef".to_owned(),
         "-o Dpkg::Options::=--force-confold".to_owned(),
         "-o Acquire::Retries=3".to_owned(),
+        // apt's binary caches (~80 MB) are rebuilt on demand: keep them out of layers.
+        "-o Dir::Cache::pkgcache=".to_owned(),
+        "-o Dir::Cache::srcpkgcache=".to_owned(),
     ];
     let mut files = Vec::new();
     let sources = match base {
