@@ -99,6 +99,31 @@ pub enum Command {
         #[arg(value_name = "NAME")]
         name: String,
     },
+    /// For each layer of a spec: stored or not, and for a miss the nearest stored layer with the
+    /// same name and the fields of its key that differ.
+    Why {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove layers that no working root uses and that were not used recently. Never removes a
+    /// layer in use or being built; removes children before parents.
+    Gc {
+        /// Remove unused layers not used for this long: `30d`, `12h`, `45m`, `10s`, `0`.
+        /// Default: `7d` when --keep-bytes is not given either.
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Then remove least recently used unused layers until all layers take at most this:
+        /// `20G`, `500M`, `1024`.
+        #[arg(long, value_name = "SIZE")]
+        keep_bytes: Option<String>,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The store as a tree of layers (shared prefixes visible), with sizes and last use.
     Ls {
         /// Print JSON.

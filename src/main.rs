@@ -143,6 +143,12 @@ fn run(cli: Cli) -> u8 {
             };
         }
         Command::Rm { name } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::rm(&ui, &rt, &name)),
+        Command::Why { spec, json } => compile(&ui, &spec).and_then(|c| {
+            let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
+            ops::why(&ui, &rt, &c, json)
+        }),
+        Command::Gc { older_than, keep_bytes, dry_run } => ops::runtime(&ui, &cli.store, cli.backend.as_deref())
+            .and_then(|rt| ops::gc(&ui, &rt, older_than.as_deref(), keep_bytes.as_deref(), dry_run)),
         Command::Ls { json } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::ls(&ui, &rt, json)),
     };
     match result {

@@ -203,3 +203,120 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
     print!("{out}");
     Ok(())
 }
+
+/// Parses `30d`, `12h`, `45m`, `10s` or plain seconds.
+pub fn parse_age(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parses `20G`, `500M`, `64K`, `1024` (binary units; an optional trailing `B` or `iB`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let unit = unit.trim_end_matches("iB").trim_end_matches('B');
+    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+pub fn gc(ui: &Ui, rt: &Runtime, older_than: Option<&str>, keep_bytes: Option<&str>, dry_run: bool) -> Result<(), u8> {
+    let older_than = match older_than {
+        Some(a) => Some(parse_age(a).ok_or_else(|| {
+            ui.error(&format!("--older-than `{a}` is not an age like 30d, 12h, 45m or 10s"));
+            exit::USAGE
+        })?),
+        None if keep_bytes.is_none() => Some(7 * 86400),
+        None => None,
+    };
+    let keep_bytes = match keep_bytes {
+        Some(b) => Some(parse_size(b).ok_or_else(|| {
+            ui.error(&format!("--keep-bytes `{b}` is not a size like 20G, 500M or 1024"));
+            exit::USAGE
+        })?),
+        None => None,
+    };
+    let policy = envc_runtime::maintain::GcPolicy { older_than, keep_bytes, dry_run };
+    let report = envc_runtime::maintain::gc(&rt.store, policy).map_err(|e| {
+        ui.error(&e.to_string());
+        exit::FAILURE
+    })?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for m in &report.removed {
+        println!("{verb} {} {} ({}, {})", m.name, m.id.short(12), human_size(m.size), m.env);
+    }
+    let _ = writeln!(std::io::stderr(), "envc: {verb} {} layer{}, {} freed; {} in use by working roots", report.removed.len(), if report.removed.len() == 1 { "" } else { "s" }, human_size(report.freed), report.in_use);
+    Ok(())
+}
+
+pub fn why(ui: &Ui, rt: &Runtime, compiled: &Compiled, json: bool) -> Result<(), u8> {
+    let layers = envc_runtime::maintain::why(&rt.store, &compiled.plan).map_err(|e| {
+        ui.error(&e.to_string());
+        exit::FAILURE
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&layers).unwrap_or_default());
+        return Ok(());
+    }
+    let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(4);
+    let mut out = String::new();
+    for l in &layers {
+        let state = if l.cached { "cached" } else { "missing" };
+        out.push_str(&format!("{:width$}  {}  {state}\n", l.name, l.id.short(12)));
+        if l.cached {
+            continue;
+        }
+        let pad = " ".repeat(width + 2);
+        match (&l.nearest, &l.because_of) {
+            (_, Some(cause)) if l.differs.iter().all(|d| d.path == "parent") => {
+                out.push_str(&format!("{pad}because its parent changed: the first missing layer is `{cause}`\n"));
+                continue;
+            }
+            (None, _) => {
+                out.push_str(&format!("{pad}no stored layer named `{}` to compare with\n", l.name));
+                continue;
+            }
+            (Some(m), _) => {
+                out.push_str(&format!("{pad}nearest stored: {} {} (built by {}, used {})\n", m.name, m.id.short(12), m.env, ago(m.last_used)));
+            }
+        }
+        for d in &l.differs {
+            out.push_str(&format!("{pad}  {}: {} -> {}\n", d.path, d.stored, d.wanted));
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_sizes() {
+        assert_eq!(parse_age("30d"), Some(30 * 86400));
+        assert_eq!(parse_age("0"), Some(0));
+        assert_eq!(parse_age("5x"), None);
+        assert_eq!(parse_size("20G"), Some(20 << 30));
+        assert_eq!(parse_size("500MiB"), Some(500 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("lots"), None);
+    }
+}

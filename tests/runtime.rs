@@ -210,6 +210,56 @@ fn rm_drops_the_working_root(kind: Kind) {
     assert!(t.stray_mounts().is_empty());
 }
 
+fn why_explains_misses_field_by_field(kind: Kind) {
+    let t = TestStore::new(kind, "why");
+    let text = format!("name \"w\"\n{BASE}layer \"a\" {{\n  env GREETING=\"hi\"\n  run \"true\"\n}}\nlayer \"b\" {{ run \"true\" }}\n");
+    let spec = t.spec("env.kdl", &text);
+    t.apply(&spec);
+    let r = t.envc(&["why", spec.to_str().unwrap()]);
+    assert_eq!(r.stdout.matches("cached").count(), 3, "{}", r.stdout);
+    t.spec("env.kdl", &text.replace("GREETING=\"hi\"", "GREETING=\"hello\""));
+    let r = t.envc(&["why", spec.to_str().unwrap()]);
+    assert!(r.stdout.contains("steps[0].vars.GREETING: \"hi\" -> \"hello\""), "{}", r.stdout);
+    assert!(r.stdout.contains("the first missing layer is `a`"), "{}", r.stdout);
+    let json: serde_json::Value = serde_json::from_str(&t.envc(&["why", "--json", spec.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(json[1]["cached"], false);
+    assert_eq!(json[1]["differs"][0]["path"], "steps[0].vars.GREETING");
+}
+
+fn gc_removes_unused_layers_children_first_and_never_one_in_use(kind: Kind) {
+    let t = TestStore::new(kind, "gc");
+    let text = format!("name \"g\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\nlayer \"b\" {{ run \"echo b > /b\" }}\n");
+    let spec = t.spec("env.kdl", &text);
+    t.apply(&spec);
+    // A changed first layer: the old a and b are no longer used by the root.
+    t.spec("env.kdl", &text.replace("echo a > /a", "echo A > /a"));
+    let root = t.apply(&spec).root();
+    let count = || serde_json::from_str::<serde_json::Value>(&t.envc(&["ls", "--json"]).stdout).unwrap()["layers"].as_array().unwrap().len();
+    assert_eq!(count(), 5);
+    let dry = t.envc(&["gc", "--older-than", "0", "--dry-run"]);
+    assert_eq!(dry.stdout.lines().count(), 2, "{}", dry.stdout);
+    assert_eq!(count(), 5, "a dry run removes nothing");
+    let recent = t.envc(&["gc"]);
+    assert!(recent.stdout.is_empty(), "the default keeps layers used in the last 7 days: {}", recent.stdout);
+    let r = t.envc(&["gc", "--older-than", "0"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", r.stdout);
+    assert!(lines[0].starts_with("removed b ") && lines[1].starts_with("removed a "), "children before parents: {}", r.stdout);
+    assert_eq!(count(), 3);
+    assert_eq!(std::fs::read_to_string(root.join("a")).unwrap(), "A\n", "the root in use still works");
+    let none = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert!(none.stdout.is_empty(), "layers in use are never removed: {}", none.stdout);
+    // Once the root is gone, everything can go.
+    assert_eq!(t.envc(&["rm", "g"]).code, 0);
+    let all = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert_eq!(all.stdout.lines().count(), 3, "{}", all.stdout);
+    assert!(all.stdout.lines().last().unwrap().starts_with("removed base "), "{}", all.stdout);
+    assert_eq!(count(), 0);
+    // And a new apply rebuilds from nothing.
+    assert_eq!(t.apply(&spec).built(), ["base", "a", "b"]);
+}
+
 use common::Run;
 
 impl Run {
@@ -242,4 +292,6 @@ contract!(
     concurrent_applies_build_each_layer_once,
     kill_9_mid_step_then_apply_succeeds,
     rm_drops_the_working_root,
+    why_explains_misses_field_by_field,
+    gc_removes_unused_layers_children_first_and_never_one_in_use,
 );

@@ -20,3 +20,4 @@ pub mod aptsrc;
 pub use apply::{Applied, ApplyError, Event, Runtime};
 pub use backend::BackendKind;
 pub use store::Store;
+pub mod maintain;
