@@ -260,6 +260,35 @@ fn gc_removes_unused_layers_children_first_and_never_one_in_use(kind: Kind) {
     assert_eq!(t.apply(&spec).built(), ["base", "a", "b"]);
 }
 
+fn a_200_layer_environment_applies(kind: Kind) {
+    let t = TestStore::new(kind, "deep");
+    let mut text = format!("name \"deep\"\n{BASE}");
+    for i in 0..200 {
+        text.push_str(&format!("layer \"l{i}\" {{ run \"echo {i} > /f{i}\" }}\n"));
+    }
+    let spec = t.spec("env.kdl", &text);
+    let r = t.apply(&spec);
+    assert_eq!(r.built().len(), 201);
+    let root = r.root();
+    for i in [0, 1, 99, 198, 199] {
+        assert_eq!(std::fs::read_to_string(root.join(format!("f{i}"))).unwrap(), format!("{i}\n"));
+    }
+    let run = t.envc(&["run", spec.to_str().unwrap(), "--", "sh", "-c", "cat /f0 /f199"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "0\n199\n"), "{}", run.stderr);
+    assert!(t.apply(&spec).built().is_empty());
+}
+
+fn shell_reads_commands_from_stdin(kind: Kind) {
+    let t = TestStore::new(kind, "shell");
+    let spec = t.spec("env.kdl", &format!("name \"sh\"\n{BASE}layer \"a\" {{\n  env WHO=\"envc\"\n  run \"true\"\n}}\n"));
+    let mut child = t.cmd().arg("shell").arg(&spec).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"echo hello $WHO; exit 4\n").unwrap();
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stdout.contains("hello envc"), "{}", r.stdout);
+}
+
 use common::Run;
 
 impl Run {
@@ -294,4 +323,6 @@ contract!(
     rm_drops_the_working_root,
     why_explains_misses_field_by_field,
     gc_removes_unused_layers_children_first_and_never_one_in_use,
+    a_200_layer_environment_applies,
+    shell_reads_commands_from_stdin,
 );
