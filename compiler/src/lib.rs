@@ -11,6 +11,7 @@
 pub mod ast;
 pub mod decode;
 mod error;
+mod fastkdl;
 pub mod resolve;
 mod suggest;
 
@@ -66,4 +67,10 @@ pub fn compile(path: &Path) -> Result<Compiled, Vec<SpecError>> {
 /// files it copies are read relative to `path`'s directory).
 pub fn compile_source(path: &Path, text: impl Into<String>) -> Result<Compiled, Vec<SpecError>> {
     resolve::compile(path, resolve::RootText::Given(text.into()))
+}
+
+/// The fast KDL parser, exposed for its differential tests only.
+#[doc(hidden)]
+pub fn __fastkdl_parse(text: &str) -> Option<kdl::KdlDocument> {
+    fastkdl::parse(text)
 }

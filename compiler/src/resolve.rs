@@ -120,6 +120,10 @@ pub(crate) fn normalize_lexically(path: &Path) -> PathBuf {
 }
 
 fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
+    // The fast path handles the common subset exactly; kdl handles the rest and reports errors.
+    if let Some(doc) = crate::fastkdl::parse(text) {
+        return Some(doc);
+    }
     match KdlDocument::parse_v2(text) {
         Ok(doc) => Some(doc),
         Err(err) => {
