@@ -181,6 +181,37 @@ fn remove_dir_if_exists(path: &Path) -> Result<(), BackendError> {
     }
 }
 
+/// Deletes a tree that nothing refers to any more, without waiting for it.
+fn delete_in_background(path: &Path) -> Result<(), BackendError> {
+    let rm = crate::tools::find("rm")?;
+    match std::process::Command::new(rm)
+        .arg("-rf")
+        .arg("--one-file-system")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(_) => Ok(()),
+        Err(_) => remove_dir_if_exists(path),
+    }
+}
+
+/// Removes what interrupted deletions left in `tmp/` (never live throwaway roots).
+pub fn sweep_tmp(store: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(store.join("tmp")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("discard-") || name.starts_with("removed-") {
+            if fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Bytes used by a tree (allocated blocks; hard links counted once per walk).
 pub fn disk_usage(path: &Path) -> u64 {
     fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
@@ -332,13 +363,14 @@ impl Backend for Overlay {
         let dir = self.root.join("roots").join(name);
         let mnt = dir.join("root");
         unmount(&mnt)?;
-        // Rename away first: discarding is one rename whatever the root's size.
+        // Discarding is one rename whatever the root's size; the old tree is deleted in the
+        // background (and by `gc` if that is interrupted).
         for sub in ["upper", "work"] {
             let p = dir.join(sub);
             if p.exists() {
                 let doomed = self.root.join("tmp").join(unique("discard"));
                 fs::rename(&p, &doomed).map_err(io_err("discard", &p))?;
-                remove_dir_if_exists(&doomed)?;
+                delete_in_background(&doomed)?;
             }
         }
         Ok(())

@@ -120,6 +120,9 @@ pub struct GcReport {
 /// Removes layers no working root needs, per `policy`: never one in use or being built, always
 /// children before parents.
 pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
+    if !policy.dry_run {
+        crate::backend::sweep_tmp(store.path());
+    }
     let metas = store.layers()?;
     let in_use: BTreeSet<LayerId> = store.roots().into_iter().flat_map(|r| r.chain).collect();
     let now = store::now();
