@@ -3,7 +3,7 @@
 //! succeeded. Then the environment gets its working root.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -378,21 +378,11 @@ impl Runtime {
         let (reader, writer) = io::pipe().map_err(io_err("create a pipe"))?;
         let mut child = sandbox::spawn(&self.helper, spec, Stdio3::Pipe(writer)).map_err(io_err(&format!("start the sandbox helper {}", self.helper.display())))?;
         let mut tail = Vec::new();
-        let mut reader = BufReader::new(reader);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf);
-                    let line = text.trim_end_matches(['\n', '\r']);
-                    let _ = writeln!(log, "{line}");
-                    tools::push_tail(&mut tail, line);
-                    sink(Event::Output { layer, line: line.to_owned() });
-                }
-            }
-        }
+        tools::for_each_line(reader, &mut |line| {
+            let _ = writeln!(log, "{line}");
+            tools::push_tail(&mut tail, line);
+            sink(Event::Output { layer, line: line.to_owned() });
+        });
         let status = child.wait().map_err(io_err("wait for the sandbox"))?;
         let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
         Ok((code, tail))

@@ -77,21 +77,7 @@ pub fn parse_deb822(text: &str) -> Vec<Entry> {
 
 /// Every `deb` entry of the host's apt configuration.
 pub fn host_entries() -> Vec<Entry> {
-    let mut out = Vec::new();
-    if let Ok(t) = fs::read_to_string("/etc/apt/sources.list") {
-        out.extend(parse_one_line(&t));
-    }
-    let mut files: Vec<_> = fs::read_dir("/etc/apt/sources.list.d").into_iter().flatten().flatten().map(|e| e.path()).collect();
-    files.sort();
-    for p in files {
-        let Ok(t) = fs::read_to_string(&p) else { continue };
-        match p.extension().and_then(|e| e.to_str()) {
-            Some("list") => out.extend(parse_one_line(&t)),
-            Some("sources") => out.extend(parse_deb822(&t)),
-            _ => {}
-        }
-    }
-    out
+    entries_in(Path::new("/etc/apt"))
 }
 
 /// The pockets envc carries over from the host, by suite suffix.
@@ -140,7 +126,8 @@ pub fn sources_for_mirror(mirror: &str, suite: &str, components: &[String]) -> S
     format!("deb {mirror} {suite} {}\n", components.join(" "))
 }
 
-/// Reads host sources from a directory tree shaped like `/etc/apt` (for tests).
+/// Every `deb` entry of an apt configuration directory shaped like `/etc/apt`: `sources.list`
+/// and `sources.list.d/*.list` (one-line format), `sources.list.d/*.sources` (deb822).
 pub fn entries_in(etc_apt: &Path) -> Vec<Entry> {
     let mut out = Vec::new();
     if let Ok(t) = fs::read_to_string(etc_apt.join("sources.list")) {

@@ -140,20 +140,10 @@ impl Tool {
         let mut child = cmd.spawn().map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
         drop(cmd);
         let mut tail: Vec<String> = Vec::new();
-        let mut reader = BufReader::new(reader);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    let line = line.trim_end_matches(['\n', '\r']);
-                    on_line(line);
-                    push_tail(&mut tail, line);
-                }
-            }
-        }
+        for_each_line(reader, &mut |line| {
+            on_line(line);
+            push_tail(&mut tail, line);
+        });
         let status = child.wait().map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
         if status.success() { Ok(()) } else { Err(ToolError::Failed { program: self.program.clone(), args: self.args.clone(), status, tail }) }
     }
@@ -173,6 +163,19 @@ pub fn push_tail(tail: &mut Vec<String>, line: &str) {
         tail.remove(0);
     }
     tail.push(line.to_owned());
+}
+
+/// Calls `f` with every line read from `r` (lossy UTF-8, without the line ending) until EOF.
+pub fn for_each_line(r: impl Read, f: &mut dyn FnMut(&str)) {
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r'])),
+        }
+    }
 }
 
 /// Reads everything from `r` into lines (lossy).
