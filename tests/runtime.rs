@@ -289,6 +289,22 @@ fn shell_reads_commands_from_stdin(kind: Kind) {
     assert!(r.stdout.contains("hello envc"), "{}", r.stdout);
 }
 
+fn gc_leaves_layers_in_use_by_a_running_command_alone(kind: Kind) {
+    let t = TestStore::new(kind, "gc-busy");
+    let spec = t.spec("env.kdl", &format!("name \"busy\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n"));
+    t.apply(&spec);
+    assert_eq!(t.envc(&["rm", "busy"]).code, 0);
+    // No working root uses the layers now, but a running command does.
+    let child = t.cmd().args(["run", spec.to_str().unwrap(), "--", "sh", "-c", "sleep 2; cat /a"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let gc = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert!(gc.stdout.is_empty(), "gc removed layers in use: {}", gc.stdout);
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!((run.code, run.stdout.as_str()), (0, "a\n"), "{}", run.stderr);
+    let gc = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert_eq!(gc.stdout.lines().count(), 2, "once the command ended, the layers can go: {}", gc.stdout);
+}
+
 use common::Run;
 
 impl Run {
@@ -325,4 +341,5 @@ contract!(
     gc_removes_unused_layers_children_first_and_never_one_in_use,
     a_200_layer_environment_applies,
     shell_reads_commands_from_stdin,
+    gc_leaves_layers_in_use_by_a_running_command_alone,
 );

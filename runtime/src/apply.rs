@@ -137,8 +137,10 @@ impl Runtime {
         self.store.backend()
     }
 
-    /// Builds every layer of `plan` that is not stored.
-    pub fn realize<'p>(&self, plan: &'p Plan, sink: Sink<'_, 'p>) -> Result<(usize, usize), ApplyError> {
+    /// Builds every layer of `plan` that is not stored. Returns the layers built and reused, and
+    /// shared locks on every layer of the chain: while they are held, `gc` leaves the chain alone.
+    pub fn realize<'p>(&self, plan: &'p Plan, sink: Sink<'_, 'p>) -> Result<(usize, usize, Vec<store::Lock>), ApplyError> {
+        let mut held = Vec::with_capacity(plan.layers.len());
         let cleaned = self.store.clean_staging()?;
         if cleaned > 0 {
             sink(Event::Cleaned { count: cleaned });
@@ -146,11 +148,17 @@ impl Runtime {
         let (mut built, mut cached) = (0, 0);
         for (index, layer) in plan.layers.iter().enumerate() {
             if self.store.is_sealed(&layer.id) {
-                cached += 1;
-                sink(Event::Cached { index, layer });
-                continue;
+                let shared = self.store.share_layer(&layer.id)?;
+                // gc may have removed it between the check and the lock.
+                if self.store.is_sealed(&layer.id) {
+                    held.push(shared);
+                    cached += 1;
+                    sink(Event::Cached { index, layer });
+                    continue;
+                }
+                drop(shared);
             }
-            let _lock = match self.store.try_lock_layer(&layer.id)? {
+            let lock = match self.store.try_lock_layer(&layer.id)? {
                 Some(l) => l,
                 None => {
                     sink(Event::Waiting { index, layer });
@@ -158,6 +166,8 @@ impl Runtime {
                 }
             };
             if self.store.is_sealed(&layer.id) {
+                drop(lock);
+                held.push(self.store.share_layer(&layer.id)?);
                 cached += 1;
                 sink(Event::Cached { index, layer });
                 continue;
@@ -166,15 +176,17 @@ impl Runtime {
             sink(Event::Building { index, layer });
             let started = Instant::now();
             self.build(plan, index, sink)?;
+            drop(lock);
+            held.push(self.store.share_layer(&layer.id)?);
             built += 1;
             sink(Event::Built { index, layer, secs: started.elapsed().as_secs_f64() });
         }
-        Ok((built, cached))
+        Ok((built, cached, held))
     }
 
     /// Realizes `plan` and gives it its working root.
     pub fn apply<'p>(&self, plan: &'p Plan, reset: bool, sink: Sink<'_, 'p>) -> Result<Applied, ApplyError> {
-        let (built, cached) = self.realize(plan, sink)?;
+        let (built, cached, _in_use) = self.realize(plan, sink)?;
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let _lock = self.store.lock_root(&plan.name)?;
         let rec = self.store.read_root(&plan.name);
@@ -218,7 +230,7 @@ impl Runtime {
             let spec = Spec { source: RootSource::Dir, mountpoint: applied.root, network, binds: vec![], tmp_files: vec![], action };
             return self.interactive(&spec);
         }
-        self.realize(plan, sink)?;
+        let (_, _, _in_use) = self.realize(plan, sink)?;
         let scratch = self.backend().scratch_root(&chain)?;
         let spec = Spec { source: scratch.source.clone(), mountpoint: scratch.mountpoint.clone(), network, binds: vec![], tmp_files: vec![], action };
         let result = self.interactive(&spec);

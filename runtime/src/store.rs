@@ -185,6 +185,12 @@ impl Store {
         Ok(self.lock_file(&format!("{id}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
     }
 
+    /// Takes a shared lock on a layer id: the layer is in use (as a parent or a root's lower
+    /// layer) and must not be removed, while others may use it too.
+    pub fn share_layer(&self, id: &LayerId) -> Result<Lock, StoreError> {
+        Ok(self.lock_file(&format!("{id}.lock"), FlockArg::LockShared)?.expect("blocking lock"))
+    }
+
     /// Locks a layer id if nobody holds it.
     pub fn try_lock_layer(&self, id: &LayerId) -> Result<Option<Lock>, StoreError> {
         self.lock_file(&format!("{id}.lock"), FlockArg::LockExclusiveNonblock)
