@@ -33,36 +33,93 @@ pub fn runtime(ui: &Ui, store: &Path, backend: Option<&str>) -> Result<Runtime, 
     Ok(Runtime { store, helper })
 }
 
-/// Prints progress events as plain lines (prefixed by the layer's name) on stderr.
+/// Shows progress: on a terminal, a bar (layers done, the current layer, elapsed time) with build
+/// output scrolling above it; otherwise plain lines prefixed by the layer's name.
 pub struct Progress {
     quiet_output: bool,
-    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
-    pub fn new() -> Progress {
-        Progress { quiet_output: std::env::var_os("ENVC_QUIET").is_some(), tty: std::io::stderr().is_terminal() }
+    pub fn new(layers: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(layers as u64);
+            let style = indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress { quiet_output: std::env::var_os("ENVC_QUIET").is_some(), bar }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
     }
 
     pub fn event(&mut self, e: Event<'_>) {
-        let mut err = std::io::stderr().lock();
-        let _ = match e {
-            Event::Cleaned { count } => writeln!(err, "envc: removed {count} interrupted build{}", if count == 1 { "" } else { "s" }),
-            Event::Cached { layer, .. } => writeln!(err, "[{}] cached {}", layer.name, layer.id.short(12)),
-            Event::Waiting { layer, .. } => writeln!(err, "[{}] waiting for another envc building {}", layer.name, layer.id.short(12)),
-            Event::Building { layer, .. } => writeln!(err, "[{}] building {}", layer.name, layer.id.short(12)),
-            Event::Step { .. } => Ok(()),
-            Event::Output { layer, line } => {
-                if self.quiet_output {
-                    Ok(())
-                } else if self.tty {
-                    writeln!(err, "\x1b[2m[{layer}]\x1b[0m {line}")
-                } else {
-                    writeln!(err, "[{layer}] {line}")
+        match e {
+            Event::Cleaned { count } => self.line(format!("envc: removed {count} interrupted build{}", if count == 1 { "" } else { "s" })),
+            Event::Cached { layer, .. } => {
+                self.line(format!("[{}] cached {}", layer.name, layer.id.short(12)));
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
                 }
             }
-            Event::Built { layer, secs, .. } => writeln!(err, "[{}] built in {:.1} s", layer.name, secs),
-        };
+            Event::Waiting { layer, .. } => {
+                self.line(format!("[{}] waiting for another envc building {}", layer.name, layer.id.short(12)));
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("waiting for {}", layer.name));
+                }
+            }
+            Event::Building { layer, .. } => {
+                self.line(format!("[{}] building {}", layer.name, layer.id.short(12)));
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("building {}", layer.name));
+                }
+            }
+            Event::Step { summary, .. } => {
+                if let Some(bar) = &self.bar {
+                    let mut s: String = summary.chars().take(60).collect();
+                    if s.len() < summary.len() {
+                        s.push('…');
+                    }
+                    bar.set_message(s);
+                }
+            }
+            Event::Output { layer, line } => {
+                if !self.quiet_output {
+                    if self.bar.is_some() {
+                        self.line(format!("\x1b[2m[{layer}]\x1b[0m {line}"));
+                    } else {
+                        self.line(format!("[{layer}] {line}"));
+                    }
+                }
+            }
+            Event::Realized => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            Event::Built { layer, secs, .. } => {
+                self.line(format!("[{}] built in {:.1} s", layer.name, secs));
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -93,8 +150,10 @@ pub fn report_apply_error(ui: &Ui, compiled: &Compiled, e: &ApplyError) {
 }
 
 pub fn apply(ui: &Ui, rt: &Runtime, compiled: &Compiled, reset: bool) -> Result<(), u8> {
-    let mut progress = Progress::new();
-    match rt.apply(&compiled.plan, reset, &mut |e| progress.event(e)) {
+    let mut progress = Progress::new(compiled.plan.layers.len());
+    let result = rt.apply(&compiled.plan, reset, &mut |e| progress.event(e));
+    drop(progress);
+    match result {
         Ok(applied) => {
             let _ = writeln!(std::io::stderr(), "envc: {} built, {} cached; root {}", applied.built, applied.cached, if applied.fresh_root { "created" } else { "kept" });
             println!("{}", applied.root.display());
@@ -108,8 +167,11 @@ pub fn apply(ui: &Ui, rt: &Runtime, compiled: &Compiled, reset: bool) -> Result<
 }
 
 pub fn run(ui: &Ui, rt: &Runtime, compiled: &Compiled, argv: Vec<String>, keep: bool, network: bool) -> Result<u8, u8> {
-    let mut progress = Progress::new();
-    match rt.run(&compiled.plan, argv, keep, network, &mut |e| progress.event(e)) {
+    let mut progress = Progress::new(compiled.plan.layers.len());
+    // The progress bar must be gone before the command takes the terminal.
+    let result = rt.run(&compiled.plan, argv, keep, network, &mut |e| progress.event(e));
+    drop(progress);
+    match result {
         Ok(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
         Err(e) => {
             report_apply_error(ui, compiled, &e);

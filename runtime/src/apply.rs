@@ -60,6 +60,8 @@ pub enum Event<'a> {
         /// The line.
         line: String,
     },
+    /// Every layer is stored; what follows is the working root or the command.
+    Realized,
     /// A layer was built and sealed.
     Built {
         /// Its index in the plan.
@@ -181,6 +183,7 @@ impl Runtime {
             built += 1;
             sink(Event::Built { index, layer, secs: started.elapsed().as_secs_f64() });
         }
+        sink(Event::Realized);
         Ok((built, cached, held))
     }
 
