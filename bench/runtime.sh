@@ -24,3 +24,22 @@ hyperfine --style basic --warmup 2 --runs "$ROUNDS" --export-markdown bench/runt
   --command-name "restore plain tar" --prepare "rm -rf $RESTORE; mkdir -p $RESTORE" "tar -C $RESTORE -xf $WORK/root.tar"
 rm -rf "$RESTORE"
 cat bench/runtime.md
+
+# Size independence: the same two envc operations on the root above and on one 1 GiB and 20,000
+# files bigger (a layer on top of it).
+BIG=$WORK/hello-big.kdl
+cat > "$BIG" <<SPEC
+name "hello-big"
+extends "$PWD/$SPEC"
+layer "big" {
+    run "mkdir -p /big/many && dd if=/dev/urandom of=/big/blob bs=1M count=1024 status=none && cd /big/many && seq 1 20000 | xargs touch"
+}
+SPEC
+BIGROOT=$($ENVC apply "$BIG" 2>/dev/null)
+echo "big root: $BIGROOT ($(du -sh --apparent-size "$BIGROOT" | cut -f1), $(find "$BIGROOT" -xdev | wc -l) files)"
+hyperfine --style basic -N --warmup 2 --runs "$ROUNDS" --export-markdown bench/runtime-size.md \
+  --command-name "warm apply, $(du -sh --apparent-size "$ROOT" | cut -f1) root" "$ENVC apply $SPEC" \
+  --command-name "warm apply, $(du -sh --apparent-size "$BIGROOT" | cut -f1) root" "$ENVC apply $BIG" \
+  --command-name "reset, $(du -sh --apparent-size "$ROOT" | cut -f1) root" "$ENVC apply --reset $SPEC" \
+  --command-name "reset, $(du -sh --apparent-size "$BIGROOT" | cut -f1) root" "$ENVC apply --reset $BIG" > /dev/null
+cat bench/runtime-size.md
