@@ -165,6 +165,10 @@ fn main() -> ExitCode {
         let code = envc_runtime::sandbox::helper_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
+    if args.get(1).is_some_and(|a| a == envc_runtime::sandbox::NOSYNC_ARG) {
+        let code = envc_runtime::sandbox::nosync_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

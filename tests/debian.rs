@@ -12,14 +12,29 @@ fn debian_minbase_with_hello() {
     }
     assert!(std::path::Path::new("/usr/bin/mmdebstrap").exists(), "mmdebstrap is missing (apt-get install mmdebstrap)");
     let t = TestStore::new(Kind::Overlay, "debian");
+    // Built on this (bookworm) host, so the root's glibc is the same.
+    common::synccheck(&t.specs, false);
+    // The base is built with sync suppressed (the default: seccomp around mmdebstrap) and without
+    // docs; `packages` defaults to seccomp; the shim is tried on a dynamically linked program.
     let spec = t.spec(
         "env.kdl",
-        "name \"deb-hello\"\nbase \"debian\" suite=\"bookworm\" variant=\"minbase\"\nlayer \"hello\" {\n    packages \"hello\"\n}\nlayer \"check\" {\n    run \"hello > /greeting && dpkg -s hello | grep -q 'Status: install ok installed'\"\n}\n",
+        "name \"deb-hello\"\nbase \"debian\" suite=\"bookworm\" variant=\"minbase\" exclude-docs=#true\n\
+         layer \"hello\" {\n    packages \"hello\"\n}\n\
+         layer \"check\" {\n    run \"hello > /greeting && dpkg -s hello | grep -q 'Status: install ok installed'\"\n    copy \"synccheck\" \"/usr/local/bin/synccheck\" mode=\"0755\"\n    run \"synccheck /tmp/x > /shim.txt; env > /shim-env.txt\" sync=\"shim\"\n}\n",
     );
     let r = t.apply(&spec);
     assert_eq!(r.built(), ["base", "hello", "check"], "{}", r.stderr);
     let root = r.root();
     assert_eq!(std::fs::read_to_string(root.join("greeting")).unwrap(), "Hello, world!\n");
+    // The shim: EBADF kept for a closed descriptor, O_SYNC stripped; it was preloaded from the
+    // step's own /tmp, which is not part of the layer.
+    assert_eq!(std::fs::read_to_string(root.join("shim.txt")).unwrap(), "fsync_open=0 fsync_closed=-1/9 osync=0\n");
+    assert!(std::fs::read_to_string(root.join("shim-env.txt")).unwrap().contains("LD_PRELOAD=/tmp/.envc-nosync/$LIB/libenvc-nosync.so"));
+    assert!(!root.join("tmp/.envc-nosync").exists());
+    // exclude-docs: no man or info pages, but copyright files stay.
+    assert!(!root.join("usr/share/man/man1/hello.1.gz").exists(), "man pages are excluded");
+    assert!(!root.join("usr/share/info/hello.info.gz").exists(), "info pages are excluded");
+    assert!(root.join("usr/share/doc/hello/copyright").exists(), "copyright files stay");
     // Nothing of the host stays in a layer.
     for leaked in ["etc/resolv.conf", "etc/hostname", "usr/sbin/policy-rc.d", "var/cache/apt/pkgcache.bin"] {
         assert!(!root.join(leaked).exists(), "{leaked} must not be in the root");

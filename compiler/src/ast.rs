@@ -40,6 +40,8 @@ pub struct SpecFile {
 pub struct BaseDecl {
     /// The node's name span (`base`).
     pub span: SourceSpan,
+    /// `sync="..."`, for bases that are built by a package manager.
+    pub sync: Option<Spanned<String>>,
     /// What it declares.
     pub kind: BaseKind,
 }
@@ -55,6 +57,7 @@ pub enum BaseKind {
         components: Option<Spanned<String>>,
         include: Option<Spanned<String>>,
         mirror: Option<Spanned<String>>,
+        exclude_docs: bool,
     },
     /// `base "tar" "path"`.
     Tar { path: Spanned<String> },
@@ -78,6 +81,8 @@ pub struct LayerDecl {
 pub struct StepDecl {
     /// The span of the whole node, for errors at build time.
     pub span: SourceSpan,
+    /// `sync="..."` on `run` and `packages`.
+    pub sync: Option<Spanned<String>>,
     /// What the step does.
     pub kind: StepKind,
 }

@@ -281,9 +281,10 @@ impl Decoder<'_> {
         let r = self.reader(node, false);
         let kind = self.string_arg(&r, 0, "the kind of base", "base \"debian\" suite=\"bookworm\"")?;
         let span = node.name().span();
+        let mut sync = None;
         let kind = match kind.value.as_str() {
             "debian" => {
-                const PROPS: &[&str] = &["suite", "variant", "arch", "components", "include", "mirror"];
+                const PROPS: &[&str] = &["suite", "variant", "arch", "components", "include", "mirror", "exclude-docs", "sync"];
                 self.finish(&r, PROPS, 1, "one argument, `debian`, and properties");
                 let suite = self.string_prop(&r, "suite");
                 let variant = self.string_prop(&r, "variant");
@@ -291,6 +292,8 @@ impl Decoder<'_> {
                 let components = self.string_prop(&r, "components");
                 let include = self.string_prop(&r, "include");
                 let mirror = self.string_prop(&r, "mirror");
+                let exclude_docs = self.bool_prop(&r, "exclude-docs").unwrap_or(false);
+                sync = self.string_prop(&r, "sync");
                 let Some(suite) = suite else {
                     if r.prop("suite").is_none() {
                         self.errors.push(SpecError::MissingProperty {
@@ -303,7 +306,7 @@ impl Decoder<'_> {
                     }
                     return None;
                 };
-                BaseKind::Debian { suite, variant, arch, components, include, mirror }
+                BaseKind::Debian { suite, variant, arch, components, include, mirror, exclude_docs }
             }
             "tar" => {
                 self.finish(&r, &[], 2, "two arguments, `tar` and the tarball's path");
@@ -324,7 +327,7 @@ impl Decoder<'_> {
                 return None;
             }
         };
-        Some(BaseDecl { span, kind })
+        Some(BaseDecl { span, sync, kind })
     }
 
     fn layer(&mut self, node: &KdlNode) -> Option<LayerDecl> {
@@ -351,10 +354,12 @@ impl Decoder<'_> {
 
     fn step(&mut self, node: &KdlNode) -> Option<StepDecl> {
         let span = node.span();
+        let mut sync = None;
         let kind = match node.name().value() {
             "packages" => {
                 let r = self.reader(node, false);
-                self.finish_props(&r, &[]);
+                self.finish_props(&r, &["sync"]);
+                sync = self.string_prop(&r, "sync");
                 if r.args.is_empty() {
                     self.string_arg(&r, 0, "at least one package", "packages \"build-essential\" \"pkg-config\"");
                     return None;
@@ -368,7 +373,8 @@ impl Decoder<'_> {
             }
             "run" => {
                 let r = self.reader(node, false);
-                self.finish(&r, &["network", "user"], 1, "exactly one argument, the shell command");
+                self.finish(&r, &["network", "user", "sync"], 1, "exactly one argument, the shell command");
+                sync = self.string_prop(&r, "sync");
                 let command = self.string_arg(&r, 0, "a shell command", "run \"make install\"");
                 let network = self.bool_prop(&r, "network").unwrap_or(false);
                 let user = self.string_prop(&r, "user");
@@ -441,7 +447,7 @@ impl Decoder<'_> {
                 return None;
             }
         };
-        Some(StepDecl { span, kind })
+        Some(StepDecl { span, sync, kind })
     }
 
     /// A `mode` property: an octal string ("0644", "644", "0o644") or an integer written `0o644`.

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use envc_plan::{Base, CopyKind, Mode, Plan, Step, digest, env};
+use envc_plan::{Base, CopyKind, Mode, Plan, Step, SyncMode, digest, env};
 use kdl::KdlDocument;
 use miette::{NamedSource, SourceSpan};
 
@@ -26,6 +26,9 @@ pub const DEFAULT_VARIANT: &str = "minbase";
 pub const ARCHES: &[&str] = &[
     "amd64", "arm64", "armel", "armhf", "i386", "loong64", "mips64el", "ppc64el", "riscv64", "s390x",
 ];
+
+/// Values of `sync=`.
+pub const SYNC_MODES: &[&str] = &["off", "shim", "seccomp"];
 
 /// The dpkg architecture of the machine envc runs on.
 pub fn host_arch() -> &'static str {
@@ -337,7 +340,10 @@ impl Lower<'_> {
             }
         }
         let base_lowered = match base {
-            Some((fi, decl)) => self.base(&files[fi], decl).map(|b| (b, Location { file: fi, span: decl.span })),
+            Some((fi, decl)) => {
+                let sync = self.sync_mode(&files[fi], decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, &[SyncMode::Off, SyncMode::Seccomp]);
+                self.base(&files[fi], decl).zip(sync).map(|(b, s)| ((b, s), Location { file: fi, span: decl.span }))
+            }
             None => {
                 let f = &files[0];
                 // A base-most file that still extends something means the chain was cut short by
@@ -397,11 +403,11 @@ impl Lower<'_> {
             }
         }
 
-        let (base, base_loc) = base_lowered?;
+        let ((base, base_sync), base_loc) = base_lowered?;
         let name = name?;
         let mut all_locations = vec![vec![base_loc]];
         all_locations.extend(locations);
-        Some((Plan::new(name, base, layers), all_locations))
+        Some((Plan::with_base_sync(name, base, base_sync, layers), all_locations))
     }
 
     fn invalid(&mut self, f: &File, span: SourceSpan, what: &str, value: &str, reason: &str, help: Option<String>) {
@@ -468,7 +474,7 @@ impl Lower<'_> {
                     }
                 }
             }
-            BaseKind::Debian { suite, variant, arch, components, include, mirror } => {
+            BaseKind::Debian { suite, variant, arch, components, include, mirror, exclude_docs } => {
                 let mut ok = true;
                 let suite_ok = !suite.value.is_empty()
                     && suite.value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -528,7 +534,7 @@ impl Lower<'_> {
                         None
                     }
                 };
-                ok.then(|| Base::Debian { suite: suite.value.clone(), variant, arch, components, include, mirror })
+                ok.then(|| Base::Debian { suite: suite.value.clone(), variant, arch, components, include, mirror, exclude_docs: *exclude_docs })
             }
         }
     }
@@ -607,7 +613,28 @@ impl Lower<'_> {
         None
     }
 
+    /// Resolves `sync="..."` (or the default), refusing modes that `allowed` does not list.
+    fn sync_mode(&mut self, f: &File, sync: Option<&Spanned<String>>, default: SyncMode, allowed: &[SyncMode]) -> Option<SyncMode> {
+        let Some(s) = sync else { return Some(default) };
+        let mode = match s.value.as_str() {
+            "off" => SyncMode::Off,
+            "shim" => SyncMode::Shim,
+            "seccomp" => SyncMode::Seccomp,
+            other => {
+                let help = suggest::help(other, SYNC_MODES, "modes");
+                self.invalid(f, s.span, "sync mode", other, "not a sync mode", Some(help));
+                return None;
+            }
+        };
+        if !allowed.contains(&mode) {
+            self.invalid(f, s.span, "sync mode", &s.value, "not available here", Some("a base is built by mmdebstrap on the host, where envc suppresses sync calls with seccomp: use sync=\"seccomp\" or sync=\"off\"".into()));
+            return None;
+        }
+        Some(mode)
+    }
+
     fn step(&mut self, f: &File, decl: &StepDecl, vars: &mut BTreeMap<String, String>) -> Option<Step> {
+        const ALL: &[SyncMode] = &[SyncMode::Off, SyncMode::Shim, SyncMode::Seccomp];
         match &decl.kind {
             StepKind::Packages(names) => {
                 let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
@@ -630,18 +657,20 @@ impl Lower<'_> {
                 }
                 let mut packages: Vec<String> = names.iter().map(|n| n.value.clone()).collect();
                 packages.sort();
-                (ok && !packages.is_empty()).then_some(Step::Packages { packages })
+                let sync = self.sync_mode(f, decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, ALL)?;
+                (ok && !packages.is_empty()).then_some(Step::Packages { packages, sync })
             }
             StepKind::Run { command, network, user } => {
                 if command.value.trim().is_empty() {
                     self.invalid(f, command.span, "command", &command.value, "empty command", Some("give the shell command to run, e.g. run \"make install\"".into()));
                     return None;
                 }
+                let sync = self.sync_mode(f, decl.sync.as_ref(), SyncMode::RUN_DEFAULT, ALL);
                 let user = match user {
                     Some(u) => Some(self.user(f, u, "user", false)?),
                     None => None,
                 };
-                Some(Step::Run { command: command.value.clone(), network: *network, user })
+                Some(Step::Run { command: command.value.clone(), network: *network, user, sync: sync? })
             }
             StepKind::Copy { source, dest, mode, owner } => {
                 let resolved = self.copy_source(f, source);

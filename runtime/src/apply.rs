@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use envc_plan::{Base, Layer, LayerId, Plan, Step};
+use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
 
 use crate::aptsrc;
 use crate::backend::{Backend, BackendError, Build};
@@ -227,7 +227,7 @@ impl Runtime {
     pub fn run<'p>(&self, plan: &'p Plan, argv: Vec<String>, keep: bool, network: bool, sink: Sink<'_, 'p>) -> Result<i32, ApplyError> {
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let (vars, workdir) = plan.final_context();
-        let action = Action::Exec { argv, env: vars.into_iter().collect(), cwd: workdir.unwrap_or_else(|| "/".into()), user: None, deny_services: false };
+        let action = Action::Exec { argv, env: vars.into_iter().collect(), cwd: workdir.unwrap_or_else(|| "/".into()), user: None, deny_services: false, sync: SyncMode::Off };
         if keep {
             let applied = self.apply(plan, false, sink)?;
             let spec = Spec { source: RootSource::Dir, mountpoint: applied.root, network, binds: vec![], tmp_files: vec![], action };
@@ -319,14 +319,14 @@ impl Runtime {
         let env: Vec<(String, String)> = vars.into_iter().collect();
         let cwd = workdir.unwrap_or_else(|| "/".into());
         let spec = match &layer.steps[si] {
-            Step::Base { base } => {
+            Step::Base { base, sync } => {
                 let mut tail = Vec::new();
                 let mut on_line = |line: &str| {
                     let _ = writeln!(log, "{line}");
                     tools::push_tail(&mut tail, line);
                     sink(Event::Output { layer: &layer.name, line: line.to_owned() });
                 };
-                return match self.make_base(base, &build.mountpoint, &mut on_line) {
+                return match self.make_base(base, *sync, &build.mountpoint, &mut on_line) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let reason = e.to_string();
@@ -339,13 +339,13 @@ impl Runtime {
                 };
             }
             Step::Env { .. } | Step::Workdir { .. } => return Ok(()),
-            Step::Run { command, network, user } => Spec {
+            Step::Run { command, network, user, sync } => Spec {
                 source: build.source.clone(),
                 mountpoint: build.mountpoint.clone(),
                 network: *network,
                 binds: vec![],
                 tmp_files: vec![],
-                action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), command.clone()], env, cwd, user: user.clone(), deny_services: false },
+                action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), command.clone()], env, cwd, user: user.clone(), deny_services: false, sync: *sync },
             },
             Step::Copy { source, dest, mode, owner, .. } => Spec {
                 source: build.source.clone(),
@@ -355,7 +355,7 @@ impl Runtime {
                 tmp_files: vec![],
                 action: Action::Copy { source: source.clone(), dest: dest.clone(), mode: mode.map(|m| m.0), owner: owner.clone() },
             },
-            Step::Packages { packages } => {
+            Step::Packages { packages, sync } => {
                 let (script, tmp_files, lists_key) = apt_script(plan.base(), packages);
                 let debs = self.store.cache_dir("debs")?;
                 let lists = self.store.cache_dir(&format!("apt-lists/{lists_key}"))?;
@@ -373,7 +373,7 @@ impl Runtime {
                         Bind { host: lists, target: "/var/lib/apt/lists".into(), readonly: false },
                     ],
                     tmp_files,
-                    action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), script], env, cwd: "/".into(), user: None, deny_services: true },
+                    action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), script], env, cwd: "/".into(), user: None, deny_services: true, sync: *sync },
                 };
                 return self.sandboxed(&spec, &layer.name, log, sink).and_then(|(code, tail)| {
                     if code == 0 { Ok(()) } else { Err(fail(exit_reason(code), Some(code), tail)) }
@@ -403,7 +403,7 @@ impl Runtime {
         Ok((code, tail))
     }
 
-    fn make_base(&self, base: &Base, dir: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
+    fn make_base(&self, base: &Base, sync: SyncMode, dir: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
         match base {
             Base::Scratch => Ok(()),
             Base::Tar { path, .. } => Tool::new("tar")?
@@ -414,9 +414,16 @@ impl Runtime {
                 .arg(dir)
                 .args(["--preserve-permissions", "--same-owner", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
                 .stream(on_line),
-            Base::Debian { suite, variant, arch, components, include, mirror } => {
+            Base::Debian { suite, variant, arch, components, include, mirror, exclude_docs } => {
                 let sources_file;
-                let mut t = Tool::new("mmdebstrap")?
+                let mmdebstrap = tools::find("mmdebstrap")?;
+                // With sync suppression, mmdebstrap and everything it starts (dpkg in the new root
+                // included) run under the seccomp filter.
+                let mut t = match sync {
+                    SyncMode::Off => Tool::at(mmdebstrap),
+                    _ => Tool::at(self.helper.clone()).arg(sandbox::NOSYNC_ARG).arg(mmdebstrap),
+                };
+                t = t
                     .arg(format!("--variant={variant}"))
                     .arg(format!("--architectures={arch}"))
                     .arg(format!("--components={}", components.join(",")))
@@ -425,6 +432,11 @@ impl Runtime {
                     .arg("--dpkgopt=force-unsafe-io");
                 if !include.is_empty() {
                     t = t.arg(format!("--include={}", include.join(",")));
+                }
+                if *exclude_docs {
+                    for opt in EXCLUDE_DOCS {
+                        t = t.arg(format!("--dpkgopt={opt}"));
+                    }
                 }
                 t = t.arg(suite).arg(dir);
                 match mirror {
@@ -456,6 +468,18 @@ impl Runtime {
         }
     }
 }
+
+/// dpkg options of `exclude-docs`: written by mmdebstrap into the root's dpkg configuration, so
+/// they hold for every later `packages` step too. Excluding man-db's `auto-update` flag keeps its
+/// trigger from rebuilding the man page index.
+const EXCLUDE_DOCS: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/lintian/*",
+    "path-exclude=/var/lib/man-db/auto-update",
+];
 
 fn exit_reason(code: i32) -> String {
     match code {
@@ -507,7 +531,7 @@ mod tests {
 
     #[test]
     fn apt_script_uses_generated_sources_for_debian_mirrors() {
-        let base = Base::Debian { suite: "bookworm".into(), variant: "minbase".into(), arch: "amd64".into(), components: vec!["main".into()], include: vec![], mirror: Some("http://m.example/debian".into()) };
+        let base = Base::Debian { suite: "bookworm".into(), variant: "minbase".into(), arch: "amd64".into(), components: vec!["main".into()], include: vec![], mirror: Some("http://m.example/debian".into()), exclude_docs: false };
         let (script, files, key) = apt_script(Some(&base), &["hello".into(), "gcc=4".into()]);
         assert!(script.contains("install -y -- 'hello' 'gcc=4'"), "{script}");
         assert!(script.contains("Dir::Etc::SourceList=/tmp/envc-sources.list"));

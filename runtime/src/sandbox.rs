@@ -77,6 +77,9 @@ pub enum Action {
         user: Option<String>,
         /// Keep services from starting (a `policy-rc.d` that says no) while the step runs.
         deny_services: bool,
+        /// How sync calls are handled.
+        #[serde(default)]
+        sync: envc_plan::SyncMode,
     },
     /// Copy a host file or directory into the root.
     Copy {
@@ -136,6 +139,21 @@ pub enum Stdio3 {
     Inherit,
     /// stdin from /dev/null; stdout and stderr both to this pipe.
     Pipe(std::io::PipeWriter),
+}
+
+/// The hidden first argument that makes the `envc` binary run a host program with sync calls
+/// suppressed by seccomp (for base builds): `envc __envc-nosync PROGRAM ARGS...`.
+pub const NOSYNC_ARG: &str = "__envc-nosync";
+
+/// Entry point of `envc __envc-nosync PROGRAM ARGS...`: installs the seccomp filter and executes
+/// the program (an absolute path). Returns only on failure.
+pub fn nosync_main(args: &[OsString]) -> i32 {
+    let Some(program) = args.first() else { return fail("missing program") };
+    if let Err(e) = sys::suppress_sync_with_seccomp() {
+        return fail(&format!("install the sync-suppressing seccomp filter: {e}"));
+    }
+    let err = std::os::unix::process::CommandExt::exec(Command::new(program).args(&args[1..]));
+    fail(&format!("execute {}: {err}", Path::new(program).display()))
 }
 
 /// Entry point of the helper process: `envc __envc-sandbox JSON`. Returns the exit status.
@@ -224,8 +242,12 @@ fn init(spec: &Spec) -> Result<i32, String> {
             ctx(sys::syncfs(root.as_fd()), || "sync".into()).ok();
             Ok(0)
         }
-        Action::Exec { argv, env, cwd, user, deny_services } => {
+        Action::Exec { argv, env, cwd, user, deny_services, sync } => {
             setup_mounts(&root, mp, spec)?;
+            let mut env = env.clone();
+            if *sync == envc_plan::SyncMode::Shim {
+                env = install_shim(&root, env)?;
+            }
             let mut cleanups = Vec::new();
             if spec.network {
                 if let Some(c) = ctx(bind_resolv_conf(&root), || "provide /etc/resolv.conf".into())? {
@@ -251,7 +273,7 @@ fn init(spec: &Spec) -> Result<i32, String> {
             }
             let _ = nix::unistd::sethostname("envc");
             pivot(mp)?;
-            let code = run_command(argv, env, cwd, user.as_deref())?;
+            let code = run_command(argv, &env, cwd, user.as_deref(), *sync)?;
             for c in cleanups {
                 c.undo();
             }
@@ -456,7 +478,25 @@ fn lookup_group(group: &[Vec<String>], name: &str) -> Option<u32> {
         .or_else(|| name.parse().ok())
 }
 
-fn run_command(argv: &[String], env: &[(String, String)], cwd: &str, user: Option<&str>) -> Result<i32, String> {
+/// Where the preload shim is placed inside the root: the step's own tmpfs `/tmp`, gone with it.
+const SHIM_DIR: &str = "/tmp/.envc-nosync";
+
+/// Installs the sync-suppressing preload library into the step's `/tmp` and adds it to
+/// LD_PRELOAD.
+fn install_shim(root: &OwnedFd, mut env: Vec<(String, String)>) -> Result<Vec<(String, String)>, String> {
+    let tmp = ctx(open_in_root(root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY), || "open /tmp".into())?;
+    let host_dir = PathBuf::from(format!("/proc/self/fd/{}/.envc-nosync", tmp.as_raw_fd()));
+    ctx(envc_shim::install(&host_dir), || "install the preload shim".into())?;
+    let preload = envc_shim::preload(Path::new(SHIM_DIR));
+    match env.iter_mut().find(|(k, _)| k == "LD_PRELOAD") {
+        Some((_, v)) if !v.is_empty() => *v = format!("{preload}:{v}"),
+        Some((_, v)) => *v = preload,
+        None => env.push(("LD_PRELOAD".into(), preload)),
+    }
+    Ok(env)
+}
+
+fn run_command(argv: &[String], env: &[(String, String)], cwd: &str, user: Option<&str>, sync: envc_plan::SyncMode) -> Result<i32, String> {
     let user = match user {
         Some(name) => Some(lookup_user(&read_db("/etc/passwd"), name).ok_or_else(|| format!("user `{name}` does not exist in the root's /etc/passwd"))?),
         None => None,
@@ -480,6 +520,9 @@ fn run_command(argv: &[String], env: &[(String, String)], cwd: &str, user: Optio
     match ctx(sys::fork_single_threaded(), || "fork the command".into())? {
         ForkResult::Child => {
             let err = (|| -> Result<std::convert::Infallible, String> {
+                if sync == envc_plan::SyncMode::Seccomp {
+                    ctx(sys::suppress_sync_with_seccomp(), || "install the sync-suppressing seccomp filter".into())?;
+                }
                 if let Some(u) = &user {
                     ctx(nix::unistd::setgroups(&[Gid::from_raw(u.gid)]), || "set groups".into())?;
                     ctx(nix::unistd::setgid(Gid::from_raw(u.gid)), || "set gid".into())?;

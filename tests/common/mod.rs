@@ -205,3 +205,16 @@ impl Run {
         PathBuf::from(self.stdout.trim())
     }
 }
+
+/// Compiles tests/common/synccheck.c into `dir` (static or dynamic); returns the binary.
+pub fn synccheck(dir: &Path, static_link: bool) -> PathBuf {
+    let out = dir.join(if static_link { "synccheck-static" } else { "synccheck" });
+    let mut cmd = Command::new("gcc");
+    cmd.arg("-O2").arg("-o").arg(&out).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/synccheck.c"));
+    if static_link {
+        cmd.arg("-static");
+    }
+    let o = cmd.output().expect("gcc");
+    assert!(o.status.success(), "gcc synccheck: {}", String::from_utf8_lossy(&o.stderr));
+    out
+}

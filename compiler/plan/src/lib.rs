@@ -19,4 +19,4 @@ mod model;
 pub use digest::{Digest, TreeDigest, TreeStats};
 pub use id::{IdParseError, LayerId};
 pub use key::Key;
-pub use model::{Base, CopyKind, Layer, Mode, Plan, Step, BASE_LAYER_NAME};
+pub use model::{BASE_LAYER_NAME, Base, CopyKind, Layer, Mode, Plan, Step, SyncMode};

@@ -58,6 +58,10 @@ pub enum Base {
         /// The mirror; `None` means the host's apt sources. Not part of the id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mirror: Option<String>,
+        /// Leave out man pages, docs (but copyright files) and info pages, here and in every later
+        /// `packages` step, and man-db's index updates.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        exclude_docs: bool,
     },
     /// A root filesystem tarball, identified by its content.
     Tar {
@@ -68,6 +72,34 @@ pub enum Base {
     },
     /// An empty root.
     Scratch,
+}
+
+/// How a step's sync calls (fsync, fdatasync, sync, syncfs, msync, sync_file_range) are handled.
+/// Not part of any id: it changes how fast a root is made, not what is in it. envc makes every
+/// layer durable itself (one syncfs) before sealing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Sync calls reach the kernel.
+    #[default]
+    Off,
+    /// A preload library turns them into no-ops (dynamically linked programs only) and strips
+    /// O_SYNC/O_DSYNC from opens.
+    Shim,
+    /// A seccomp filter makes them return 0 for every program, static or not; open flags are left
+    /// alone.
+    Seccomp,
+}
+
+impl SyncMode {
+    /// The default for `packages` steps and base builds.
+    pub const PACKAGES_DEFAULT: SyncMode = SyncMode::Seccomp;
+    /// The default for `run` steps (a test suite may rely on durability).
+    pub const RUN_DEFAULT: SyncMode = SyncMode::Off;
+}
+
+fn packages_default() -> SyncMode {
+    SyncMode::PACKAGES_DEFAULT
 }
 
 /// Whether a `copy` source is a file or a directory.
@@ -120,11 +152,17 @@ pub enum Step {
     Base {
         /// What the base is.
         base: Base,
+        /// Sync suppression while building it. Not part of the id.
+        #[serde(default = "packages_default")]
+        sync: SyncMode,
     },
     /// Install packages with the distribution's package manager.
     Packages {
         /// `NAME` or `NAME=VERSION`, sorted and without duplicates.
         packages: Vec<String>,
+        /// Sync suppression. Not part of the id.
+        #[serde(default = "packages_default")]
+        sync: SyncMode,
     },
     /// Run a shell command inside the root.
     Run {
@@ -135,6 +173,9 @@ pub enum Step {
         /// The user to run as; `None` means root.
         #[serde(default)]
         user: Option<String>,
+        /// Sync suppression. Not part of the id.
+        #[serde(default)]
+        sync: SyncMode,
     },
     /// Copy a host file or directory into the root.
     Copy {
@@ -169,16 +210,20 @@ impl Base {
     /// The canonical key of the base.
     pub fn key(&self) -> Key {
         match self {
-            Base::Debian { suite, variant, arch, components, include, mirror: _ } => Key::record(
-                "debian",
-                vec![
+            Base::Debian { suite, variant, arch, components, include, mirror: _, exclude_docs } => {
+                let mut fields = vec![
                     ("suite", Key::str(suite)),
                     ("variant", Key::str(variant)),
                     ("arch", Key::str(arch)),
                     ("components", Key::strs(components)),
                     ("include", Key::strs(include)),
-                ],
-            ),
+                ];
+                // Options added after v1 enter the key only when set, so existing ids stay.
+                if *exclude_docs {
+                    fields.push(("exclude-docs", Key::Bool(true)));
+                }
+                Key::record("debian", fields)
+            }
             Base::Tar { path: _, digest } => Key::record("tar", vec![("content", Key::Digest(digest.0))]),
             Base::Scratch => Key::record("scratch", vec![]),
         }
@@ -189,9 +234,9 @@ impl Step {
     /// The canonical key of the step.
     pub fn key(&self) -> Key {
         match self {
-            Step::Base { base } => base.key(),
-            Step::Packages { packages } => Key::record("packages", vec![("packages", Key::strs(packages))]),
-            Step::Run { command, network, user } => Key::record(
+            Step::Base { base, .. } => base.key(),
+            Step::Packages { packages, .. } => Key::record("packages", vec![("packages", Key::strs(packages))]),
+            Step::Run { command, network, user, .. } => Key::record(
                 "run",
                 vec![
                     ("command", Key::str(command)),
@@ -219,12 +264,12 @@ impl Step {
     /// A one-line summary for progress output and `envc plan`.
     pub fn summary(&self) -> String {
         match self {
-            Step::Base { base: Base::Debian { suite, variant, arch, .. } } => {
+            Step::Base { base: Base::Debian { suite, variant, arch, .. }, .. } => {
                 format!("debian {suite} {variant} {arch}")
             }
-            Step::Base { base: Base::Tar { path, .. } } => format!("tar {}", path.display()),
-            Step::Base { base: Base::Scratch } => "scratch".to_owned(),
-            Step::Packages { packages } => format!("packages {}", packages.join(" ")),
+            Step::Base { base: Base::Tar { path, .. }, .. } => format!("tar {}", path.display()),
+            Step::Base { base: Base::Scratch, .. } => "scratch".to_owned(),
+            Step::Packages { packages, .. } => format!("packages {}", packages.join(" ")),
             Step::Run { command, .. } => format!("run {command}"),
             Step::Copy { source, dest, .. } => format!("copy {} {dest}", source.display()),
             Step::Env { vars } => {
@@ -245,7 +290,7 @@ impl Layer {
 
     fn key_of(parent: Option<LayerId>, steps: &[Step]) -> Key {
         match (parent, steps) {
-            (None, [Step::Base { base }]) => Key::record("base-layer", vec![("base", base.key())]),
+            (None, [Step::Base { base, .. }]) => Key::record("base-layer", vec![("base", base.key())]),
             (parent, steps) => Key::record(
                 "layer",
                 vec![
@@ -294,7 +339,12 @@ pub enum VerifyError {
 impl Plan {
     /// Builds a plan from a base and named layers, computing every id.
     pub fn new(name: impl Into<String>, base: Base, layers: Vec<(String, Vec<Step>)>) -> Plan {
-        let base_steps = vec![Step::Base { base }];
+        Self::with_base_sync(name, base, SyncMode::PACKAGES_DEFAULT, layers)
+    }
+
+    /// [`Plan::new`] with the base build's sync suppression.
+    pub fn with_base_sync(name: impl Into<String>, base: Base, sync: SyncMode, layers: Vec<(String, Vec<Step>)>) -> Plan {
+        let base_steps = vec![Step::Base { base, sync }];
         let base_id = Layer::compute_id(None, &base_steps);
         let mut out = vec![Layer { name: BASE_LAYER_NAME.to_owned(), id: base_id, parent: None, steps: base_steps }];
         for (name, steps) in layers {
@@ -327,7 +377,7 @@ impl Plan {
     /// The base's definition.
     pub fn base(&self) -> Option<&Base> {
         match self.layers.first()?.steps.first()? {
-            Step::Base { base } => Some(base),
+            Step::Base { base, .. } => Some(base),
             _ => None,
         }
     }
@@ -367,7 +417,7 @@ mod tests {
             "t",
             Base::Scratch,
             vec![
-                ("a".into(), vec![Step::Run { command: "true".into(), network: false, user: None }]),
+                ("a".into(), vec![Step::Run { command: "true".into(), network: false, user: None, sync: SyncMode::Off }]),
                 ("b".into(), vec![Step::Workdir { path: "/w".into() }]),
             ],
         )
@@ -380,7 +430,7 @@ mod tests {
         assert_eq!(plan.layers[1].parent, Some(plan.layers[0].id));
         plan.verify().unwrap();
         let mut bad = plan.clone();
-        bad.layers[1].steps = vec![Step::Run { command: "false".into(), network: false, user: None }];
+        bad.layers[1].steps = vec![Step::Run { command: "false".into(), network: false, user: None, sync: SyncMode::Off }];
         assert!(matches!(bad.verify(), Err(VerifyError::WrongId { .. })));
     }
 
@@ -391,6 +441,29 @@ mod tests {
         b.layers[1].name = "renamed".into();
         b.verify().unwrap();
         assert_eq!(a.layers[1].id, b.layers[1].id);
+    }
+
+    #[test]
+    fn sync_mode_is_not_in_ids() {
+        let steps = |sync| vec![Step::Packages { packages: vec!["hello".into()], sync }];
+        let a = Layer::compute_id(None, &steps(SyncMode::Off));
+        assert_eq!(a, Layer::compute_id(None, &steps(SyncMode::Seccomp)));
+        assert_eq!(a, Layer::compute_id(None, &steps(SyncMode::Shim)));
+    }
+
+    #[test]
+    fn exclude_docs_is_in_the_id_only_when_set() {
+        let base = |exclude_docs| Base::Debian {
+            suite: "bookworm".into(),
+            variant: "minbase".into(),
+            arch: "amd64".into(),
+            components: vec!["main".into()],
+            include: vec![],
+            mirror: None,
+            exclude_docs,
+        };
+        assert_ne!(base(false).key(), base(true).key());
+        assert!(!serde_json::to_string(&base(false)).unwrap().contains("exclude_docs"));
     }
 
     #[test]

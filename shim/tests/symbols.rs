@@ -1,0 +1,216 @@
+//! The builds' dynamic symbol tables (`objdump -T`, `objdump -p`): they need nothing from glibc
+//! newer than GLIBC_2.3 and import only `syscall` (and `__errno_location`) besides the weak
+//! symbols the toolchain's start files reference; they export exactly the wrapped calls.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+/// Undefined symbols a build may have.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "syscall",
+    "__errno_location",
+    // Weak references from crtbeginS.o and friends.
+    "__cxa_finalize",
+    "_ITM_registerTMCloneTable",
+    "_ITM_deregisterTMCloneTable",
+    "__gmon_start__",
+    "_Jv_RegisterClasses",
+];
+
+/// What the library must define.
+const EXPORTS: &[&str] = &[
+    "fsync",
+    "fdatasync",
+    "syncfs",
+    "sync_file_range",
+    "sync",
+    "msync",
+    "open",
+    "open64",
+    "openat",
+    "openat64",
+    "__open_2",
+    "__open64_2",
+    "__openat_2",
+    "__openat64_2",
+];
+
+/// The newest glibc symbol version a build may need.
+const MAX_GLIBC: (u32, u32, u32) = (2, 3, 0);
+
+fn parse_glibc_version(v: &str) -> (u32, u32, u32) {
+    let mut parts = v
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("bad {v}")));
+    (
+        parts.next().unwrap(),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// Every `GLIBC_x.y[.z]` in `text`.
+fn glibc_versions(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("GLIBC_") {
+        let tail = &rest[i + "GLIBC_".len()..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(tail.len());
+        let v = tail[..end].trim_end_matches('.');
+        if !v.is_empty() && v.starts_with(|c: char| c.is_ascii_digit()) {
+            found.insert(v.to_string());
+        }
+        rest = tail;
+    }
+    found
+}
+
+fn objdump(args: &[&str], file: &Path) -> String {
+    let out = Command::new("objdump")
+        .args(args)
+        .arg(file)
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "objdump {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn check_build(name: &str, bytes: &[u8], class: u8, machine: u16) {
+    assert_eq!(&bytes[..4], b"\x7fELF", "{name}: not ELF");
+    assert_eq!(bytes[4], class, "{name}: ELF class");
+    assert_eq!(
+        u16::from_le_bytes([bytes[18], bytes[19]]),
+        machine,
+        "{name}: e_machine"
+    );
+    assert_eq!(
+        u16::from_le_bytes([bytes[16], bytes[17]]),
+        3,
+        "{name}: not ET_DYN"
+    );
+
+    let scratch = TempDir::new(name);
+    let file = write_lib(scratch.path(), bytes);
+    let dynsyms = objdump(&["-T"], &file);
+    let private = objdump(&["-p"], &file);
+    println!("{name}: objdump -T\n{dynsyms}");
+
+    let versions = glibc_versions(&dynsyms)
+        .union(&glibc_versions(&private))
+        .cloned()
+        .collect::<BTreeSet<_>>();
+    println!("{name}: GLIBC versions needed: {versions:?}");
+    assert!(
+        !dynsyms.contains("GLIBC_PRIVATE"),
+        "{name} needs GLIBC_PRIVATE:\n{dynsyms}"
+    );
+    assert!(
+        !versions.is_empty(),
+        "{name}: no versioned glibc symbol at all?\n{dynsyms}"
+    );
+    for v in &versions {
+        assert!(
+            parse_glibc_version(v) <= MAX_GLIBC,
+            "{name} needs GLIBC_{v}:\n{dynsyms}"
+        );
+    }
+
+    let mut imports = BTreeSet::new();
+    let mut exports = BTreeSet::new();
+    for line in dynsyms.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 4 || !fields[0].chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let symbol = fields.last().unwrap().to_string();
+        if line.contains("*UND*") {
+            imports.insert(symbol);
+        } else if line.contains(".text") {
+            exports.insert(symbol);
+        }
+    }
+    for symbol in &imports {
+        assert!(
+            ALLOWED_IMPORTS.contains(&symbol.as_str()),
+            "{name} imports {symbol}, which is not allowed:\n{dynsyms}"
+        );
+    }
+    assert!(imports.contains("syscall"), "{name}: {imports:?}");
+    let want: BTreeSet<String> = EXPORTS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(exports, want, "{name}: exported functions");
+
+    let needed: Vec<&str> = private
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("NEEDED"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(needed, ["libc.so.6"], "{name}: DT_NEEDED");
+    assert!(
+        private.contains("SONAME") && private.contains(envc_shim::LIB_NAME),
+        "{name}: SONAME"
+    );
+    // Both hash tables, so that old and new dynamic loaders alike can look symbols up.
+    let headers = objdump(&["-h"], &file);
+    assert!(
+        headers.contains(" .hash "),
+        "{name}: no .hash (DT_HASH) section"
+    );
+    assert!(
+        headers.contains(" .gnu.hash "),
+        "{name}: no .gnu.hash section"
+    );
+}
+
+#[test]
+fn lib64_needs_only_old_glibc_symbols() {
+    let Some(()) = need(
+        have_tool("objdump"),
+        "lib64_needs_only_old_glibc_symbols",
+        "objdump (binutils)",
+    ) else {
+        return;
+    };
+    check_build("lib64", envc_shim::lib64(), 2, 62); // ELFCLASS64, EM_X86_64
+}
+
+#[test]
+fn lib32_needs_only_old_glibc_symbols() {
+    let test = "lib32_needs_only_old_glibc_symbols";
+    let Some(()) = need(have_tool("objdump"), test, "objdump (binutils)") else {
+        return;
+    };
+    let Some(()) = need(
+        envc_shim::lib32().is_some(),
+        test,
+        "the 32-bit build of the library (gcc-multilib when envc-shim was built)",
+    ) else {
+        return;
+    };
+    check_build("lib32", envc_shim::lib32().unwrap(), 1, 3); // ELFCLASS32, EM_386
+}
+
+#[test]
+fn version_parsing() {
+    assert_eq!(
+        glibc_versions("(GLIBC_2.2.5) syscall\n GLIBC_2.0 x GLIBC_PRIVATE y GLIBC_2.34"),
+        ["2.0", "2.2.5", "2.34"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert!(parse_glibc_version("2.2.5") <= MAX_GLIBC);
+    assert!(parse_glibc_version("2.3") <= MAX_GLIBC);
+    assert!(parse_glibc_version("2.3.4") > MAX_GLIBC);
+    assert!(parse_glibc_version("2.34") > MAX_GLIBC);
+}
