@@ -285,13 +285,14 @@ def part_incremental(rounds):
     envc(["apply", str(base)], store)
     times = {"apply after a change in the last layer": [], "the step alone (envc run of the same command)": []}
     for r in range(rounds + 1):
-        spec = write_spec(d / "inc.kdl", base.read_text() + f'layer "last" {{\n    run "echo {r} > /round"\n}}\n')
+        token = f"{r}-{time.time_ns()}"
+        spec = write_spec(d / "inc.kdl", base.read_text() + f'layer "last" {{\n    run "echo {token} > /round"\n}}\n')
         t = time.perf_counter()
         res = envc(["apply", str(spec)], store)
         apply_t = time.perf_counter() - t
         assert "1 built" in res.stderr, res.stderr
         t = time.perf_counter()
-        envc(["run", "--no-network", str(base), "--", "sh", "-c", f"echo {r} > /round"], store)
+        envc(["run", "--no-network", str(base), "--", "sh", "-c", f"echo {token} > /round"], store)
         run_t = time.perf_counter() - t
         if r > 0:
             times["apply after a change in the last layer"].append(apply_t)
@@ -348,10 +349,17 @@ def main():
         "incremental": lambda: part_incremental(args.rounds * 2),
         "depth": lambda: part_depth(args.rounds),
     }
-    sections = []
+    # Each part's section is saved as soon as it is done, and the document is assembled from every
+    # saved part, so a failure (or --only) keeps the other parts' latest results.
+    results = WORK / "results"
+    results.mkdir(parents=True, exist_ok=True)
     for name in args.only.split(","):
         print(f"== {name}", file=sys.stderr)
-        sections.append(parts[name]())
+        try:
+            (results / f"{name}.md").write_text(parts[name]())
+        except Exception as e:  # report and go on with the other parts
+            print(f"part {name} failed: {e!r}", file=sys.stderr)
+    sections = [(results / f"{n}.md").read_text() for n in parts if (results / f"{n}.md").exists()]
     model = out("lscpu | sed -n 's/^Model name: *//p'")
     machine = (
         f"- machine: {os.cpu_count()} CPUs ({model}), "

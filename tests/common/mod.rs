@@ -208,8 +208,16 @@ impl Run {
 
 /// Compiles tests/common/synccheck.c into `dir` (static or dynamic); returns the binary.
 pub fn synccheck(dir: &Path, static_link: bool) -> PathBuf {
-    let out = dir.join(if static_link { "synccheck-static" } else { "synccheck" });
+    synccheck_with(dir, static_link, false)
+}
+
+/// Like [`synccheck`], as a 32-bit (i386) program when `m32` is set (needs gcc-multilib).
+pub fn synccheck_with(dir: &Path, static_link: bool, m32: bool) -> PathBuf {
+    let out = dir.join(format!("synccheck{}{}", if static_link { "-static" } else { "" }, if m32 { "-32" } else { "" }));
     let mut cmd = Command::new("gcc");
+    if m32 {
+        cmd.arg("-m32");
+    }
     cmd.arg("-O2").arg("-o").arg(&out).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/synccheck.c"));
     if static_link {
         cmd.arg("-static");
