@@ -429,6 +429,10 @@ impl Runtime {
                     .arg(format!("--components={}", components.join(",")))
                     .arg("--mode=root")
                     .arg("--aptopt=Acquire::Retries \"3\"")
+                    .arg("--aptopt=Acquire::Languages \"none\"")
+                    // The package lists mmdebstrap downloaded go to the shared lists cache (below)
+                    // instead of being thrown away, so the next `packages` step only re-checks them.
+                    .arg("--skip=cleanup/apt/lists")
                     .arg("--dpkgopt=force-unsafe-io");
                 if !include.is_empty() {
                     t = t.arg(format!("--include={}", include.join(",")));
@@ -455,6 +459,7 @@ impl Runtime {
                     let _ = fs::remove_file(self.store.path().join("tmp").join(format!("sources-{}.list", std::process::id())));
                 }
                 r?;
+                self.adopt_apt_lists(base, dir);
                 // Nothing of the host may stay in a layer: mmdebstrap copies its resolver config and
                 // hostname in.
                 for f in ["etc/resolv.conf", "etc/hostname"] {
@@ -481,6 +486,32 @@ const EXCLUDE_DOCS: &[&str] = &[
     "path-exclude=/var/lib/man-db/auto-update",
 ];
 
+impl Runtime {
+    /// Moves the apt lists a base build downloaded out of the base (lists are not part of any
+    /// layer) into the shared lists cache of the base's sources, where `packages` steps find them.
+    fn adopt_apt_lists(&self, base: &Base, dir: &Path) {
+        let lists = dir.join("var/lib/apt/lists");
+        let (_, _, key) = apt_script(Some(base), &[]);
+        if key != "root"
+            && let Ok(cache) = self.store.cache_dir(&format!("apt-lists/{key}"))
+            && let Ok(_lock) = self.store.lock_cache(&format!("lists-{key}"))
+        {
+            for e in fs::read_dir(&lists).into_iter().flatten().flatten() {
+                let name = e.file_name();
+                if name != "lock" && name != "partial" && e.path().is_file() {
+                    let _ = fs::rename(e.path(), cache.join(&name));
+                }
+            }
+        }
+        // Whatever could not be moved is removed: the base layer holds no lists either way.
+        for e in fs::read_dir(&lists).into_iter().flatten().flatten() {
+            if e.path().is_file() && e.file_name() != "lock" {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 fn exit_reason(code: i32) -> String {
     match code {
         sandbox::SETUP_FAILED => "the sandbox could not be set up".into(),
@@ -499,6 +530,8 @@ fn apt_script(base: Option<&Base>, packages: &[String]) -> (String, Vec<(String,
         "-o Dpkg::Options::=--force-confdef".to_owned(),
         "-o Dpkg::Options::=--force-confold".to_owned(),
         "-o Acquire::Retries=3".to_owned(),
+        // No build needs translated package descriptions.
+        "-o Acquire::Languages=none".to_owned(),
         // apt's binary caches (~80 MB) are rebuilt on demand: keep them out of layers.
         "-o Dir::Cache::pkgcache=".to_owned(),
         "-o Dir::Cache::srcpkgcache=".to_owned(),
