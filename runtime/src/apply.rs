@@ -474,6 +474,10 @@ impl Runtime {
     }
 }
 
+/// How long package lists count as fresh: a `packages` step within this many minutes of the last
+/// refresh (a base build's, or another step's `apt-get update`) skips `apt-get update`.
+const LISTS_FRESH_MINUTES: u32 = 10;
+
 /// dpkg options of `exclude-docs`: written by mmdebstrap into the root's dpkg configuration, so
 /// they hold for every later `packages` step too. Excluding man-db's `auto-update` flag keeps its
 /// trigger from rebuilding the man page index.
@@ -496,11 +500,15 @@ impl Runtime {
             && let Ok(cache) = self.store.cache_dir(&format!("apt-lists/{key}"))
             && let Ok(_lock) = self.store.lock_cache(&format!("lists-{key}"))
         {
+            let mut moved = false;
             for e in fs::read_dir(&lists).into_iter().flatten().flatten() {
                 let name = e.file_name();
                 if name != "lock" && name != "partial" && e.path().is_file() {
-                    let _ = fs::rename(e.path(), cache.join(&name));
+                    moved |= fs::rename(e.path(), cache.join(&name)).is_ok();
                 }
+            }
+            if moved {
+                let _ = fs::write(cache.join(".envc-updated"), b"");
             }
         }
         // Whatever could not be moved is removed: the base layer holds no lists either way.
@@ -554,7 +562,17 @@ fn apt_script(base: Option<&Base>, packages: &[String]) -> (String, Vec<(String,
     };
     let opts = opts.join(" ");
     let quoted: Vec<String> = packages.iter().map(|p| format!("'{p}'")).collect();
-    let script = format!("set -e\napt-get {opts} update\napt-get {opts} install -y -- {}\n", quoted.join(" "));
+    // Lists refreshed less than LISTS_FRESH_MINUTES ago (by a base build or an earlier step) are
+    // used as they are; otherwise `apt-get update` refreshes them.
+    let script = format!(
+        "set -e\n\
+         if [ -z \"$(find /var/lib/apt/lists/.envc-updated -mmin -{LISTS_FRESH_MINUTES} 2>/dev/null)\" ]; then\n\
+         \tapt-get {opts} update\n\
+         \ttouch /var/lib/apt/lists/.envc-updated\n\
+         fi\n\
+         apt-get {opts} install -y -- {}\n",
+        quoted.join(" ")
+    );
     (script, files, key)
 }
 
