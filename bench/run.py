@@ -357,7 +357,10 @@ def main():
     for name in args.only.split(","):
         print(f"== {name}", file=sys.stderr)
         try:
-            (results / f"{name}.md").write_text(parts[name]())
+            section = parts[name]()
+            rev = out(f"git -C {REPO} rev-parse --short HEAD")
+            head, _, rest = section.partition("\n")
+            (results / f"{name}.md").write_text(f"{head}\n\n_Taken at envc {rev}, {time.strftime('%Y-%m-%d')}._\n{rest}")
         except Exception as e:  # report and go on with the other parts
             print(f"part {name} failed: {e!r}", file=sys.stderr)
     sections = [(results / f"{n}.md").read_text() for n in parts if (results / f"{n}.md").exists()]
