@@ -352,11 +352,7 @@ fn thirty_two_bit_programs() {
     ) else {
         return;
     };
-    let Some(()) = need(
-        envc_shim::lib32().is_some(),
-        test,
-        "the 32-bit build of the library (gcc-multilib when envc-shim was built)",
-    ) else {
+    let Some(()) = need_lib32(test) else {
         return;
     };
     let preload = installed(&scratch);

@@ -190,11 +190,7 @@ fn lib32_needs_only_old_glibc_symbols() {
     let Some(()) = need(have_tool("objdump"), test, "objdump (binutils)") else {
         return;
     };
-    let Some(()) = need(
-        envc_shim::lib32().is_some(),
-        test,
-        "the 32-bit build of the library (gcc-multilib when envc-shim was built)",
-    ) else {
+    let Some(()) = need_lib32(test) else {
         return;
     };
     check_build("lib32", envc_shim::lib32().unwrap(), 1, 3); // ELFCLASS32, EM_386

@@ -41,6 +41,11 @@ pub fn need(available: bool, test: &str, what: &str) -> Option<()> {
     None
 }
 
+/// Requires the 32-bit build of the library (made when gcc-multilib was installed at build time).
+pub fn need_lib32(test: &str) -> Option<()> {
+    need(envc_shim::lib32().is_some(), test, "the 32-bit build of the library (gcc-multilib when envc-shim was built)")
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);
 
