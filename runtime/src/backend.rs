@@ -110,14 +110,53 @@ pub struct Scratch {
     dir: PathBuf,
 }
 
+/// Where a backend keeps things in the store: the same for every backend.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of the store at `root`.
+    pub fn new(root: &Path) -> Layout {
+        Layout { root: root.to_owned() }
+    }
+
+    /// A sealed layer.
+    pub fn layer(&self, id: &LayerId) -> PathBuf {
+        self.root.join("layers").join(id.to_hex())
+    }
+
+    /// A layer being built.
+    pub fn staging(&self, id: &LayerId) -> PathBuf {
+        self.root.join("staging").join(id.to_hex())
+    }
+
+    /// The directory of a working root (its record, and the root itself at `root`).
+    pub fn root_dir(&self, name: &str) -> PathBuf {
+        self.root.join("roots").join(name)
+    }
+
+    /// A fresh, unique path in `tmp/` (not created).
+    pub fn tmp(&self, prefix: &str) -> PathBuf {
+        self.root.join("tmp").join(unique(prefix))
+    }
+}
+
 /// The backend contract. Every method names, in its errors, the operation and the object.
 pub trait Backend: Send + Sync {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+    /// Where it keeps things.
+    fn layout(&self) -> &Layout;
     /// Whether a layer is sealed.
-    fn is_sealed(&self, id: &LayerId) -> bool;
+    fn is_sealed(&self, id: &LayerId) -> bool {
+        self.layout().layer(id).is_dir()
+    }
     /// Every sealed layer.
-    fn sealed(&self) -> Result<Vec<LayerId>, BackendError>;
+    fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
+        list_ids(&self.layout().root.join("layers"))
+    }
     /// Starts building layer `id` on top of `chain` (its sealed ancestors, base first; empty for a
     /// base). The caller holds the layer's lock and has discarded leftovers.
     fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError>;
@@ -128,7 +167,9 @@ pub trait Backend: Send + Sync {
     /// Removes a sealed layer (the caller checks that nothing needs it).
     fn remove(&self, id: &LayerId) -> Result<(), BackendError>;
     /// The stable path of a working root.
-    fn root_path(&self, name: &str) -> PathBuf;
+    fn root_path(&self, name: &str) -> PathBuf {
+        self.layout().root_dir(name).join("root")
+    }
     /// Whether the working root exists and is usable (mounted, for overlay).
     fn root_ready(&self, name: &str) -> bool;
     /// (Re)creates the working root as a fresh writable snapshot of `chain`'s last layer.
@@ -152,12 +193,12 @@ pub fn detect(root: &Path) -> BackendKind {
 /// Opens the backend of the store at `root`.
 pub fn new(kind: BackendKind, root: &Path) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
-        BackendKind::Overlay => Ok(Box::new(Overlay { root: root.to_owned() })),
+        BackendKind::Overlay => Ok(Box::new(Overlay { layout: Layout::new(root) })),
         BackendKind::Btrfs => {
             if sys::fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
                 return Err(BackendError::Unsupported { backend: kind, path: root.to_owned(), reason: "the store is not on a btrfs filesystem".into() });
             }
-            Ok(Box::new(Btrfs { root: root.to_owned() }))
+            Ok(Box::new(Btrfs { layout: Layout::new(root) }))
         }
     }
 }
@@ -260,20 +301,12 @@ fn unmount(path: &Path) -> Result<(), BackendError> {
 // ----------------------------------------------------------------------------------------------
 
 struct Overlay {
-    root: PathBuf,
+    layout: Layout,
 }
 
 impl Overlay {
-    fn layer(&self, id: &LayerId) -> PathBuf {
-        self.root.join("layers").join(id.to_hex())
-    }
-
-    fn staging(&self, id: &LayerId) -> PathBuf {
-        self.root.join("staging").join(id.to_hex())
-    }
-
     fn lowers(&self, chain: &[LayerId]) -> Vec<PathBuf> {
-        chain.iter().rev().map(|id| self.layer(id)).collect()
+        chain.iter().rev().map(|id| self.layout.layer(id)).collect()
     }
 
     fn mkdirs(dirs: &[&Path]) -> Result<(), BackendError> {
@@ -289,16 +322,12 @@ impl Backend for Overlay {
         BackendKind::Overlay
     }
 
-    fn is_sealed(&self, id: &LayerId) -> bool {
-        self.layer(id).is_dir()
-    }
-
-    fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
-        list_ids(&self.root.join("layers"))
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError> {
-        let st = self.staging(&id);
+        let st = self.layout.staging(&id);
         let upper = st.join("upper");
         if chain.is_empty() {
             Self::mkdirs(&[&upper])?;
@@ -311,33 +340,29 @@ impl Backend for Overlay {
     }
 
     fn seal(&self, build: Build) -> Result<u64, BackendError> {
-        let st = self.staging(&build.id);
+        let st = self.layout.staging(&build.id);
         let upper = st.join("upper");
         sync_dir(&upper)?;
         let size = disk_usage(&upper);
-        let dest = self.layer(&build.id);
+        let dest = self.layout.layer(&build.id);
         fs::rename(&upper, &dest).map_err(io_err("publish layer", &dest))?;
         remove_dir_if_exists(&st)?;
         Ok(size)
     }
 
     fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
-        remove_dir_if_exists(&self.staging(id))
+        remove_dir_if_exists(&self.layout.staging(id))
     }
 
     fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
         // Rename first so that a half-removed layer is never seen as sealed.
-        let path = self.layer(id);
-        let doomed = self.root.join("tmp").join(unique("removed"));
+        let path = self.layout.layer(id);
+        let doomed = self.layout.tmp("removed");
         match fs::rename(&path, &doomed) {
             Ok(()) => remove_dir_if_exists(&doomed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BackendError::Io { op: "remove layer", path, source: e }),
         }
-    }
-
-    fn root_path(&self, name: &str) -> PathBuf {
-        self.root.join("roots").join(name).join("root")
     }
 
     fn root_ready(&self, name: &str) -> bool {
@@ -346,7 +371,7 @@ impl Backend for Overlay {
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
         self.drop_root(name)?;
-        let dir = self.root.join("roots").join(name);
+        let dir = self.layout.root_dir(name);
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         Self::mkdirs(&[&upper, &work, &mnt])?;
         let fs_ctx = sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
@@ -360,7 +385,7 @@ impl Backend for Overlay {
     }
 
     fn drop_root(&self, name: &str) -> Result<(), BackendError> {
-        let dir = self.root.join("roots").join(name);
+        let dir = self.layout.root_dir(name);
         let mnt = dir.join("root");
         unmount(&mnt)?;
         // Discarding is one rename whatever the root's size; the old tree is deleted in the
@@ -368,7 +393,7 @@ impl Backend for Overlay {
         for sub in ["upper", "work"] {
             let p = dir.join(sub);
             if p.exists() {
-                let doomed = self.root.join("tmp").join(unique("discard"));
+                let doomed = self.layout.tmp("discard");
                 fs::rename(&p, &doomed).map_err(io_err("discard", &p))?;
                 delete_in_background(&doomed)?;
             }
@@ -377,7 +402,7 @@ impl Backend for Overlay {
     }
 
     fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
-        let dir = self.root.join("tmp").join(unique("run"));
+        let dir = self.layout.tmp("run");
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("mnt"));
         Self::mkdirs(&[&upper, &work, &mnt])?;
         Ok(Scratch { source: RootSource::Overlay { lowers: self.lowers(chain), upper, work }, mountpoint: mnt, dir })
@@ -391,7 +416,7 @@ impl Backend for Overlay {
 // ----------------------------------------------------------------------------------------------
 
 struct Btrfs {
-    root: PathBuf,
+    layout: Layout,
 }
 
 fn btrfs() -> Result<Tool, BackendError> {
@@ -404,18 +429,8 @@ fn is_subvolume(path: &Path) -> bool {
 }
 
 impl Btrfs {
-    fn layer(&self, id: &LayerId) -> PathBuf {
-        self.root.join("layers").join(id.to_hex())
-    }
-
-    fn staging(&self, id: &LayerId) -> PathBuf {
-        self.root.join("staging").join(id.to_hex())
-    }
-
     fn delete_subvolume(path: &Path) -> Result<(), BackendError> {
         if is_subvolume(path) {
-            // A read-only snapshot must be made writable before it can be deleted by some kernels.
-            let _ = btrfs()?.args(["property", "set", "-ts"]).arg(path).args(["ro", "false"]).output();
             btrfs()?.args(["subvolume", "delete"]).arg(path).output()?;
             Ok(())
         } else {
@@ -438,51 +453,43 @@ impl Backend for Btrfs {
         BackendKind::Btrfs
     }
 
-    fn is_sealed(&self, id: &LayerId) -> bool {
-        self.layer(id).is_dir()
-    }
-
-    fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
-        list_ids(&self.root.join("layers"))
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError> {
-        let st = self.staging(&id);
+        let st = self.layout.staging(&id);
         match chain.last() {
             None => {
                 btrfs()?.args(["subvolume", "create"]).arg(&st).output()?;
             }
-            Some(parent) => Self::snapshot(&self.layer(parent), &st, false)?,
+            Some(parent) => Self::snapshot(&self.layout.layer(parent), &st, false)?,
         }
         Ok(Build { id, source: RootSource::Dir, mountpoint: st })
     }
 
     fn seal(&self, build: Build) -> Result<u64, BackendError> {
-        let st = self.staging(&build.id);
+        let st = self.layout.staging(&build.id);
         sync_dir(&st)?;
         let size = disk_usage(&st);
         // Publishing is the creation of a read-only snapshot: atomic, and a read-only subvolume
         // cannot be renamed into place.
-        let dest = self.layer(&build.id);
+        let dest = self.layout.layer(&build.id);
         Self::snapshot(&st, &dest, true)?;
         Self::delete_subvolume(&st)?;
         Ok(size)
     }
 
     fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
-        Self::delete_subvolume(&self.staging(id))
+        Self::delete_subvolume(&self.layout.staging(id))
     }
 
     fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
-        let path = self.layer(id);
+        let path = self.layout.layer(id);
         if !path.exists() {
             return Ok(());
         }
         Self::delete_subvolume(&path)
-    }
-
-    fn root_path(&self, name: &str) -> PathBuf {
-        self.root.join("roots").join(name).join("root")
     }
 
     fn root_ready(&self, name: &str) -> bool {
@@ -491,18 +498,18 @@ impl Backend for Btrfs {
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
         self.drop_root(name)?;
-        let dir = self.root.join("roots").join(name);
+        let dir = self.layout.root_dir(name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let top = chain.last().expect("a root has at least a base");
         let path = self.root_path(name);
-        Self::snapshot(&self.layer(top), &path, false)?;
+        Self::snapshot(&self.layout.layer(top), &path, false)?;
         Ok(path)
     }
 
     fn drop_root(&self, name: &str) -> Result<(), BackendError> {
         let path = self.root_path(name);
         if path.exists() {
-            let doomed = self.root.join("tmp").join(unique("discard"));
+            let doomed = self.layout.tmp("discard");
             fs::rename(&path, &doomed).map_err(io_err("discard", &path))?;
             Self::delete_subvolume(&doomed)?;
         }
@@ -510,9 +517,9 @@ impl Backend for Btrfs {
     }
 
     fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
-        let dir = self.root.join("tmp").join(unique("run"));
+        let dir = self.layout.tmp("run");
         let top = chain.last().expect("a root has at least a base");
-        Self::snapshot(&self.layer(top), &dir, false)?;
+        Self::snapshot(&self.layout.layer(top), &dir, false)?;
         Ok(Scratch { source: RootSource::Dir, mountpoint: dir.clone(), dir })
     }
 

@@ -243,7 +243,7 @@ fn init(spec: &Spec) -> Result<i32, String> {
             Ok(0)
         }
         Action::Exec { argv, env, cwd, user, deny_services, sync } => {
-            setup_mounts(&root, mp, spec)?;
+            setup_mounts(&root, spec)?;
             let mut env = env.clone();
             if *sync == envc_plan::SyncMode::Shim {
                 env = install_shim(&root, env)?;
@@ -350,7 +350,7 @@ fn mount_on(root: &OwnedFd, target: &str, source: Option<&Path>, fstype: Option<
     ctx(mount(source, path.as_str(), fstype, flags, data), || format!("mount {} on /{target}", fstype.unwrap_or("bind")))
 }
 
-fn setup_mounts(root: &OwnedFd, mp: &Path, spec: &Spec) -> Result<(), String> {
+fn setup_mounts(root: &OwnedFd, spec: &Spec) -> Result<(), String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_on(root, "proc", Some(Path::new("proc")), Some("proc"), nodev, None)?;
     mount_on(root, "sys", Some(Path::new("sysfs")), Some("sysfs"), nodev | MsFlags::MS_RDONLY, None)?;
@@ -377,7 +377,6 @@ fn setup_mounts(root: &OwnedFd, mp: &Path, spec: &Spec) -> Result<(), String> {
             ctx(mount(None::<&str>, path.as_str(), None::<&str>, flags, None::<&str>), || format!("make {} read-only", b.target))?;
         }
     }
-    let _ = mp;
     Ok(())
 }
 

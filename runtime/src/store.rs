@@ -260,19 +260,19 @@ impl Store {
 
     /// The record of a working root.
     pub fn read_root(&self, name: &str) -> Option<RootRecord> {
-        fs::read(self.root.join("roots").join(name).join("root.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        fs::read(self.backend.layout().root_dir(name).join("root.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Writes the record of a working root.
     pub fn write_root(&self, rec: &RootRecord) -> Result<(), StoreError> {
-        let dir = self.root.join("roots").join(&rec.name);
+        let dir = self.backend.layout().root_dir(&rec.name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         write_json(&dir.join("root.json"), rec)
     }
 
     /// Removes the record of a working root (and its directory).
     pub fn remove_root_record(&self, name: &str) -> Result<(), StoreError> {
-        let dir = self.root.join("roots").join(name);
+        let dir = self.backend.layout().root_dir(name);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

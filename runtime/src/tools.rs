@@ -177,10 +177,3 @@ pub fn for_each_line(r: impl Read, f: &mut dyn FnMut(&str)) {
         }
     }
 }
-
-/// Reads everything from `r` into lines (lossy).
-pub fn read_lines(mut r: impl Read) -> Vec<String> {
-    let mut s = Vec::new();
-    let _ = r.read_to_end(&mut s);
-    String::from_utf8_lossy(&s).lines().map(str::to_owned).collect()
-}
