@@ -14,16 +14,21 @@ fn debian_minbase_with_hello() {
     let t = TestStore::new(Kind::Overlay, "debian");
     // Built on this (bookworm) host, so the root's glibc is the same.
     common::synccheck(&t.specs, false);
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/localrepo.sh"), t.specs.join("localrepo.sh")).unwrap();
     // The base is built with sync suppressed (the default: seccomp around mmdebstrap) and without
     // docs; `packages` defaults to seccomp; the shim is tried on a dynamically linked program.
     let spec = t.spec(
         "env.kdl",
         "name \"deb-hello\"\nbase \"debian\" suite=\"bookworm\" variant=\"minbase\" exclude-docs=#true\n\
          layer \"hello\" {\n    packages \"hello\"\n}\n\
+         layer \"own-repo\" {\n    copy \"localrepo.sh\" \"/usr/local/sbin/localrepo\" mode=\"0755\"\n    run \"localrepo\"\n    packages \"envc-local-test\"\n}\n\
          layer \"check\" {\n    run \"hello > /greeting && dpkg -s hello | grep -q 'Status: install ok installed'\"\n    copy \"synccheck\" \"/usr/local/bin/synccheck\" mode=\"0755\"\n    run \"synccheck /tmp/x > /shim.txt; env > /shim-env.txt\" sync=\"shim\"\n}\n",
     );
     let r = t.apply(&spec);
-    assert_eq!(r.built(), ["base", "hello", "check"], "{}", r.stderr);
+    assert_eq!(r.built(), ["base", "hello", "own-repo", "check"], "{}", r.stderr);
+    // A repository the spec added is used by the next `packages` step, even right after the base
+    // build's lists were reused: apt works with the root's own sources.
+    assert_eq!(std::fs::read_to_string(r.root().join("usr/share/envc/local-test")).unwrap(), "installed-from-a-local-repository\n");
     let root = r.root();
     assert_eq!(std::fs::read_to_string(root.join("greeting")).unwrap(), "Hello, world!\n");
     // The shim: EBADF kept for a closed descriptor, O_SYNC stripped; it was preloaded from the

@@ -111,6 +111,29 @@ pub enum ApplyError {
     },
 }
 
+/// A failure to make a base.
+#[derive(Debug, thiserror::Error)]
+enum BaseError {
+    /// An external tool failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// Neither the base nor the host names a Debian mirror.
+    #[error("no Debian mirror for suite `{suite}`: the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d) have none; give the base a mirror=")]
+    NoMirror {
+        /// The base's suite.
+        suite: String,
+    },
+    /// A file envc writes for the build could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// The outcome of an apply.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -318,6 +341,8 @@ impl Runtime {
         let (vars, workdir) = plan.context_at(index, si);
         let env: Vec<(String, String)> = vars.into_iter().collect();
         let cwd = workdir.unwrap_or_else(|| "/".into());
+        // Shared caches a step uses stay locked until it ends.
+        let mut cache_locks = Vec::new();
         let spec = match &layer.steps[si] {
             Step::Base { base, sync } => {
                 let mut tail = Vec::new();
@@ -326,12 +351,12 @@ impl Runtime {
                     tools::push_tail(&mut tail, line);
                     sink(Event::Output { layer: &layer.name, line: line.to_owned() });
                 };
-                return match self.make_base(base, *sync, &build.mountpoint, &mut on_line) {
+                return match self.make_base(plan, base, *sync, &build.mountpoint, &mut on_line) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let reason = e.to_string();
                         let tail = match e {
-                            ToolError::Failed { tail: t, .. } if tail.is_empty() => t,
+                            BaseError::Tool(ToolError::Failed { tail: t, .. }) if tail.is_empty() => t,
                             _ => tail,
                         };
                         Err(fail(reason, None, tail))
@@ -356,15 +381,15 @@ impl Runtime {
                 action: Action::Copy { source: source.clone(), dest: dest.clone(), mode: mode.map(|m| m.0), owner: owner.clone() },
             },
             Step::Packages { packages, sync } => {
-                let (script, tmp_files, lists_key) = apt_script(plan.base(), packages);
+                let lists_key = lists_key(plan);
                 let debs = self.store.cache_dir("debs")?;
                 let lists = self.store.cache_dir(&format!("apt-lists/{lists_key}"))?;
                 for d in [debs.join("partial"), lists.join("partial")] {
                     fs::create_dir_all(&d).map_err(store::io_err("create", &d))?;
                 }
-                let _debs_lock = self.store.lock_cache("debs")?;
-                let _lists_lock = self.store.lock_cache(&format!("lists-{lists_key}"))?;
-                let spec = Spec {
+                cache_locks.push(self.store.lock_cache("debs")?);
+                cache_locks.push(self.store.lock_cache(&format!("lists-{lists_key}"))?);
+                Spec {
                     source: build.source.clone(),
                     mountpoint: build.mountpoint.clone(),
                     network: true,
@@ -372,15 +397,13 @@ impl Runtime {
                         Bind { host: debs, target: "/var/cache/apt/archives".into(), readonly: false },
                         Bind { host: lists, target: "/var/lib/apt/lists".into(), readonly: false },
                     ],
-                    tmp_files,
-                    action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), script], env, cwd: "/".into(), user: None, deny_services: true, sync: *sync },
-                };
-                return self.sandboxed(&spec, &layer.name, log, sink).and_then(|(code, tail)| {
-                    if code == 0 { Ok(()) } else { Err(fail(exit_reason(code), Some(code), tail)) }
-                });
+                    tmp_files: vec![],
+                    action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), apt_script(packages)], env, cwd: "/".into(), user: None, deny_services: true, sync: *sync },
+                }
             }
         };
         let (code, tail) = self.sandboxed(&spec, &layer.name, log, sink)?;
+        drop(cache_locks);
         if code == 0 { Ok(()) } else { Err(fail(exit_reason(code), Some(code), tail)) }
     }
 
@@ -403,7 +426,7 @@ impl Runtime {
         Ok((code, tail))
     }
 
-    fn make_base(&self, base: &Base, sync: SyncMode, dir: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
+    fn make_base(&self, plan: &Plan, base: &Base, sync: SyncMode, dir: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), BaseError> {
         match base {
             Base::Scratch => Ok(()),
             Base::Tar { path, .. } => Tool::new("tar")?
@@ -413,9 +436,17 @@ impl Runtime {
                 .arg("--directory")
                 .arg(dir)
                 .args(["--preserve-permissions", "--same-owner", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
-                .stream(on_line),
+                .stream(on_line)
+                .map_err(BaseError::from),
             Base::Debian { suite, variant, arch, components, include, mirror, exclude_docs } => {
-                let sources_file;
+                // The base's mirror, or the host's mirrors for its suite: mmdebstrap writes these into
+                // the root, and later `packages` steps use them from there.
+                let sources = match mirror {
+                    Some(m) => aptsrc::sources_for_mirror(m, suite, components),
+                    None => aptsrc::sources_for(&aptsrc::host_entries(), suite, components).ok_or_else(|| BaseError::NoMirror { suite: suite.clone() })?,
+                };
+                let sources_file = self.store.path().join("tmp").join(format!("sources-{}.list", layer_short(plan)));
+                fs::write(&sources_file, sources).map_err(|source| BaseError::Write { path: sources_file.clone(), source })?;
                 let mmdebstrap = tools::find("mmdebstrap")?;
                 // With sync suppression, mmdebstrap and everything it starts (dpkg in the new root
                 // included) run under the seccomp filter.
@@ -442,24 +473,10 @@ impl Runtime {
                         t = t.arg(format!("--dpkgopt={opt}"));
                     }
                 }
-                t = t.arg(suite).arg(dir);
-                match mirror {
-                    Some(m) => t = t.arg(m),
-                    None => {
-                        let text = aptsrc::sources_for(&aptsrc::host_entries(), suite, components).ok_or_else(|| ToolError::NotFound {
-                            program: "a Debian mirror in the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d); give the base a mirror=".into(),
-                        })?;
-                        sources_file = self.store.path().join("tmp").join(format!("sources-{}.list", std::process::id()));
-                        fs::write(&sources_file, text).map_err(|source| ToolError::Spawn { program: sources_file.clone(), source })?;
-                        t = t.arg(&sources_file);
-                    }
-                }
-                let r = t.stream(on_line);
-                if mirror.is_none() {
-                    let _ = fs::remove_file(self.store.path().join("tmp").join(format!("sources-{}.list", std::process::id())));
-                }
+                let r = t.arg(suite).arg(dir).arg(&sources_file).stream(on_line);
+                let _ = fs::remove_file(&sources_file);
                 r?;
-                self.adopt_apt_lists(base, dir);
+                self.adopt_apt_lists(plan, dir);
                 // Nothing of the host may stay in a layer: mmdebstrap copies its resolver config and
                 // hostname in.
                 for f in ["etc/resolv.conf", "etc/hostname"] {
@@ -492,12 +509,13 @@ const EXCLUDE_DOCS: &[&str] = &[
 
 impl Runtime {
     /// Moves the apt lists a base build downloaded out of the base (lists are not part of any
-    /// layer) into the shared lists cache of the base's sources, where `packages` steps find them.
-    fn adopt_apt_lists(&self, base: &Base, dir: &Path) {
+    /// layer) into the base's shared lists cache, marked fresh for the root's current sources, so
+    /// the next `packages` step need not download them again.
+    fn adopt_apt_lists(&self, plan: &Plan, dir: &Path) {
         let lists = dir.join("var/lib/apt/lists");
-        let (_, _, key) = apt_script(Some(base), &[]);
-        if key != "root"
-            && let Ok(cache) = self.store.cache_dir(&format!("apt-lists/{key}"))
+        let key = lists_key(plan);
+        let sum = Tool::new("sh").and_then(|t| t.args(["-c", &format!("cd \"$0\" && {SOURCES_SUM}")]).arg(dir).output());
+        if let (Ok(cache), Ok(sum)) = (self.store.cache_dir(&format!("apt-lists/{key}")), sum)
             && let Ok(_lock) = self.store.lock_cache(&format!("lists-{key}"))
         {
             let mut moved = false;
@@ -508,7 +526,7 @@ impl Runtime {
                 }
             }
             if moved {
-                let _ = fs::write(cache.join(".envc-updated"), b"");
+                let _ = fs::write(cache.join(".envc-sources"), sum);
             }
         }
         // Whatever could not be moved is removed: the base layer holds no lists either way.
@@ -520,6 +538,20 @@ impl Runtime {
     }
 }
 
+/// The key of a plan's shared apt lists cache: its base.
+fn lists_key(plan: &Plan) -> String {
+    layer_short(plan)
+}
+
+/// The first 16 hex digits of a plan's base layer id.
+fn layer_short(plan: &Plan) -> String {
+    plan.layers.first().map_or_else(|| "none".to_owned(), |l| l.id.short(16))
+}
+
+/// Prints a checksum of the apt sources of the root in the current directory. Run in a build step
+/// (in `/`) and on the host (in a base being built): the same command gives the same sum.
+const SOURCES_SUM: &str = "LC_ALL=C; cat etc/apt/sources.list etc/apt/sources.list.d/*.list etc/apt/sources.list.d/*.sources 2>/dev/null | md5sum";
+
 fn exit_reason(code: i32) -> String {
     match code {
         sandbox::SETUP_FAILED => "the sandbox could not be set up".into(),
@@ -528,52 +560,37 @@ fn exit_reason(code: i32) -> String {
     }
 }
 
-/// The shell script of a `packages` step, the files it needs in /tmp, and the key of its apt lists
-/// cache.
-fn apt_script(base: Option<&Base>, packages: &[String]) -> (String, Vec<(String, String)>, String) {
-    let mut opts = vec![
-        "-o APT::Install-Recommends=false".to_owned(),
-        "-o APT::Install-Suggests=false".to_owned(),
-        "-o Dpkg::Options::=--force-unsafe-io".to_owned(),
-        "-o Dpkg::Options::=--force-confdef".to_owned(),
-        "-o Dpkg::Options::=--force-confold".to_owned(),
-        "-o Acquire::Retries=3".to_owned(),
+/// The shell script of a `packages` step. apt uses the root's own sources (for a debian base,
+/// those mmdebstrap wrote; plus any a step added). The lists are refreshed unless they were made
+/// from the same sources less than LISTS_FRESH_MINUTES ago (by the base build or an earlier step).
+fn apt_script(packages: &[String]) -> String {
+    let opts = [
+        "-o APT::Install-Recommends=false",
+        "-o APT::Install-Suggests=false",
+        "-o Dpkg::Options::=--force-unsafe-io",
+        "-o Dpkg::Options::=--force-confdef",
+        "-o Dpkg::Options::=--force-confold",
+        "-o Acquire::Retries=3",
         // No build needs translated package descriptions.
-        "-o Acquire::Languages=none".to_owned(),
+        "-o Acquire::Languages=none",
         // apt's binary caches (~80 MB) are rebuilt on demand: keep them out of layers.
-        "-o Dir::Cache::pkgcache=".to_owned(),
-        "-o Dir::Cache::srcpkgcache=".to_owned(),
-    ];
-    let mut files = Vec::new();
-    let sources = match base {
-        Some(Base::Debian { suite, components, mirror: Some(m), .. }) => Some(aptsrc::sources_for_mirror(m, suite, components)),
-        Some(Base::Debian { suite, components, mirror: None, .. }) => aptsrc::sources_for(&aptsrc::host_entries(), suite, components),
-        _ => None,
-    };
-    let key = match &sources {
-        Some(s) => {
-            opts.push("-o Dir::Etc::SourceList=/tmp/envc-sources.list".into());
-            opts.push("-o Dir::Etc::SourceParts=/tmp/envc-sources.d".into());
-            files.push(("envc-sources.list".to_owned(), s.clone()));
-            files.push(("envc-sources.d/".to_owned(), String::new()));
-            blake3::hash(s.as_bytes()).to_hex()[..16].to_owned()
-        }
-        None => "root".to_owned(),
-    };
-    let opts = opts.join(" ");
+        "-o Dir::Cache::pkgcache=",
+        "-o Dir::Cache::srcpkgcache=",
+    ]
+    .join(" ");
     let quoted: Vec<String> = packages.iter().map(|p| format!("'{p}'")).collect();
-    // Lists refreshed less than LISTS_FRESH_MINUTES ago (by a base build or an earlier step) are
-    // used as they are; otherwise `apt-get update` refreshes them.
-    let script = format!(
+    format!(
         "set -e\n\
-         if [ -z \"$(find /var/lib/apt/lists/.envc-updated -mmin -{LISTS_FRESH_MINUTES} 2>/dev/null)\" ]; then\n\
+         cd /\n\
+         sum=$({SOURCES_SUM})\n\
+         marker=/var/lib/apt/lists/.envc-sources\n\
+         if [ \"$(cat $marker 2>/dev/null)\" != \"$sum\" ] || [ -z \"$(find $marker -mmin -{LISTS_FRESH_MINUTES} 2>/dev/null)\" ]; then\n\
          \tapt-get {opts} update\n\
-         \ttouch /var/lib/apt/lists/.envc-updated\n\
+         \techo \"$sum\" > $marker\n\
          fi\n\
          apt-get {opts} install -y -- {}\n",
         quoted.join(" ")
-    );
-    (script, files, key)
+    )
 }
 
 #[cfg(test)]
@@ -581,16 +598,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apt_script_uses_generated_sources_for_debian_mirrors() {
-        let base = Base::Debian { suite: "bookworm".into(), variant: "minbase".into(), arch: "amd64".into(), components: vec!["main".into()], include: vec![], mirror: Some("http://m.example/debian".into()), exclude_docs: false };
-        let (script, files, key) = apt_script(Some(&base), &["hello".into(), "gcc=4".into()]);
+    fn apt_script_installs_with_the_roots_own_sources() {
+        let script = apt_script(&["hello".into(), "gcc=4".into()]);
         assert!(script.contains("install -y -- 'hello' 'gcc=4'"), "{script}");
-        assert!(script.contains("Dir::Etc::SourceList=/tmp/envc-sources.list"));
-        assert_eq!(files[0].1, "deb http://m.example/debian bookworm main\n");
-        assert_eq!(key.len(), 16);
-        let (script, files, key) = apt_script(Some(&Base::Scratch), &["hello".into()]);
-        assert!(!script.contains("SourceList"));
-        assert!(files.is_empty());
-        assert_eq!(key, "root");
+        assert!(!script.contains("SourceList"), "the root's own sources are used: {script}");
+        assert!(script.contains(SOURCES_SUM), "lists are reused only for the same sources: {script}");
     }
 }
