@@ -1,6 +1,7 @@
 //! Compiler benchmarks (not timed tests): `cargo bench -p envc-compiler --bench compile`.
 //!
-//! 1. Compile a generated spec of 1,000 layers (goal: under 50 ms).
+//! 1. Compile a generated spec of 1,000 layers (goal: under 50 ms), and parse it with envc's fast
+//!    path and with the kdl crate's parser.
 //! 2. Hash a 1 GiB tree of copied files, as big files and as many small files (goal: >= 1 GB/s).
 //!
 //! Prints a Markdown table of median, min and max over several rounds. `ENVC_BENCH_DIR` picks
@@ -78,6 +79,21 @@ fn main() {
     }
     let (med, min, max) = stats(samples);
     println!("| compile a 1,000-layer spec ({} KiB) | {} | {} | {} | {rounds} |", spec.len() / 1024, ms(med), ms(min), ms(max));
+
+    // Parsing alone: envc's fast path against the kdl crate's parser on the same text.
+    let parse = |f: &dyn Fn()| {
+        let mut samples = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            f();
+            samples.push(t.elapsed());
+        }
+        stats(samples)
+    };
+    let (med, min, max) = parse(&|| assert!(envc_compiler::__fastkdl_parse(&spec).is_some()));
+    println!("| parse it: envc's fast path | {} | {} | {} | {rounds} |", ms(med), ms(min), ms(max));
+    let (med, min, max) = parse(&|| assert!(kdl::KdlDocument::parse_v2(&spec).is_ok()));
+    println!("| parse it: the kdl crate's parser | {} | {} | {} | {rounds} |", ms(med), ms(min), ms(max));
 
     let base = std::env::var_os("ENVC_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
     let cases: [(&str, usize, usize, usize, usize); 2] = [

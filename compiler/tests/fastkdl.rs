@@ -608,22 +608,3 @@ fn token_soup_parses_identically() {
     eprintln!("token soup: {tally:?}");
     assert!(tally.fast_ok > 300, "fast path declined too much: {tally:?}");
 }
-
-/// Timing, not a check: `cargo test --release -p envc-compiler --test fastkdl -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn parse_speed() {
-    let spec = generated_spec(1000);
-    let time = |f: &dyn Fn()| {
-        let mut best = std::time::Duration::MAX;
-        for _ in 0..10 {
-            let t = std::time::Instant::now();
-            f();
-            best = best.min(t.elapsed());
-        }
-        best
-    };
-    let fast = time(&|| assert!(fast_parse(&spec).is_some()));
-    let slow = time(&|| assert!(KdlDocument::parse_v2(&spec).is_ok()));
-    eprintln!("{} KiB: fast path {fast:?}, kdl {slow:?}", spec.len() / 1024);
-}
