@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// envc compiles a declarative build-environment spec (KDL) into a chain of content-addressed
 /// layers and realizes them as cached copy-on-write snapshots.
@@ -68,30 +68,16 @@ pub enum Command {
     /// Run a command in a fresh throwaway snapshot of the environment (or in its working root
     /// with --keep); envc exits with the command's status.
     Run {
-        /// The spec file.
-        #[arg(value_name = "SPEC")]
-        spec: PathBuf,
-        /// Run in the working root, keeping what the command changes.
-        #[arg(long)]
-        keep: bool,
-        /// Give the command no network (only loopback).
-        #[arg(long)]
-        no_network: bool,
+        #[command(flatten)]
+        target: RunTarget,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
     /// An interactive shell in a fresh throwaway snapshot (or in the working root with --keep).
     Shell {
-        /// The spec file.
-        #[arg(value_name = "SPEC")]
-        spec: PathBuf,
-        /// Use the working root, keeping what the shell changes.
-        #[arg(long)]
-        keep: bool,
-        /// Give the shell no network (only loopback).
-        #[arg(long)]
-        no_network: bool,
+        #[command(flatten)]
+        target: RunTarget,
     },
     /// Drop an environment's working root.
     Rm {
@@ -130,4 +116,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where `run` and `shell` run.
+#[derive(Debug, Args)]
+pub struct RunTarget {
+    /// The spec file.
+    #[arg(value_name = "SPEC")]
+    pub spec: PathBuf,
+    /// Use the working root, keeping what is changed in it.
+    #[arg(long)]
+    pub keep: bool,
+    /// No network (only loopback).
+    #[arg(long)]
+    pub no_network: bool,
 }

@@ -104,6 +104,17 @@ fn print_plan(compiled: &Compiled, json: bool) -> Result<(), u8> {
     out.write_all(text.as_bytes()).map_err(|_| exit::FAILURE)
 }
 
+/// `envc run` and `envc shell`: the command's exit status, or envc's own on failure.
+fn run_in(ui: &Ui, store: &Path, backend: Option<&str>, target: &cli::RunTarget, argv: Vec<String>) -> u8 {
+    let result = compile(ui, &target.spec).and_then(|c| {
+        let rt = ops::runtime(ui, store, backend)?;
+        ops::run(ui, &rt, &c, argv, target.keep, !target.no_network)
+    });
+    match result {
+        Ok(code) | Err(code) => code,
+    }
+}
+
 fn run(cli: Cli) -> u8 {
     let ui = Ui::new(cli.color);
     let result = match cli.command {
@@ -125,22 +136,10 @@ fn run(cli: Cli) -> u8 {
             let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
             ops::apply(&ui, &rt, &c, reset)
         }),
-        Command::Run { spec, keep, no_network, command } => {
-            return match compile(&ui, &spec).and_then(|c| {
-                let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
-                ops::run(&ui, &rt, &c, command, keep, !no_network)
-            }) {
-                Ok(code) | Err(code) => code,
-            };
-        }
-        Command::Shell { spec, keep, no_network } => {
-            return match compile(&ui, &spec).and_then(|c| {
-                let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
-                let shell = vec!["/bin/sh".to_owned(), "-c".to_owned(), "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi".to_owned()];
-                ops::run(&ui, &rt, &c, shell, keep, !no_network)
-            }) {
-                Ok(code) | Err(code) => code,
-            };
+        Command::Run { target, command } => return run_in(&ui, &cli.store, cli.backend.as_deref(), &target, command),
+        Command::Shell { target } => {
+            let shell = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
+            return run_in(&ui, &cli.store, cli.backend.as_deref(), &target, vec!["/bin/sh".into(), "-c".into(), shell.into()]);
         }
         Command::Rm { name } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::rm(&ui, &rt, &name)),
         Command::Why { spec, json } => compile(&ui, &spec).and_then(|c| {

@@ -94,7 +94,7 @@ fn sort_errors(chain: &[File], errors: &mut [SpecError]) {
             .unwrap_or(usize::MAX);
         (rank, span.offset())
     };
-    errors.sort_by_key(|e| key(e));
+    errors.sort_by_cached_key(key);
 }
 
 fn display(path: &Path) -> String {
