@@ -398,6 +398,10 @@ NOTES = """## Reading these numbers
 - **Parallel downloads.** Prefetching .deb files four at a time with apt's own downloader was
   measured slower than apt's pipelined single connection (build-essential: 14.3-15.3 s against
   9.2-9.7 s), so envc leaves downloading to apt and shares its cache between builds.
+- **Big host files on a warm apply.** Every apply compiles the spec, and compiling hashes the
+  files the spec reads. A `tar` base of 58 MiB (the hello root as tar.gz) made a warm apply take
+  15.5 ms against 4.0 ms without it; with the digest cache (`STORE/cache/digests`, keyed by path,
+  inode, size and timestamps) it takes 5.0 ms, measured with hyperfine on this machine.
 - **Depth.** Lookups barely depend on chain depth; mount time grows by a fraction of a millisecond
   per layer (section 5), so envc does not flatten chains.
 """

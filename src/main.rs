@@ -73,7 +73,17 @@ impl Ui {
 }
 
 fn compile(ui: &Ui, spec: &Path) -> Result<Compiled, u8> {
-    envc_compiler::compile(spec).map_err(|errors| {
+    compile_with(ui, spec, &envc_compiler::Options::default())
+}
+
+/// Compiles for a runtime command: big host files' digests are remembered in the store's cache,
+/// so a warm apply of a spec with a large tarball base does not read the tarball again.
+fn compile_for(ui: &Ui, spec: &Path, store: &Path) -> Result<Compiled, u8> {
+    compile_with(ui, spec, &envc_compiler::Options { digest_cache: Some(store.join("cache").join("digests")) })
+}
+
+fn compile_with(ui: &Ui, spec: &Path, options: &envc_compiler::Options) -> Result<Compiled, u8> {
+    envc_compiler::compile_with(spec, options).map_err(|errors| {
         ui.spec_errors(spec, &errors);
         exit::INVALID_SPEC
     })
@@ -106,7 +116,7 @@ fn print_plan(compiled: &Compiled, json: bool) -> Result<(), u8> {
 
 /// `envc run` and `envc shell`: the command's exit status, or envc's own on failure.
 fn run_in(ui: &Ui, store: &Path, backend: Option<&str>, target: &cli::RunTarget, argv: Vec<String>) -> u8 {
-    let result = compile(ui, &target.spec).and_then(|c| {
+    let result = compile_for(ui, &target.spec, store).and_then(|c| {
         let rt = ops::runtime(ui, store, backend)?;
         ops::run(ui, &rt, &c, argv, target.keep, !target.no_network)
     });
@@ -132,7 +142,7 @@ fn run(cli: Cli) -> u8 {
             if worst == exit::SUCCESS { Ok(()) } else { Err(worst) }
         }
         Command::Plan { spec, json } => compile(&ui, &spec).and_then(|c| print_plan(&c, json)),
-        Command::Apply { spec, reset } => compile(&ui, &spec).and_then(|c| {
+        Command::Apply { spec, reset } => compile_for(&ui, &spec, &cli.store).and_then(|c| {
             let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
             ops::apply(&ui, &rt, &c, reset)
         }),
@@ -142,7 +152,7 @@ fn run(cli: Cli) -> u8 {
             return run_in(&ui, &cli.store, cli.backend.as_deref(), &target, vec!["/bin/sh".into(), "-c".into(), shell.into()]);
         }
         Command::Rm { name } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::rm(&ui, &rt, &name)),
-        Command::Why { spec, json } => compile(&ui, &spec).and_then(|c| {
+        Command::Why { spec, json } => compile_for(&ui, &spec, &cli.store).and_then(|c| {
             let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
             ops::why(&ui, &rt, &c, json)
         }),

@@ -107,7 +107,7 @@ fn main() {
         let mut samples = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            let tree = digest::tree(&root).unwrap();
+            let tree = digest::tree(&root, None).unwrap();
             samples.push(t.elapsed());
             assert_eq!(tree.stats.bytes as f64, bytes);
         }

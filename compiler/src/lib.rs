@@ -57,16 +57,30 @@ impl Compiled {
     }
 }
 
+/// How to compile.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A directory where the digests of big host files (tarballs, big copied files) are remembered
+    /// by path, inode, size and timestamps, so an unchanged file is not read again. `None`: every
+    /// file is hashed on every compile.
+    pub digest_cache: Option<std::path::PathBuf>,
+}
+
 /// Compiles the spec at `path` (and every spec it extends). Relative paths in a spec are resolved
 /// against that spec's directory.
 pub fn compile(path: &Path) -> Result<Compiled, Vec<SpecError>> {
-    resolve::compile(path, resolve::RootText::Read)
+    compile_with(path, &Options::default())
+}
+
+/// [`compile`] with options.
+pub fn compile_with(path: &Path, options: &Options) -> Result<Compiled, Vec<SpecError>> {
+    resolve::compile(path, resolve::RootText::Read, options)
 }
 
 /// Compiles spec text as if it were the file at `path` (which need not exist; specs it extends and
 /// files it copies are read relative to `path`'s directory).
 pub fn compile_source(path: &Path, text: impl Into<String>) -> Result<Compiled, Vec<SpecError>> {
-    resolve::compile(path, resolve::RootText::Given(text.into()))
+    resolve::compile(path, resolve::RootText::Given(text.into()), &Options::default())
 }
 
 /// The fast KDL parser, exposed for its differential tests only.

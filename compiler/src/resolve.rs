@@ -58,13 +58,14 @@ pub(crate) enum RootText {
     Given(String),
 }
 
-pub(crate) fn compile(path: &Path, root_text: RootText) -> Result<Compiled, Vec<SpecError>> {
+pub(crate) fn compile(path: &Path, root_text: RootText, options: &crate::Options) -> Result<Compiled, Vec<SpecError>> {
     let mut errors = Vec::new();
     let chain = load_chain(path, root_text, &mut errors);
     if chain.is_empty() {
         return Err(errors);
     }
-    let mut cx = Lower { files: &chain, errors: &mut errors };
+    let cache = options.digest_cache.as_ref().map(digest::Cache::new);
+    let mut cx = Lower { files: &chain, errors: &mut errors, cache: cache.as_ref() };
     let lowered = cx.lower();
     sort_errors(&chain, &mut errors);
     match lowered {
@@ -296,6 +297,8 @@ fn normalize_in_root(path: &str) -> Result<String, &'static str> {
 struct Lower<'a> {
     files: &'a [File],
     errors: &'a mut Vec<SpecError>,
+    /// Where big files' digests are remembered, if anywhere.
+    cache: Option<&'a digest::Cache>,
 }
 
 impl Lower<'_> {
@@ -459,7 +462,7 @@ impl Lower<'_> {
                     }
                 });
                 let result = resolved.map_err(|e| e.to_string()).and_then(|c| {
-                    digest::file(&c).map(|d| (c, d)).map_err(|e| e.to_string())
+                    digest::file(&c, self.cache).map(|d| (c, d)).map_err(|e| e.to_string())
                 });
                 match result {
                     Ok((path, digest)) => Some(Base::Tar { path, digest }),
@@ -775,7 +778,7 @@ impl Lower<'_> {
                 return None;
             }
         };
-        match digest::tree(&canonical) {
+        match digest::tree(&canonical, self.cache) {
             Ok(tree) => Some((canonical, kind, tree)),
             Err(e) => {
                 let reason = match &e {

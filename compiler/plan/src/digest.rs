@@ -122,13 +122,76 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Dig
     move |source| DigestError::Io { op, path: path.to_owned(), source }
 }
 
-/// The blake3 digest of a file's bytes. Big files are memory-mapped and hashed on all cores.
-pub fn file(path: &Path) -> Result<Digest, DigestError> {
-    let meta = fs::metadata(path).map_err(io_err("stat", path))?;
-    file_with_len(path, meta.len())
+/// A cache of big files' digests, so that an unchanged tarball or copied file is not read again
+/// on every compile (git's index does the same). An entry is keyed by the file's path, device,
+/// inode, size, mtime and ctime (nanoseconds): any write to the file changes its ctime, and so the
+/// key. A file changed within the racy window (default 2 s) is neither looked up nor cached, since
+/// it may still be being written within one timestamp tick. Cache failures only cost a re-hash.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+    racy: std::time::Duration,
 }
 
-fn file_with_len(path: &Path, len: u64) -> Result<Digest, DigestError> {
+impl Cache {
+    /// A cache in `dir` (created when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: dir.into(), racy: std::time::Duration::from_secs(2) }
+    }
+
+    /// The same cache with another racy window.
+    pub fn with_racy_window(mut self, racy: std::time::Duration) -> Cache {
+        self.racy = racy;
+        self
+    }
+
+    fn entry(&self, path: &Path, meta: &fs::Metadata) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(meta.mtime().max(meta.ctime()).max(0) as u64, 0);
+        if std::time::SystemTime::now().duration_since(changed).unwrap_or_default() <= self.racy {
+            return None;
+        }
+        let mut h = blake3::Hasher::new_derive_key("envc 2026-11-25 digest cache v1");
+        let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        h.update(&(canonical.as_os_str().len() as u64).to_le_bytes());
+        h.update(canonical.as_os_str().as_bytes());
+        for v in [meta.dev(), meta.ino(), meta.size()] {
+            h.update(&v.to_le_bytes());
+        }
+        for v in [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()] {
+            h.update(&v.to_le_bytes());
+        }
+        Some(self.dir.join(h.finalize().to_hex().as_str()))
+    }
+
+    fn get(&self, entry: &Path) -> Option<Digest> {
+        let text = fs::read_to_string(entry).ok()?;
+        parse_hex(text.trim()).ok().map(Digest)
+    }
+
+    fn put(&self, entry: &Path, digest: &Digest) {
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        let _ = fs::create_dir_all(&self.dir)
+            .and_then(|()| fs::write(&tmp, digest.to_hex()))
+            .and_then(|()| fs::rename(&tmp, entry));
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
+/// The blake3 digest of a file's bytes. Big files are memory-mapped and hashed on all cores, and
+/// remembered in `cache` when one is given.
+pub fn file(path: &Path, cache: Option<&Cache>) -> Result<Digest, DigestError> {
+    let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+    file_with_meta(path, &meta, cache)
+}
+
+fn file_with_meta(path: &Path, meta: &fs::Metadata, cache: Option<&Cache>) -> Result<Digest, DigestError> {
+    let len = meta.len();
+    let entry = cache.filter(|_| len >= PARALLEL_FILE_MIN).and_then(|c| Some((c, c.entry(path, meta)?)));
+    if let Some(d) = entry.as_ref().and_then(|(c, e)| c.get(e)) {
+        return Ok(d);
+    }
     let mut hasher = blake3::Hasher::new();
     if len >= PARALLEL_FILE_MIN {
         hasher.update_mmap_rayon(path).map_err(io_err("read", path))?;
@@ -136,11 +199,15 @@ fn file_with_len(path: &Path, len: u64) -> Result<Digest, DigestError> {
         let bytes = fs::read(path).map_err(io_err("read", path))?;
         hasher.update(&bytes);
     }
-    Ok(Digest(*hasher.finalize().as_bytes()))
+    let digest = Digest(*hasher.finalize().as_bytes());
+    if let Some((c, e)) = entry {
+        c.put(&e, &digest);
+    }
+    Ok(digest)
 }
 
 enum EntryKind {
-    File { len: u64 },
+    File { meta: fs::Metadata },
     Dir,
     Symlink { target: Vec<u8> },
 }
@@ -176,7 +243,7 @@ fn walk(top: &Path, rel: PathBuf, meta: fs::Metadata, out: &mut Vec<Entry>) -> R
     let ft = meta.file_type();
     let mode = meta.permissions().mode() & 0o7777;
     if ft.is_file() {
-        out.push(Entry { rel, kind: EntryKind::File { len: meta.len() }, mode });
+        out.push(Entry { rel, kind: EntryKind::File { meta }, mode });
     } else if ft.is_symlink() {
         let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
         out.push(Entry { rel, kind: EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }, mode: 0 });
@@ -202,7 +269,8 @@ fn walk(top: &Path, rel: PathBuf, meta: fs::Metadata, out: &mut Vec<Entry>) -> R
 
 /// The digest of the file or directory at `path`. A symlink at `path` itself is followed (the
 /// caller decides whether that is allowed); symlinks inside a directory are recorded, not followed.
-pub fn tree(path: &Path) -> Result<TreeDigest, DigestError> {
+/// Big files' digests are remembered in `cache` when one is given.
+pub fn tree(path: &Path, cache: Option<&Cache>) -> Result<TreeDigest, DigestError> {
     let meta = fs::metadata(path).map_err(io_err("stat", path))?;
     let mut entries = Vec::new();
     walk(path, PathBuf::new(), meta, &mut entries)?;
@@ -210,7 +278,7 @@ pub fn tree(path: &Path) -> Result<TreeDigest, DigestError> {
     let contents: Vec<Option<Digest>> = entries
         .par_iter()
         .map(|e| match e.kind {
-            EntryKind::File { len } => file_with_len(&join_rel(path, &e.rel), len).map(Some),
+            EntryKind::File { ref meta } => file_with_meta(&join_rel(path, &e.rel), meta, cache).map(Some),
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
@@ -225,9 +293,9 @@ pub fn tree(path: &Path) -> Result<TreeDigest, DigestError> {
     for (entry, content) in entries.iter().zip(&contents) {
         put(&mut hasher, entry.rel.as_os_str().as_bytes());
         match (&entry.kind, content) {
-            (EntryKind::File { len }, Some(d)) => {
+            (EntryKind::File { meta }, Some(d)) => {
                 stats.files += 1;
-                stats.bytes += len;
+                stats.bytes += meta.len();
                 hasher.update(b"f");
                 hasher.update(&entry.mode.to_le_bytes());
                 hasher.update(&d.0);
@@ -265,8 +333,8 @@ mod tests {
         let dir = scratch("plain");
         let f = dir.join("a");
         fs::write(&f, b"hello").unwrap();
-        assert_eq!(file(&f).unwrap().0, *blake3::hash(b"hello").as_bytes());
-        let t = tree(&f).unwrap();
+        assert_eq!(file(&f, None).unwrap().0, *blake3::hash(b"hello").as_bytes());
+        let t = tree(&f, None).unwrap();
         assert_eq!(t.stats, TreeStats { files: 1, dirs: 0, symlinks: 0, bytes: 5 });
         fs::remove_dir_all(dir).unwrap();
     }
@@ -279,23 +347,58 @@ mod tests {
         fs::write(t.join("sub/x"), b"1").unwrap();
         fs::write(t.join("y"), b"2").unwrap();
         symlink("sub/x", t.join("link")).unwrap();
-        let base = tree(&t).unwrap();
+        let base = tree(&t, None).unwrap();
         assert_eq!(base.stats, TreeStats { files: 2, dirs: 2, symlinks: 1, bytes: 2 });
-        assert_eq!(tree(&t).unwrap().digest, base.digest, "deterministic");
+        assert_eq!(tree(&t, None).unwrap().digest, base.digest, "deterministic");
 
         fs::write(t.join("y"), b"3").unwrap();
-        let changed = tree(&t).unwrap().digest;
+        let changed = tree(&t, None).unwrap().digest;
         assert_ne!(changed, base.digest, "content");
         fs::write(t.join("y"), b"2").unwrap();
-        assert_eq!(tree(&t).unwrap().digest, base.digest);
+        assert_eq!(tree(&t, None).unwrap().digest, base.digest);
 
         fs::set_permissions(t.join("y"), fs::Permissions::from_mode(0o600)).unwrap();
-        assert_ne!(tree(&t).unwrap().digest, base.digest, "mode");
+        assert_ne!(tree(&t, None).unwrap().digest, base.digest, "mode");
         fs::set_permissions(t.join("y"), fs::Permissions::from_mode(0o644)).unwrap();
 
         fs::remove_file(t.join("link")).unwrap();
         symlink("y", t.join("link")).unwrap();
-        assert_ne!(tree(&t).unwrap().digest, base.digest, "link target");
+        assert_ne!(tree(&t, None).unwrap().digest, base.digest, "link target");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cache_remembers_big_files_until_they_change() {
+        let dir = scratch("cache");
+        let f = dir.join("big");
+        let data = vec![7u8; (PARALLEL_FILE_MIN as usize) + 10];
+        fs::write(&f, &data).unwrap();
+        let cache = Cache::new(dir.join("cache")).with_racy_window(std::time::Duration::ZERO);
+        let real = file(&f, None).unwrap();
+        // The racy window can only be tested with a file older than it: a fresh file is not cached.
+        let strict = Cache::new(dir.join("strict"));
+        assert_eq!(file(&f, Some(&strict)).unwrap(), real);
+        assert!(!dir.join("strict").exists(), "a file changed just now is not cached");
+        // Cached, then served from the cache: prove it by planting another value in the entry.
+        assert_eq!(file(&f, Some(&cache)).unwrap(), real);
+        let entry = cache.entry(&f, &fs::metadata(&f).unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(&entry).unwrap(), real.to_hex());
+        fs::write(&entry, Digest([9; ID_LEN]).to_hex()).unwrap();
+        assert_eq!(file(&f, Some(&cache)).unwrap(), Digest([9; ID_LEN]), "served from the cache");
+        assert_ne!(tree(&f, Some(&cache)).unwrap().digest, tree(&f, None).unwrap().digest, "trees use the cache too");
+        // Any change to the file (same size even) changes the key: the digest is recomputed.
+        let mut changed = data.clone();
+        changed[0] = 8;
+        fs::write(&f, &changed).unwrap();
+        let fresh = file(&f, Some(&cache)).unwrap();
+        assert_ne!(fresh, Digest([9; ID_LEN]));
+        assert_eq!(fresh, file(&f, None).unwrap());
+        // Small files are never cached.
+        let small = dir.join("small");
+        fs::write(&small, b"x").unwrap();
+        let before = fs::read_dir(dir.join("cache")).unwrap().count();
+        file(&small, Some(&cache)).unwrap();
+        assert_eq!(fs::read_dir(dir.join("cache")).unwrap().count(), before);
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -304,7 +407,7 @@ mod tests {
         let dir = scratch("special");
         let sock = dir.join("s");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        let err = tree(&dir).unwrap_err();
+        let err = tree(&dir, None).unwrap_err();
         assert!(matches!(err, DigestError::Unsupported { kind: "socket", .. }), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
