@@ -3,6 +3,9 @@
 //! looks at it (names, values, integer spellings, children, and every span). It must never accept
 //! text `kdl` rejects.
 
+mod common;
+
+use common::Rng;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -273,31 +276,6 @@ fn hand_picked_cases() {
 
 // ---- Random documents ----
 
-/// A xorshift generator; `odd` (when not 0) makes one choice in `odd` an unusual one.
-struct Rng(u64, usize);
-
-impl Rng {
-    /// Whether to make an unusual (often invalid) choice.
-    fn odd(&mut self) -> bool {
-        self.1 > 0 && self.one_in(self.1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// True with probability 1/n.
-    fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
 
 const BARE: &[&str] = &[
     "a", "foo", "foo-bar", "x.y", "layer", "run", "-", "+", ".", "-x", "+.x", "..", "a1", "_", "a'b", "a,b",
@@ -527,7 +505,7 @@ fn random_documents_parse_identically() {
     let mut mutated = 0usize;
     for seed in 1..=3000 * scale() {
         let odd = [0, 0, 30, 8][seed as usize % 4];
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, odd);
+        let mut rng = Rng::with_odd(seed, odd);
         let mut text = String::new();
         gen_nodes(&mut rng, 0, &mut text);
         check(&text, &mut valid);
@@ -542,7 +520,7 @@ fn random_documents_parse_identically() {
     }
     // Mutations of the real specs, which are mostly in the fast path's subset.
     let files = repo_specs();
-    let mut rng = Rng(0x5eed, 0);
+    let mut rng = Rng::new(0x5eed);
     for (_, text) in &files {
         check(text, &mut tally);
         for _ in 0..30 * scale() {
@@ -581,7 +559,7 @@ fn token_soup_parses_identically() {
         "\u{a0}", "\u{b}", " \\",
     ];
     let mut tally = Tally::default();
-    let mut rng = Rng(0x50_0b, 0);
+    let mut rng = Rng::new(0x50_0b);
     for _ in 0..6000 * scale() {
         let mut text = String::new();
         let mut line_start = true;

@@ -1,5 +1,8 @@
 //! The layer id rules: what must not change an id, what must, and how a change propagates.
 
+mod common;
+
+use common::Rng;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -242,23 +245,6 @@ fn extends_shares_the_prefix() {
 // ---------------------------------------------------------------------------------------------
 // Randomized reformatting: the same spec printed many ways must give the same ids.
 
-/// xorshift64*: small, deterministic, good enough to pick formatting choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
 
 enum Val {
     S(&'static str),
@@ -391,7 +377,7 @@ fn randomized_reformatting_keeps_every_id() {
     let dir = workspace("random");
     let base = ids_of(&dir, SPEC);
     for seed in 1..=300u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut text = String::new();
         print_nodes(&mut rng, &model(), 0, &mut text);
         let compiled = compile_source(&dir.join("env.kdl"), text.clone());
