@@ -359,7 +359,13 @@ impl Backend for Overlay {
         let path = self.layout.layer(id);
         let doomed = self.layout.tmp("removed");
         match fs::rename(&path, &doomed) {
-            Ok(()) => remove_dir_if_exists(&doomed),
+            // The layer is gone from here on. What is left in tmp/ is deleted now if possible,
+            // else by the next `gc` (sweep_tmp): an error here must not stop the caller from
+            // removing the layer's metadata.
+            Ok(()) => {
+                let _ = remove_dir_if_exists(&doomed);
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BackendError::Io { op: "remove layer", path, source: e }),
         }
