@@ -15,7 +15,13 @@ pub struct Cli {
     pub color: Color,
 
     /// The store: sealed layers, metadata and working roots.
-    #[arg(long, global = true, env = "ENVC_STORE", default_value = "/var/lib/envc", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVC_STORE",
+        default_value = "/var/lib/envc",
+        value_name = "DIR"
+    )]
     pub store: PathBuf,
 
     /// The backend of a new store (an existing store keeps its own): overlay, or btrfs.

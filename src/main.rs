@@ -36,14 +36,25 @@ impl Ui {
         let colored = match color {
             Color::Always => true,
             Color::Never => false,
-            Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            Color::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
         };
-        let theme = if colored { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-        let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100);
-        Ui { handler: GraphicalReportHandler::new_themed(theme)
-            .with_width(width)
-            .with_links(false)
-            .with_word_separator(textwrap::WordSeparator::AsciiSpace) }
+        let theme = if colored {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(100);
+        Ui {
+            handler: GraphicalReportHandler::new_themed(theme)
+                .with_width(width)
+                .with_links(false)
+                .with_word_separator(textwrap::WordSeparator::AsciiSpace),
+        }
     }
 
     pub(crate) fn error(&self, msg: &str) {
@@ -79,7 +90,13 @@ fn compile(ui: &Ui, spec: &Path) -> Result<Compiled, u8> {
 /// Compiles for a runtime command: big host files' digests are remembered in the store's cache,
 /// so a warm apply of a spec with a large tarball base does not read the tarball again.
 fn compile_for(ui: &Ui, spec: &Path, store: &Path) -> Result<Compiled, u8> {
-    compile_with(ui, spec, &envc_compiler::Options { digest_cache: Some(store.join("cache").join("digests")) })
+    compile_with(
+        ui,
+        spec,
+        &envc_compiler::Options {
+            digest_cache: Some(store.join("cache").join("digests")),
+        },
+    )
 }
 
 fn compile_with(ui: &Ui, spec: &Path, options: &envc_compiler::Options) -> Result<Compiled, u8> {
@@ -98,12 +115,21 @@ fn print_plan(compiled: &Compiled, json: bool) -> Result<(), u8> {
         s
     } else {
         let n = plan.layers.len();
-        let mut s = format!("{} ({n} layer{})\n", plan.name, if n == 1 { "" } else { "s" });
+        let mut s = format!(
+            "{} ({n} layer{})\n",
+            plan.name,
+            if n == 1 { "" } else { "s" }
+        );
         let width = plan.layers.iter().map(|l| l.name.len()).max().unwrap_or(4);
         for layer in &plan.layers {
             for (i, step) in layer.steps.iter().enumerate() {
                 if i == 0 {
-                    s.push_str(&format!("  {:width$}  {}  {}\n", layer.name, layer.id.short(16), step.summary()));
+                    s.push_str(&format!(
+                        "  {:width$}  {}  {}\n",
+                        layer.name,
+                        layer.id.short(16),
+                        step.summary()
+                    ));
                 } else {
                     s.push_str(&format!("  {:width$}  {:16}  {}\n", "", "", step.summary()));
                 }
@@ -115,7 +141,13 @@ fn print_plan(compiled: &Compiled, json: bool) -> Result<(), u8> {
 }
 
 /// `envc run` and `envc shell`: the command's exit status, or envc's own on failure.
-fn run_in(ui: &Ui, store: &Path, backend: Option<&str>, target: &cli::RunTarget, argv: Vec<String>) -> u8 {
+fn run_in(
+    ui: &Ui,
+    store: &Path,
+    backend: Option<&str>,
+    target: &cli::RunTarget,
+    argv: Vec<String>,
+) -> u8 {
     let result = compile_for(ui, &target.spec, store).and_then(|c| {
         let rt = ops::runtime(ui, store, backend)?;
         ops::run(ui, &rt, &c, argv, target.keep, !target.no_network)
@@ -134,31 +166,61 @@ fn run(cli: Cli) -> u8 {
                 match compile(&ui, spec) {
                     Ok(c) => {
                         let n = c.plan.layers.len();
-                        println!("{}: ok ({n} layer{}, {})", spec.display(), if n == 1 { "" } else { "s" }, c.plan.name);
+                        println!(
+                            "{}: ok ({n} layer{}, {})",
+                            spec.display(),
+                            if n == 1 { "" } else { "s" },
+                            c.plan.name
+                        );
                     }
                     Err(code) => worst = worst.max(code),
                 }
             }
-            if worst == exit::SUCCESS { Ok(()) } else { Err(worst) }
+            if worst == exit::SUCCESS {
+                Ok(())
+            } else {
+                Err(worst)
+            }
         }
         Command::Plan { spec, json } => compile(&ui, &spec).and_then(|c| print_plan(&c, json)),
         Command::Apply { spec, reset } => compile_for(&ui, &spec, &cli.store).and_then(|c| {
             let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
             ops::apply(&ui, &rt, &c, reset)
         }),
-        Command::Run { target, command } => return run_in(&ui, &cli.store, cli.backend.as_deref(), &target, command),
+        Command::Run { target, command } => {
+            return run_in(&ui, &cli.store, cli.backend.as_deref(), &target, command);
+        }
         Command::Shell { target } => {
             let shell = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
-            return run_in(&ui, &cli.store, cli.backend.as_deref(), &target, vec!["/bin/sh".into(), "-c".into(), shell.into()]);
+            return run_in(
+                &ui,
+                &cli.store,
+                cli.backend.as_deref(),
+                &target,
+                vec!["/bin/sh".into(), "-c".into(), shell.into()],
+            );
         }
-        Command::Rm { name } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::rm(&ui, &rt, &name)),
+        Command::Rm { name } => ops::runtime(&ui, &cli.store, cli.backend.as_deref())
+            .and_then(|rt| ops::rm(&ui, &rt, &name)),
         Command::Why { spec, json } => compile_for(&ui, &spec, &cli.store).and_then(|c| {
             let rt = ops::runtime(&ui, &cli.store, cli.backend.as_deref())?;
             ops::why(&ui, &rt, &c, json)
         }),
-        Command::Gc { older_than, keep_bytes, dry_run } => ops::runtime(&ui, &cli.store, cli.backend.as_deref())
-            .and_then(|rt| ops::gc(&ui, &rt, older_than.as_deref(), keep_bytes.as_deref(), dry_run)),
-        Command::Ls { json } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| ops::ls(&ui, &rt, json)),
+        Command::Gc {
+            older_than,
+            keep_bytes,
+            dry_run,
+        } => ops::runtime(&ui, &cli.store, cli.backend.as_deref()).and_then(|rt| {
+            ops::gc(
+                &ui,
+                &rt,
+                older_than.as_deref(),
+                keep_bytes.as_deref(),
+                dry_run,
+            )
+        }),
+        Command::Ls { json } => ops::runtime(&ui, &cli.store, cli.backend.as_deref())
+            .and_then(|rt| ops::ls(&ui, &rt, json)),
     };
     match result {
         Ok(()) => exit::SUCCESS,
@@ -170,11 +232,17 @@ fn main() -> ExitCode {
     // The sandbox helper: envc re-executes itself to get a fresh single-threaded process for
     // namespace and mount work.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == envc_runtime::sandbox::HELPER_ARG) {
+    if args
+        .get(1)
+        .is_some_and(|a| a == envc_runtime::sandbox::HELPER_ARG)
+    {
         let code = envc_runtime::sandbox::helper_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
-    if args.get(1).is_some_and(|a| a == envc_runtime::sandbox::NOSYNC_ARG) {
+    if args
+        .get(1)
+        .is_some_and(|a| a == envc_runtime::sandbox::NOSYNC_ARG)
+    {
         let code = envc_runtime::sandbox::nosync_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
     }
@@ -182,7 +250,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::SUCCESS });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            });
         }
     };
     ExitCode::from(run(cli))

@@ -27,7 +27,9 @@ pub fn runtime(ui: &Ui, store: &Path, backend: Option<&str>) -> Result<Runtime, 
         exit::FAILURE
     })?;
     let helper = std::env::current_exe().map_err(|e| {
-        ui.error(&format!("cannot find the envc binary to run sandboxes: {e}"));
+        ui.error(&format!(
+            "cannot find the envc binary to run sandboxes: {e}"
+        ));
         exit::FAILURE
     })?;
     Ok(Runtime { store, helper })
@@ -44,12 +46,18 @@ impl Progress {
     pub fn new(layers: usize) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::new(layers as u64);
-            let style = indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} [{pos}/{len}] {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
             bar.set_style(style);
             bar.enable_steady_tick(std::time::Duration::from_millis(120));
             bar
         });
-        Progress { quiet_output: std::env::var_os("ENVC_QUIET").is_some(), bar }
+        Progress {
+            quiet_output: std::env::var_os("ENVC_QUIET").is_some(),
+            bar,
+        }
     }
 
     fn line(&self, text: String) {
@@ -63,7 +71,10 @@ impl Progress {
 
     pub fn event(&mut self, e: Event<'_>) {
         match e {
-            Event::Cleaned { count } => self.line(format!("envc: removed {count} interrupted build{}", if count == 1 { "" } else { "s" })),
+            Event::Cleaned { count } => self.line(format!(
+                "envc: removed {count} interrupted build{}",
+                if count == 1 { "" } else { "s" }
+            )),
             Event::Cached { layer, .. } => {
                 self.line(format!("[{}] cached {}", layer.name, layer.id.short(12)));
                 if let Some(bar) = &self.bar {
@@ -71,7 +82,11 @@ impl Progress {
                 }
             }
             Event::Waiting { layer, .. } => {
-                self.line(format!("[{}] waiting for another envc building {}", layer.name, layer.id.short(12)));
+                self.line(format!(
+                    "[{}] waiting for another envc building {}",
+                    layer.name,
+                    layer.id.short(12)
+                ));
                 if let Some(bar) = &self.bar {
                     bar.set_message(format!("waiting for {}", layer.name));
                 }
@@ -125,23 +140,41 @@ impl Drop for Progress {
 
 /// Renders an apply failure; a failed step points at its line in the spec.
 pub fn report_apply_error(ui: &Ui, compiled: &Compiled, e: &ApplyError) {
-    if let ApplyError::StepFailed { index, layer, step, reason, tail, log, .. } = e
+    if let ApplyError::StepFailed {
+        index,
+        layer,
+        step,
+        reason,
+        tail,
+        log,
+        ..
+    } = e
         && let Some((src, span)) = compiled.step_location(*index, *step)
     {
         let mut help = String::new();
         if !tail.is_empty() {
             help.push_str("last lines of output:\n");
-            for line in tail.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
+            for line in tail
+                .iter()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 help.push_str("  ");
                 help.push_str(line);
                 help.push('\n');
             }
         }
         help.push_str(&format!("full log: {}", log.display()));
-        let diag = MietteDiagnostic::new(format!("layer `{layer}`: step {} failed: {reason}", step + 1))
-            .with_code("envc::apply::step_failed")
-            .with_label(LabeledSpan::at(span, "this step failed"))
-            .with_help(help);
+        let diag = MietteDiagnostic::new(format!(
+            "layer `{layer}`: step {} failed: {reason}",
+            step + 1
+        ))
+        .with_code("envc::apply::step_failed")
+        .with_label(LabeledSpan::at(span, "this step failed"))
+        .with_help(help);
         let report = Report::new(diag).with_source_code(src.clone());
         ui.report(report.as_ref());
         return;
@@ -155,7 +188,17 @@ pub fn apply(ui: &Ui, rt: &Runtime, compiled: &Compiled, reset: bool) -> Result<
     drop(progress);
     match result {
         Ok(applied) => {
-            let _ = writeln!(std::io::stderr(), "envc: {} built, {} cached; root {}", applied.built, applied.cached, if applied.fresh_root { "created" } else { "kept" });
+            let _ = writeln!(
+                std::io::stderr(),
+                "envc: {} built, {} cached; root {}",
+                applied.built,
+                applied.cached,
+                if applied.fresh_root {
+                    "created"
+                } else {
+                    "kept"
+                }
+            );
             println!("{}", applied.root.display());
             Ok(())
         }
@@ -166,10 +209,19 @@ pub fn apply(ui: &Ui, rt: &Runtime, compiled: &Compiled, reset: bool) -> Result<
     }
 }
 
-pub fn run(ui: &Ui, rt: &Runtime, compiled: &Compiled, argv: Vec<String>, keep: bool, network: bool) -> Result<u8, u8> {
+pub fn run(
+    ui: &Ui,
+    rt: &Runtime,
+    compiled: &Compiled,
+    argv: Vec<String>,
+    keep: bool,
+    network: bool,
+) -> Result<u8, u8> {
     let mut progress = Progress::new(compiled.plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.
-    let result = rt.run(&compiled.plan, argv, keep, network, &mut |e| progress.event(e));
+    let result = rt.run(&compiled.plan, argv, keep, network, &mut |e| {
+        progress.event(e)
+    });
     drop(progress);
     match result {
         Ok(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
@@ -184,7 +236,10 @@ pub fn rm(ui: &Ui, rt: &Runtime, name: &str) -> Result<(), u8> {
     match rt.remove_root(name) {
         Ok(true) => Ok(()),
         Ok(false) => {
-            ui.error(&format!("no working root named `{name}` in {}", rt.store.path().display()));
+            ui.error(&format!(
+                "no working root named `{name}` in {}",
+                rt.store.path().display()
+            ));
             Err(exit::FAILURE)
         }
         Err(e) => {
@@ -202,11 +257,17 @@ fn human_size(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 fn ago(secs: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let d = now.saturating_sub(secs);
     match d {
         0..60 => format!("{d}s ago"),
@@ -229,7 +290,10 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
             "layers": layers,
             "roots": roots,
         });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
         return Ok(());
     }
     let by_id: BTreeMap<_, &Meta> = layers.iter().map(|m| (m.id, m)).collect();
@@ -242,13 +306,35 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
         v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
     }
     let mut out = String::new();
-    out.push_str(&format!("{} ({} backend, {} layers, {})\n", rt.store.path().display(), rt.store.backend().kind(), layers.len(), human_size(layers.iter().map(|m| m.size).sum())));
-    fn walk(out: &mut String, children: &BTreeMap<Option<envc_plan::LayerId>, Vec<&Meta>>, roots: &[envc_runtime::store::RootRecord], parent: Option<envc_plan::LayerId>, prefix: &str) {
-        let Some(list) = children.get(&parent) else { return };
+    out.push_str(&format!(
+        "{} ({} backend, {} layers, {})\n",
+        rt.store.path().display(),
+        rt.store.backend().kind(),
+        layers.len(),
+        human_size(layers.iter().map(|m| m.size).sum())
+    ));
+    fn walk(
+        out: &mut String,
+        children: &BTreeMap<Option<envc_plan::LayerId>, Vec<&Meta>>,
+        roots: &[envc_runtime::store::RootRecord],
+        parent: Option<envc_plan::LayerId>,
+        prefix: &str,
+    ) {
+        let Some(list) = children.get(&parent) else {
+            return;
+        };
         for (i, m) in list.iter().enumerate() {
             let last = i + 1 == list.len();
-            let users: Vec<&str> = roots.iter().filter(|r| r.chain.last() == Some(&m.id)).map(|r| r.name.as_str()).collect();
-            let users = if users.is_empty() { String::new() } else { format!("  <- root {}", users.join(", ")) };
+            let users: Vec<&str> = roots
+                .iter()
+                .filter(|r| r.chain.last() == Some(&m.id))
+                .map(|r| r.name.as_str())
+                .collect();
+            let users = if users.is_empty() {
+                String::new()
+            } else {
+                format!("  <- root {}", users.join(", "))
+            };
             out.push_str(&format!(
                 "{prefix}{} {} {}  {}  used {}{users}\n",
                 if last { "└─" } else { "├─" },
@@ -299,10 +385,18 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-pub fn gc(ui: &Ui, rt: &Runtime, older_than: Option<&str>, keep_bytes: Option<&str>, dry_run: bool) -> Result<(), u8> {
+pub fn gc(
+    ui: &Ui,
+    rt: &Runtime,
+    older_than: Option<&str>,
+    keep_bytes: Option<&str>,
+    dry_run: bool,
+) -> Result<(), u8> {
     let older_than = match older_than {
         Some(a) => Some(parse_age(a).ok_or_else(|| {
-            ui.error(&format!("--older-than `{a}` is not an age like 30d, 12h, 45m or 10s"));
+            ui.error(&format!(
+                "--older-than `{a}` is not an age like 30d, 12h, 45m or 10s"
+            ));
             exit::USAGE
         })?),
         None if keep_bytes.is_none() => Some(7 * 86400),
@@ -310,21 +404,40 @@ pub fn gc(ui: &Ui, rt: &Runtime, older_than: Option<&str>, keep_bytes: Option<&s
     };
     let keep_bytes = match keep_bytes {
         Some(b) => Some(parse_size(b).ok_or_else(|| {
-            ui.error(&format!("--keep-bytes `{b}` is not a size like 20G, 500M or 1024"));
+            ui.error(&format!(
+                "--keep-bytes `{b}` is not a size like 20G, 500M or 1024"
+            ));
             exit::USAGE
         })?),
         None => None,
     };
-    let policy = envc_runtime::maintain::GcPolicy { older_than, keep_bytes, dry_run };
+    let policy = envc_runtime::maintain::GcPolicy {
+        older_than,
+        keep_bytes,
+        dry_run,
+    };
     let report = envc_runtime::maintain::gc(&rt.store, policy).map_err(|e| {
         ui.error(&e.to_string());
         exit::FAILURE
     })?;
     let verb = if dry_run { "would remove" } else { "removed" };
     for m in &report.removed {
-        println!("{verb} {} {} ({}, {})", m.name, m.id.short(12), human_size(m.size), m.env);
+        println!(
+            "{verb} {} {} ({}, {})",
+            m.name,
+            m.id.short(12),
+            human_size(m.size),
+            m.env
+        );
     }
-    let _ = writeln!(std::io::stderr(), "envc: {verb} {} layer{}, {} freed; {} in use by working roots", report.removed.len(), if report.removed.len() == 1 { "" } else { "s" }, human_size(report.freed), report.in_use);
+    let _ = writeln!(
+        std::io::stderr(),
+        "envc: {verb} {} layer{}, {} freed; {} in use by working roots",
+        report.removed.len(),
+        if report.removed.len() == 1 { "" } else { "s" },
+        human_size(report.freed),
+        report.in_use
+    );
     Ok(())
 }
 
@@ -334,7 +447,10 @@ pub fn why(ui: &Ui, rt: &Runtime, compiled: &Compiled, json: bool) -> Result<(),
         exit::FAILURE
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&layers).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&layers).unwrap_or_default()
+        );
         return Ok(());
     }
     let width = layers.iter().map(|l| l.name.len()).max().unwrap_or(4);
@@ -348,19 +464,33 @@ pub fn why(ui: &Ui, rt: &Runtime, compiled: &Compiled, json: bool) -> Result<(),
         let pad = " ".repeat(width + 2);
         match (&l.nearest, &l.because_of) {
             (_, Some(cause)) if l.differs.iter().all(|d| d.path == "parent") => {
-                out.push_str(&format!("{pad}because its parent changed: the first missing layer is `{cause}`\n"));
+                out.push_str(&format!(
+                    "{pad}because its parent changed: the first missing layer is `{cause}`\n"
+                ));
                 continue;
             }
             (None, _) => {
-                out.push_str(&format!("{pad}no stored layer named `{}` to compare with\n", l.name));
+                out.push_str(&format!(
+                    "{pad}no stored layer named `{}` to compare with\n",
+                    l.name
+                ));
                 continue;
             }
             (Some(m), _) => {
-                out.push_str(&format!("{pad}nearest stored: {} {} (built by {}, used {})\n", m.name, m.id.short(12), m.env, ago(m.last_used)));
+                out.push_str(&format!(
+                    "{pad}nearest stored: {} {} (built by {}, used {})\n",
+                    m.name,
+                    m.id.short(12),
+                    m.env,
+                    ago(m.last_used)
+                ));
             }
         }
         for d in &l.differs {
-            out.push_str(&format!("{pad}  {}: {} -> {}\n", d.path, d.stored, d.wanted));
+            out.push_str(&format!(
+                "{pad}  {}: {} -> {}\n",
+                d.path, d.stored, d.wanted
+            ));
         }
     }
     print!("{out}");

@@ -3,7 +3,9 @@
 use snapbox::cmd::{Command, cargo_bin};
 
 fn envc() -> Command {
-    Command::new(cargo_bin!("envc")).env("NO_COLOR", "1").env("COLUMNS", "100")
+    Command::new(cargo_bin!("envc"))
+        .env("NO_COLOR", "1")
+        .env("COLUMNS", "100")
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -17,7 +19,11 @@ fn scratch(name: &str) -> std::path::PathBuf {
 fn help_lists_commands_and_exit_codes() {
     let out = envc().arg("--help").assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-    for word in ["check", "plan", "Exit codes: 0 success, 1 operation failed, 2 usage error, 3 invalid spec"] {
+    for word in [
+        "check",
+        "plan",
+        "Exit codes: 0 success, 1 operation failed, 2 usage error, 3 invalid spec",
+    ] {
         assert!(text.contains(word), "--help lacks {word:?}:\n{text}");
     }
     envc().args(["plan", "--help"]).assert().success();
@@ -25,7 +31,11 @@ fn help_lists_commands_and_exit_codes() {
 
 #[test]
 fn version() {
-    envc().arg("--version").assert().success().stdout_eq(format!("envc {}\n", env!("CARGO_PKG_VERSION")));
+    envc()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout_eq(format!("envc {}\n", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
@@ -33,7 +43,10 @@ fn usage_errors_exit_2() {
     envc().assert().code(2);
     envc().arg("frobnicate").assert().code(2);
     envc().arg("check").assert().code(2);
-    envc().args(["plan", "specs/rust-ci.kdl", "--bogus"]).assert().code(2);
+    envc()
+        .args(["plan", "specs/rust-ci.kdl", "--bogus"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -49,17 +62,30 @@ fn check_valid_specs_exits_0() {
 fn check_invalid_spec_exits_3_with_every_error() {
     let dir = scratch("invalid");
     let spec = dir.join("env.kdl");
-    std::fs::write(&spec, "name \"x\"\nbase \"debain\"\nlayer \"a\" {\n    pakages \"gcc\"\n}\n").unwrap();
+    std::fs::write(
+        &spec,
+        "name \"x\"\nbase \"debain\"\nlayer \"a\" {\n    pakages \"gcc\"\n}\n",
+    )
+    .unwrap();
     let out = envc().arg("check").arg(&spec).assert().code(3);
-    let stderr = String::from_utf8_lossy(&out.get_output().stderr).replace(dir.to_str().unwrap(), "[DIR]");
+    let stderr =
+        String::from_utf8_lossy(&out.get_output().stderr).replace(dir.to_str().unwrap(), "[DIR]");
     assert!(stderr.contains("envc::spec::unknown_base"), "{stderr}");
     assert!(stderr.contains("did you mean `debian`?"), "{stderr}");
     assert!(stderr.contains("envc::spec::unknown_node"), "{stderr}");
     assert!(stderr.contains("did you mean `packages`?"), "{stderr}");
-    assert!(stderr.contains("[DIR]/env.kdl:2:6"), "points at the spec line: {stderr}");
+    assert!(
+        stderr.contains("[DIR]/env.kdl:2:6"),
+        "points at the spec line: {stderr}"
+    );
     assert!(stderr.contains("is invalid: 2 errors"), "{stderr}");
     // A valid spec checked together with an invalid one still fails the run.
-    envc().arg("check").arg("specs/rust-ci.kdl").arg(&spec).assert().code(3);
+    envc()
+        .arg("check")
+        .arg("specs/rust-ci.kdl")
+        .arg(&spec)
+        .assert()
+        .code(3);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -73,24 +99,36 @@ fn missing_spec_exits_3() {
 
 #[test]
 fn plan_text_lists_layers_in_order() {
-    let out = envc().args(["plan", "specs/rust-ci.kdl"]).assert().success();
+    let out = envc()
+        .args(["plan", "specs/rust-ci.kdl"])
+        .assert()
+        .success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "rust-ci (3 layers)");
     assert!(lines[1].trim_start().starts_with("base "), "{text}");
     assert!(lines[2].trim_start().starts_with("toolchain "), "{text}");
-    assert!(lines[2].ends_with("packages build-essential pkg-config"), "{text}");
+    assert!(
+        lines[2].ends_with("packages build-essential pkg-config"),
+        "{text}"
+    );
     assert!(lines[3].trim_start().starts_with("user "), "{text}");
 }
 
 #[test]
 fn plan_json_has_the_documented_shape() {
-    let out = envc().args(["plan", "--json", "specs/team/python.kdl"]).assert().success();
+    let out = envc()
+        .args(["plan", "--json", "specs/team/python.kdl"])
+        .assert()
+        .success();
     let plan: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(plan["name"], "team-python");
     let layers = plan["layers"].as_array().unwrap();
     let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["base", "essentials", "builder", "python", "workspace"]);
+    assert_eq!(
+        names,
+        ["base", "essentials", "builder", "python", "workspace"]
+    );
     assert!(layers[0]["parent"].is_null());
     assert_eq!(layers[0]["steps"][0]["type"], "base");
     for (i, layer) in layers.iter().enumerate() {
@@ -103,7 +141,10 @@ fn plan_json_has_the_documented_shape() {
         assert!(layer["steps"].as_array().is_some_and(|s| !s.is_empty()));
     }
     assert_eq!(layers[3]["steps"][1]["type"], "env");
-    assert_eq!(layers[3]["steps"][1]["vars"]["PATH"], "/home/builder/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    assert_eq!(
+        layers[3]["steps"][1]["vars"]["PATH"],
+        "/home/builder/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
     // The JSON is the plan type itself: it deserializes back and its ids verify.
     let typed: envc_plan::Plan = serde_json::from_slice(&out.get_output().stdout).unwrap();
     typed.verify().unwrap();
@@ -115,6 +156,9 @@ fn plan_of_invalid_spec_exits_3() {
     let spec = dir.join("env.kdl");
     std::fs::write(&spec, "name \"x\"\n").unwrap();
     let out = envc().args(["plan", "--json"]).arg(&spec).assert().code(3);
-    assert!(out.get_output().stdout.is_empty(), "no partial plan on stdout");
+    assert!(
+        out.get_output().stdout.is_empty(),
+        "no partial plan on stdout"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -16,10 +16,23 @@ fn lvm_thin_snapshots_work_in_the_test_vm() {
         .current_dir(root)
         .output()
         .expect("run tests/vm/run-in-vm.sh");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("origin=one snapshot=two snapshot-of-snapshot=one"), "{stdout}");
-    assert!(stdout.contains("\"lv_tags\":\"envc.id=base\""), "LV tags are reported: {stdout}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("origin=one snapshot=two snapshot-of-snapshot=one"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"lv_tags\":\"envc.id=base\""),
+        "LV tags are reported: {stdout}"
+    );
 }
 
 #[test]
@@ -36,6 +49,10 @@ fn the_test_vm_passes_exit_status_and_output() {
     assert_eq!(out.status.code(), Some(7));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("modules"), "{stdout}");
-    assert_ne!(stdout.lines().next().unwrap_or(""), String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim(), "the guest runs Debian's kernel, not the host's");
+    assert_ne!(
+        stdout.lines().next().unwrap_or(""),
+        String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim(),
+        "the guest runs Debian's kernel, not the host's"
+    );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 }

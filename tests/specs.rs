@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 fn specs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -17,14 +20,18 @@ fn specs(dir: &Path, out: &mut Vec<PathBuf>) {
 fn all_specs() -> Vec<PathBuf> {
     let mut out = Vec::new();
     specs(Path::new("specs"), &mut out);
-    assert!(out.len() >= 4, "expected the example specs under specs/, found {out:?}");
+    assert!(
+        out.len() >= 4,
+        "expected the example specs under specs/, found {out:?}"
+    );
     out
 }
 
 #[test]
 fn every_example_spec_compiles() {
     for spec in all_specs() {
-        let compiled = envc_compiler::compile(&spec).unwrap_or_else(|e| panic!("{}: {e:?}", spec.display()));
+        let compiled =
+            envc_compiler::compile(&spec).unwrap_or_else(|e| panic!("{}: {e:?}", spec.display()));
         compiled.plan.verify().unwrap();
     }
 }
@@ -46,7 +53,9 @@ fn golden_ids() {
 
 #[test]
 fn extended_specs_share_their_prefix() {
-    let common = envc_compiler::compile(Path::new("specs/team/common.kdl")).unwrap().plan;
+    let common = envc_compiler::compile(Path::new("specs/team/common.kdl"))
+        .unwrap()
+        .plan;
     for child in ["specs/team/cpp.kdl", "specs/team/python.kdl"] {
         let plan = envc_compiler::compile(Path::new(child)).unwrap().plan;
         let n = common.layers.len();

@@ -23,11 +23,26 @@ fn seccomp_and_off(kind: Kind) {
     );
     let root = t.apply(&spec).root();
     let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
-    assert_eq!(read("seccomp.txt"), "fsync_open=0 fsync_closed=0/0 osync=1\n", "seccomp: sync calls return 0, O_SYNC stays");
-    assert_eq!(read("off.txt"), "fsync_open=0 fsync_closed=-1/9 osync=1\n", "run steps default to off");
+    assert_eq!(
+        read("seccomp.txt"),
+        "fsync_open=0 fsync_closed=0/0 osync=1\n",
+        "seccomp: sync calls return 0, O_SYNC stays"
+    );
+    assert_eq!(
+        read("off.txt"),
+        "fsync_open=0 fsync_closed=-1/9 osync=1\n",
+        "run steps default to off"
+    );
     assert_eq!(read("off-explicit.txt"), read("off.txt"));
-    assert_eq!(read("seccomp32.txt"), "fsync_open=0 fsync_closed=0/0 osync=1\n", "32-bit compat syscalls are covered");
-    assert_eq!(read("off32.txt"), "fsync_open=0 fsync_closed=-1/9 osync=1\n");
+    assert_eq!(
+        read("seccomp32.txt"),
+        "fsync_open=0 fsync_closed=0/0 osync=1\n",
+        "32-bit compat syscalls are covered"
+    );
+    assert_eq!(
+        read("off32.txt"),
+        "fsync_open=0 fsync_closed=-1/9 osync=1\n"
+    );
 }
 
 #[test]

@@ -15,7 +15,11 @@ use envc_plan::digest;
 
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
     samples.sort();
-    (samples[samples.len() / 2], samples[0], samples[samples.len() - 1])
+    (
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1],
+    )
 }
 
 fn ms(d: Duration) -> String {
@@ -32,7 +36,13 @@ fn generated_spec(layers: usize) -> String {
     s
 }
 
-fn write_tree(root: &Path, big_files: usize, big_size: usize, small_files: usize, small_size: usize) {
+fn write_tree(
+    root: &Path,
+    big_files: usize,
+    big_size: usize,
+    small_files: usize,
+    small_size: usize,
+) {
     let _ = fs::remove_dir_all(root);
     fs::create_dir_all(root.join("big")).unwrap();
     let mut block = vec![0u8; 1 << 20];
@@ -56,7 +66,11 @@ fn write_tree(root: &Path, big_files: usize, big_size: usize, small_files: usize
         let dir = root.join(format!("small/{:03}", i % 256));
         fs::create_dir_all(&dir).unwrap();
         let start = (i * 7919) % (block.len() - small_size);
-        fs::write(dir.join(format!("{i}.dat")), &block[start..start + small_size]).unwrap();
+        fs::write(
+            dir.join(format!("{i}.dat")),
+            &block[start..start + small_size],
+        )
+        .unwrap();
     }
 }
 
@@ -73,12 +87,19 @@ fn main() {
     let mut samples = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
-        let compiled = envc_compiler::compile_source(&path, spec.clone()).expect("generated spec compiles");
+        let compiled =
+            envc_compiler::compile_source(&path, spec.clone()).expect("generated spec compiles");
         samples.push(t.elapsed());
         assert_eq!(compiled.plan.layers.len(), 1001);
     }
     let (med, min, max) = stats(samples);
-    println!("| compile a 1,000-layer spec ({} KiB) | {} | {} | {} | {rounds} |", spec.len() / 1024, ms(med), ms(min), ms(max));
+    println!(
+        "| compile a 1,000-layer spec ({} KiB) | {} | {} | {} | {rounds} |",
+        spec.len() / 1024,
+        ms(med),
+        ms(min),
+        ms(max)
+    );
 
     // Parsing alone: envc's fast path against the kdl crate's parser on the same text.
     let parse = |f: &dyn Fn()| {
@@ -91,11 +112,22 @@ fn main() {
         stats(samples)
     };
     let (med, min, max) = parse(&|| assert!(envc_compiler::__fastkdl_parse(&spec).is_some()));
-    println!("| parse it: envc's fast path | {} | {} | {} | {rounds} |", ms(med), ms(min), ms(max));
+    println!(
+        "| parse it: envc's fast path | {} | {} | {} | {rounds} |",
+        ms(med),
+        ms(min),
+        ms(max)
+    );
     let (med, min, max) = parse(&|| assert!(kdl::KdlDocument::parse_v2(&spec).is_ok()));
-    println!("| parse it: the kdl crate's parser | {} | {} | {} | {rounds} |", ms(med), ms(min), ms(max));
+    println!(
+        "| parse it: the kdl crate's parser | {} | {} | {} | {rounds} |",
+        ms(med),
+        ms(min),
+        ms(max)
+    );
 
-    let base = std::env::var_os("ENVC_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+    let base =
+        std::env::var_os("ENVC_BENCH_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
     let cases: [(&str, usize, usize, usize, usize); 2] = [
         ("8 files of 128 MiB", 8, 128 << 20, 0, 0),
         ("65,536 files of 16 KiB", 0, 0, 65_536, 16 << 10),
@@ -115,7 +147,12 @@ fn main() {
         let gbps = |d: Duration| bytes / d.as_secs_f64() / 1e9;
         println!(
             "| hash a 1 GiB tree, {what}, page cache warm | {} ({:.2} GB/s) | {} ({:.2} GB/s) | {} ({:.2} GB/s) | 5 |",
-            ms(med), gbps(med), ms(min), gbps(min), ms(max), gbps(max)
+            ms(med),
+            gbps(med),
+            ms(min),
+            gbps(min),
+            ms(max),
+            gbps(max)
         );
         let _ = fs::remove_dir_all(&root);
     }

@@ -4,8 +4,8 @@
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
-use crate::ast::{BaseDecl, BaseKind, LayerDecl, SpecFile, Spanned, StepDecl, StepKind};
-use crate::error::{Src, SpecError};
+use crate::ast::{BaseDecl, BaseKind, LayerDecl, Spanned, SpecFile, StepDecl, StepKind};
+use crate::error::{SpecError, Src};
 use crate::suggest;
 
 /// Nodes allowed at the top level of a spec.
@@ -84,7 +84,12 @@ impl Decoder<'_> {
                 node: node.name().value().to_owned(),
             });
         }
-        Reader { node, name: node.name().value(), args, props }
+        Reader {
+            node,
+            name: node.name().value(),
+            args,
+            props,
+        }
     }
 
     /// The span from the `{` before a children block's content to the `}` after it.
@@ -92,8 +97,14 @@ impl Decoder<'_> {
         let text = self.src.inner().as_str();
         let start = inner.offset().min(text.len());
         let end = (inner.offset() + inner.len()).min(text.len());
-        let open = text.get(..start).and_then(|t| t.rfind('{')).unwrap_or(start);
-        let close = text.get(end..).and_then(|t| t.find('}')).map_or(end, |i| end + i + 1);
+        let open = text
+            .get(..start)
+            .and_then(|t| t.rfind('{'))
+            .unwrap_or(start);
+        let close = text
+            .get(end..)
+            .and_then(|t| t.find('}'))
+            .map_or(end, |i| end + i + 1);
         (open, close - open).into()
     }
 
@@ -156,7 +167,13 @@ impl Decoder<'_> {
     }
 
     /// Argument `i`, which must be a string; reports it missing with `what` and `example`.
-    fn string_arg(&mut self, r: &Reader<'_>, i: usize, what: &str, example: &str) -> Option<Spanned<String>> {
+    fn string_arg(
+        &mut self,
+        r: &Reader<'_>,
+        i: usize,
+        what: &str,
+        example: &str,
+    ) -> Option<Spanned<String>> {
         match r.args.get(i) {
             Some(entry) => self.string_value(entry, &format!("{what} (a string)")),
             None => {
@@ -211,7 +228,8 @@ impl Decoder<'_> {
                     spec.wrote_name = true;
                     let r = self.reader(node, false);
                     self.finish(&r, &[], 1, "exactly one argument, the environment's name");
-                    let value = self.string_arg(&r, 0, "the environment's name", "name \"rust-ci\"");
+                    let value =
+                        self.string_arg(&r, 0, "the environment's name", "name \"rust-ci\"");
                     if let Some(first) = name_span {
                         self.errors.push(SpecError::DuplicateNode {
                             src: self.src(),
@@ -226,8 +244,18 @@ impl Decoder<'_> {
                 }
                 "extends" => {
                     let r = self.reader(node, false);
-                    self.finish(&r, &[], 1, "exactly one argument, the path of the spec to extend");
-                    let value = self.string_arg(&r, 0, "the path of the spec to extend", "extends \"common.kdl\"");
+                    self.finish(
+                        &r,
+                        &[],
+                        1,
+                        "exactly one argument, the path of the spec to extend",
+                    );
+                    let value = self.string_arg(
+                        &r,
+                        0,
+                        "the path of the spec to extend",
+                        "extends \"common.kdl\"",
+                    );
                     if let Some(first) = extends_span {
                         self.errors.push(SpecError::DuplicateNode {
                             src: self.src(),
@@ -262,7 +290,9 @@ impl Decoder<'_> {
                 other => {
                     let mut help = suggest::help(other, TOP_NODES, "top-level nodes");
                     if STEP_NODES.contains(&other) {
-                        help = format!("`{other}` is a step: put it inside a `layer \"NAME\" {{ ... }}` block");
+                        help = format!(
+                            "`{other}` is a step: put it inside a `layer \"NAME\" {{ ... }}` block"
+                        );
                     }
                     self.errors.push(SpecError::UnknownNode {
                         src: self.src(),
@@ -279,12 +309,26 @@ impl Decoder<'_> {
 
     fn base(&mut self, node: &KdlNode) -> Option<BaseDecl> {
         let r = self.reader(node, false);
-        let kind = self.string_arg(&r, 0, "the kind of base", "base \"debian\" suite=\"bookworm\"")?;
+        let kind = self.string_arg(
+            &r,
+            0,
+            "the kind of base",
+            "base \"debian\" suite=\"bookworm\"",
+        )?;
         let span = node.name().span();
         let mut sync = None;
         let kind = match kind.value.as_str() {
             "debian" => {
-                const PROPS: &[&str] = &["suite", "variant", "arch", "components", "include", "mirror", "exclude-docs", "sync"];
+                const PROPS: &[&str] = &[
+                    "suite",
+                    "variant",
+                    "arch",
+                    "components",
+                    "include",
+                    "mirror",
+                    "exclude-docs",
+                    "sync",
+                ];
                 self.finish(&r, PROPS, 1, "one argument, `debian`, and properties");
                 let suite = self.string_prop(&r, "suite");
                 let variant = self.string_prop(&r, "variant");
@@ -301,16 +345,31 @@ impl Decoder<'_> {
                             span,
                             node: "base \"debian\"".into(),
                             name: "suite".into(),
-                            help: "name the Debian release, e.g. `base \"debian\" suite=\"bookworm\"`".into(),
+                            help:
+                                "name the Debian release, e.g. `base \"debian\" suite=\"bookworm\"`"
+                                    .into(),
                         });
                     }
                     return None;
                 };
-                BaseKind::Debian { suite, variant, arch, components, include, mirror, exclude_docs }
+                BaseKind::Debian {
+                    suite,
+                    variant,
+                    arch,
+                    components,
+                    include,
+                    mirror,
+                    exclude_docs,
+                }
             }
             "tar" => {
                 self.finish(&r, &[], 2, "two arguments, `tar` and the tarball's path");
-                let path = self.string_arg(&r, 1, "the tarball's path", "base \"tar\" \"rootfs.tar.gz\"")?;
+                let path = self.string_arg(
+                    &r,
+                    1,
+                    "the tarball's path",
+                    "base \"tar\" \"rootfs.tar.gz\"",
+                )?;
                 BaseKind::Tar { path }
             }
             "scratch" => {
@@ -333,7 +392,12 @@ impl Decoder<'_> {
     fn layer(&mut self, node: &KdlNode) -> Option<LayerDecl> {
         let r = self.reader(node, true);
         self.finish(&r, &[], 1, "exactly one argument, the layer's name");
-        let name = self.string_arg(&r, 0, "the layer's name", "layer \"toolchain\" { packages \"gcc\" }")?;
+        let name = self.string_arg(
+            &r,
+            0,
+            "the layer's name",
+            "layer \"toolchain\" { packages \"gcc\" }",
+        )?;
         let mut steps = Vec::new();
         if let Some(children) = node.children() {
             for child in children.nodes() {
@@ -349,7 +413,11 @@ impl Decoder<'_> {
                 name: name.value.clone(),
             });
         }
-        Some(LayerDecl { name, span: node.name().span(), steps })
+        Some(LayerDecl {
+            name,
+            span: node.name().span(),
+            steps,
+        })
     }
 
     fn step(&mut self, node: &KdlNode) -> Option<StepDecl> {
@@ -361,7 +429,12 @@ impl Decoder<'_> {
                 self.finish_props(&r, &["sync"]);
                 sync = self.string_prop(&r, "sync");
                 if r.args.is_empty() {
-                    self.string_arg(&r, 0, "at least one package", "packages \"build-essential\" \"pkg-config\"");
+                    self.string_arg(
+                        &r,
+                        0,
+                        "at least one package",
+                        "packages \"build-essential\" \"pkg-config\"",
+                    );
                     return None;
                 }
                 let names: Vec<_> = r
@@ -373,25 +446,54 @@ impl Decoder<'_> {
             }
             "run" => {
                 let r = self.reader(node, false);
-                self.finish(&r, &["network", "user", "sync"], 1, "exactly one argument, the shell command");
+                self.finish(
+                    &r,
+                    &["network", "user", "sync"],
+                    1,
+                    "exactly one argument, the shell command",
+                );
                 sync = self.string_prop(&r, "sync");
                 let command = self.string_arg(&r, 0, "a shell command", "run \"make install\"");
                 let network = self.bool_prop(&r, "network").unwrap_or(false);
                 let user = self.string_prop(&r, "user");
-                StepKind::Run { command: command?, network, user }
+                StepKind::Run {
+                    command: command?,
+                    network,
+                    user,
+                }
             }
             "copy" => {
                 let r = self.reader(node, false);
-                self.finish(&r, &["mode", "owner"], 2, "two arguments, the source and the destination");
-                let source = self.string_arg(&r, 0, "a source path", "copy \"files/gitconfig\" \"/etc/gitconfig\"");
+                self.finish(
+                    &r,
+                    &["mode", "owner"],
+                    2,
+                    "two arguments, the source and the destination",
+                );
+                let source = self.string_arg(
+                    &r,
+                    0,
+                    "a source path",
+                    "copy \"files/gitconfig\" \"/etc/gitconfig\"",
+                );
                 let dest = if source.is_some() {
-                    self.string_arg(&r, 1, "a destination path", "copy \"files/gitconfig\" \"/etc/gitconfig\"")
+                    self.string_arg(
+                        &r,
+                        1,
+                        "a destination path",
+                        "copy \"files/gitconfig\" \"/etc/gitconfig\"",
+                    )
                 } else {
                     None
                 };
                 let mode = r.prop("mode").and_then(|e| self.mode(e));
                 let owner = self.string_prop(&r, "owner");
-                StepKind::Copy { source: source?, dest: dest?, mode, owner }
+                StepKind::Copy {
+                    source: source?,
+                    dest: dest?,
+                    mode,
+                    owner,
+                }
             }
             "env" => {
                 let r = self.reader(node, false);
@@ -423,19 +525,29 @@ impl Decoder<'_> {
                         }
                     };
                     let key_span = entry.name().map_or(entry.span(), |n| n.span());
-                    vars.push((Spanned::new((*key).to_owned(), key_span), Spanned::new(value, entry.span())));
+                    vars.push((
+                        Spanned::new((*key).to_owned(), key_span),
+                        Spanned::new(value, entry.span()),
+                    ));
                 }
                 StepKind::Env(vars)
             }
             "workdir" => {
                 let r = self.reader(node, false);
                 self.finish(&r, &[], 1, "exactly one argument, the directory");
-                StepKind::Workdir(self.string_arg(&r, 0, "a directory", "workdir \"/home/builder\"")?)
+                StepKind::Workdir(self.string_arg(
+                    &r,
+                    0,
+                    "a directory",
+                    "workdir \"/home/builder\"",
+                )?)
             }
             other => {
                 let mut help = suggest::help(other, STEP_NODES, "steps");
                 if TOP_NODES.contains(&other) {
-                    help = format!("`{other}` belongs at the top level of the spec, not inside a layer");
+                    help = format!(
+                        "`{other}` belongs at the top level of the spec, not inside a layer"
+                    );
                 }
                 self.errors.push(SpecError::UnknownNode {
                     src: self.src(),
@@ -456,7 +568,10 @@ impl Decoder<'_> {
         let (text, digits) = match entry.value() {
             KdlValue::String(s) => (s.clone(), s.strip_prefix("0o").unwrap_or(s).to_owned()),
             KdlValue::Integer(i) => {
-                let repr = entry.format().map(|f| f.value_repr.clone()).unwrap_or_else(|| i.to_string());
+                let repr = entry
+                    .format()
+                    .map(|f| f.value_repr.clone())
+                    .unwrap_or_else(|| i.to_string());
                 match repr.strip_prefix("0o") {
                     Some(d) => (repr.clone(), d.replace('_', "")),
                     None => {

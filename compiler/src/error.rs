@@ -12,7 +12,10 @@ pub type Src = NamedSource<Arc<String>>;
 pub enum SpecError {
     /// The spec file (or a file it extends) cannot be read.
     #[error("cannot read spec `{path}`: {reason}")]
-    #[diagnostic(code(envc::spec::unreadable), help("check that the path exists and is a readable KDL file"))]
+    #[diagnostic(
+        code(envc::spec::unreadable),
+        help("check that the path exists and is a readable KDL file")
+    )]
     Unreadable { path: String, reason: String },
 
     /// The text is not valid KDL v2.
@@ -86,7 +89,10 @@ pub enum SpecError {
 
     /// More arguments than the node takes.
     #[error("`{node}` takes {expected}")]
-    #[diagnostic(code(envc::spec::too_many_arguments), help("remove the extra argument"))]
+    #[diagnostic(
+        code(envc::spec::too_many_arguments),
+        help("remove the extra argument")
+    )]
     TooManyArguments {
         #[source_code]
         src: Src,
@@ -112,7 +118,10 @@ pub enum SpecError {
 
     /// A block on a node that takes none.
     #[error("`{node}` does not take a block")]
-    #[diagnostic(code(envc::spec::unexpected_block), help("only `layer` nodes have a `{{ ... }}` block"))]
+    #[diagnostic(
+        code(envc::spec::unexpected_block),
+        help("only `layer` nodes have a `{{ ... }}` block")
+    )]
     UnexpectedBlock {
         #[source_code]
         src: Src,
@@ -123,7 +132,10 @@ pub enum SpecError {
 
     /// The spec has no `name`.
     #[error("the spec has no `name`")]
-    #[diagnostic(code(envc::spec::missing_name), help("add a line such as `name \"rust-ci\"` at the top of the spec"))]
+    #[diagnostic(
+        code(envc::spec::missing_name),
+        help("add a line such as `name \"rust-ci\"` at the top of the spec")
+    )]
     MissingName {
         #[source_code]
         src: Src,
@@ -148,7 +160,9 @@ pub enum SpecError {
     #[error("the spec has no `base`")]
     #[diagnostic(
         code(envc::spec::missing_base),
-        help("add one of `base \"debian\" suite=\"bookworm\"`, `base \"tar\" \"rootfs.tar.gz\"` or `base \"scratch\"`, or `extends` a spec that has one")
+        help(
+            "add one of `base \"debian\" suite=\"bookworm\"`, `base \"tar\" \"rootfs.tar.gz\"` or `base \"scratch\"`, or `extends` a spec that has one"
+        )
     )]
     MissingBase {
         #[source_code]
@@ -175,7 +189,9 @@ pub enum SpecError {
     #[error("invalid {what} `{value}`")]
     #[diagnostic(
         code(envc::spec::invalid_name),
-        help("use 1 to 64 characters from a-z, A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit")
+        help(
+            "use 1 to 64 characters from a-z, A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit"
+        )
     )]
     InvalidName {
         #[source_code]
@@ -188,7 +204,10 @@ pub enum SpecError {
 
     /// A layer named like the base layer.
     #[error("the layer name `base` is reserved for the base layer")]
-    #[diagnostic(code(envc::spec::reserved_layer_name), help("choose another name for this layer"))]
+    #[diagnostic(
+        code(envc::spec::reserved_layer_name),
+        help("choose another name for this layer")
+    )]
     ReservedLayerName {
         #[source_code]
         src: Src,
@@ -215,7 +234,9 @@ pub enum SpecError {
     #[error("layer `{name}` has no steps")]
     #[diagnostic(
         code(envc::spec::empty_layer),
-        help("give the layer at least one of `packages`, `run`, `copy`, `env` or `workdir`, or remove it")
+        help(
+            "give the layer at least one of `packages`, `run`, `copy`, `env` or `workdir`, or remove it"
+        )
     )]
     EmptyLayer {
         #[source_code]
@@ -271,7 +292,9 @@ pub enum SpecError {
     #[error("invalid package `{package}`")]
     #[diagnostic(
         code(envc::spec::invalid_package),
-        help("write `NAME` or `NAME=VERSION`, e.g. `hello` or `hello=2.10-3`; names use a-z, 0-9, `+`, `-` and `.`")
+        help(
+            "write `NAME` or `NAME=VERSION`, e.g. `hello` or `hello=2.10-3`; names use a-z, 0-9, `+`, `-` and `.`"
+        )
     )]
     InvalidPackage {
         #[source_code]
@@ -284,7 +307,10 @@ pub enum SpecError {
 
     /// A package listed twice in one step.
     #[error("package `{package}` is listed twice")]
-    #[diagnostic(code(envc::spec::duplicate_package), help("list each package once per `packages` step"))]
+    #[diagnostic(
+        code(envc::spec::duplicate_package),
+        help("list each package once per `packages` step")
+    )]
     DuplicatePackage {
         #[source_code]
         src: Src,
@@ -312,7 +338,9 @@ pub enum SpecError {
     #[error("copy source `{path}` {reason}")]
     #[diagnostic(
         code(envc::spec::copy_source_escapes),
-        help("copy sources are relative to the spec's directory and must stay inside it, so that the spec's directory holds everything that defines the environment")
+        help(
+            "copy sources are relative to the spec's directory and must stay inside it, so that the spec's directory holds everything that defines the environment"
+        )
     )]
     CopySourceEscapes {
         #[source_code]
@@ -325,7 +353,10 @@ pub enum SpecError {
 
     /// A copy source that cannot be read or copied.
     #[error("cannot copy `{path}`: {reason}")]
-    #[diagnostic(code(envc::spec::copy_source_unreadable), help("copy sources must be readable regular files, directories and symbolic links"))]
+    #[diagnostic(
+        code(envc::spec::copy_source_unreadable),
+        help("copy sources must be readable regular files, directories and symbolic links")
+    )]
     CopySourceUnreadable {
         #[source_code]
         src: Src,
@@ -364,7 +395,12 @@ pub enum SpecError {
 
     /// A mode that is not octal permission bits.
     #[error("invalid mode `{value}`")]
-    #[diagnostic(code(envc::spec::invalid_mode), help("write the mode as an octal string of permission bits, e.g. mode=\"0644\" or mode=\"0755\""))]
+    #[diagnostic(
+        code(envc::spec::invalid_mode),
+        help(
+            "write the mode as an octal string of permission bits, e.g. mode=\"0644\" or mode=\"0755\""
+        )
+    )]
     InvalidMode {
         #[source_code]
         src: Src,
@@ -390,7 +426,10 @@ pub enum SpecError {
 
     /// An environment variable name that is not valid.
     #[error("invalid environment variable name `{name}`")]
-    #[diagnostic(code(envc::spec::invalid_env_name), help("names use A-Z, a-z, 0-9 and `_`, and do not start with a digit"))]
+    #[diagnostic(
+        code(envc::spec::invalid_env_name),
+        help("names use A-Z, a-z, 0-9 and `_`, and do not start with a digit")
+    )]
     InvalidEnvName {
         #[source_code]
         src: Src,
@@ -415,7 +454,10 @@ pub enum SpecError {
 
     /// An `extends` target that cannot be read.
     #[error("cannot extend `{path}`: {reason}")]
-    #[diagnostic(code(envc::spec::extends_missing), help("`extends` takes a path relative to this spec's directory"))]
+    #[diagnostic(
+        code(envc::spec::extends_missing),
+        help("`extends` takes a path relative to this spec's directory")
+    )]
     ExtendsMissing {
         #[source_code]
         src: Src,
@@ -427,7 +469,10 @@ pub enum SpecError {
 
     /// Specs that extend each other in a loop.
     #[error("`extends` forms a cycle: {chain}")]
-    #[diagnostic(code(envc::spec::extends_cycle), help("a spec cannot extend itself, directly or through other specs"))]
+    #[diagnostic(
+        code(envc::spec::extends_cycle),
+        help("a spec cannot extend itself, directly or through other specs")
+    )]
     ExtendsCycle {
         #[source_code]
         src: Src,
@@ -438,7 +483,10 @@ pub enum SpecError {
 
     /// A tar base whose file cannot be read.
     #[error("cannot read base tarball `{path}`: {reason}")]
-    #[diagnostic(code(envc::spec::base_file_unreadable), help("the path is relative to the spec's directory, or absolute"))]
+    #[diagnostic(
+        code(envc::spec::base_file_unreadable),
+        help("the path is relative to the spec's directory, or absolute")
+    )]
     BaseFileUnreadable {
         #[source_code]
         src: Src,

@@ -23,7 +23,13 @@ const MAX_DEPTH: usize = 64;
 /// Parses `text`, or returns `None` if it is not in the subset this parser handles with certainty
 /// (including when it is not valid KDL at all).
 pub(crate) fn parse(text: &str) -> Option<KdlDocument> {
-    let mut p = Parser { src: text, b: text.as_bytes(), pos: 0, nodes: Vec::new(), entries: Vec::new() };
+    let mut p = Parser {
+        src: text,
+        b: text.as_bytes(),
+        pos: 0,
+        nodes: Vec::new(),
+        entries: Vec::new(),
+    };
     let doc = p.nodes(0)?;
     (p.pos == p.b.len()).then_some(doc)
 }
@@ -50,7 +56,10 @@ enum Token {
 /// Whether `c` may appear in an identifier string (ASCII only; other bytes are left to `kdl`).
 fn is_ident_byte(c: u8) -> bool {
     (0x21..=0x7e).contains(&c)
-        && !matches!(c, b'\\' | b'/' | b'(' | b')' | b'{' | b'}' | b'[' | b']' | b';' | b'"' | b'#' | b'=')
+        && !matches!(
+            c,
+            b'\\' | b'/' | b'(' | b')' | b'{' | b'}' | b'[' | b']' | b';' | b'"' | b'#' | b'='
+        )
 }
 
 /// Whether a non-ASCII character may appear literally inside a string. Excludes the characters
@@ -103,7 +112,9 @@ impl Parser<'_> {
     fn line_comment(&mut self) -> Option<()> {
         self.pos += 2;
         loop {
-            let Some(c) = self.peek() else { return Some(()) };
+            let Some(c) = self.peek() else {
+                return Some(());
+            };
             match c {
                 b'\n' => {
                     self.pos += 1;
@@ -116,7 +127,11 @@ impl Parser<'_> {
                 // Other KDL newlines (VT, FF, NEL, LS, PS) would end the comment: leave them to kdl.
                 0x0b | 0x0c => return None,
                 0xc2 if self.peek_at(1) == Some(0x85) => return None,
-                0xe2 if self.peek_at(1) == Some(0x80) && matches!(self.peek_at(2), Some(0xa8 | 0xa9)) => return None,
+                0xe2 if self.peek_at(1) == Some(0x80)
+                    && matches!(self.peek_at(2), Some(0xa8 | 0xa9)) =>
+                {
+                    return None;
+                }
                 c if c < 0x20 && c != b'\t' => return None,
                 _ => self.pos += 1,
             }
@@ -238,7 +253,9 @@ impl Parser<'_> {
     /// One node, from its name up to (not including) its terminator.
     fn node(&mut self, depth: usize) -> Option<KdlNode> {
         let start = self.pos;
-        let Token::Str(name) = self.value()? else { return None };
+        let Token::Str(name) = self.value()? else {
+            return None;
+        };
         let mut ident = KdlIdentifier::from(name);
         ident.set_span(span(start, self.pos));
         self.value_end(false)?;
@@ -349,7 +366,10 @@ impl Parser<'_> {
             Token::Int(i) => {
                 entry.set_value(KdlValue::Integer(i));
                 let repr = self.src.get(start..self.pos)?;
-                entry.set_format(KdlEntryFormat { value_repr: repr.to_owned(), ..Default::default() });
+                entry.set_format(KdlEntryFormat {
+                    value_repr: repr.to_owned(),
+                    ..Default::default()
+                });
             }
             Token::Bool(b) => entry.set_value(KdlValue::Bool(b)),
             Token::Null => entry.set_value(KdlValue::Null),
@@ -455,7 +475,9 @@ impl Parser<'_> {
                 Some(b'_') => self.pos += 1,
                 Some(c) => match (c as char).to_digit(radix) {
                     Some(d) => {
-                        value = value.checked_mul(i128::from(radix))?.checked_add(i128::from(d))?;
+                        value = value
+                            .checked_mul(i128::from(radix))?
+                            .checked_add(i128::from(d))?;
                         self.pos += 1;
                     }
                     None => break,
@@ -520,7 +542,10 @@ impl Parser<'_> {
                     self.pos += 1;
                 }
                 // Other KDL whitespace would continue the escape: leave it to kdl.
-                if self.peek().is_some_and(|c| c >= 0x80 || c == 0x0b || c == 0x0c) {
+                if self
+                    .peek()
+                    .is_some_and(|c| c >= 0x80 || c == 0x0b || c == 0x0c)
+                {
                     return None;
                 }
                 return Some(());
@@ -571,7 +596,10 @@ impl Parser<'_> {
         self.pos += 1;
         let body = self.pos;
         let closes = |p: &Self| {
-            p.peek() == Some(b'"') && p.b.get(p.pos + 1..p.pos + 1 + hashes).is_some_and(|h| h.iter().all(|&c| c == b'#'))
+            p.peek() == Some(b'"')
+                && p.b
+                    .get(p.pos + 1..p.pos + 1 + hashes)
+                    .is_some_and(|h| h.iter().all(|&c| c == b'#'))
         };
         loop {
             if closes(self) {

@@ -18,7 +18,7 @@ mod suggest;
 use std::path::Path;
 
 pub use envc_plan as plan;
-pub use error::{Src, SpecError};
+pub use error::{SpecError, Src};
 use miette::SourceSpan;
 pub use resolve::host_arch;
 
@@ -80,7 +80,11 @@ pub fn compile_with(path: &Path, options: &Options) -> Result<Compiled, Vec<Spec
 /// Compiles spec text as if it were the file at `path` (which need not exist; specs it extends and
 /// files it copies are read relative to `path`'s directory).
 pub fn compile_source(path: &Path, text: impl Into<String>) -> Result<Compiled, Vec<SpecError>> {
-    resolve::compile(path, resolve::RootText::Given(text.into()), &Options::default())
+    resolve::compile(
+        path,
+        resolve::RootText::Given(text.into()),
+        &Options::default(),
+    )
 }
 
 /// The fast KDL parser, exposed for its differential tests only.

@@ -10,21 +10,31 @@ use envc_plan::{Base, CopyKind, Mode, Plan, Step, SyncMode, digest, env};
 use kdl::KdlDocument;
 use miette::{NamedSource, SourceSpan};
 
-use crate::ast::{BaseDecl, BaseKind, SpecFile, Spanned, StepDecl, StepKind};
+use crate::ast::{BaseDecl, BaseKind, Spanned, SpecFile, StepDecl, StepKind};
 use crate::decode;
-use crate::error::{Src, SpecError};
+use crate::error::{SpecError, Src};
 use crate::suggest;
 use crate::{Compiled, Location};
 
 /// mmdebstrap's variants.
 pub const VARIANTS: &[&str] = &[
-    "extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap", "standard",
+    "extract",
+    "custom",
+    "essential",
+    "apt",
+    "required",
+    "minbase",
+    "buildd",
+    "important",
+    "debootstrap",
+    "standard",
 ];
 /// The variant used when a debian base names none.
 pub const DEFAULT_VARIANT: &str = "minbase";
 /// Debian architectures envc accepts.
 pub const ARCHES: &[&str] = &[
-    "amd64", "arm64", "armel", "armhf", "i386", "loong64", "mips64el", "ppc64el", "riscv64", "s390x",
+    "amd64", "arm64", "armel", "armhf", "i386", "loong64", "mips64el", "ppc64el", "riscv64",
+    "s390x",
 ];
 
 /// Values of `sync=`.
@@ -58,21 +68,33 @@ pub(crate) enum RootText {
     Given(String),
 }
 
-pub(crate) fn compile(path: &Path, root_text: RootText, options: &crate::Options) -> Result<Compiled, Vec<SpecError>> {
+pub(crate) fn compile(
+    path: &Path,
+    root_text: RootText,
+    options: &crate::Options,
+) -> Result<Compiled, Vec<SpecError>> {
     let mut errors = Vec::new();
     let chain = load_chain(path, root_text, &mut errors);
     if chain.is_empty() {
         return Err(errors);
     }
     let cache = options.digest_cache.as_ref().map(digest::Cache::new);
-    let mut cx = Lower { files: &chain, errors: &mut errors, cache: cache.as_ref() };
+    let mut cx = Lower {
+        files: &chain,
+        errors: &mut errors,
+        cache: cache.as_ref(),
+    };
     let lowered = cx.lower();
     sort_errors(&chain, &mut errors);
     match lowered {
         Some((plan, locations)) if errors.is_empty() => {
             let mut plan = plan;
             plan.spec = Some(path.to_owned());
-            Ok(Compiled { plan, sources: chain.into_iter().map(|f| f.src).collect(), locations })
+            Ok(Compiled {
+                plan,
+                sources: chain.into_iter().map(|f| f.src).collect(),
+                locations,
+            })
         }
         _ => Err(errors),
     }
@@ -120,7 +142,11 @@ pub(crate) fn normalize_lexically(path: &Path) -> PathBuf {
         }
     }
     let out: PathBuf = parts.iter().collect();
-    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
 }
 
 fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
@@ -134,11 +160,16 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
             for d in err.diagnostics {
                 let start = d.span.offset();
                 let spanned = text.get(start..start + d.span.len()).unwrap_or("");
-                let word: String = text.get(start..).unwrap_or("").chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+                let word: String = text
+                    .get(start..)
+                    .unwrap_or("")
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphabetic())
+                    .collect();
                 let help = match (spanned, word.as_str()) {
-                    (_, w @ ("true" | "false" | "null")) => {
-                        Some(format!("KDL v2 writes booleans and null with a `#`: `#{w}`; to mean the text, quote it: \"{w}\""))
-                    }
+                    (_, w @ ("true" | "false" | "null")) => Some(format!(
+                        "KDL v2 writes booleans and null with a `#`: `#{w}`; to mean the text, quote it: \"{w}\""
+                    )),
                     _ => d.help,
                 };
                 errors.push(SpecError::Syntax {
@@ -168,9 +199,16 @@ fn load_chain(root: &Path, root_text: RootText, errors: &mut Vec<SpecError>) -> 
             Ok(t) => Arc::new(t),
             Err(reason) => {
                 match chain.last() {
-                    None => errors.push(SpecError::Unreadable { path: display(&path), reason }),
+                    None => errors.push(SpecError::Unreadable {
+                        path: display(&path),
+                        reason,
+                    }),
                     Some(child) => {
-                        let ext = child.ast.extends.as_ref().expect("a child names its parent");
+                        let ext = child
+                            .ast
+                            .extends
+                            .as_ref()
+                            .expect("a child names its parent");
                         errors.push(SpecError::ExtendsMissing {
                             src: child.src.clone(),
                             span: ext.span,
@@ -185,8 +223,15 @@ fn load_chain(root: &Path, root_text: RootText, errors: &mut Vec<SpecError>) -> 
         let canonical = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
         if let Some(pos) = seen.iter().position(|p| *p == canonical) {
             let child = chain.last().expect("a cycle needs a child");
-            let ext = child.ast.extends.as_ref().expect("a child names its parent");
-            let mut names: Vec<String> = chain[pos..].iter().map(|f| f.src.name().to_owned()).collect();
+            let ext = child
+                .ast
+                .extends
+                .as_ref()
+                .expect("a child names its parent");
+            let mut names: Vec<String> = chain[pos..]
+                .iter()
+                .map(|f| f.src.name().to_owned())
+                .collect();
             names.push(chain[pos].src.name().to_owned());
             errors.push(SpecError::ExtendsCycle {
                 src: child.src.clone(),
@@ -200,7 +245,11 @@ fn load_chain(root: &Path, root_text: RootText, errors: &mut Vec<SpecError>) -> 
         let ast = match parse_file(&src, &text, errors) {
             Some(doc) => decode::decode(&doc, &src, errors),
             // What a file that does not parse declares is unknown: report nothing missing.
-            None => SpecFile { wrote_name: true, wrote_base: true, ..SpecFile::default() },
+            None => SpecFile {
+                wrote_name: true,
+                wrote_base: true,
+                ..SpecFile::default()
+            },
         };
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -233,7 +282,8 @@ fn at(file: &File, span: SourceSpan) -> String {
 pub fn is_identifier(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Checks a package argument (`NAME`, `NAME:ARCH`, `NAME=VERSION`); returns the name part.
@@ -248,19 +298,26 @@ fn check_package(pkg: &str) -> Result<&str, String> {
     };
     if bare.len() < 2
         || !bare.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        || !bare.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+        || !bare
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
     {
         return Err("not a Debian package name".into());
     }
     if let Some(a) = arch
-        && (a.is_empty() || !a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        && (a.is_empty()
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
     {
         return Err("not an architecture qualifier".into());
     }
     if let Some(v) = version
         && (v.is_empty()
             || !v.starts_with(|c: char| c.is_ascii_digit())
-            || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~' | ':' | '-')))
+            || !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '~' | ':' | '-')))
     {
         return Err("not a Debian version".into());
     }
@@ -275,7 +332,9 @@ fn is_user_part(s: &str) -> bool {
     let body = s.strip_suffix('$').unwrap_or(s);
     (1..=32).contains(&body.len())
         && body.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && body.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Normalizes an absolute path inside the root (drops `.` and repeated `/`); refuses `..`.
@@ -319,7 +378,10 @@ impl Lower<'_> {
             }
             None => {
                 if !top.ast.wrote_name {
-                    self.errors.push(SpecError::MissingName { src: top.src.clone(), span: (0, 0).into() });
+                    self.errors.push(SpecError::MissingName {
+                        src: top.src.clone(),
+                        span: (0, 0).into(),
+                    });
                 }
                 None
             }
@@ -344,15 +406,31 @@ impl Lower<'_> {
         }
         let base_lowered = match base {
             Some((fi, decl)) => {
-                let sync = self.sync_mode(&files[fi], decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, &[SyncMode::Off, SyncMode::Seccomp]);
-                self.base(&files[fi], decl).zip(sync).map(|(b, s)| ((b, s), Location { file: fi, span: decl.span }))
+                let sync = self.sync_mode(
+                    &files[fi],
+                    decl.sync.as_ref(),
+                    SyncMode::PACKAGES_DEFAULT,
+                    &[SyncMode::Off, SyncMode::Seccomp],
+                );
+                self.base(&files[fi], decl).zip(sync).map(|(b, s)| {
+                    (
+                        (b, s),
+                        Location {
+                            file: fi,
+                            span: decl.span,
+                        },
+                    )
+                })
             }
             None => {
                 let f = &files[0];
                 // A base-most file that still extends something means the chain was cut short by
                 // an error already reported.
                 if !files.iter().any(|f| f.ast.wrote_base) && f.ast.extends.is_none() {
-                    self.errors.push(SpecError::MissingBase { src: f.src.clone(), span: (0, 0).into() });
+                    self.errors.push(SpecError::MissingBase {
+                        src: f.src.clone(),
+                        span: (0, 0).into(),
+                    });
                 }
                 None
             }
@@ -366,7 +444,10 @@ impl Lower<'_> {
             for layer in &f.ast.layers {
                 let lname = &layer.name;
                 if lname.value == envc_plan::BASE_LAYER_NAME {
-                    self.errors.push(SpecError::ReservedLayerName { src: f.src.clone(), span: lname.span });
+                    self.errors.push(SpecError::ReservedLayerName {
+                        src: f.src.clone(),
+                        span: lname.span,
+                    });
                 } else if !is_identifier(&lname.value) {
                     self.errors.push(SpecError::InvalidName {
                         src: f.src.clone(),
@@ -398,7 +479,10 @@ impl Lower<'_> {
                 for step in &layer.steps {
                     if let Some(s) = self.step(f, step, &mut vars) {
                         steps.push(s);
-                        locs.push(Location { file: fi, span: step.span });
+                        locs.push(Location {
+                            file: fi,
+                            span: step.span,
+                        });
                     }
                 }
                 layers.push((lname.value.clone(), steps));
@@ -410,10 +494,21 @@ impl Lower<'_> {
         let name = name?;
         let mut all_locations = vec![vec![base_loc]];
         all_locations.extend(locations);
-        Some((Plan::with_base_sync(name, base, base_sync, layers), all_locations))
+        Some((
+            Plan::with_base_sync(name, base, base_sync, layers),
+            all_locations,
+        ))
     }
 
-    fn invalid(&mut self, f: &File, span: SourceSpan, what: &str, value: &str, reason: &str, help: Option<String>) {
+    fn invalid(
+        &mut self,
+        f: &File,
+        span: SourceSpan,
+        what: &str,
+        value: &str,
+        reason: &str,
+        help: Option<String>,
+    ) {
         self.errors.push(SpecError::InvalidValue {
             src: f.src.clone(),
             span,
@@ -425,7 +520,13 @@ impl Lower<'_> {
     }
 
     /// Splits a list property ("main contrib" or "a,b") into sorted unique items.
-    fn list(&mut self, f: &File, prop: &Spanned<String>, what: &str, check: impl Fn(&str) -> Result<(), String>) -> Option<Vec<String>> {
+    fn list(
+        &mut self,
+        f: &File,
+        prop: &Spanned<String>,
+        what: &str,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Option<Vec<String>> {
         let mut items: Vec<String> = prop
             .value
             .split(|c: char| c == ',' || c.is_whitespace())
@@ -433,7 +534,14 @@ impl Lower<'_> {
             .map(str::to_owned)
             .collect();
         if items.is_empty() {
-            self.invalid(f, prop.span, what, &prop.value, "empty list", Some("separate items with spaces or commas".into()));
+            self.invalid(
+                f,
+                prop.span,
+                what,
+                &prop.value,
+                "empty list",
+                Some("separate items with spaces or commas".into()),
+            );
             return None;
         }
         let mut ok = true;
@@ -453,7 +561,11 @@ impl Lower<'_> {
             BaseKind::Scratch => Some(Base::Scratch),
             BaseKind::Tar { path } => {
                 let p = Path::new(&path.value);
-                let full = if p.is_absolute() { p.to_owned() } else { f.dir.join(p) };
+                let full = if p.is_absolute() {
+                    p.to_owned()
+                } else {
+                    f.dir.join(p)
+                };
                 let resolved = fs::canonicalize(&full).and_then(|c| {
                     if fs::metadata(&c)?.is_file() {
                         Ok(c)
@@ -462,7 +574,9 @@ impl Lower<'_> {
                     }
                 });
                 let result = resolved.map_err(|e| e.to_string()).and_then(|c| {
-                    digest::file(&c, self.cache).map(|d| (c, d)).map_err(|e| e.to_string())
+                    digest::file(&c, self.cache)
+                        .map(|d| (c, d))
+                        .map_err(|e| e.to_string())
                 });
                 match result {
                     Ok((path, digest)) => Some(Base::Tar { path, digest }),
@@ -477,13 +591,32 @@ impl Lower<'_> {
                     }
                 }
             }
-            BaseKind::Debian { suite, variant, arch, components, include, mirror, exclude_docs } => {
+            BaseKind::Debian {
+                suite,
+                variant,
+                arch,
+                components,
+                include,
+                mirror,
+                exclude_docs,
+            } => {
                 let mut ok = true;
                 let suite_ok = !suite.value.is_empty()
-                    && suite.value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && suite.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-'));
+                    && suite
+                        .value
+                        .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && suite.value.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-')
+                    });
                 if !suite_ok {
-                    self.invalid(f, suite.span, "suite", &suite.value, "not a Debian suite or codename", Some("e.g. suite=\"bookworm\" or suite=\"stable\"".into()));
+                    self.invalid(
+                        f,
+                        suite.span,
+                        "suite",
+                        &suite.value,
+                        "not a Debian suite or codename",
+                        Some("e.g. suite=\"bookworm\" or suite=\"stable\"".into()),
+                    );
                     ok = false;
                 }
                 let variant = match variant {
@@ -491,7 +624,14 @@ impl Lower<'_> {
                     Some(v) if VARIANTS.contains(&v.value.as_str()) => v.value.clone(),
                     Some(v) => {
                         let help = suggest::help(&v.value, VARIANTS, "variants");
-                        self.invalid(f, v.span, "variant", &v.value, "not an mmdebstrap variant", Some(help));
+                        self.invalid(
+                            f,
+                            v.span,
+                            "variant",
+                            &v.value,
+                            "not an mmdebstrap variant",
+                            Some(help),
+                        );
                         ok = false;
                         String::new()
                     }
@@ -501,7 +641,14 @@ impl Lower<'_> {
                     Some(a) if ARCHES.contains(&a.value.as_str()) => a.value.clone(),
                     Some(a) => {
                         let help = suggest::help(&a.value, ARCHES, "architectures");
-                        self.invalid(f, a.span, "architecture", &a.value, "not a Debian architecture", Some(help));
+                        self.invalid(
+                            f,
+                            a.span,
+                            "architecture",
+                            &a.value,
+                            "not a Debian architecture",
+                            Some(help),
+                        );
                         ok = false;
                         String::new()
                     }
@@ -510,7 +657,11 @@ impl Lower<'_> {
                     None => vec!["main".to_owned()],
                     Some(c) => self
                         .list(f, c, "component", |s| {
-                            if s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '/')) {
+                            if s.chars().all(|c| {
+                                c.is_ascii_lowercase()
+                                    || c.is_ascii_digit()
+                                    || matches!(c, '-' | '/')
+                            }) {
                                 Ok(())
                             } else {
                                 Err("not an archive component".into())
@@ -523,27 +674,44 @@ impl Lower<'_> {
                 };
                 let include = match include {
                     None => Vec::new(),
-                    Some(i) => self.list(f, i, "package", |s| check_package(s).map(|_| ())).unwrap_or_else(|| {
-                        ok = false;
-                        Vec::new()
-                    }),
+                    Some(i) => self
+                        .list(f, i, "package", |s| check_package(s).map(|_| ()))
+                        .unwrap_or_else(|| {
+                            ok = false;
+                            Vec::new()
+                        }),
                 };
                 let mirror = match mirror {
                     None => None,
-                    Some(m) if m.value.contains("://") || m.value.starts_with("file:") => Some(m.value.clone()),
+                    Some(m) if m.value.contains("://") || m.value.starts_with("file:") => {
+                        Some(m.value.clone())
+                    }
                     Some(m) => {
                         self.invalid(f, m.span, "mirror", &m.value, "not a URL", Some("e.g. mirror=\"http://mirror.example/debian\"; leave it out to use the host's apt sources".into()));
                         ok = false;
                         None
                     }
                 };
-                ok.then(|| Base::Debian { suite: suite.value.clone(), variant, arch, components, include, mirror, exclude_docs: *exclude_docs })
+                ok.then(|| Base::Debian {
+                    suite: suite.value.clone(),
+                    variant,
+                    arch,
+                    components,
+                    include,
+                    mirror,
+                    exclude_docs: *exclude_docs,
+                })
             }
         }
     }
 
     /// Expands `$VAR` in a value against the environment so far, reporting what cannot be expanded.
-    fn expand(&mut self, f: &File, value: &Spanned<String>, vars: &BTreeMap<String, String>) -> Option<String> {
+    fn expand(
+        &mut self,
+        f: &File,
+        value: &Spanned<String>,
+        vars: &BTreeMap<String, String>,
+    ) -> Option<String> {
         match env::expand(&value.value, vars) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -569,7 +737,13 @@ impl Lower<'_> {
         }
     }
 
-    fn path_in_root(&mut self, f: &File, p: &Spanned<String>, what: &str, vars: &BTreeMap<String, String>) -> Option<String> {
+    fn path_in_root(
+        &mut self,
+        f: &File,
+        p: &Spanned<String>,
+        what: &str,
+        vars: &BTreeMap<String, String>,
+    ) -> Option<String> {
         let expanded = self.expand(f, p, vars)?;
         let p = &Spanned::new(expanded, p.span);
         if !p.value.starts_with('/') {
@@ -578,7 +752,9 @@ impl Lower<'_> {
                 span: p.span,
                 path: p.value.clone(),
                 help: match normalize_in_root(&format!("/{}", p.value)) {
-                    Ok(abs) if !p.value.starts_with("..") => format!("{what} is a path inside the root and must start with `/`, e.g. `{abs}`"),
+                    Ok(abs) if !p.value.starts_with("..") => format!(
+                        "{what} is a path inside the root and must start with `/`, e.g. `{abs}`"
+                    ),
                     _ => format!("{what} is a path inside the root and must start with `/`"),
                 },
             });
@@ -599,7 +775,13 @@ impl Lower<'_> {
         }
     }
 
-    fn user(&mut self, f: &File, u: &Spanned<String>, what: &'static str, allow_group: bool) -> Option<String> {
+    fn user(
+        &mut self,
+        f: &File,
+        u: &Spanned<String>,
+        what: &'static str,
+        allow_group: bool,
+    ) -> Option<String> {
         let ok = match u.value.split_once(':') {
             Some((user, group)) => allow_group && is_user_part(user) && is_user_part(group),
             None => is_user_part(&u.value),
@@ -612,12 +794,24 @@ impl Lower<'_> {
         } else {
             "write a user name (e.g. `builder`) or a number (e.g. `1000`)"
         };
-        self.errors.push(SpecError::InvalidUser { src: f.src.clone(), span: u.span, what, value: u.value.clone(), help: help.into() });
+        self.errors.push(SpecError::InvalidUser {
+            src: f.src.clone(),
+            span: u.span,
+            what,
+            value: u.value.clone(),
+            help: help.into(),
+        });
         None
     }
 
     /// Resolves `sync="..."` (or the default), refusing modes that `allowed` does not list.
-    fn sync_mode(&mut self, f: &File, sync: Option<&Spanned<String>>, default: SyncMode, allowed: &[SyncMode]) -> Option<SyncMode> {
+    fn sync_mode(
+        &mut self,
+        f: &File,
+        sync: Option<&Spanned<String>>,
+        default: SyncMode,
+        allowed: &[SyncMode],
+    ) -> Option<SyncMode> {
         let Some(s) = sync else { return Some(default) };
         let mode = match s.value.as_str() {
             "off" => SyncMode::Off,
@@ -636,7 +830,12 @@ impl Lower<'_> {
         Some(mode)
     }
 
-    fn step(&mut self, f: &File, decl: &StepDecl, vars: &mut BTreeMap<String, String>) -> Option<Step> {
+    fn step(
+        &mut self,
+        f: &File,
+        decl: &StepDecl,
+        vars: &mut BTreeMap<String, String>,
+    ) -> Option<Step> {
         const ALL: &[SyncMode] = &[SyncMode::Off, SyncMode::Shim, SyncMode::Seccomp];
         match &decl.kind {
             StepKind::Packages(names) => {
@@ -646,12 +845,22 @@ impl Lower<'_> {
                     match check_package(&n.value) {
                         Err(reason) => {
                             ok = false;
-                            self.errors.push(SpecError::InvalidPackage { src: f.src.clone(), span: n.span, package: n.value.clone(), reason });
+                            self.errors.push(SpecError::InvalidPackage {
+                                src: f.src.clone(),
+                                span: n.span,
+                                package: n.value.clone(),
+                                reason,
+                            });
                         }
                         Ok(name) => {
                             if let Some(first) = seen.get(name) {
                                 ok = false;
-                                self.errors.push(SpecError::DuplicatePackage { src: f.src.clone(), span: n.span, first: *first, package: name.to_owned() });
+                                self.errors.push(SpecError::DuplicatePackage {
+                                    src: f.src.clone(),
+                                    span: n.span,
+                                    first: *first,
+                                    package: name.to_owned(),
+                                });
                             } else {
                                 seen.insert(name, n.span);
                             }
@@ -660,12 +869,24 @@ impl Lower<'_> {
                 }
                 let mut packages: Vec<String> = names.iter().map(|n| n.value.clone()).collect();
                 packages.sort();
-                let sync = self.sync_mode(f, decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, ALL)?;
+                let sync =
+                    self.sync_mode(f, decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, ALL)?;
                 (ok && !packages.is_empty()).then_some(Step::Packages { packages, sync })
             }
-            StepKind::Run { command, network, user } => {
+            StepKind::Run {
+                command,
+                network,
+                user,
+            } => {
                 if command.value.trim().is_empty() {
-                    self.invalid(f, command.span, "command", &command.value, "empty command", Some("give the shell command to run, e.g. run \"make install\"".into()));
+                    self.invalid(
+                        f,
+                        command.span,
+                        "command",
+                        &command.value,
+                        "empty command",
+                        Some("give the shell command to run, e.g. run \"make install\"".into()),
+                    );
                     return None;
                 }
                 let sync = self.sync_mode(f, decl.sync.as_ref(), SyncMode::RUN_DEFAULT, ALL);
@@ -673,9 +894,19 @@ impl Lower<'_> {
                     Some(u) => Some(self.user(f, u, "user", false)?),
                     None => None,
                 };
-                Some(Step::Run { command: command.value.clone(), network: *network, user, sync: sync? })
+                Some(Step::Run {
+                    command: command.value.clone(),
+                    network: *network,
+                    user,
+                    sync: sync?,
+                })
             }
-            StepKind::Copy { source, dest, mode, owner } => {
+            StepKind::Copy {
+                source,
+                dest,
+                mode,
+                owner,
+            } => {
                 let resolved = self.copy_source(f, source);
                 let mut dest_path = self.path_in_root(f, dest, "the destination", vars);
                 let owner = match owner {
@@ -711,7 +942,11 @@ impl Lower<'_> {
                 for (key, value) in pairs {
                     if !env::is_valid_name(&key.value) {
                         ok = false;
-                        self.errors.push(SpecError::InvalidEnvName { src: f.src.clone(), span: key.span, name: key.value.clone() });
+                        self.errors.push(SpecError::InvalidEnvName {
+                            src: f.src.clone(),
+                            span: key.span,
+                            name: key.value.clone(),
+                        });
                         continue;
                     }
                     match self.expand(f, value, vars) {
@@ -724,13 +959,24 @@ impl Lower<'_> {
                 vars.extend(out.iter().map(|(k, v)| (k.clone(), v.clone())));
                 (ok && !out.is_empty()).then_some(Step::Env { vars: out })
             }
-            StepKind::Workdir(path) => Some(Step::Workdir { path: self.path_in_root(f, path, "the working directory", vars)? }),
+            StepKind::Workdir(path) => Some(Step::Workdir {
+                path: self.path_in_root(f, path, "the working directory", vars)?,
+            }),
         }
     }
 
-    fn copy_source(&mut self, f: &File, source: &Spanned<String>) -> Option<(PathBuf, CopyKind, digest::TreeDigest)> {
+    fn copy_source(
+        &mut self,
+        f: &File,
+        source: &Spanned<String>,
+    ) -> Option<(PathBuf, CopyKind, digest::TreeDigest)> {
         let escapes = |this: &mut Self, reason: String| {
-            this.errors.push(SpecError::CopySourceEscapes { src: f.src.clone(), span: source.span, path: source.value.clone(), reason });
+            this.errors.push(SpecError::CopySourceEscapes {
+                src: f.src.clone(),
+                span: source.span,
+                path: source.value.clone(),
+                reason,
+            });
             None
         };
         let rel = Path::new(&source.value);
@@ -747,7 +993,12 @@ impl Lower<'_> {
         let spec_dir = match fs::canonicalize(&f.dir) {
             Ok(d) => d,
             Err(e) => {
-                self.errors.push(SpecError::CopySourceUnreadable { src: f.src.clone(), span: source.span, path: source.value.clone(), reason: format!("cannot resolve the spec's directory: {e}") });
+                self.errors.push(SpecError::CopySourceUnreadable {
+                    src: f.src.clone(),
+                    span: source.span,
+                    path: source.value.clone(),
+                    reason: format!("cannot resolve the spec's directory: {e}"),
+                });
                 return None;
             }
         };
@@ -758,23 +1009,42 @@ impl Lower<'_> {
                     src: f.src.clone(),
                     span: source.span,
                     path: source.value.clone(),
-                    help: format!("copy sources are relative to the spec's directory, `{}`", f.dir.display()),
+                    help: format!(
+                        "copy sources are relative to the spec's directory, `{}`",
+                        f.dir.display()
+                    ),
                 });
                 return None;
             }
             Err(e) => {
-                self.errors.push(SpecError::CopySourceUnreadable { src: f.src.clone(), span: source.span, path: source.value.clone(), reason: e.to_string() });
+                self.errors.push(SpecError::CopySourceUnreadable {
+                    src: f.src.clone(),
+                    span: source.span,
+                    path: source.value.clone(),
+                    reason: e.to_string(),
+                });
                 return None;
             }
         };
         if !canonical.starts_with(&spec_dir) {
-            return escapes(self, format!("resolves through a symbolic link to `{}`, outside the spec's directory", canonical.display()));
+            return escapes(
+                self,
+                format!(
+                    "resolves through a symbolic link to `{}`, outside the spec's directory",
+                    canonical.display()
+                ),
+            );
         }
         let kind = match fs::metadata(&canonical) {
             Ok(m) if m.is_dir() => CopyKind::Directory,
             Ok(_) => CopyKind::File,
             Err(e) => {
-                self.errors.push(SpecError::CopySourceUnreadable { src: f.src.clone(), span: source.span, path: source.value.clone(), reason: e.to_string() });
+                self.errors.push(SpecError::CopySourceUnreadable {
+                    src: f.src.clone(),
+                    span: source.span,
+                    path: source.value.clone(),
+                    reason: e.to_string(),
+                });
                 return None;
             }
         };
@@ -788,7 +1058,12 @@ impl Lower<'_> {
                     }
                     digest::DigestError::Io { .. } => e.to_string(),
                 };
-                self.errors.push(SpecError::CopySourceUnreadable { src: f.src.clone(), span: source.span, path: source.value.clone(), reason });
+                self.errors.push(SpecError::CopySourceUnreadable {
+                    src: f.src.clone(),
+                    span: source.span,
+                    path: source.value.clone(),
+                    reason,
+                });
                 None
             }
         }
@@ -801,7 +1076,11 @@ mod tests {
 
     #[test]
     fn lexical_normalization() {
-        let n = |p: &str| normalize_lexically(Path::new(p)).to_string_lossy().into_owned();
+        let n = |p: &str| {
+            normalize_lexically(Path::new(p))
+                .to_string_lossy()
+                .into_owned()
+        };
         assert_eq!(n("files/../files/a.txt"), "files/a.txt");
         assert_eq!(n("files/sub/../a.txt"), "files/a.txt");
         assert_eq!(n("../common.kdl"), "../common.kdl");

@@ -38,7 +38,10 @@ impl TempDir {
     fn new(case: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("envc-diagnostics-{}-{n}-{case}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "envc-diagnostics-{}-{n}-{case}",
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap();
         TempDir { path }
@@ -84,15 +87,24 @@ fn fixture_paths() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "kdl") && p.is_file())
         .collect();
     paths.sort();
-    assert!(paths.len() > 30, "expected the error fixtures in {FIXTURES}, found {paths:?}");
+    assert!(
+        paths.len() > 30,
+        "expected the error fixtures in {FIXTURES}, found {paths:?}"
+    );
     paths
 }
 
-fn errors_of(what: &str, result: Result<envc_compiler::Compiled, Vec<SpecError>>) -> Vec<SpecError> {
+fn errors_of(
+    what: &str,
+    result: Result<envc_compiler::Compiled, Vec<SpecError>>,
+) -> Vec<SpecError> {
     match result {
         Ok(_) => panic!("{what} compiled without errors, but it is an error case"),
         Err(errors) => {
-            assert!(!errors.is_empty(), "{what} failed to compile but reported no error");
+            assert!(
+                !errors.is_empty(),
+                "{what} failed to compile but reported no error"
+            );
             errors
         }
     }
@@ -104,7 +116,12 @@ fn fixture_cases() -> Vec<Case> {
         .map(|path| {
             let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
             let errors = errors_of(&path.display().to_string(), compile(&path));
-            Case { name, origin: Origin::Fixture(path), errors, tmp: None }
+            Case {
+                name,
+                origin: Origin::Fixture(path),
+                errors,
+                tmp: None,
+            }
         })
         .collect()
 }
@@ -126,7 +143,10 @@ fn runtime_cases() -> Vec<Case> {
     let missing = Path::new(FIXTURES).join("does-not-exist.kdl");
     cases.push(Case {
         name: "unreadable_missing_file".into(),
-        origin: Origin::Runtime(format!("compile `{}`, which does not exist", missing.display())),
+        origin: Origin::Runtime(format!(
+            "compile `{}`, which does not exist",
+            missing.display()
+        )),
         errors: errors_of("a missing spec", compile(&missing)),
         tmp: None,
     });
@@ -141,13 +161,21 @@ fn runtime_cases() -> Vec<Case> {
     let tmp = TempDir::new("fifo");
     fs::create_dir_all(tmp.path.join("files")).unwrap();
     fs::write(tmp.path.join("files/readme.txt"), "fine\n").unwrap();
-    let status = Command::new("mkfifo").arg(tmp.path.join("files/pipe")).status().expect("running mkfifo");
+    let status = Command::new("mkfifo")
+        .arg(tmp.path.join("files/pipe"))
+        .status()
+        .expect("running mkfifo");
     assert!(status.success(), "mkfifo failed");
     let text = SPECIAL_FILE_SPEC.replace("SOURCE", "files/pipe");
-    let errors = errors_of("a fifo copy source", compile_source(&tmp.path.join("spec.kdl"), text.as_str()));
+    let errors = errors_of(
+        "a fifo copy source",
+        compile_source(&tmp.path.join("spec.kdl"), text.as_str()),
+    );
     cases.push(Case {
         name: "copy_source_unreadable_fifo".into(),
-        origin: Origin::Runtime(format!("[TMP]/files/pipe is a fifo; [TMP]/spec.kdl is:\n{text}")),
+        origin: Origin::Runtime(format!(
+            "[TMP]/files/pipe is a fifo; [TMP]/spec.kdl is:\n{text}"
+        )),
         errors,
         tmp: Some(tmp),
     });
@@ -156,13 +184,19 @@ fn runtime_cases() -> Vec<Case> {
     fs::create_dir_all(tmp.path.join("files/agent")).unwrap();
     fs::write(tmp.path.join("files/readme.txt"), "fine\n").unwrap();
     fs::write(tmp.path.join("files/agent/config"), "fine\n").unwrap();
-    let listener = std::os::unix::net::UnixListener::bind(tmp.path.join("files/agent/agent.sock")).unwrap();
+    let listener =
+        std::os::unix::net::UnixListener::bind(tmp.path.join("files/agent/agent.sock")).unwrap();
     let text = SPECIAL_FILE_SPEC.replace("SOURCE", "files/agent");
-    let errors = errors_of("a directory holding a socket", compile_source(&tmp.path.join("spec.kdl"), text.as_str()));
+    let errors = errors_of(
+        "a directory holding a socket",
+        compile_source(&tmp.path.join("spec.kdl"), text.as_str()),
+    );
     drop(listener);
     cases.push(Case {
         name: "copy_source_unreadable_socket_in_directory".into(),
-        origin: Origin::Runtime(format!("[TMP]/files/agent/agent.sock is a socket; [TMP]/spec.kdl is:\n{text}")),
+        origin: Origin::Runtime(format!(
+            "[TMP]/files/agent/agent.sock is a socket; [TMP]/spec.kdl is:\n{text}"
+        )),
         errors,
         tmp: Some(tmp),
     });
@@ -172,8 +206,14 @@ fn runtime_cases() -> Vec<Case> {
     let text = SPECIAL_FILE_SPEC.replace("SOURCE", "files/gitconfig");
     cases.push(Case {
         name: "copy_source_unreadable_no_spec_directory".into(),
-        origin: Origin::Runtime(format!("compile_source(`{}`), whose directory does not exist:\n{text}", path.display())),
-        errors: errors_of("a spec in a missing directory", compile_source(&path, text.as_str())),
+        origin: Origin::Runtime(format!(
+            "compile_source(`{}`), whose directory does not exist:\n{text}",
+            path.display()
+        )),
+        errors: errors_of(
+            "a spec in a missing directory",
+            compile_source(&path, text.as_str()),
+        ),
         tmp: None,
     });
 
@@ -190,7 +230,9 @@ fn render(case: &Case) -> String {
         if i > 0 {
             out.push('\n');
         }
-        handler.render_report(&mut out, error).expect("rendering a diagnostic");
+        handler
+            .render_report(&mut out, error)
+            .expect("rendering a diagnostic");
     }
     match &case.tmp {
         Some(tmp) => tmp.scrub(&out),
@@ -199,7 +241,10 @@ fn render(case: &Case) -> String {
 }
 
 fn code_of(error: &SpecError) -> String {
-    error.code().map(|c| c.to_string()).unwrap_or_else(|| panic!("an error without a code: {error:?}"))
+    error
+        .code()
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| panic!("an error without a code: {error:?}"))
 }
 
 fn codes_of(case: &Case) -> BTreeSet<String> {
@@ -227,7 +272,9 @@ fn every_error_case_is_snapshotted() {
         settings.set_omit_expression(true);
         settings.set_prepend_module_to_snapshot(true);
         match &case.origin {
-            Origin::Fixture(path) => settings.set_input_file(std::env::current_dir().unwrap().join(path)),
+            Origin::Fixture(path) => {
+                settings.set_input_file(std::env::current_dir().unwrap().join(path))
+            }
             Origin::Runtime(description) => settings.set_description(description.as_str()),
         }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -246,7 +293,10 @@ fn every_fixture_shows_the_code_it_is_named_after() {
     for case in fixture_cases().into_iter().chain(runtime_cases()) {
         let codes = codes_of(&case);
         if case.name == MANY {
-            assert!(codes.len() >= 4, "{MANY} must show at least 4 different errors, shows {codes:?}");
+            assert!(
+                codes.len() >= 4,
+                "{MANY} must show at least 4 different errors, shows {codes:?}"
+            );
             continue;
         }
         // The longest code the name starts with: `missing_argument_base` is `missing_argument`.
@@ -268,16 +318,30 @@ fn every_fixture_shows_the_code_it_is_named_after() {
 fn every_declared_code_has_a_fixture() {
     let declared = declared_codes();
     let unique: BTreeSet<&String> = declared.iter().collect();
-    assert!(declared.len() >= 30, "expected the codes of src/error.rs, found {declared:?}");
-    assert_eq!(unique.len(), declared.len(), "a code is declared twice in src/error.rs: {declared:?}");
+    assert!(
+        declared.len() >= 30,
+        "expected the codes of src/error.rs, found {declared:?}"
+    );
+    assert_eq!(
+        unique.len(),
+        declared.len(),
+        "a code is declared twice in src/error.rs: {declared:?}"
+    );
 
     let mut covered = BTreeSet::new();
     for case in fixture_cases().into_iter().chain(runtime_cases()) {
         for code in codes_of(&case) {
-            assert!(unique.contains(&code), "`{}` reports `{code}`, which src/error.rs does not declare", case.name);
+            assert!(
+                unique.contains(&code),
+                "`{}` reports `{code}`, which src/error.rs does not declare",
+                case.name
+            );
             covered.insert(code);
         }
     }
     let missing: Vec<&&String> = unique.iter().filter(|c| !covered.contains(**c)).collect();
-    assert!(missing.is_empty(), "codes without an error fixture in {FIXTURES}: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "codes without an error fixture in {FIXTURES}: {missing:?}"
+    );
 }

@@ -22,7 +22,11 @@ fn ident_eq(path: &str, a: &KdlIdentifier, b: &KdlIdentifier) -> Result<(), Stri
         return Err(format!("{path}: name {:?} != {:?}", a.value(), b.value()));
     }
     if sp(a.span()) != sp(b.span()) {
-        return Err(format!("{path}: name span {:?} != {:?}", sp(a.span()), sp(b.span())));
+        return Err(format!(
+            "{path}: name span {:?} != {:?}",
+            sp(a.span()),
+            sp(b.span())
+        ));
     }
     Ok(())
 }
@@ -41,13 +45,20 @@ fn entry_eq(path: &str, a: &KdlEntry, b: &KdlEntry) -> Result<(), String> {
         return Err(format!("{path}: value {:?} != {:?}", a.value(), b.value()));
     }
     if sp(a.span()) != sp(b.span()) {
-        return Err(format!("{path}: entry span {:?} != {:?}", sp(a.span()), sp(b.span())));
+        return Err(format!(
+            "{path}: entry span {:?} != {:?}",
+            sp(a.span()),
+            sp(b.span())
+        ));
     }
     if a.ty().map(|t| t.value()) != b.ty().map(|t| t.value()) {
         return Err(format!("{path}: type {:?} != {:?}", a.ty(), b.ty()));
     }
     if let KdlValue::Integer(_) = a.value() {
-        let (ra, rb) = (a.format().map(|f| &f.value_repr), b.format().map(|f| &f.value_repr));
+        let (ra, rb) = (
+            a.format().map(|f| &f.value_repr),
+            b.format().map(|f| &f.value_repr),
+        );
         if ra != rb {
             return Err(format!("{path}: integer repr {ra:?} != {rb:?}"));
         }
@@ -59,13 +70,21 @@ fn node_eq(path: &str, a: &KdlNode, b: &KdlNode) -> Result<(), String> {
     ident_eq(path, a.name(), b.name())?;
     let path = format!("{path}/{}", a.name().value());
     if sp(a.span()) != sp(b.span()) {
-        return Err(format!("{path}: node span {:?} != {:?}", sp(a.span()), sp(b.span())));
+        return Err(format!(
+            "{path}: node span {:?} != {:?}",
+            sp(a.span()),
+            sp(b.span())
+        ));
     }
     if a.ty().map(|t| t.value()) != b.ty().map(|t| t.value()) {
         return Err(format!("{path}: node type {:?} != {:?}", a.ty(), b.ty()));
     }
     if a.entries().len() != b.entries().len() {
-        return Err(format!("{path}: {} entries != {}", a.entries().len(), b.entries().len()));
+        return Err(format!(
+            "{path}: {} entries != {}",
+            a.entries().len(),
+            b.entries().len()
+        ));
     }
     for (i, (x, y)) in a.entries().iter().zip(b.entries()).enumerate() {
         entry_eq(&format!("{path}[{i}]"), x, y)?;
@@ -73,17 +92,29 @@ fn node_eq(path: &str, a: &KdlNode, b: &KdlNode) -> Result<(), String> {
     match (a.children(), b.children()) {
         (None, None) => Ok(()),
         (Some(x), Some(y)) => doc_eq(&path, x, y),
-        (x, y) => Err(format!("{path}: children {} != {}", x.is_some(), y.is_some())),
+        (x, y) => Err(format!(
+            "{path}: children {} != {}",
+            x.is_some(),
+            y.is_some()
+        )),
     }
 }
 
 /// Compares everything `decode` reads from two documents; `Err` names the first difference.
 fn doc_eq(path: &str, a: &KdlDocument, b: &KdlDocument) -> Result<(), String> {
     if sp(a.span()) != sp(b.span()) {
-        return Err(format!("{path}: document span {:?} != {:?}", sp(a.span()), sp(b.span())));
+        return Err(format!(
+            "{path}: document span {:?} != {:?}",
+            sp(a.span()),
+            sp(b.span())
+        ));
     }
     if a.nodes().len() != b.nodes().len() {
-        return Err(format!("{path}: {} nodes != {}", a.nodes().len(), b.nodes().len()));
+        return Err(format!(
+            "{path}: {} nodes != {}",
+            a.nodes().len(),
+            b.nodes().len()
+        ));
     }
     for (x, y) in a.nodes().iter().zip(b.nodes()) {
         node_eq(path, x, y)?;
@@ -93,7 +124,10 @@ fn doc_eq(path: &str, a: &KdlDocument, b: &KdlDocument) -> Result<(), String> {
 
 /// `FASTKDL_SCALE=N` runs N times as many random cases (with other seeds).
 fn scale() -> u64 {
-    std::env::var("FASTKDL_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
+    std::env::var("FASTKDL_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
 }
 
 #[derive(Default, Debug)]
@@ -114,16 +148,22 @@ fn check(text: &str, tally: &mut Tally) -> bool {
     match slow {
         Ok(slow) => {
             if let Err(diff) = doc_eq("", &fast, &slow) {
-                panic!("fast parse differs from kdl: {diff}\n--- input ---\n{text}\n--- ({text:?})");
+                panic!(
+                    "fast parse differs from kdl: {diff}\n--- input ---\n{text}\n--- ({text:?})"
+                );
             }
         }
-        Err(e) => panic!("fast parser accepted what kdl rejects ({e:?})\n--- input ---\n{text}\n--- ({text:?})"),
+        Err(e) => panic!(
+            "fast parser accepted what kdl rejects ({e:?})\n--- input ---\n{text}\n--- ({text:?})"
+        ),
     }
     true
 }
 
 fn kdl_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -141,7 +181,10 @@ fn repo_specs() -> Vec<(PathBuf, String)> {
     kdl_files(&root.join("tests/fixtures"), &mut files);
     files.sort();
     // Files that are not UTF-8 never reach a parser.
-    files.into_iter().filter_map(|p| fs::read_to_string(&p).ok().map(|t| (p, t))).collect()
+    files
+        .into_iter()
+        .filter_map(|p| fs::read_to_string(&p).ok().map(|t| (p, t)))
+        .collect()
 }
 
 #[test]
@@ -157,7 +200,10 @@ fn spec_and_fixture_files_parse_identically() {
         }
     }
     eprintln!("files: {tally:?}");
-    assert!(tally.fast_ok * 10 >= tally.kdl_ok * 8, "the fast path declined too many files: {tally:?}");
+    assert!(
+        tally.fast_ok * 10 >= tally.kdl_ok * 8,
+        "the fast path declined too many files: {tally:?}"
+    );
 }
 
 fn generated_spec(layers: usize) -> String {
@@ -174,7 +220,10 @@ fn generated_spec(layers: usize) -> String {
 fn benchmark_spec_takes_the_fast_path() {
     let spec = generated_spec(50);
     let mut tally = Tally::default();
-    assert!(check(&spec, &mut tally), "the benchmark's spec must take the fast path");
+    assert!(
+        check(&spec, &mut tally),
+        "the benchmark's spec must take the fast path"
+    );
 }
 
 #[test]
@@ -262,10 +311,16 @@ fn hand_picked_cases() {
     ];
     let mut tally = Tally::default();
     for text in accepted {
-        assert!(check(text, &mut tally), "the fast path should handle {text:?}");
+        assert!(
+            check(text, &mut tally),
+            "the fast path should handle {text:?}"
+        );
     }
     for text in declined {
-        assert!(!check(text, &mut tally), "the fast path should leave {text:?} to kdl");
+        assert!(
+            !check(text, &mut tally),
+            "the fast path should leave {text:?} to kdl"
+        );
     }
     // Deep nesting is left to kdl (which is not run here: it would overflow the test's stack).
     let deep = format!("{}{}", "a {".repeat(100_000), "}".repeat(100_000));
@@ -276,40 +331,98 @@ fn hand_picked_cases() {
 
 // ---- Random documents ----
 
-
 const BARE: &[&str] = &[
-    "a", "foo", "foo-bar", "x.y", "layer", "run", "-", "+", ".", "-x", "+.x", "..", "a1", "_", "a'b", "a,b",
-    "a<b>", "a*b", "a~b", "a:b", "a@b", "$x", "%", "^", "|", "?", "!", "&", "`", "*", "VAR_1", "-_1", "+-",
+    "a", "foo", "foo-bar", "x.y", "layer", "run", "-", "+", ".", "-x", "+.x", "..", "a1", "_",
+    "a'b", "a,b", "a<b>", "a*b", "a~b", "a:b", "a@b", "$x", "%", "^", "|", "?", "!", "&", "`", "*",
+    "VAR_1", "-_1", "+-",
 ];
 
 /// Not plain identifiers: kdl rejects them, or the fast path declines them.
 const BARE_ODD: &[&str] = &[
-    "true", "null", "inf", "-inf", "nan", "false", "1a", "-1a", ".5", "-.5", "+.5", "a\u{e9}", "\u{e9}",
+    "true", "null", "inf", "-inf", "nan", "false", "1a", "-1a", ".5", "-.5", "+.5", "a\u{e9}",
+    "\u{e9}",
 ];
 
 const STRING_PARTS: &[&str] = &[
-    "plain", " text ", "x", "", "C.UTF-8", "/usr/bin", "$PATH", "a=b", "{", "}", ";", "#", "//", "/*", "*/",
-    "'", "(", ")", "\\n", "\\t", "\\\\", "\\\"", "\\b", "\\f", "\\s", "\\r", "\\u{41}", "\\u{1F600}",
-    "\\u{0}", "\\u{10FFFF}", "\\   \n   ", "\\\n", "\\\r\n\t", "\\ ", "é", "😀", "\t", "ünï",
+    "plain",
+    " text ",
+    "x",
+    "",
+    "C.UTF-8",
+    "/usr/bin",
+    "$PATH",
+    "a=b",
+    "{",
+    "}",
+    ";",
+    "#",
+    "//",
+    "/*",
+    "*/",
+    "'",
+    "(",
+    ")",
+    "\\n",
+    "\\t",
+    "\\\\",
+    "\\\"",
+    "\\b",
+    "\\f",
+    "\\s",
+    "\\r",
+    "\\u{41}",
+    "\\u{1F600}",
+    "\\u{0}",
+    "\\u{10FFFF}",
+    "\\   \n   ",
+    "\\\n",
+    "\\\r\n\t",
+    "\\ ",
+    "é",
+    "😀",
+    "\t",
+    "ünï",
 ];
 
 /// Bad escapes, forbidden or newline characters: rarely valid inside a string.
 const RISKY_STRING_PARTS: &[&str] = &[
-    "\\u{D800}", "\\u{110000}", "\\u{}", "\\u{1234567}", "\\x", "\\u41", "\u{2028}", "\u{200e}", "\u{7f}",
-    "\u{85}", "\n", "\\\u{a0}", "\u{feff}",
+    "\\u{D800}",
+    "\\u{110000}",
+    "\\u{}",
+    "\\u{1234567}",
+    "\\x",
+    "\\u41",
+    "\u{2028}",
+    "\u{200e}",
+    "\u{7f}",
+    "\u{85}",
+    "\n",
+    "\\\u{a0}",
+    "\u{feff}",
 ];
 
 fn gen_string(rng: &mut Rng, out: &mut String) {
     match rng.below(10) {
         _ if rng.odd() => match rng.below(3) {
             0 => out.push_str(rng.pick(BARE_ODD)),
-            _ => out.push_str(rng.pick(&["\"\"\"\nml\n\"\"\"", "#\"\"\"\nml\n\"\"\"#", "\"x", "#\"x\"", "#x", "#\"\"\"#"])),
+            _ => out.push_str(rng.pick(&[
+                "\"\"\"\nml\n\"\"\"",
+                "#\"\"\"\nml\n\"\"\"#",
+                "\"x",
+                "#\"x\"",
+                "#x",
+                "#\"\"\"#",
+            ])),
         },
         0..=2 => out.push_str(rng.pick(BARE)),
         3..=7 => {
             out.push('"');
             for _ in 0..rng.below(4) {
-                let part = if rng.odd() { rng.pick(RISKY_STRING_PARTS) } else { rng.pick(STRING_PARTS) };
+                let part = if rng.odd() {
+                    rng.pick(RISKY_STRING_PARTS)
+                } else {
+                    rng.pick(STRING_PARTS)
+                };
                 out.push_str(part);
             }
             out.push('"');
@@ -319,7 +432,17 @@ fn gen_string(rng: &mut Rng, out: &mut String) {
             let body = if rng.odd() {
                 rng.pick(&["\"", "\"\"", "\"#", "\n", "\u{200e}", "a\"#b"])
             } else if hashes.len() > 1 {
-                rng.pick(&["x", "a\"b", "C:\\dir\\", "", "é t", "a\"#b", "\t", "\\n", "#"])
+                rng.pick(&[
+                    "x",
+                    "a\"b",
+                    "C:\\dir\\",
+                    "",
+                    "é t",
+                    "a\"#b",
+                    "\t",
+                    "\\n",
+                    "#",
+                ])
             } else {
                 rng.pick(&["x", "a\"b", "C:\\dir\\", "", "é t", "\t", "\\n", "#"])
             };
@@ -329,15 +452,48 @@ fn gen_string(rng: &mut Rng, out: &mut String) {
 }
 
 const NUMBERS: &[&str] = &[
-    "0", "1", "-1", "+7", "1_000", "1__", "42", "0x1F", "0XfF", "-0x10", "+0x1_0", "0o644", "0O7", "0o0_7",
-    "0b101", "0B1_1", "-0", "00", "0_1", "170141183460469231731687303715884105727",
-    "-170141183460469231731687303715884105727", "0x7fffffffffffffffffffffffffffffff",
+    "0",
+    "1",
+    "-1",
+    "+7",
+    "1_000",
+    "1__",
+    "42",
+    "0x1F",
+    "0XfF",
+    "-0x10",
+    "+0x1_0",
+    "0o644",
+    "0O7",
+    "0o0_7",
+    "0b101",
+    "0B1_1",
+    "-0",
+    "00",
+    "0_1",
+    "170141183460469231731687303715884105727",
+    "-170141183460469231731687303715884105727",
+    "0x7fffffffffffffffffffffffffffffff",
 ];
 
 /// Floats and malformed or too large integers.
 const NUMBERS_ODD: &[&str] = &[
-    "0o8", "0b2", "0x_1", "1.5", "1e3", "1E-2", "-1.0", "1.", "1x", "0x", "0b", "0o", "+", "-0o9",
-    "170141183460469231731687303715884105728", "-170141183460469231731687303715884105728",
+    "0o8",
+    "0b2",
+    "0x_1",
+    "1.5",
+    "1e3",
+    "1E-2",
+    "-1.0",
+    "1.",
+    "1x",
+    "0x",
+    "0b",
+    "0o",
+    "+",
+    "-0o9",
+    "170141183460469231731687303715884105728",
+    "-170141183460469231731687303715884105728",
     "0x80000000000000000000000000000000",
 ];
 
@@ -359,8 +515,19 @@ fn gen_value(rng: &mut Rng, out: &mut String) {
 /// Whitespace between the parts of a node.
 fn gen_gap(rng: &mut Rng, out: &mut String) {
     out.push_str(rng.pick(&[
-        " ", " ", " ", "  ", "\t", " /* c */ ", "/**/ ", " /* a /* nested */ b */ ", " \\\n  ", " \\ // cont\n ",
-        " \\\r\n", "/*\n*/", " /* é */ ",
+        " ",
+        " ",
+        " ",
+        "  ",
+        "\t",
+        " /* c */ ",
+        "/**/ ",
+        " /* a /* nested */ b */ ",
+        " \\\n  ",
+        " \\ // cont\n ",
+        " \\\r\n",
+        "/*\n*/",
+        " /* é */ ",
     ]));
 }
 
@@ -395,7 +562,9 @@ fn gen_between(rng: &mut Rng, depth: usize, out: &mut String) {
             }
             6 => out.push_str(&format!("{indent}/* a */ ")),
             7 => out.push_str("\\\n"),
-            8 if rng.odd() => out.push_str(rng.pick(&[";", "\u{b}", "\u{c}", "\u{a0}", "\u{2028}\n", "\u{85}"])),
+            8 if rng.odd() => {
+                out.push_str(rng.pick(&[";", "\u{b}", "\u{c}", "\u{a0}", "\u{2028}\n", "\u{85}"]))
+            }
             8 => out.push('\r'),
             _ => out.push_str("  "),
         }
@@ -464,14 +633,29 @@ fn gen_nodes(rng: &mut Rng, depth: usize, out: &mut String) {
         gen_between(rng, depth, out);
         out.push_str(&indent);
         gen_node(rng, depth, out);
-        out.push_str(rng.pick(&["\n", "\n", "\n", ";\n", ";", " // end\n", "\r\n", "\r", " ;\n", "// x\n"]));
+        out.push_str(rng.pick(&[
+            "\n",
+            "\n",
+            "\n",
+            ";\n",
+            ";",
+            " // end\n",
+            "\r\n",
+            "\r",
+            " ;\n",
+            "// x\n",
+        ]));
     }
     gen_between(rng, depth, out);
 }
 
 /// A random edit that usually breaks something.
 fn mutate(rng: &mut Rng, text: &mut String) {
-    let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
+    let boundaries: Vec<usize> = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([text.len()])
+        .collect();
     let at = boundaries[rng.below(boundaries.len())];
     match rng.below(4) {
         0 if at < text.len() => {
@@ -490,8 +674,9 @@ fn mutate(rng: &mut Rng, text: &mut String) {
         }
         _ => {
             let ins = rng.pick(&[
-                "\"", "{", "}", "\\", "/*", "*/", "#", ";", "=", "/-", "//", "\n", " ", "\r", "é", "\u{a0}", "\u{2028}",
-                "\u{feff}", "\u{0}", "(", ")", "0x", "-", ".", "1", "e", "_", "\t", "\"\"\"",
+                "\"", "{", "}", "\\", "/*", "*/", "#", ";", "=", "/-", "//", "\n", " ", "\r", "é",
+                "\u{a0}", "\u{2028}", "\u{feff}", "\u{0}", "(", ")", "0x", "-", ".", "1", "e", "_",
+                "\t", "\"\"\"",
             ]);
             text.insert_str(at, ins);
         }
@@ -536,27 +721,106 @@ fn random_documents_parse_identically() {
     let total = valid.cases + tally.cases;
     assert!(total >= 5000, "only {total} cases");
     // The fast path must actually cover a good share of what kdl accepts.
-    assert!(valid.fast_ok * 2 >= valid.kdl_ok, "fast path declined too much: {valid:?}");
-    assert!(tally.fast_ok > 500, "fast path declined too much: {tally:?}");
+    assert!(
+        valid.fast_ok * 2 >= valid.kdl_ok,
+        "fast path declined too much: {valid:?}"
+    );
+    assert!(
+        tally.fast_ok > 500,
+        "fast path declined too much: {tally:?}"
+    );
 }
 
 /// Short random sequences of tokens: odd combinations that the structured generator rarely
 /// writes, many of them valid.
 #[test]
 fn token_soup_parses_identically() {
-    const NAMES: &[&str] = &["a", "b", "node", "\"s\"", "\"\"", "#\"r\"#", "-", "+x", ".", "/-a", "/-", "/- ", "}", "{"];
+    const NAMES: &[&str] = &[
+        "a", "b", "node", "\"s\"", "\"\"", "#\"r\"#", "-", "+x", ".", "/-a", "/-", "/- ", "}", "{",
+    ];
     const WORDS: &[&str] = &[
-        "a", "b", "node", "k=1", "k=v", "k =\"s\"", "\"k\"=#true", "\"s\"", "\"\"", "#\"r\"#", "##\"r\"#\"##", "1",
-        "-2", "0x1f", "0o644", "0b1", "1_0", "#true", "#false", "#null", "-", "+", ".", "-.", "+x", "\"a\\\"b\"",
-        "\"\\u{41}\"", "\"\\  \n \"", "\"é\"", "/-", "/-", "{", "{", "}", "}", "{}", "/-{", "/-a",
+        "a",
+        "b",
+        "node",
+        "k=1",
+        "k=v",
+        "k =\"s\"",
+        "\"k\"=#true",
+        "\"s\"",
+        "\"\"",
+        "#\"r\"#",
+        "##\"r\"#\"##",
+        "1",
+        "-2",
+        "0x1f",
+        "0o644",
+        "0b1",
+        "1_0",
+        "#true",
+        "#false",
+        "#null",
+        "-",
+        "+",
+        ".",
+        "-.",
+        "+x",
+        "\"a\\\"b\"",
+        "\"\\u{41}\"",
+        "\"\\  \n \"",
+        "\"é\"",
+        "/-",
+        "/-",
+        "{",
+        "{",
+        "}",
+        "}",
+        "{}",
+        "/-{",
+        "/-a",
         // Rarely valid, or not in the fast path's subset.
-        "é", "(t)", "1.5", "#inf", "\"\"\"", "kdl-version", "true", "=", "/", "#", "\"", ";",
+        "é",
+        "(t)",
+        "1.5",
+        "#inf",
+        "\"\"\"",
+        "kdl-version",
+        "true",
+        "=",
+        "/",
+        "#",
+        "\"",
+        ";",
     ];
     const GAPS: &[&str] = &[
-        " ", " ", " ", " ", "  ", "\t", "", "\n", "\n", "\r\n", "\r", ";", "; ", "\n\n", "// c\n", " /* c */ ",
-        "/*\n*/", " \\\n ", " \\ // c\n", "{", "}", " {", "} ", "{ ", " }",
+        " ",
+        " ",
+        " ",
+        " ",
+        "  ",
+        "\t",
+        "",
+        "\n",
+        "\n",
+        "\r\n",
+        "\r",
+        ";",
+        "; ",
+        "\n\n",
+        "// c\n",
+        " /* c */ ",
+        "/*\n*/",
+        " \\\n ",
+        " \\ // c\n",
+        "{",
+        "}",
+        " {",
+        "} ",
+        "{ ",
+        " }",
         // Rarely valid, or not in the fast path's subset.
-        "\u{a0}", "\u{b}", " \\",
+        "\u{a0}",
+        "\u{b}",
+        " \\",
     ];
     let mut tally = Tally::default();
     let mut rng = Rng::new(0x50_0b);
@@ -567,22 +831,37 @@ fn token_soup_parses_identically() {
             let word = if line_start && !rng.one_in(10) {
                 rng.pick(NAMES)
             } else {
-                let words = if rng.one_in(10) { WORDS.len() } else { WORDS.len() - 12 };
+                let words = if rng.one_in(10) {
+                    WORDS.len()
+                } else {
+                    WORDS.len() - 12
+                };
                 rng.pick(&WORDS[..words])
             };
             text.push_str(word);
-            let gaps = if rng.one_in(10) { GAPS.len() } else { GAPS.len() - 3 };
+            let gaps = if rng.one_in(10) {
+                GAPS.len()
+            } else {
+                GAPS.len() - 3
+            };
             let gap = rng.pick(&GAPS[..gaps]);
             text.push_str(gap);
-            line_start = word.ends_with(['{', '}', '-', ' ']) || gap.contains(['\n', '\r', ';', '{', '}']);
+            line_start =
+                word.ends_with(['{', '}', '-', ' ']) || gap.contains(['\n', '\r', ';', '{', '}']);
         }
         // Mostly balance the braces.
-        let open = text.matches('{').count().saturating_sub(text.matches('}').count());
+        let open = text
+            .matches('{')
+            .count()
+            .saturating_sub(text.matches('}').count());
         if !rng.one_in(4) {
             text.push_str(&"}".repeat(open));
         }
         check(&text, &mut tally);
     }
     eprintln!("token soup: {tally:?}");
-    assert!(tally.fast_ok > 300, "fast path declined too much: {tally:?}");
+    assert!(
+        tally.fast_ok > 300,
+        "fast path declined too much: {tally:?}"
+    );
 }

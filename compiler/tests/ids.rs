@@ -19,7 +19,11 @@ fn workspace(name: &str) -> PathBuf {
     fs::write(dir.join("files/tree/a.txt"), "alpha\n").unwrap();
     fs::write(dir.join("files/tree/sub/b.txt"), "beta\n").unwrap();
     symlink("a.txt", dir.join("files/tree/link")).unwrap();
-    fs::write(dir.join("rootfs.tar"), b"not really a tarball, but bytes to hash").unwrap();
+    fs::write(
+        dir.join("rootfs.tar"),
+        b"not really a tarball, but bytes to hash",
+    )
+    .unwrap();
     dir
 }
 
@@ -53,9 +57,15 @@ fn assert_changed_from(before: &[LayerId], after: &[LayerId], k: usize, what: &s
     assert_eq!(before.len(), after.len(), "{what}: layer count");
     for i in 0..before.len() {
         if i < k {
-            assert_eq!(before[i], after[i], "{what}: layer {i} (before the change) must keep its id");
+            assert_eq!(
+                before[i], after[i],
+                "{what}: layer {i} (before the change) must keep its id"
+            );
         } else {
-            assert_ne!(before[i], after[i], "{what}: layer {i} (from the change on) must get a new id");
+            assert_ne!(
+                before[i], after[i],
+                "{what}: layer {i} (from the change on) must get a new id"
+            );
         }
     }
 }
@@ -65,25 +75,96 @@ fn formatting_names_and_mirror_do_not_change_ids() {
     let dir = workspace("same");
     let base = ids_of(&dir, SPEC);
     let same = [
-        ("comments and blank lines", SPEC.replace("layer \"toolchain\" {", "// the toolchain\n\n/* block */ layer \"toolchain\" { // trailing\n")),
+        (
+            "comments and blank lines",
+            SPEC.replace(
+                "layer \"toolchain\" {",
+                "// the toolchain\n\n/* block */ layer \"toolchain\" { // trailing\n",
+            ),
+        ),
         ("indentation", SPEC.replace("    ", "\t\t")),
-        ("property order", SPEC.replace(
-            r#"mode="0644" owner="builder""#,
-            r#"owner="builder" mode="0644""#,
-        ).replace(r#"LANG="C.UTF-8" EDITOR="vi""#, r#"EDITOR="vi" LANG="C.UTF-8""#)),
-        ("layer names", SPEC.replace("\"toolchain\"", "\"compilers\"").replace("\"user\"", "\"people\"")),
-        ("environment name", SPEC.replace("name \"ids\"", "name \"other\"")),
-        ("mirror", SPEC.replace("http://deb.example/debian", "https://mirror.example.org/debian")),
-        ("no mirror", SPEC.replace(" mirror=\"http://deb.example/debian\"", "")),
-        ("bare identifiers", SPEC.replace("\"build-essential\" \"pkg-config\"", "build-essential pkg-config")),
-        ("raw strings", SPEC.replace("\"useradd --create-home builder\"", "#\"useradd --create-home builder\"#")),
-        ("package order", SPEC.replace("\"build-essential\" \"pkg-config\"", "\"pkg-config\" \"build-essential\"")),
-        ("component order and separators", SPEC.replace("components=\"main contrib\"", "components=\"contrib,main\"")),
-        ("default false network", SPEC.replace("builder\" network=#false", "builder\"")),
-        ("equivalent mode spellings", SPEC.replace("mode=\"0644\"", "mode=0o644")),
-        ("equivalent destination spelling", SPEC.replace("\"/opt/tree\"", "\"//opt/./tree/\"")),
-        ("slashdash comment", SPEC.replace("layer \"tools\" {", "/-layer \"gone\" { run \"x\" }\nlayer \"tools\" {")),
-        ("semicolons", SPEC.replace("packages \"build-essential\" \"pkg-config\"\n", "packages \"build-essential\" \"pkg-config\";\n")),
+        (
+            "property order",
+            SPEC.replace(
+                r#"mode="0644" owner="builder""#,
+                r#"owner="builder" mode="0644""#,
+            )
+            .replace(
+                r#"LANG="C.UTF-8" EDITOR="vi""#,
+                r#"EDITOR="vi" LANG="C.UTF-8""#,
+            ),
+        ),
+        (
+            "layer names",
+            SPEC.replace("\"toolchain\"", "\"compilers\"")
+                .replace("\"user\"", "\"people\""),
+        ),
+        (
+            "environment name",
+            SPEC.replace("name \"ids\"", "name \"other\""),
+        ),
+        (
+            "mirror",
+            SPEC.replace(
+                "http://deb.example/debian",
+                "https://mirror.example.org/debian",
+            ),
+        ),
+        (
+            "no mirror",
+            SPEC.replace(" mirror=\"http://deb.example/debian\"", ""),
+        ),
+        (
+            "bare identifiers",
+            SPEC.replace(
+                "\"build-essential\" \"pkg-config\"",
+                "build-essential pkg-config",
+            ),
+        ),
+        (
+            "raw strings",
+            SPEC.replace(
+                "\"useradd --create-home builder\"",
+                "#\"useradd --create-home builder\"#",
+            ),
+        ),
+        (
+            "package order",
+            SPEC.replace(
+                "\"build-essential\" \"pkg-config\"",
+                "\"pkg-config\" \"build-essential\"",
+            ),
+        ),
+        (
+            "component order and separators",
+            SPEC.replace("components=\"main contrib\"", "components=\"contrib,main\""),
+        ),
+        (
+            "default false network",
+            SPEC.replace("builder\" network=#false", "builder\""),
+        ),
+        (
+            "equivalent mode spellings",
+            SPEC.replace("mode=\"0644\"", "mode=0o644"),
+        ),
+        (
+            "equivalent destination spelling",
+            SPEC.replace("\"/opt/tree\"", "\"//opt/./tree/\""),
+        ),
+        (
+            "slashdash comment",
+            SPEC.replace(
+                "layer \"tools\" {",
+                "/-layer \"gone\" { run \"x\" }\nlayer \"tools\" {",
+            ),
+        ),
+        (
+            "semicolons",
+            SPEC.replace(
+                "packages \"build-essential\" \"pkg-config\"\n",
+                "packages \"build-essential\" \"pkg-config\";\n",
+            ),
+        ),
     ];
     for (what, text) in same {
         assert_eq!(ids_of(&dir, &text), base, "{what} must not change any id");
@@ -99,17 +180,57 @@ fn step_changes_change_their_layer_and_every_later_one() {
         ("suite", "suite=\"bookworm\"", "suite=\"trixie\"", 0),
         ("variant", "variant=\"minbase\"", "variant=\"buildd\"", 0),
         ("arch", "arch=\"amd64\"", "arch=\"arm64\"", 0),
-        ("components", "components=\"main contrib\"", "components=\"main\"", 0),
-        ("package added", "\"pkg-config\"", "\"pkg-config\" \"cmake\"", 1),
-        ("package pinned", "\"pkg-config\"", "\"pkg-config=1.8.1-1\"", 1),
-        ("run command", "useradd --create-home builder", "useradd -m builder", 2),
-        ("run network", "builder\" network=#false", "builder\" network=#true", 2),
+        (
+            "components",
+            "components=\"main contrib\"",
+            "components=\"main\"",
+            0,
+        ),
+        (
+            "package added",
+            "\"pkg-config\"",
+            "\"pkg-config\" \"cmake\"",
+            1,
+        ),
+        (
+            "package pinned",
+            "\"pkg-config\"",
+            "\"pkg-config=1.8.1-1\"",
+            1,
+        ),
+        (
+            "run command",
+            "useradd --create-home builder",
+            "useradd -m builder",
+            2,
+        ),
+        (
+            "run network",
+            "builder\" network=#false",
+            "builder\" network=#true",
+            2,
+        ),
         ("copy dest", "/home/builder/.gitconfig", "/etc/gitconfig", 2),
         ("copy mode", "mode=\"0644\"", "mode=\"0600\"", 2),
-        ("copy owner", "owner=\"builder\"", "owner=\"builder:builder\"", 2),
+        (
+            "copy owner",
+            "owner=\"builder\"",
+            "owner=\"builder:builder\"",
+            2,
+        ),
         ("env value", "EDITOR=\"vi\"", "EDITOR=\"nano\"", 2),
-        ("env added", "EDITOR=\"vi\"", "EDITOR=\"vi\" PAGER=\"less\"", 2),
-        ("workdir", "workdir \"/home/builder\"", "workdir \"/tmp\"", 2),
+        (
+            "env added",
+            "EDITOR=\"vi\"",
+            "EDITOR=\"vi\" PAGER=\"less\"",
+            2,
+        ),
+        (
+            "workdir",
+            "workdir \"/home/builder\"",
+            "workdir \"/tmp\"",
+            2,
+        ),
         ("run user", "user=\"builder\"", "user=\"root\"", 3),
         ("directory copy dest", "\"/opt/tree\"", "\"/opt/other\"", 3),
     ];
@@ -128,10 +249,16 @@ fn step_changes_change_their_layer_and_every_later_one() {
     assert_changed_from(&base, &ids_of(&dir, &swapped), 2, "step order");
 
     // Moving a step to another layer.
-    let moved = SPEC
-        .replace("    workdir \"/home/builder\"\n", "")
-        .replace("layer \"tools\" {\n", "layer \"tools\" {\n    workdir \"/home/builder\"\n");
-    assert_changed_from(&base, &ids_of(&dir, &moved), 2, "step moved to the next layer");
+    let moved = SPEC.replace("    workdir \"/home/builder\"\n", "").replace(
+        "layer \"tools\" {\n",
+        "layer \"tools\" {\n    workdir \"/home/builder\"\n",
+    );
+    assert_changed_from(
+        &base,
+        &ids_of(&dir, &moved),
+        2,
+        "step moved to the next layer",
+    );
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -153,12 +280,30 @@ fn copied_content_is_part_of_the_id() {
     assert_eq!(ids_of(&dir, SPEC), base);
 
     fs::write(dir.join("files/tree/sub/new.txt"), "new\n").unwrap();
-    assert_changed_from(&base, &ids_of(&dir, SPEC), 3, "file added to a copied directory");
+    assert_changed_from(
+        &base,
+        &ids_of(&dir, SPEC),
+        3,
+        "file added to a copied directory",
+    );
     fs::remove_file(dir.join("files/tree/sub/new.txt")).unwrap();
 
-    fs::rename(dir.join("files/tree/sub/b.txt"), dir.join("files/tree/sub/c.txt")).unwrap();
-    assert_changed_from(&base, &ids_of(&dir, SPEC), 3, "file renamed in a copied directory");
-    fs::rename(dir.join("files/tree/sub/c.txt"), dir.join("files/tree/sub/b.txt")).unwrap();
+    fs::rename(
+        dir.join("files/tree/sub/b.txt"),
+        dir.join("files/tree/sub/c.txt"),
+    )
+    .unwrap();
+    assert_changed_from(
+        &base,
+        &ids_of(&dir, SPEC),
+        3,
+        "file renamed in a copied directory",
+    );
+    fs::rename(
+        dir.join("files/tree/sub/c.txt"),
+        dir.join("files/tree/sub/b.txt"),
+    )
+    .unwrap();
 
     fs::remove_file(dir.join("files/tree/link")).unwrap();
     symlink("sub/b.txt", dir.join("files/tree/link")).unwrap();
@@ -180,11 +325,24 @@ fn tar_base_is_identified_by_content() {
     let spec = "name \"t\"\nbase \"tar\" \"rootfs.tar\"\nlayer \"a\" { run \"true\" }\n";
     let base = ids_of(&dir, spec);
     fs::copy(dir.join("rootfs.tar"), dir.join("copy.tar")).unwrap();
-    assert_eq!(ids_of(&dir, &spec.replace("rootfs.tar", "copy.tar")), base, "same bytes, other name");
+    assert_eq!(
+        ids_of(&dir, &spec.replace("rootfs.tar", "copy.tar")),
+        base,
+        "same bytes, other name"
+    );
     let abs = dir.join("rootfs.tar");
-    assert_eq!(ids_of(&dir, &spec.replace("rootfs.tar", abs.to_str().unwrap())), base, "absolute path");
+    assert_eq!(
+        ids_of(&dir, &spec.replace("rootfs.tar", abs.to_str().unwrap())),
+        base,
+        "absolute path"
+    );
     fs::write(dir.join("copy.tar"), b"other bytes").unwrap();
-    assert_changed_from(&base, &ids_of(&dir, &spec.replace("rootfs.tar", "copy.tar")), 0, "tarball bytes");
+    assert_changed_from(
+        &base,
+        &ids_of(&dir, &spec.replace("rootfs.tar", "copy.tar")),
+        0,
+        "tarball bytes",
+    );
     fs::remove_dir_all(dir).unwrap();
 }
 
@@ -201,9 +359,21 @@ fn the_path_through_which_a_spec_is_given_does_not_matter() {
         dir.with_extension("link").join("env.kdl"),
         relative.join("env.kdl"),
     ];
-    let first: Vec<LayerId> = compile(&paths[0]).unwrap().plan.layers.iter().map(|l| l.id).collect();
+    let first: Vec<LayerId> = compile(&paths[0])
+        .unwrap()
+        .plan
+        .layers
+        .iter()
+        .map(|l| l.id)
+        .collect();
     for p in &paths[1..] {
-        let ids: Vec<LayerId> = compile(p).unwrap_or_else(|e| panic!("{}: {e:?}", p.display())).plan.layers.iter().map(|l| l.id).collect();
+        let ids: Vec<LayerId> = compile(p)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", p.display()))
+            .plan
+            .layers
+            .iter()
+            .map(|l| l.id)
+            .collect();
         assert_eq!(ids, first, "spec given as {}", p.display());
     }
     fs::remove_file(dir.with_extension("link")).unwrap();
@@ -231,8 +401,14 @@ fn extends_shares_the_prefix() {
     let parent = SPEC.replace("name \"ids\"", "name \"common\"");
     fs::write(dir.join("common.kdl"), &parent).unwrap();
     let common = ids_of(&dir, &parent);
-    let child_a = ids_of(&dir, "name \"a\"\nextends \"common.kdl\"\nlayer \"extra\" { packages \"python3\" }\n");
-    let child_b = ids_of(&dir, "name \"b\"\nextends \"common.kdl\"\nlayer \"other\" { packages \"cmake\" }\n");
+    let child_a = ids_of(
+        &dir,
+        "name \"a\"\nextends \"common.kdl\"\nlayer \"extra\" { packages \"python3\" }\n",
+    );
+    let child_b = ids_of(
+        &dir,
+        "name \"b\"\nextends \"common.kdl\"\nlayer \"other\" { packages \"cmake\" }\n",
+    );
     assert_eq!(&child_a[..common.len()], &common[..]);
     assert_eq!(&child_b[..common.len()], &common[..]);
     assert_ne!(child_a.last(), child_b.last());
@@ -244,7 +420,6 @@ fn extends_shares_the_prefix() {
 
 // ---------------------------------------------------------------------------------------------
 // Randomized reformatting: the same spec printed many ways must give the same ids.
-
 
 enum Val {
     S(&'static str),
@@ -259,26 +434,54 @@ struct Node {
 }
 
 fn n(name: &'static str, args: Vec<Val>, props: Vec<(&'static str, Val)>) -> Node {
-    Node { name, args, props, children: Vec::new() }
+    Node {
+        name,
+        args,
+        props,
+        children: Vec::new(),
+    }
 }
 
 fn model() -> Vec<Node> {
     use Val::{B, S};
     vec![
         n("name", vec![S("ids")], vec![]),
-        n("base", vec![S("debian")], vec![
-            ("suite", S("bookworm")),
-            ("variant", S("minbase")),
-            ("arch", S("amd64")),
-            ("components", S("main contrib")),
-            ("mirror", S("http://deb.example/debian")),
-        ]),
-        Node { children: vec![n("packages", vec![S("build-essential"), S("pkg-config")], vec![])], ..n("layer", vec![S("toolchain")], vec![]) },
+        n(
+            "base",
+            vec![S("debian")],
+            vec![
+                ("suite", S("bookworm")),
+                ("variant", S("minbase")),
+                ("arch", S("amd64")),
+                ("components", S("main contrib")),
+                ("mirror", S("http://deb.example/debian")),
+            ],
+        ),
+        Node {
+            children: vec![n(
+                "packages",
+                vec![S("build-essential"), S("pkg-config")],
+                vec![],
+            )],
+            ..n("layer", vec![S("toolchain")], vec![])
+        },
         Node {
             children: vec![
-                n("run", vec![S("useradd --create-home builder")], vec![("network", B(false))]),
-                n("copy", vec![S("files/gitconfig"), S("/home/builder/.gitconfig")], vec![("mode", S("0644")), ("owner", S("builder"))]),
-                n("env", vec![], vec![("LANG", S("C.UTF-8")), ("EDITOR", S("vi"))]),
+                n(
+                    "run",
+                    vec![S("useradd --create-home builder")],
+                    vec![("network", B(false))],
+                ),
+                n(
+                    "copy",
+                    vec![S("files/gitconfig"), S("/home/builder/.gitconfig")],
+                    vec![("mode", S("0644")), ("owner", S("builder"))],
+                ),
+                n(
+                    "env",
+                    vec![],
+                    vec![("LANG", S("C.UTF-8")), ("EDITOR", S("vi"))],
+                ),
                 n("workdir", vec![S("/home/builder")], vec![]),
             ],
             ..n("layer", vec![S("user")], vec![])
@@ -286,7 +489,11 @@ fn model() -> Vec<Node> {
         Node {
             children: vec![
                 n("copy", vec![S("files/tree"), S("/opt/tree")], vec![]),
-                n("run", vec![S("echo \"done\" > /tmp/x")], vec![("user", S("builder")), ("network", B(true))]),
+                n(
+                    "run",
+                    vec![S("echo \"done\" > /tmp/x")],
+                    vec![("user", S("builder")), ("network", B(true))],
+                ),
             ],
             ..n("layer", vec![S("tools")], vec![])
         },
@@ -295,7 +502,8 @@ fn model() -> Vec<Node> {
 
 fn is_bare(s: &str) -> bool {
     s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !matches!(s, "true" | "false" | "null" | "inf" | "nan")
 }
 
@@ -316,7 +524,9 @@ fn print_str(rng: &mut Rng, s: &str, out: &mut String) {
             match c {
                 '"' => out.push_str("\\\""),
                 '\\' => out.push_str("\\\\"),
-                c if rng.below(8) == 0 && c.is_ascii_alphabetic() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c if rng.below(8) == 0 && c.is_ascii_alphabetic() => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32))
+                }
                 c => out.push(c),
             }
         }
@@ -332,13 +542,25 @@ fn print_val(rng: &mut Rng, v: &Val, out: &mut String) {
 }
 
 fn gap(rng: &mut Rng, out: &mut String) {
-    out.push_str(rng.pick(&[" ", "  ", "\t", " \\\n      ", " /* note */ ", " \\ // continued\n   "]));
+    out.push_str(rng.pick(&[
+        " ",
+        "  ",
+        "\t",
+        " \\\n      ",
+        " /* note */ ",
+        " \\ // continued\n   ",
+    ]));
 }
 
 fn print_nodes(rng: &mut Rng, nodes: &[Node], depth: usize, out: &mut String) {
     for node in nodes {
         if rng.below(4) == 0 {
-            out.push_str(rng.pick(&["\n", "// a comment line\n", "/* a\n   block */\n", "/-gone \"node\" x=1\n"]));
+            out.push_str(rng.pick(&[
+                "\n",
+                "// a comment line\n",
+                "/* a\n   block */\n",
+                "/-gone \"node\" x=1\n",
+            ]));
         }
         out.push_str(&rng.pick(&["", "  ", "    ", "\t"]).repeat(depth + 1));
         print_str(rng, node.name, out);
@@ -385,7 +607,9 @@ fn randomized_reformatting_keeps_every_id() {
             Ok(c) => c.plan.layers.iter().map(|l| l.id).collect(),
             Err(e) => panic!("seed {seed}: reformatted spec failed: {e:?}\n---\n{text}"),
         };
-        if seed == 7 && std::env::var_os("ENVC_SHOW_SAMPLE").is_some() { eprintln!("{text}"); }
+        if seed == 7 && std::env::var_os("ENVC_SHOW_SAMPLE").is_some() {
+            eprintln!("{text}");
+        }
         assert_eq!(ids, base, "seed {seed} changed ids:\n{text}");
     }
     fs::remove_dir_all(dir).unwrap();

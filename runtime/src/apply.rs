@@ -118,7 +118,9 @@ enum BaseError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     /// Neither the base nor the host names a Debian mirror.
-    #[error("no Debian mirror for suite `{suite}`: the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d) have none; give the base a mirror=")]
+    #[error(
+        "no Debian mirror for suite `{suite}`: the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d) have none; give the base a mirror="
+    )]
     NoMirror {
         /// The base's suite.
         suite: String,
@@ -164,7 +166,11 @@ impl Runtime {
 
     /// Builds every layer of `plan` that is not stored. Returns the layers built and reused, and
     /// shared locks on every layer of the chain: while they are held, `gc` leaves the chain alone.
-    pub fn realize<'p>(&self, plan: &'p Plan, sink: Sink<'_, 'p>) -> Result<(usize, usize, Vec<store::Lock>), ApplyError> {
+    pub fn realize<'p>(
+        &self,
+        plan: &'p Plan,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(usize, usize, Vec<store::Lock>), ApplyError> {
         let mut held = Vec::with_capacity(plan.layers.len());
         let cleaned = self.store.clean_staging()?;
         if cleaned > 0 {
@@ -204,19 +210,30 @@ impl Runtime {
             drop(lock);
             held.push(self.store.share_layer(&layer.id)?);
             built += 1;
-            sink(Event::Built { index, layer, secs: started.elapsed().as_secs_f64() });
+            sink(Event::Built {
+                index,
+                layer,
+                secs: started.elapsed().as_secs_f64(),
+            });
         }
         sink(Event::Realized);
         Ok((built, cached, held))
     }
 
     /// Realizes `plan` and gives it its working root.
-    pub fn apply<'p>(&self, plan: &'p Plan, reset: bool, sink: Sink<'_, 'p>) -> Result<Applied, ApplyError> {
+    pub fn apply<'p>(
+        &self,
+        plan: &'p Plan,
+        reset: bool,
+        sink: Sink<'_, 'p>,
+    ) -> Result<Applied, ApplyError> {
         let (built, cached, _in_use) = self.realize(plan, sink)?;
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let _lock = self.store.lock_root(&plan.name)?;
         let rec = self.store.read_root(&plan.name);
-        let fresh = reset || rec.as_ref().is_none_or(|r| r.chain != chain) || !self.backend().root_ready(&plan.name);
+        let fresh = reset
+            || rec.as_ref().is_none_or(|r| r.chain != chain)
+            || !self.backend().root_ready(&plan.name);
         let root = if fresh {
             let path = self.backend().create_root(&plan.name, &chain)?;
             self.store.write_root(&RootRecord {
@@ -230,7 +247,12 @@ impl Runtime {
         } else {
             self.backend().root_path(&plan.name)
         };
-        Ok(Applied { root, built, cached, fresh_root: fresh })
+        Ok(Applied {
+            root,
+            built,
+            cached,
+            fresh_root: fresh,
+        })
     }
 
     /// Marks layers as used now.
@@ -247,26 +269,60 @@ impl Runtime {
     /// Runs `argv` in a throwaway snapshot of the plan's last layer (or in its working root with
     /// `keep`), with the plan's environment and working directory, on the caller's terminal.
     /// Returns the command's exit status.
-    pub fn run<'p>(&self, plan: &'p Plan, argv: Vec<String>, keep: bool, network: bool, sink: Sink<'_, 'p>) -> Result<i32, ApplyError> {
+    pub fn run<'p>(
+        &self,
+        plan: &'p Plan,
+        argv: Vec<String>,
+        keep: bool,
+        network: bool,
+        sink: Sink<'_, 'p>,
+    ) -> Result<i32, ApplyError> {
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let (vars, workdir) = plan.final_context();
-        let action = Action::Exec { argv, env: vars.into_iter().collect(), cwd: workdir.unwrap_or_else(|| "/".into()), user: None, deny_services: false, sync: SyncMode::Off };
+        let action = Action::Exec {
+            argv,
+            env: vars.into_iter().collect(),
+            cwd: workdir.unwrap_or_else(|| "/".into()),
+            user: None,
+            deny_services: false,
+            sync: SyncMode::Off,
+        };
         if keep {
             let applied = self.apply(plan, false, sink)?;
-            let spec = Spec { source: RootSource::Dir, mountpoint: applied.root, network, binds: vec![], tmp_files: vec![], action };
+            let spec = Spec {
+                source: RootSource::Dir,
+                mountpoint: applied.root,
+                network,
+                binds: vec![],
+                tmp_files: vec![],
+                action,
+            };
             return self.interactive(&spec);
         }
         let (_, _, _in_use) = self.realize(plan, sink)?;
         let scratch = self.backend().scratch_root(&chain)?;
-        let spec = Spec { source: scratch.source.clone(), mountpoint: scratch.mountpoint.clone(), network, binds: vec![], tmp_files: vec![], action };
+        let spec = Spec {
+            source: scratch.source.clone(),
+            mountpoint: scratch.mountpoint.clone(),
+            network,
+            binds: vec![],
+            tmp_files: vec![],
+            action,
+        };
         let result = self.interactive(&spec);
         self.backend().drop_scratch(scratch)?;
         result
     }
 
     fn interactive(&self, spec: &Spec) -> Result<i32, ApplyError> {
-        let status = sandbox::run_interactive(&self.helper, spec).map_err(|source| ApplyError::Io { op: format!("start the sandbox helper {}", self.helper.display()), source })?;
-        Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+        let status =
+            sandbox::run_interactive(&self.helper, spec).map_err(|source| ApplyError::Io {
+                op: format!("start the sandbox helper {}", self.helper.display()),
+                source,
+            })?;
+        Ok(status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+        }))
     }
 
     /// Removes a working root.
@@ -278,16 +334,30 @@ impl Runtime {
         Ok(existed)
     }
 
-    fn build<'p>(&self, plan: &'p Plan, index: usize, sink: Sink<'_, 'p>) -> Result<(), ApplyError> {
+    fn build<'p>(
+        &self,
+        plan: &'p Plan,
+        index: usize,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(), ApplyError> {
         let layer = &plan.layers[index];
         let chain: Vec<LayerId> = plan.layers[..index].iter().map(|l| l.id).collect();
         let started = Instant::now();
         let build = self.backend().begin(layer.id, &chain)?;
-        let log_path = self.store.path().join("staging").join(format!("{}.log", layer.id));
-        let mut log = File::create(&log_path).map_err(store::io_err("create build log", &log_path))?;
+        let log_path = self
+            .store
+            .path()
+            .join("staging")
+            .join(format!("{}.log", layer.id));
+        let mut log =
+            File::create(&log_path).map_err(store::io_err("create build log", &log_path))?;
         let mut result = Ok(());
         for (si, step) in layer.steps.iter().enumerate() {
-            sink(Event::Step { index, step: si, summary: step.summary() });
+            sink(Event::Step {
+                index,
+                step: si,
+                summary: step.summary(),
+            });
             let _ = writeln!(log, "# step {}: {}", si + 1, step.summary());
             result = self.step(plan, index, si, &build, &mut log, sink);
             if result.is_err() {
@@ -295,15 +365,38 @@ impl Runtime {
             }
         }
         drop(log);
-        let failed_log = self.store.path().join("logs").join(format!("{}.failed.log", layer.id));
+        let failed_log = self
+            .store
+            .path()
+            .join("logs")
+            .join(format!("{}.failed.log", layer.id));
         if let Err(e) = result {
             let _ = fs::rename(&log_path, &failed_log);
             let e = match e {
-                ApplyError::StepFailed { index, layer, step, reason, status, tail, .. } => ApplyError::StepFailed { index, layer, step, reason, status, tail, log: failed_log },
+                ApplyError::StepFailed {
+                    index,
+                    layer,
+                    step,
+                    reason,
+                    status,
+                    tail,
+                    ..
+                } => ApplyError::StepFailed {
+                    index,
+                    layer,
+                    step,
+                    reason,
+                    status,
+                    tail,
+                    log: failed_log,
+                },
                 other => other,
             };
             if let Err(rollback) = self.backend().discard(&layer.id) {
-                return Err(ApplyError::Io { op: format!("roll back the failed build of layer `{}` ({e})", layer.name), source: io::Error::other(rollback.to_string()) });
+                return Err(ApplyError::Io {
+                    op: format!("roll back the failed build of layer `{}` ({e})", layer.name),
+                    source: io::Error::other(rollback.to_string()),
+                });
             }
             return Err(e);
         }
@@ -327,17 +420,26 @@ impl Runtime {
         Ok(())
     }
 
-    fn step<'p>(&self, plan: &'p Plan, index: usize, si: usize, build: &Build, log: &mut File, sink: Sink<'_, 'p>) -> Result<(), ApplyError> {
+    fn step<'p>(
+        &self,
+        plan: &'p Plan,
+        index: usize,
+        si: usize,
+        build: &Build,
+        log: &mut File,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(), ApplyError> {
         let layer = &plan.layers[index];
-        let fail = |reason: String, status: Option<i32>, tail: Vec<String>| ApplyError::StepFailed {
-            index,
-            layer: layer.name.clone(),
-            step: si,
-            reason,
-            status,
-            tail,
-            log: PathBuf::new(),
-        };
+        let fail =
+            |reason: String, status: Option<i32>, tail: Vec<String>| ApplyError::StepFailed {
+                index,
+                layer: layer.name.clone(),
+                step: si,
+                reason,
+                status,
+                tail,
+                log: PathBuf::new(),
+            };
         let (vars, workdir) = plan.context_at(index, si);
         let env: Vec<(String, String)> = vars.into_iter().collect();
         let cwd = workdir.unwrap_or_else(|| "/".into());
@@ -349,14 +451,21 @@ impl Runtime {
                 let mut on_line = |line: &str| {
                     let _ = writeln!(log, "{line}");
                     tools::push_tail(&mut tail, line);
-                    sink(Event::Output { layer: &layer.name, line: line.to_owned() });
+                    sink(Event::Output {
+                        layer: &layer.name,
+                        line: line.to_owned(),
+                    });
                 };
                 return match self.make_base(plan, base, *sync, &build.mountpoint, &mut on_line) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let reason = e.to_string();
                         let tail = match e {
-                            BaseError::Tool(ToolError::Failed { tail: t, .. }) if tail.is_empty() => t,
+                            BaseError::Tool(ToolError::Failed { tail: t, .. })
+                                if tail.is_empty() =>
+                            {
+                                t
+                            }
                             _ => tail,
                         };
                         Err(fail(reason, None, tail))
@@ -364,21 +473,44 @@ impl Runtime {
                 };
             }
             Step::Env { .. } | Step::Workdir { .. } => return Ok(()),
-            Step::Run { command, network, user, sync } => Spec {
+            Step::Run {
+                command,
+                network,
+                user,
+                sync,
+            } => Spec {
                 source: build.source.clone(),
                 mountpoint: build.mountpoint.clone(),
                 network: *network,
                 binds: vec![],
                 tmp_files: vec![],
-                action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), command.clone()], env, cwd, user: user.clone(), deny_services: false, sync: *sync },
+                action: Action::Exec {
+                    argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+                    env,
+                    cwd,
+                    user: user.clone(),
+                    deny_services: false,
+                    sync: *sync,
+                },
             },
-            Step::Copy { source, dest, mode, owner, .. } => Spec {
+            Step::Copy {
+                source,
+                dest,
+                mode,
+                owner,
+                ..
+            } => Spec {
                 source: build.source.clone(),
                 mountpoint: build.mountpoint.clone(),
                 network: false,
                 binds: vec![],
                 tmp_files: vec![],
-                action: Action::Copy { source: source.clone(), dest: dest.clone(), mode: mode.map(|m| m.0), owner: owner.clone() },
+                action: Action::Copy {
+                    source: source.clone(),
+                    dest: dest.clone(),
+                    mode: mode.map(|m| m.0),
+                    owner: owner.clone(),
+                },
             },
             Step::Packages { packages, sync } => {
                 let lists_key = lists_key(plan);
@@ -394,39 +526,80 @@ impl Runtime {
                     mountpoint: build.mountpoint.clone(),
                     network: true,
                     binds: vec![
-                        Bind { host: debs, target: "/var/cache/apt/archives".into(), readonly: false },
-                        Bind { host: lists, target: "/var/lib/apt/lists".into(), readonly: false },
+                        Bind {
+                            host: debs,
+                            target: "/var/cache/apt/archives".into(),
+                            readonly: false,
+                        },
+                        Bind {
+                            host: lists,
+                            target: "/var/lib/apt/lists".into(),
+                            readonly: false,
+                        },
                     ],
                     tmp_files: vec![],
-                    action: Action::Exec { argv: vec!["/bin/sh".into(), "-c".into(), apt_script(packages)], env, cwd: "/".into(), user: None, deny_services: true, sync: *sync },
+                    action: Action::Exec {
+                        argv: vec!["/bin/sh".into(), "-c".into(), apt_script(packages)],
+                        env,
+                        cwd: "/".into(),
+                        user: None,
+                        deny_services: true,
+                        sync: *sync,
+                    },
                 }
             }
         };
         let (code, tail) = self.sandboxed(&spec, &layer.name, log, sink)?;
         drop(cache_locks);
-        if code == 0 { Ok(()) } else { Err(fail(exit_reason(code), Some(code), tail)) }
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(fail(exit_reason(code), Some(code), tail))
+        }
     }
 
     /// Runs a sandbox, streaming its output to the sink and the log; returns status and tail.
-    fn sandboxed<'p>(&self, spec: &Spec, layer: &'p str, log: &mut File, sink: Sink<'_, 'p>) -> Result<(i32, Vec<String>), ApplyError> {
+    fn sandboxed<'p>(
+        &self,
+        spec: &Spec,
+        layer: &'p str,
+        log: &mut File,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(i32, Vec<String>), ApplyError> {
         let io_err = |op: &str| {
             let op = op.to_owned();
             move |source| ApplyError::Io { op, source }
         };
         let (reader, writer) = io::pipe().map_err(io_err("create a pipe"))?;
-        let mut child = sandbox::spawn(&self.helper, spec, Stdio3::Pipe(writer)).map_err(io_err(&format!("start the sandbox helper {}", self.helper.display())))?;
+        let mut child =
+            sandbox::spawn(&self.helper, spec, Stdio3::Pipe(writer)).map_err(io_err(&format!(
+                "start the sandbox helper {}",
+                self.helper.display()
+            )))?;
         let mut tail = Vec::new();
         tools::for_each_line(reader, &mut |line| {
             let _ = writeln!(log, "{line}");
             tools::push_tail(&mut tail, line);
-            sink(Event::Output { layer, line: line.to_owned() });
+            sink(Event::Output {
+                layer,
+                line: line.to_owned(),
+            });
         });
         let status = child.wait().map_err(io_err("wait for the sandbox"))?;
-        let code = status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+        let code = status.code().unwrap_or_else(|| {
+            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+        });
         Ok((code, tail))
     }
 
-    fn make_base(&self, plan: &Plan, base: &Base, sync: SyncMode, dir: &Path, on_line: &mut dyn FnMut(&str)) -> Result<(), BaseError> {
+    fn make_base(
+        &self,
+        plan: &Plan,
+        base: &Base,
+        sync: SyncMode,
+        dir: &Path,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(), BaseError> {
         match base {
             Base::Scratch => Ok(()),
             Base::Tar { path, .. } => Tool::new("tar")?
@@ -435,24 +608,50 @@ impl Runtime {
                 .arg(path)
                 .arg("--directory")
                 .arg(dir)
-                .args(["--preserve-permissions", "--same-owner", "--numeric-owner", "--xattrs", "--xattrs-include=*"])
+                .args([
+                    "--preserve-permissions",
+                    "--same-owner",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                ])
                 .stream(on_line)
                 .map_err(BaseError::from),
-            Base::Debian { suite, variant, arch, components, include, mirror, exclude_docs } => {
+            Base::Debian {
+                suite,
+                variant,
+                arch,
+                components,
+                include,
+                mirror,
+                exclude_docs,
+            } => {
                 // The base's mirror, or the host's mirrors for its suite: mmdebstrap writes these into
                 // the root, and later `packages` steps use them from there.
                 let sources = match mirror {
                     Some(m) => aptsrc::sources_for_mirror(m, suite, components),
-                    None => aptsrc::sources_for(&aptsrc::host_entries(), suite, components).ok_or_else(|| BaseError::NoMirror { suite: suite.clone() })?,
+                    None => aptsrc::sources_for(&aptsrc::host_entries(), suite, components)
+                        .ok_or_else(|| BaseError::NoMirror {
+                            suite: suite.clone(),
+                        })?,
                 };
-                let sources_file = self.store.path().join("tmp").join(format!("sources-{}.list", layer_short(plan)));
-                fs::write(&sources_file, sources).map_err(|source| BaseError::Write { path: sources_file.clone(), source })?;
+                let sources_file = self
+                    .store
+                    .path()
+                    .join("tmp")
+                    .join(format!("sources-{}.list", layer_short(plan)));
+                fs::write(&sources_file, sources).map_err(|source| BaseError::Write {
+                    path: sources_file.clone(),
+                    source,
+                })?;
                 let mmdebstrap = tools::find("mmdebstrap")?;
                 // With sync suppression, mmdebstrap and everything it starts (dpkg in the new root
                 // included) run under the seccomp filter.
                 let mut t = match sync {
                     SyncMode::Off => Tool::at(mmdebstrap),
-                    _ => Tool::at(self.helper.clone()).arg(sandbox::NOSYNC_ARG).arg(mmdebstrap),
+                    _ => Tool::at(self.helper.clone())
+                        .arg(sandbox::NOSYNC_ARG)
+                        .arg(mmdebstrap),
                 };
                 t = t
                     .arg(format!("--variant={variant}"))
@@ -514,7 +713,11 @@ impl Runtime {
     fn adopt_apt_lists(&self, plan: &Plan, dir: &Path) {
         let lists = dir.join("var/lib/apt/lists");
         let key = lists_key(plan);
-        let sum = Tool::new("sh").and_then(|t| t.args(["-c", &format!("cd \"$0\" && {SOURCES_SUM}")]).arg(dir).output());
+        let sum = Tool::new("sh").and_then(|t| {
+            t.args(["-c", &format!("cd \"$0\" && {SOURCES_SUM}")])
+                .arg(dir)
+                .output()
+        });
         if let (Ok(cache), Ok(sum)) = (self.store.cache_dir(&format!("apt-lists/{key}")), sum)
             && let Ok(_lock) = self.store.lock_cache(&format!("lists-{key}"))
         {
@@ -545,7 +748,9 @@ fn lists_key(plan: &Plan) -> String {
 
 /// The first 16 hex digits of a plan's base layer id.
 fn layer_short(plan: &Plan) -> String {
-    plan.layers.first().map_or_else(|| "none".to_owned(), |l| l.id.short(16))
+    plan.layers
+        .first()
+        .map_or_else(|| "none".to_owned(), |l| l.id.short(16))
 }
 
 /// Prints a checksum of the apt sources of the root in the current directory. Run in a build step
@@ -601,7 +806,13 @@ mod tests {
     fn apt_script_installs_with_the_roots_own_sources() {
         let script = apt_script(&["hello".into(), "gcc=4".into()]);
         assert!(script.contains("install -y -- 'hello' 'gcc=4'"), "{script}");
-        assert!(!script.contains("SourceList"), "the root's own sources are used: {script}");
-        assert!(script.contains(SOURCES_SUM), "lists are reused only for the same sources: {script}");
+        assert!(
+            !script.contains("SourceList"),
+            "the root's own sources are used: {script}"
+        );
+        assert!(
+            script.contains(SOURCES_SUM),
+            "lists are reused only for the same sources: {script}"
+        );
     }
 }

@@ -20,11 +20,18 @@ pub fn parse_one_line(text: &str) -> Vec<Entry> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else { continue };
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
+            continue;
+        };
         let mut rest = rest.trim_start();
         let mut signed_by = None;
         if let Some(opts) = rest.strip_prefix('[') {
-            let Some((opts, after)) = opts.split_once(']') else { continue };
+            let Some((opts, after)) = opts.split_once(']') else {
+                continue;
+            };
             for o in opts.split_whitespace() {
                 if let Some(v) = o.strip_prefix("signed-by=") {
                     signed_by = Some(v.to_owned());
@@ -33,8 +40,14 @@ pub fn parse_one_line(text: &str) -> Vec<Entry> {
             rest = after.trim_start();
         }
         let mut words = rest.split_whitespace();
-        let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
-        out.push(Entry { uris: vec![uri.to_owned()], suites: vec![suite.to_owned()], signed_by });
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        out.push(Entry {
+            uris: vec![uri.to_owned()],
+            suites: vec![suite.to_owned()],
+            signed_by,
+        });
     }
     out
 }
@@ -64,13 +77,23 @@ pub fn parse_deb822(text: &str) -> Vec<Entry> {
         if !get("types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb")) {
             continue;
         }
-        let words = |k: &str| get(k).map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default();
+        let words = |k: &str| {
+            get(k)
+                .map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
         let (uris, suites) = (words("uris"), words("suites"));
         if uris.is_empty() || suites.is_empty() {
             continue;
         }
-        let signed_by = get("signed-by").filter(|v| v.starts_with('/')).map(|v| v.split_whitespace().next().unwrap_or(v).to_owned());
-        out.push(Entry { uris, suites, signed_by });
+        let signed_by = get("signed-by")
+            .filter(|v| v.starts_with('/'))
+            .map(|v| v.split_whitespace().next().unwrap_or(v).to_owned());
+        out.push(Entry {
+            uris,
+            suites,
+            signed_by,
+        });
     }
     out
 }
@@ -88,14 +111,32 @@ const POCKETS: &[&str] = &["", "-updates", "-security"];
 fn pocket_of(suite: &str) -> Option<&'static str> {
     let base = suite.split(['-', '/']).next()?;
     let rest = &suite[base.len()..];
-    let rest = if rest == "/updates" { "-security" } else { rest };
+    let rest = if rest == "/updates" {
+        "-security"
+    } else {
+        rest
+    };
     POCKETS.iter().copied().find(|p| *p == rest)
 }
 
 /// One-line sources for `suite` and `components`, using the host's Debian mirrors. Only entries
 /// whose suites look like Debian suites (`NAME`, `NAME-updates`, `NAME-security`) are used.
 pub fn sources_for(entries: &[Entry], suite: &str, components: &[String]) -> Option<String> {
-    let known = ["oldoldstable", "oldstable", "stable", "testing", "unstable", "sid", "experimental", "buster", "bullseye", "bookworm", "trixie", "forky", "duke"];
+    let known = [
+        "oldoldstable",
+        "oldstable",
+        "stable",
+        "testing",
+        "unstable",
+        "sid",
+        "experimental",
+        "buster",
+        "bullseye",
+        "bookworm",
+        "trixie",
+        "forky",
+        "duke",
+    ];
     let mut lines: Vec<String> = Vec::new();
     for e in entries {
         for s in &e.suites {
@@ -110,7 +151,11 @@ pub fn sources_for(entries: &[Entry], suite: &str, components: &[String]) -> Opt
                 }
             }
             for uri in &e.uris {
-                let opts = e.signed_by.as_ref().map(|k| format!("[signed-by={k}] ")).unwrap_or_default();
+                let opts = e
+                    .signed_by
+                    .as_ref()
+                    .map(|k| format!("[signed-by={k}] "))
+                    .unwrap_or_default();
                 let line = format!("deb {opts}{uri} {suite}{pocket} {}", components.join(" "));
                 if !lines.contains(&line) {
                     lines.push(line);
@@ -118,7 +163,11 @@ pub fn sources_for(entries: &[Entry], suite: &str, components: &[String]) -> Opt
             }
         }
     }
-    if lines.is_empty() { None } else { Some(lines.join("\n") + "\n") }
+    if lines.is_empty() {
+        None
+    } else {
+        Some(lines.join("\n") + "\n")
+    }
 }
 
 /// Sources for a base with an explicit mirror.
@@ -133,10 +182,17 @@ pub fn entries_in(etc_apt: &Path) -> Vec<Entry> {
     if let Ok(t) = fs::read_to_string(etc_apt.join("sources.list")) {
         out.extend(parse_one_line(&t));
     }
-    let mut files: Vec<_> = fs::read_dir(etc_apt.join("sources.list.d")).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = fs::read_dir(etc_apt.join("sources.list.d"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     for p in files {
-        let Ok(t) = fs::read_to_string(&p) else { continue };
+        let Ok(t) = fs::read_to_string(&p) else {
+            continue;
+        };
         match p.extension().and_then(|e| e.to_str()) {
             Some("list") => out.extend(parse_one_line(&t)),
             Some("sources") => out.extend(parse_deb822(&t)),

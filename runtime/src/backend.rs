@@ -86,7 +86,11 @@ pub enum BackendError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
-    move |source| BackendError::Io { op, path: path.to_owned(), source }
+    move |source| BackendError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A layer being built.
@@ -119,7 +123,9 @@ pub struct Layout {
 impl Layout {
     /// The layout of the store at `root`.
     pub fn new(root: &Path) -> Layout {
-        Layout { root: root.to_owned() }
+        Layout {
+            root: root.to_owned(),
+        }
     }
 
     /// A sealed layer.
@@ -193,12 +199,20 @@ pub fn detect(root: &Path) -> BackendKind {
 /// Opens the backend of the store at `root`.
 pub fn new(kind: BackendKind, root: &Path) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
-        BackendKind::Overlay => Ok(Box::new(Overlay { layout: Layout::new(root) })),
+        BackendKind::Overlay => Ok(Box::new(Overlay {
+            layout: Layout::new(root),
+        })),
         BackendKind::Btrfs => {
             if sys::fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
-                return Err(BackendError::Unsupported { backend: kind, path: root.to_owned(), reason: "the store is not on a btrfs filesystem".into() });
+                return Err(BackendError::Unsupported {
+                    backend: kind,
+                    path: root.to_owned(),
+                    reason: "the store is not on a btrfs filesystem".into(),
+                });
             }
-            Ok(Box::new(Btrfs { layout: Layout::new(root) }))
+            Ok(Box::new(Btrfs {
+                layout: Layout::new(root),
+            }))
         }
     }
 }
@@ -218,7 +232,11 @@ fn remove_dir_if_exists(path: &Path) -> Result<(), BackendError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BackendError::Io { op: "remove", path: path.to_owned(), source: e }),
+        Err(e) => Err(BackendError::Io {
+            op: "remove",
+            path: path.to_owned(),
+            source: e,
+        }),
     }
 }
 
@@ -242,7 +260,11 @@ fn delete_in_background(path: &Path) -> Result<(), BackendError> {
 /// Removes what interrupted deletions left in `tmp/` (never live throwaway roots).
 pub fn sweep_tmp(store: &Path) -> usize {
     let mut n = 0;
-    for e in fs::read_dir(store.join("tmp")).into_iter().flatten().flatten() {
+    for e in fs::read_dir(store.join("tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("discard-") || name.starts_with("removed-") {
             if fs::remove_dir_all(e.path()).is_ok() {
@@ -256,7 +278,9 @@ pub fn sweep_tmp(store: &Path) -> usize {
 /// Bytes used by a tree (allocated blocks; hard links counted once per walk).
 pub fn disk_usage(path: &Path) -> u64 {
     fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
-        let Ok(m) = fs::symlink_metadata(p) else { return 0 };
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return 0;
+        };
         if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
             return 0;
         }
@@ -280,20 +304,35 @@ fn sync_dir(path: &Path) -> Result<(), BackendError> {
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Whether `path` is a mount point in this mount namespace.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 fn unmount(path: &Path) -> Result<(), BackendError> {
     while is_mounted(path) {
-        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| BackendError::Io { op: "unmount", path: path.to_owned(), source: e.into() })?;
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            BackendError::Io {
+                op: "unmount",
+                path: path.to_owned(),
+                source: e.into(),
+            }
+        })?;
     }
     Ok(())
 }
@@ -331,12 +370,24 @@ impl Backend for Overlay {
         let upper = st.join("upper");
         if chain.is_empty() {
             Self::mkdirs(&[&upper])?;
-            return Ok(Build { id, source: RootSource::Dir, mountpoint: upper });
+            return Ok(Build {
+                id,
+                source: RootSource::Dir,
+                mountpoint: upper,
+            });
         }
         let work = st.join("work");
         let mnt = st.join("mnt");
         Self::mkdirs(&[&upper, &work, &mnt])?;
-        Ok(Build { id, source: RootSource::Overlay { lowers: self.lowers(chain), upper, work }, mountpoint: mnt })
+        Ok(Build {
+            id,
+            source: RootSource::Overlay {
+                lowers: self.lowers(chain),
+                upper,
+                work,
+            },
+            mountpoint: mnt,
+        })
     }
 
     fn seal(&self, build: Build) -> Result<u64, BackendError> {
@@ -367,7 +418,11 @@ impl Backend for Overlay {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackendError::Io { op: "remove layer", path, source: e }),
+            Err(e) => Err(BackendError::Io {
+                op: "remove layer",
+                path,
+                source: e,
+            }),
         }
     }
 
@@ -380,13 +435,22 @@ impl Backend for Overlay {
         let dir = self.layout.root_dir(name);
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         Self::mkdirs(&[&upper, &work, &mnt])?;
-        let fs_ctx = sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
+        let fs_ctx =
+            sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
         for l in self.lowers(chain) {
-            fs_ctx.set_string("lowerdir+", l.as_os_str()).map_err(io_err("add lower layer", &l))?;
+            fs_ctx
+                .set_string("lowerdir+", l.as_os_str())
+                .map_err(io_err("add lower layer", &l))?;
         }
-        fs_ctx.set_string("upperdir", upper.as_os_str()).map_err(io_err("set upper dir", &upper))?;
-        fs_ctx.set_string("workdir", work.as_os_str()).map_err(io_err("set work dir", &work))?;
-        fs_ctx.mount_at(&mnt).map_err(io_err("mount working root at", &mnt))?;
+        fs_ctx
+            .set_string("upperdir", upper.as_os_str())
+            .map_err(io_err("set upper dir", &upper))?;
+        fs_ctx
+            .set_string("workdir", work.as_os_str())
+            .map_err(io_err("set work dir", &work))?;
+        fs_ctx
+            .mount_at(&mnt)
+            .map_err(io_err("mount working root at", &mnt))?;
         Ok(mnt)
     }
 
@@ -411,7 +475,15 @@ impl Backend for Overlay {
         let dir = self.layout.tmp("run");
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("mnt"));
         Self::mkdirs(&[&upper, &work, &mnt])?;
-        Ok(Scratch { source: RootSource::Overlay { lowers: self.lowers(chain), upper, work }, mountpoint: mnt, dir })
+        Ok(Scratch {
+            source: RootSource::Overlay {
+                lowers: self.lowers(chain),
+                upper,
+                work,
+            },
+            mountpoint: mnt,
+            dir,
+        })
     }
 
     fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
@@ -471,7 +543,11 @@ impl Backend for Btrfs {
             }
             Some(parent) => Self::snapshot(&self.layout.layer(parent), &st, false)?,
         }
-        Ok(Build { id, source: RootSource::Dir, mountpoint: st })
+        Ok(Build {
+            id,
+            source: RootSource::Dir,
+            mountpoint: st,
+        })
     }
 
     fn seal(&self, build: Build) -> Result<u64, BackendError> {
@@ -526,7 +602,11 @@ impl Backend for Btrfs {
         let dir = self.layout.tmp("run");
         let top = chain.last().expect("a root has at least a base");
         Self::snapshot(&self.layout.layer(top), &dir, false)?;
-        Ok(Scratch { source: RootSource::Dir, mountpoint: dir.clone(), dir })
+        Ok(Scratch {
+            source: RootSource::Dir,
+            mountpoint: dir.clone(),
+            dir,
+        })
     }
 
     fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
@@ -536,5 +616,3 @@ impl Backend for Btrfs {
 
 #[allow(dead_code)]
 fn _assert_object_safe(_: &dyn Backend) {}
-
-

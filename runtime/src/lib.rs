@@ -8,14 +8,14 @@
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod apply;
+pub mod aptsrc;
+pub mod backend;
 pub mod sandbox;
+pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tools;
-pub mod backend;
-pub mod store;
-pub mod apply;
-pub mod aptsrc;
 
 pub use apply::{Applied, ApplyError, Event, Runtime};
 pub use backend::BackendKind;

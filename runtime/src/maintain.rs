@@ -42,17 +42,35 @@ pub fn diff(stored: &Value, wanted: &Value, path: &str, out: &mut Vec<FieldDiff>
         (Value::Object(a), Value::Object(b)) => {
             let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                diff(a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), &p, out);
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                diff(
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    &p,
+                    out,
+                );
             }
         }
         (Value::Array(a), Value::Array(b)) => {
             for i in 0..a.len().max(b.len()) {
-                diff(a.get(i).unwrap_or(&Value::Null), b.get(i).unwrap_or(&Value::Null), &format!("{path}[{i}]"), out);
+                diff(
+                    a.get(i).unwrap_or(&Value::Null),
+                    b.get(i).unwrap_or(&Value::Null),
+                    &format!("{path}[{i}]"),
+                    out,
+                );
             }
         }
         (a, b) if a == b => {}
-        (a, b) => out.push(FieldDiff { path: path.to_owned(), stored: a.clone(), wanted: b.clone() }),
+        (a, b) => out.push(FieldDiff {
+            path: path.to_owned(),
+            stored: a.clone(),
+            wanted: b.clone(),
+        }),
     }
 }
 
@@ -65,12 +83,22 @@ pub fn why(store: &Store, plan: &Plan) -> Result<Vec<LayerWhy>, StoreError> {
     for layer in &plan.layers {
         let cached = store.is_sealed(&layer.id);
         if cached {
-            out.push(LayerWhy { name: layer.name.clone(), id: layer.id, cached, because_of: None, nearest: None, differs: vec![] });
+            out.push(LayerWhy {
+                name: layer.name.clone(),
+                id: layer.id,
+                cached,
+                because_of: None,
+                nearest: None,
+                differs: vec![],
+            });
             continue;
         }
         let wanted = layer.key().to_json();
         let mut best: Option<(usize, &Meta, Vec<FieldDiff>)> = None;
-        for m in metas.iter().filter(|m| m.name == layer.name || m.parent == layer.parent) {
+        for m in metas
+            .iter()
+            .filter(|m| m.name == layer.name || m.parent == layer.parent)
+        {
             let mut d = Vec::new();
             diff(&m.key, &wanted, "", &mut d);
             let score = d.len() + usize::from(m.name != layer.name) * 1000;
@@ -82,7 +110,9 @@ pub fn why(store: &Store, plan: &Plan) -> Result<Vec<LayerWhy>, StoreError> {
                 best = Some((score, m, d));
             }
         }
-        let because_of = first_miss.clone().filter(|_| layer.parent.is_some_and(|p| !store.is_sealed(&p)));
+        let because_of = first_miss
+            .clone()
+            .filter(|_| layer.parent.is_some_and(|p| !store.is_sealed(&p)));
         if first_miss.is_none() {
             first_miss = Some(layer.name.clone());
         }
@@ -90,7 +120,14 @@ pub fn why(store: &Store, plan: &Plan) -> Result<Vec<LayerWhy>, StoreError> {
             Some((_, m, d)) => (Some(m.clone()), d),
             None => (None, vec![]),
         };
-        out.push(LayerWhy { name: layer.name.clone(), id: layer.id, cached, because_of, nearest, differs });
+        out.push(LayerWhy {
+            name: layer.name.clone(),
+            id: layer.id,
+            cached,
+            because_of,
+            nearest,
+            differs,
+        });
     }
     Ok(out)
 }
@@ -134,17 +171,26 @@ pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
     }
     let by_id: BTreeMap<LayerId, &Meta> = metas.iter().map(|m| (m.id, m)).collect();
     let mut total: u64 = metas.iter().map(|m| m.size).sum();
-    let mut report = GcReport { in_use: metas.iter().filter(|m| in_use.contains(&m.id)).count(), ..GcReport::default() };
+    let mut report = GcReport {
+        in_use: metas.iter().filter(|m| in_use.contains(&m.id)).count(),
+        ..GcReport::default()
+    };
     let mut removed: BTreeSet<LayerId> = BTreeSet::new();
     // Candidates, least recently used first.
     let mut candidates: Vec<&Meta> = metas.iter().filter(|m| !in_use.contains(&m.id)).collect();
     candidates.sort_by_key(|m| (m.last_used, m.created));
-    let old_enough = |m: &Meta| policy.older_than.is_some_and(|age| now.saturating_sub(m.last_used) >= age);
+    let old_enough = |m: &Meta| {
+        policy
+            .older_than
+            .is_some_and(|age| now.saturating_sub(m.last_used) >= age)
+    };
     loop {
         let over_budget = policy.keep_bytes.is_some_and(|k| total > k);
         // The least recently used removable leaf that the policy wants gone.
         let pick = candidates.iter().position(|m| {
-            !removed.contains(&m.id) && children.get(&m.id).copied().unwrap_or(0) == 0 && (old_enough(m) || over_budget)
+            !removed.contains(&m.id)
+                && children.get(&m.id).copied().unwrap_or(0) == 0
+                && (old_enough(m) || over_budget)
         });
         let Some(i) = pick else { break };
         let m = candidates[i];

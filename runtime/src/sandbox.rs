@@ -148,7 +148,9 @@ pub const NOSYNC_ARG: &str = "__envc-nosync";
 /// Entry point of `envc __envc-nosync PROGRAM ARGS...`: installs the seccomp filter and executes
 /// the program (an absolute path). Returns only on failure.
 pub fn nosync_main(args: &[OsString]) -> i32 {
-    let Some(program) = args.first() else { return fail("missing program") };
+    let Some(program) = args.first() else {
+        return fail("missing program");
+    };
     if let Err(e) = sys::suppress_sync_with_seccomp() {
         return fail(&format!("install the sync-suppressing seccomp filter: {e}"));
     }
@@ -174,18 +176,30 @@ fn fail(msg: &str) -> i32 {
     SETUP_FAILED
 }
 
-fn ctx<T, E: std::fmt::Display>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, String> {
+fn ctx<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, String> {
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
 fn helper(spec: &Spec) -> Result<i32, String> {
-    ctx(nix::sys::prctl::set_pdeathsig(Signal::SIGKILL), || "set parent-death signal".into())?;
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    ctx(nix::sys::prctl::set_pdeathsig(Signal::SIGKILL), || {
+        "set parent-death signal".into()
+    })?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
     if !spec.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    ctx(unshare(flags), || "unshare namespaces (envc needs root)".into())?;
-    match ctx(sys::fork_single_threaded(), || "fork the sandbox init".into())? {
+    ctx(unshare(flags), || {
+        "unshare namespaces (envc needs root)".into()
+    })?;
+    match ctx(sys::fork_single_threaded(), || {
+        "fork the sandbox init".into()
+    })? {
         ForkResult::Child => {
             let code = match init(spec) {
                 Ok(code) => code,
@@ -211,21 +225,59 @@ fn wait_for(child: Pid) -> i32 {
 
 /// PID 1 of the sandbox: mounts, runs the action, cleans up.
 fn init(spec: &Spec) -> Result<i32, String> {
-    ctx(nix::sys::prctl::set_pdeathsig(Signal::SIGKILL), || "set parent-death signal".into())?;
-    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || "make mounts private".into())?;
+    ctx(nix::sys::prctl::set_pdeathsig(Signal::SIGKILL), || {
+        "set parent-death signal".into()
+    })?;
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "make mounts private".into(),
+    )?;
     let mp = &spec.mountpoint;
     match &spec.source {
-        RootSource::Overlay { lowers, upper, work } => {
-            let fs = ctx(sys::FsContext::open("overlay"), || "open an overlay filesystem context".into())?;
+        RootSource::Overlay {
+            lowers,
+            upper,
+            work,
+        } => {
+            let fs = ctx(sys::FsContext::open("overlay"), || {
+                "open an overlay filesystem context".into()
+            })?;
             for l in lowers {
-                ctx(fs.set_string("lowerdir+", l.as_os_str()), || format!("add overlay lower layer {}", l.display()))?;
+                ctx(fs.set_string("lowerdir+", l.as_os_str()), || {
+                    format!("add overlay lower layer {}", l.display())
+                })?;
             }
-            ctx(fs.set_string("upperdir", upper.as_os_str()), || format!("set overlay upper {}", upper.display()))?;
-            ctx(fs.set_string("workdir", work.as_os_str()), || format!("set overlay work dir {}", work.display()))?;
-            ctx(fs.mount_at(mp), || format!("mount overlay of {} layers at {}", lowers.len() + 1, mp.display()))?;
+            ctx(fs.set_string("upperdir", upper.as_os_str()), || {
+                format!("set overlay upper {}", upper.display())
+            })?;
+            ctx(fs.set_string("workdir", work.as_os_str()), || {
+                format!("set overlay work dir {}", work.display())
+            })?;
+            ctx(fs.mount_at(mp), || {
+                format!(
+                    "mount overlay of {} layers at {}",
+                    lowers.len() + 1,
+                    mp.display()
+                )
+            })?;
         }
         RootSource::Dir => {
-            ctx(mount(Some(mp), mp, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || format!("bind-mount root {}", mp.display()))?;
+            ctx(
+                mount(
+                    Some(mp),
+                    mp,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
+                || format!("bind-mount root {}", mp.display()),
+            )?;
         }
     }
     if !spec.network {
@@ -233,16 +285,32 @@ fn init(spec: &Spec) -> Result<i32, String> {
     }
     let root = ctx(open_dir(mp), || format!("open root {}", mp.display()))?;
     match &spec.action {
-        Action::Copy { source, dest, mode, owner } => {
+        Action::Copy {
+            source,
+            dest,
+            mode,
+            owner,
+        } => {
             let owner = match owner {
-                Some(o) => Some(ctx(resolve_owner(&root, o), || format!("resolve owner `{o}` in the root"))?),
+                Some(o) => Some(ctx(resolve_owner(&root, o), || {
+                    format!("resolve owner `{o}` in the root")
+                })?),
                 None => None,
             };
-            ctx(copy_into_root(&root, source, dest, *mode, owner), || format!("copy {} to {dest}", source.display()))?;
+            ctx(copy_into_root(&root, source, dest, *mode, owner), || {
+                format!("copy {} to {dest}", source.display())
+            })?;
             ctx(sys::syncfs(root.as_fd()), || "sync".into()).ok();
             Ok(0)
         }
-        Action::Exec { argv, env, cwd, user, deny_services, sync } => {
+        Action::Exec {
+            argv,
+            env,
+            cwd,
+            user,
+            deny_services,
+            sync,
+        } => {
             setup_mounts(&root, spec)?;
             let mut env = env.clone();
             if *sync == envc_plan::SyncMode::Shim {
@@ -250,7 +318,9 @@ fn init(spec: &Spec) -> Result<i32, String> {
             }
             let mut cleanups = Vec::new();
             if spec.network {
-                if let Some(c) = ctx(bind_resolv_conf(&root), || "provide /etc/resolv.conf".into())? {
+                if let Some(c) = ctx(bind_resolv_conf(&root), || {
+                    "provide /etc/resolv.conf".into()
+                })? {
                     cleanups.push(c);
                 }
             }
@@ -260,16 +330,32 @@ fn init(spec: &Spec) -> Result<i32, String> {
                 }
             }
             for (name, content) in &spec.tmp_files {
-                let tmp = ctx(open_in_root(&root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY), || "open /tmp".into())?;
+                let tmp = ctx(
+                    open_in_root(&root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+                    || "open /tmp".into(),
+                )?;
                 if let Some(dir) = name.strip_suffix('/') {
-                    ctx(mkdirat(&tmp, dir, Mode::from_bits_truncate(0o755)), || format!("create /tmp/{dir}"))?;
+                    ctx(mkdirat(&tmp, dir, Mode::from_bits_truncate(0o755)), || {
+                        format!("create /tmp/{dir}")
+                    })?;
                     continue;
                 }
                 let fd = ctx(
-                    nix::fcntl::openat(&tmp, name.as_str(), OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644)),
+                    nix::fcntl::openat(
+                        &tmp,
+                        name.as_str(),
+                        OFlag::O_CREAT
+                            | OFlag::O_WRONLY
+                            | OFlag::O_TRUNC
+                            | OFlag::O_NOFOLLOW
+                            | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o644),
+                    ),
                     || format!("create /tmp/{name}"),
                 )?;
-                ctx(fs::File::from(fd).write_all(content.as_bytes()), || format!("write /tmp/{name}"))?;
+                ctx(fs::File::from(fd).write_all(content.as_bytes()), || {
+                    format!("write /tmp/{name}")
+                })?;
             }
             let _ = nix::unistd::sethostname("envc");
             pivot(mp)?;
@@ -283,7 +369,11 @@ fn init(spec: &Spec) -> Result<i32, String> {
 }
 
 fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
-    nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+    nix::fcntl::open(
+        path,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Opens `rel` (relative to the root, no leading `/`) resolving every component inside the root.
@@ -306,7 +396,10 @@ pub fn mkdir_in_root(root: &OwnedFd, rel: &str, mode: u32) -> nix::Result<OwnedF
             other => return other,
         }
         // Find the longest prefix that exists; the next component is missing or a dangling link.
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
         let mut parent = open_in_root(root, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY)?;
         let mut i = 0;
         while i < parts.len() {
@@ -326,8 +419,17 @@ pub fn mkdir_in_root(root: &OwnedFd, rel: &str, mode: u32) -> nix::Result<OwnedF
                 // A dangling symlink: continue from its target, inside the root.
                 let target = target.to_string_lossy().into_owned();
                 let rest = parts[i + 1..].join("/");
-                let base = if target.starts_with('/') { String::new() } else { parts[..i].join("/") };
-                path = [base.as_str(), target.trim_start_matches('/'), rest.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/");
+                let base = if target.starts_with('/') {
+                    String::new()
+                } else {
+                    parts[..i].join("/")
+                };
+                path = [base.as_str(), target.trim_start_matches('/'), rest.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("/");
                 continue;
             }
             Err(nix::errno::Errno::ENOENT) => {}
@@ -344,37 +446,140 @@ pub fn mkdir_in_root(root: &OwnedFd, rel: &str, mode: u32) -> nix::Result<OwnedF
 
 /// Mounts onto a directory inside the root, named through `/proc/self/fd` so that the target is
 /// exactly the directory resolved inside the root.
-fn mount_on(root: &OwnedFd, target: &str, source: Option<&Path>, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
-    let dir = ctx(mkdir_in_root(root, target, 0o755), || format!("create mount point /{target}"))?;
+fn mount_on(
+    root: &OwnedFd,
+    target: &str,
+    source: Option<&Path>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let dir = ctx(mkdir_in_root(root, target, 0o755), || {
+        format!("create mount point /{target}")
+    })?;
     let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    ctx(mount(source, path.as_str(), fstype, flags, data), || format!("mount {} on /{target}", fstype.unwrap_or("bind")))
+    ctx(mount(source, path.as_str(), fstype, flags, data), || {
+        format!("mount {} on /{target}", fstype.unwrap_or("bind"))
+    })
 }
 
 fn setup_mounts(root: &OwnedFd, spec: &Spec) -> Result<(), String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_on(root, "proc", Some(Path::new("proc")), Some("proc"), nodev, None)?;
-    mount_on(root, "sys", Some(Path::new("sysfs")), Some("sysfs"), nodev | MsFlags::MS_RDONLY, None)?;
-    mount_on(root, "tmp", Some(Path::new("tmpfs")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
-    mount_on(root, "dev", Some(Path::new("tmpfs")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0755"))?;
-    let dev = ctx(open_in_root(root, "dev", OFlag::O_DIRECTORY | OFlag::O_RDONLY), || "open /dev".into())?;
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-        ctx(mknodat(&dev, name, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor)), || format!("create /dev/{name}"))?;
-        let fd = ctx(nix::fcntl::openat(&dev, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()), || format!("open /dev/{name}"))?;
-        let _ = fs::set_permissions(format!("/proc/self/fd/{}", fd.as_raw_fd()), fs::Permissions::from_mode(0o666));
+    mount_on(
+        root,
+        "proc",
+        Some(Path::new("proc")),
+        Some("proc"),
+        nodev,
+        None,
+    )?;
+    mount_on(
+        root,
+        "sys",
+        Some(Path::new("sysfs")),
+        Some("sysfs"),
+        nodev | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    mount_on(
+        root,
+        "tmp",
+        Some(Path::new("tmpfs")),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_on(
+        root,
+        "dev",
+        Some(Path::new("tmpfs")),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )?;
+    let dev = ctx(
+        open_in_root(root, "dev", OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+        || "open /dev".into(),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        ctx(
+            mknodat(
+                &dev,
+                name,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            ),
+            || format!("create /dev/{name}"),
+        )?;
+        let fd = ctx(
+            nix::fcntl::openat(
+                &dev,
+                name,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ),
+            || format!("open /dev/{name}"),
+        )?;
+        let _ = fs::set_permissions(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            fs::Permissions::from_mode(0o666),
+        );
     }
-    for (target, link) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-        ctx(symlinkat(link, &dev, target), || format!("create /dev/{target}"))?;
+    for (target, link) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlinkat(link, &dev, target), || {
+            format!("create /dev/{target}")
+        })?;
     }
-    mount_on(root, "dev/pts", Some(Path::new("devpts")), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
-    mount_on(root, "dev/shm", Some(Path::new("tmpfs")), Some("tmpfs"), nodev, Some("mode=1777"))?;
+    mount_on(
+        root,
+        "dev/pts",
+        Some(Path::new("devpts")),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mount_on(
+        root,
+        "dev/shm",
+        Some(Path::new("tmpfs")),
+        Some("tmpfs"),
+        nodev,
+        Some("mode=1777"),
+    )?;
     for b in &spec.binds {
         let mut flags = MsFlags::MS_BIND | MsFlags::MS_REC;
         mount_on(root, &b.target, Some(&b.host), None, flags, None)?;
         if b.readonly {
             flags |= MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            let dir = ctx(open_in_root(root, &b.target, OFlag::O_DIRECTORY | OFlag::O_RDONLY), || format!("open {}", b.target))?;
+            let dir = ctx(
+                open_in_root(root, &b.target, OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+                || format!("open {}", b.target),
+            )?;
             let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
-            ctx(mount(None::<&str>, path.as_str(), None::<&str>, flags, None::<&str>), || format!("make {} read-only", b.target))?;
+            ctx(
+                mount(
+                    None::<&str>,
+                    path.as_str(),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                ),
+                || format!("make {} read-only", b.target),
+            )?;
         }
     }
     Ok(())
@@ -405,19 +610,42 @@ fn bind_resolv_conf(root: &OwnedFd) -> nix::Result<Option<Cleanup>> {
         return Ok(None);
     }
     let etc = mkdir_in_root(root, "etc", 0o755)?;
-    let created = match nix::sys::stat::fstatat(&etc, "resolv.conf", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+    let created = match nix::sys::stat::fstatat(
+        &etc,
+        "resolv.conf",
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
         Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => false,
         Ok(_) => return Ok(None),
         Err(nix::errno::Errno::ENOENT) => {
-            nix::fcntl::openat(&etc, "resolv.conf", OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644))?;
+            nix::fcntl::openat(
+                &etc,
+                "resolv.conf",
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )?;
             true
         }
         Err(e) => return Err(e),
     };
-    let fd = nix::fcntl::openat(&etc, "resolv.conf", OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let fd = nix::fcntl::openat(
+        &etc,
+        "resolv.conf",
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    mount(Some(host), path.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-    Ok(Some(Cleanup { unmount: Some("/etc/resolv.conf"), remove: created.then_some("/etc/resolv.conf") }))
+    mount(
+        Some(host),
+        path.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    Ok(Some(Cleanup {
+        unmount: Some("/etc/resolv.conf"),
+        remove: created.then_some("/etc/resolv.conf"),
+    }))
 }
 
 /// Installs a `policy-rc.d` that forbids starting services, unless the root already has one.
@@ -425,21 +653,34 @@ fn deny_services_file(root: &OwnedFd) -> nix::Result<Option<Cleanup>> {
     let Ok(sbin) = open_in_root(root, "usr/sbin", OFlag::O_DIRECTORY | OFlag::O_RDONLY) else {
         return Ok(None);
     };
-    let fd = match nix::fcntl::openat(&sbin, "policy-rc.d", OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o755)) {
+    let fd = match nix::fcntl::openat(
+        &sbin,
+        "policy-rc.d",
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o755),
+    ) {
         Ok(fd) => fd,
         Err(nix::errno::Errno::EEXIST) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut f = fs::File::from(fd);
-    let _ = f.write_all(b"#!/bin/sh\n# installed by envc for the duration of a build step\nexit 101\n");
+    let _ =
+        f.write_all(b"#!/bin/sh\n# installed by envc for the duration of a build step\nexit 101\n");
     let _ = fchmod(&f, Mode::from_bits_truncate(0o755));
-    Ok(Some(Cleanup { unmount: None, remove: Some("/usr/sbin/policy-rc.d") }))
+    Ok(Some(Cleanup {
+        unmount: None,
+        remove: Some("/usr/sbin/policy-rc.d"),
+    }))
 }
 
 fn pivot(mp: &Path) -> Result<(), String> {
     ctx(nix::unistd::chdir(mp), || format!("enter {}", mp.display()))?;
-    ctx(nix::unistd::pivot_root(".", "."), || "pivot_root into the root".into())?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || "detach the host's root".into())?;
+    ctx(nix::unistd::pivot_root(".", "."), || {
+        "pivot_root into the root".into()
+    })?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach the host's root".into()
+    })?;
     ctx(nix::unistd::chdir("/"), || "enter /".into())?;
     Ok(())
 }
@@ -462,10 +703,20 @@ fn read_db(path: &str) -> Vec<Vec<String>> {
 
 /// Looks a user up in `passwd` rows.
 fn lookup_user(passwd: &[Vec<String>], name: &str) -> Option<User> {
-    let row = passwd.iter().find(|r| r.len() >= 6 && (r[0] == name || r[2] == name));
+    let row = passwd
+        .iter()
+        .find(|r| r.len() >= 6 && (r[0] == name || r[2] == name));
     match row {
-        Some(r) => Some(User { uid: r[2].parse().ok()?, gid: r[3].parse().ok()?, home: Some(r[5].clone()) }),
-        None => name.parse().ok().map(|uid| User { uid, gid: uid, home: None }),
+        Some(r) => Some(User {
+            uid: r[2].parse().ok()?,
+            gid: r[3].parse().ok()?,
+            home: Some(r[5].clone()),
+        }),
+        None => name.parse().ok().map(|uid| User {
+            uid,
+            gid: uid,
+            home: None,
+        }),
     }
 }
 
@@ -482,10 +733,18 @@ const SHIM_DIR: &str = "/tmp/.envc-nosync";
 
 /// Installs the sync-suppressing preload library into the step's `/tmp` and adds it to
 /// LD_PRELOAD.
-fn install_shim(root: &OwnedFd, mut env: Vec<(String, String)>) -> Result<Vec<(String, String)>, String> {
-    let tmp = ctx(open_in_root(root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY), || "open /tmp".into())?;
+fn install_shim(
+    root: &OwnedFd,
+    mut env: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, String> {
+    let tmp = ctx(
+        open_in_root(root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+        || "open /tmp".into(),
+    )?;
     let host_dir = PathBuf::from(format!("/proc/self/fd/{}/.envc-nosync", tmp.as_raw_fd()));
-    ctx(envc_shim::install(&host_dir), || "install the preload shim".into())?;
+    ctx(envc_shim::install(&host_dir), || {
+        "install the preload shim".into()
+    })?;
     let preload = envc_shim::preload(Path::new(SHIM_DIR));
     match env.iter_mut().find(|(k, _)| k == "LD_PRELOAD") {
         Some((_, v)) if !v.is_empty() => *v = format!("{preload}:{v}"),
@@ -495,9 +754,18 @@ fn install_shim(root: &OwnedFd, mut env: Vec<(String, String)>) -> Result<Vec<(S
     Ok(env)
 }
 
-fn run_command(argv: &[String], env: &[(String, String)], cwd: &str, user: Option<&str>, sync: envc_plan::SyncMode) -> Result<i32, String> {
+fn run_command(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &str,
+    user: Option<&str>,
+    sync: envc_plan::SyncMode,
+) -> Result<i32, String> {
     let user = match user {
-        Some(name) => Some(lookup_user(&read_db("/etc/passwd"), name).ok_or_else(|| format!("user `{name}` does not exist in the root's /etc/passwd"))?),
+        Some(name) => Some(
+            lookup_user(&read_db("/etc/passwd"), name)
+                .ok_or_else(|| format!("user `{name}` does not exist in the root's /etc/passwd"))?,
+        ),
         None => None,
     };
     let mut env: Vec<(String, String)> = env.to_vec();
@@ -507,28 +775,52 @@ fn run_command(argv: &[String], env: &[(String, String)], cwd: &str, user: Optio
     }
     // Create the working directory as root, then hand it to the user if we made it.
     if !Path::new(cwd).is_dir() {
-        ctx(fs::create_dir_all(cwd), || format!("create working directory {cwd}"))?;
+        ctx(fs::create_dir_all(cwd), || {
+            format!("create working directory {cwd}")
+        })?;
         if let Some(u) = &user {
             let _ = nix::unistd::chown(cwd, Some(Uid::from_raw(u.uid)), Some(Gid::from_raw(u.gid)));
         }
     }
-    let c_argv: Vec<CString> = argv.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>().map_err(|_| "argument contains a NUL byte".to_owned())?;
-    let c_env: Vec<CString> = env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>().map_err(|_| "environment contains a NUL byte".to_owned())?;
-    let program = resolve_program(&argv[0], &env).ok_or_else(|| format!("`{}` not found in the root", argv[0]))?;
-    let c_program = CString::new(program.as_os_str().as_bytes()).map_err(|_| "program path contains a NUL byte".to_owned())?;
+    let c_argv: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "argument contains a NUL byte".to_owned())?;
+    let c_env: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .collect::<Result<_, _>>()
+        .map_err(|_| "environment contains a NUL byte".to_owned())?;
+    let program = resolve_program(&argv[0], &env)
+        .ok_or_else(|| format!("`{}` not found in the root", argv[0]))?;
+    let c_program = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| "program path contains a NUL byte".to_owned())?;
     match ctx(sys::fork_single_threaded(), || "fork the command".into())? {
         ForkResult::Child => {
             let err = (|| -> Result<std::convert::Infallible, String> {
                 if sync == envc_plan::SyncMode::Seccomp {
-                    ctx(sys::suppress_sync_with_seccomp(), || "install the sync-suppressing seccomp filter".into())?;
+                    ctx(sys::suppress_sync_with_seccomp(), || {
+                        "install the sync-suppressing seccomp filter".into()
+                    })?;
                 }
                 if let Some(u) = &user {
-                    ctx(nix::unistd::setgroups(&[Gid::from_raw(u.gid)]), || "set groups".into())?;
-                    ctx(nix::unistd::setgid(Gid::from_raw(u.gid)), || "set gid".into())?;
-                    ctx(nix::unistd::setuid(Uid::from_raw(u.uid)), || "set uid".into())?;
+                    ctx(nix::unistd::setgroups(&[Gid::from_raw(u.gid)]), || {
+                        "set groups".into()
+                    })?;
+                    ctx(nix::unistd::setgid(Gid::from_raw(u.gid)), || {
+                        "set gid".into()
+                    })?;
+                    ctx(nix::unistd::setuid(Uid::from_raw(u.uid)), || {
+                        "set uid".into()
+                    })?;
                 }
-                ctx(nix::unistd::chdir(cwd), || format!("enter working directory {cwd}"))?;
-                ctx(nix::unistd::execve(&c_program, &c_argv, &c_env), || format!("execute {}", program.display()))
+                ctx(nix::unistd::chdir(cwd), || {
+                    format!("enter working directory {cwd}")
+                })?;
+                ctx(nix::unistd::execve(&c_program, &c_argv, &c_env), || {
+                    format!("execute {}", program.display())
+                })
             })();
             let code = match err {
                 Err(e) => fail(&e),
@@ -540,7 +832,9 @@ fn run_command(argv: &[String], env: &[(String, String)], cwd: &str, user: Optio
             loop {
                 match waitpid(None, None) {
                     Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(code),
-                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return Ok(128 + sig as i32),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                        return Ok(128 + sig as i32);
+                    }
                     Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(format!("wait for the command: {e}")),
                 }
@@ -553,8 +847,13 @@ fn resolve_program(name: &str, env: &[(String, String)]) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name));
     }
-    let path = env.iter().find(|(k, _)| k == "PATH").map_or(envc_plan::env::DEFAULT_PATH, |(_, v)| v.as_str());
-    path.split(':').map(|d| Path::new(d).join(name)).find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(envc_plan::env::DEFAULT_PATH, |(_, v)| v.as_str());
+    path.split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
 }
 
 /// Resolves `USER[:GROUP]` against the root's passwd and group files.
@@ -564,15 +863,20 @@ fn resolve_owner(root: &OwnedFd, owner: &str) -> Result<(u32, u32), String> {
         if let Ok(fd) = open_in_root(root, rel, OFlag::O_RDONLY) {
             let _ = fs::File::from(fd).read_to_string(&mut s);
         }
-        s.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(':').map(str::to_owned).collect()).collect()
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(':').map(str::to_owned).collect())
+            .collect()
     };
     let (user, group) = match owner.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (owner, None),
     };
-    let u = lookup_user(&read("etc/passwd"), user).ok_or_else(|| format!("user `{user}` does not exist in the root's /etc/passwd"))?;
+    let u = lookup_user(&read("etc/passwd"), user)
+        .ok_or_else(|| format!("user `{user}` does not exist in the root's /etc/passwd"))?;
     let gid = match group {
-        Some(g) => lookup_group(&read("etc/group"), g).ok_or_else(|| format!("group `{g}` does not exist in the root's /etc/group"))?,
+        Some(g) => lookup_group(&read("etc/group"), g)
+            .ok_or_else(|| format!("group `{g}` does not exist in the root's /etc/group"))?,
         None => u.gid,
     };
     Ok((u.uid, gid))
@@ -580,78 +884,160 @@ fn resolve_owner(root: &OwnedFd, owner: &str) -> Result<(u32, u32), String> {
 
 /// Copies a host file or tree to `dest` inside the root. Parent directories are created; an
 /// existing file or symlink at a destination is replaced, never followed.
-pub fn copy_into_root(root: &OwnedFd, source: &Path, dest: &str, mode: Option<u32>, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub fn copy_into_root(
+    root: &OwnedFd,
+    source: &Path,
+    dest: &str,
+    mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
     let dest = dest.trim_matches('/');
     let (parent, name) = match dest.rsplit_once('/') {
         Some((p, n)) => (p, n),
         None => (".", dest),
     };
-    let meta = ctx(fs::metadata(source), || format!("stat {}", source.display()))?;
+    let meta = ctx(fs::metadata(source), || {
+        format!("stat {}", source.display())
+    })?;
     if name.is_empty() {
         // Copying a directory onto `/`: merge its contents into the root.
         if !meta.is_dir() {
             return Err("cannot copy a file onto /".into());
         }
-        let dir = ctx(open_in_root(root, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY), || "open /".into())?;
+        let dir = ctx(
+            open_in_root(root, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY),
+            || "open /".into(),
+        )?;
         return copy_children(&dir, source, mode, owner);
     }
-    let pfd = ctx(mkdir_in_root(root, parent, 0o755), || format!("create /{parent}"))?;
+    let pfd = ctx(mkdir_in_root(root, parent, 0o755), || {
+        format!("create /{parent}")
+    })?;
     copy_entry(&pfd, name, source, &meta, mode, owner)
 }
 
 fn chown_at(dir: &OwnedFd, name: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
     let (uid, gid) = owner.unwrap_or((0, 0));
-    ctx(fchownat(dir, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW), || format!("chown {name}"))
+    ctx(
+        fchownat(
+            dir,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ),
+        || format!("chown {name}"),
+    )
 }
 
-fn copy_entry(dir: &OwnedFd, name: &str, source: &Path, meta: &fs::Metadata, mode: Option<u32>, owner: Option<(u32, u32)>) -> Result<(), String> {
-    let existing = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok();
-    let existing_is_dir = existing.is_some_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR);
+fn copy_entry(
+    dir: &OwnedFd,
+    name: &str,
+    source: &Path,
+    meta: &fs::Metadata,
+    mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
+    let existing =
+        nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+    let existing_is_dir = existing
+        .is_some_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR);
     let ft = meta.file_type();
     if ft.is_dir() {
         if existing.is_some() && !existing_is_dir {
-            ctx(unlinkat(dir, name, UnlinkatFlags::NoRemoveDir), || format!("replace {name}"))?;
+            ctx(unlinkat(dir, name, UnlinkatFlags::NoRemoveDir), || {
+                format!("replace {name}")
+            })?;
         }
         if !existing_is_dir {
-            ctx(mkdirat(dir, name, Mode::from_bits_truncate(meta.mode() & 0o7777)), || format!("create directory {name}"))?;
+            ctx(
+                mkdirat(dir, name, Mode::from_bits_truncate(meta.mode() & 0o7777)),
+                || format!("create directory {name}"),
+            )?;
         }
-        let sub = ctx(nix::fcntl::openat(dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()), || format!("open directory {name}"))?;
-        ctx(fchmod(&sub, Mode::from_bits_truncate(meta.mode() & 0o7777)), || format!("chmod {name}"))?;
+        let sub = ctx(
+            nix::fcntl::openat(
+                dir,
+                name,
+                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ),
+            || format!("open directory {name}"),
+        )?;
+        ctx(
+            fchmod(&sub, Mode::from_bits_truncate(meta.mode() & 0o7777)),
+            || format!("chmod {name}"),
+        )?;
         chown_at(dir, name, owner)?;
         return copy_children(&sub, source, mode, owner);
     }
     if existing_is_dir {
-        return Err(format!("{name} is an existing directory in the root; a file cannot replace it"));
+        return Err(format!(
+            "{name} is an existing directory in the root; a file cannot replace it"
+        ));
     }
     if existing.is_some() {
-        ctx(unlinkat(dir, name, UnlinkatFlags::NoRemoveDir), || format!("replace {name}"))?;
+        ctx(unlinkat(dir, name, UnlinkatFlags::NoRemoveDir), || {
+            format!("replace {name}")
+        })?;
     }
     if ft.is_symlink() {
-        let target = ctx(fs::read_link(source), || format!("read link {}", source.display()))?;
-        ctx(symlinkat(target.as_path(), dir, name), || format!("create symlink {name}"))?;
+        let target = ctx(fs::read_link(source), || {
+            format!("read link {}", source.display())
+        })?;
+        ctx(symlinkat(target.as_path(), dir, name), || {
+            format!("create symlink {name}")
+        })?;
         return chown_at(dir, name, owner);
     }
     let bits = mode.unwrap_or(meta.mode() & 0o7777);
     let fd = ctx(
-        nix::fcntl::openat(dir, name, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600)),
+        nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ),
         || format!("create {name}"),
     )?;
     let mut out = fs::File::from(fd);
-    let mut input = ctx(fs::File::open(source), || format!("open {}", source.display()))?;
-    ctx(io::copy(&mut input, &mut out), || format!("copy {}", source.display()))?;
+    let mut input = ctx(fs::File::open(source), || {
+        format!("open {}", source.display())
+    })?;
+    ctx(io::copy(&mut input, &mut out), || {
+        format!("copy {}", source.display())
+    })?;
     let (uid, gid) = owner.unwrap_or((0, 0));
-    ctx(nix::unistd::fchown(&out, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))), || format!("chown {name}"))?;
-    ctx(fchmod(&out, Mode::from_bits_truncate(bits)), || format!("chmod {name}"))
+    ctx(
+        nix::unistd::fchown(&out, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))),
+        || format!("chown {name}"),
+    )?;
+    ctx(fchmod(&out, Mode::from_bits_truncate(bits)), || {
+        format!("chmod {name}")
+    })
 }
 
-fn copy_children(dir: &OwnedFd, source: &Path, mode: Option<u32>, owner: Option<(u32, u32)>) -> Result<(), String> {
-    let mut entries: Vec<_> = ctx(fs::read_dir(source), || format!("list {}", source.display()))?.filter_map(Result::ok).collect();
+fn copy_children(
+    dir: &OwnedFd,
+    source: &Path,
+    mode: Option<u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<(), String> {
+    let mut entries: Vec<_> = ctx(fs::read_dir(source), || {
+        format!("list {}", source.display())
+    })?
+    .filter_map(Result::ok)
+    .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        let meta = ctx(fs::symlink_metadata(&path), || format!("stat {}", path.display()))?;
+        let meta = ctx(fs::symlink_metadata(&path), || {
+            format!("stat {}", path.display())
+        })?;
         let name = e.file_name();
-        let name = name.to_str().ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
+        let name = name
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
         copy_entry(dir, name, &path, &meta, mode, owner)?;
     }
     Ok(())

@@ -55,8 +55,15 @@ pub enum StoreError {
     Backend(#[from] backend::BackendError),
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// `store.json`.
@@ -106,7 +113,9 @@ pub struct RootRecord {
 
 /// Unix seconds now.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// An open store.
@@ -124,37 +133,58 @@ impl Store {
     pub fn open(root: &Path, choice: Option<BackendKind>) -> Result<Store, StoreError> {
         fs::create_dir_all(root).map_err(io_err("create store", root))?;
         let root = fs::canonicalize(root).map_err(io_err("resolve store", root))?;
-        for d in ["layers", "meta", "logs", "staging", "locks", "roots", "cache", "tmp"] {
+        for d in [
+            "layers", "meta", "logs", "staging", "locks", "roots", "cache", "tmp",
+        ] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
         let cfg_path = root.join("store.json");
         let cfg = match fs::read(&cfg_path) {
             Ok(bytes) => {
-                let cfg: StoreConfig = serde_json::from_slice(&bytes).map_err(|e| StoreError::Incompatible {
-                    path: root.clone(),
-                    reason: format!("has an unreadable store.json: {e}"),
-                })?;
+                let cfg: StoreConfig =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Incompatible {
+                        path: root.clone(),
+                        reason: format!("has an unreadable store.json: {e}"),
+                    })?;
                 if cfg.version != FORMAT_VERSION {
-                    return Err(StoreError::Incompatible { path: root, reason: format!("has format version {}, this envc reads {FORMAT_VERSION}", cfg.version) });
+                    return Err(StoreError::Incompatible {
+                        path: root,
+                        reason: format!(
+                            "has format version {}, this envc reads {FORMAT_VERSION}",
+                            cfg.version
+                        ),
+                    });
                 }
                 if let Some(c) = choice
                     && c != cfg.backend
                 {
                     return Err(StoreError::Incompatible {
                         path: root,
-                        reason: format!("uses the {} backend, not {}; use another --store for {}", cfg.backend, c, c),
+                        reason: format!(
+                            "uses the {} backend, not {}; use another --store for {}",
+                            cfg.backend, c, c
+                        ),
                     });
                 }
                 cfg
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let backend = choice.unwrap_or_else(|| backend::detect(&root));
-                let cfg = StoreConfig { version: FORMAT_VERSION, backend };
+                let cfg = StoreConfig {
+                    version: FORMAT_VERSION,
+                    backend,
+                };
                 write_json(&cfg_path, &cfg)?;
                 cfg
             }
-            Err(e) => return Err(StoreError::Io { op: "read", path: cfg_path, source: e }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "read",
+                    path: cfg_path,
+                    source: e,
+                });
+            }
         };
         let backend = backend::new(cfg.backend, &root)?;
         Ok(Store { root, backend })
@@ -172,23 +202,36 @@ impl Store {
 
     fn lock_file(&self, name: &str, arg: FlockArg) -> Result<Option<Lock>, StoreError> {
         let path = self.root.join("locks").join(name);
-        let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("open lock", &path))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open lock", &path))?;
         match Flock::lock(file, arg) {
             Ok(l) => Ok(Some(Lock(l))),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(StoreError::Io { op: "lock", path, source: e.into() }),
+            Err((_, e)) => Err(StoreError::Io {
+                op: "lock",
+                path,
+                source: e.into(),
+            }),
         }
     }
 
     /// Locks a layer id, waiting for other holders.
     pub fn lock_layer(&self, id: &LayerId) -> Result<Lock, StoreError> {
-        Ok(self.lock_file(&format!("{id}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
+        Ok(self
+            .lock_file(&format!("{id}.lock"), FlockArg::LockExclusive)?
+            .expect("blocking lock"))
     }
 
     /// Takes a shared lock on a layer id: the layer is in use (as a parent or a root's lower
     /// layer) and must not be removed, while others may use it too.
     pub fn share_layer(&self, id: &LayerId) -> Result<Lock, StoreError> {
-        Ok(self.lock_file(&format!("{id}.lock"), FlockArg::LockShared)?.expect("blocking lock"))
+        Ok(self
+            .lock_file(&format!("{id}.lock"), FlockArg::LockShared)?
+            .expect("blocking lock"))
     }
 
     /// Locks a layer id if nobody holds it.
@@ -198,12 +241,16 @@ impl Store {
 
     /// Locks a working root by name, waiting for other holders.
     pub fn lock_root(&self, name: &str) -> Result<Lock, StoreError> {
-        Ok(self.lock_file(&format!("root-{name}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
+        Ok(self
+            .lock_file(&format!("root-{name}.lock"), FlockArg::LockExclusive)?
+            .expect("blocking lock"))
     }
 
     /// Locks a shared cache by name, waiting for other holders.
     pub fn lock_cache(&self, name: &str) -> Result<Lock, StoreError> {
-        Ok(self.lock_file(&format!("cache-{name}.lock"), FlockArg::LockExclusive)?.expect("blocking lock"))
+        Ok(self
+            .lock_file(&format!("cache-{name}.lock"), FlockArg::LockExclusive)?
+            .expect("blocking lock"))
     }
 
     /// Whether a layer is sealed.
@@ -230,7 +277,9 @@ impl Store {
 
     /// Reads a layer's metadata.
     pub fn read_meta(&self, id: &LayerId) -> Option<Meta> {
-        fs::read(self.meta_path(id)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        fs::read(self.meta_path(id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Writes a layer's metadata atomically.
@@ -260,7 +309,9 @@ impl Store {
 
     /// The record of a working root.
     pub fn read_root(&self, name: &str) -> Option<RootRecord> {
-        fs::read(self.backend.layout().root_dir(name).join("root.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        fs::read(self.backend.layout().root_dir(name).join("root.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Writes the record of a working root.
@@ -276,7 +327,11 @@ impl Store {
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io { op: "remove", path: dir, source: e }),
+            Err(e) => Err(StoreError::Io {
+                op: "remove",
+                path: dir,
+                source: e,
+            }),
         }
     }
 
@@ -300,7 +355,11 @@ impl Store {
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let entry = entry.map_err(io_err("list", &dir))?;
             let name = entry.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.split('.').next()).and_then(|n| n.parse::<LayerId>().ok()) {
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| n.parse::<LayerId>().ok())
+            {
                 ids.insert(id);
             }
         }
@@ -312,7 +371,13 @@ impl Store {
                 match fs::remove_file(&log) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(StoreError::Io { op: "remove", path: log, source: e }),
+                    Err(e) => {
+                        return Err(StoreError::Io {
+                            op: "remove",
+                            path: log,
+                            source: e,
+                        });
+                    }
                 }
                 cleaned += 1;
             }
@@ -324,7 +389,11 @@ impl Store {
 /// Writes JSON to `path` atomically (temporary file + rename).
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io { op: "encode", path: path.to_owned(), source: io::Error::other(e) })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io {
+        op: "encode",
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })?;
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("publish", path))
 }

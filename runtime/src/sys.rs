@@ -15,11 +15,16 @@ const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 
 fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// A filesystem context from `fsopen(2)`, configured with `fsconfig(2)`.
@@ -35,7 +40,9 @@ impl FsContext {
         // other pointers and returns a new fd or -1.
         let fd = check(unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) })?;
         // SAFETY: fsopen returned a fresh file descriptor that nothing else owns.
-        Ok(FsContext { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) } })
+        Ok(FsContext {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
+        })
     }
 
     /// Sets a string option (`lowerdir+`, `upperdir`, ...).
@@ -45,7 +52,14 @@ impl FsContext {
         // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; the fd is
         // an open fs context.
         check(unsafe {
-            libc::syscall(libc::SYS_fsconfig, self.fd.as_raw_fd(), FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
+            libc::syscall(
+                libc::SYS_fsconfig,
+                self.fd.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
         })?;
         Ok(())
     }
@@ -55,7 +69,14 @@ impl FsContext {
         let key = cstr(OsStr::new(key))?;
         // SAFETY: `key` is a valid NUL-terminated string; the value pointer must be NULL for flags.
         check(unsafe {
-            libc::syscall(libc::SYS_fsconfig, self.fd.as_raw_fd(), FSCONFIG_SET_FLAG, key.as_ptr(), std::ptr::null::<libc::c_char>(), 0)
+            libc::syscall(
+                libc::SYS_fsconfig,
+                self.fd.as_raw_fd(),
+                FSCONFIG_SET_FLAG,
+                key.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
         })?;
         Ok(())
     }
@@ -74,7 +95,9 @@ impl FsContext {
             )
         })?;
         // SAFETY: fsmount takes the configured context fd and flags, and returns a new fd.
-        let mfd = check(unsafe { libc::syscall(libc::SYS_fsmount, self.fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+        let mfd = check(unsafe {
+            libc::syscall(libc::SYS_fsmount, self.fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0)
+        })?;
         // SAFETY: fsmount returned a fresh fd that nothing else owns.
         let mfd = unsafe { OwnedFd::from_raw_fd(mfd as RawFd) };
         let empty = CString::default();
@@ -230,10 +253,19 @@ fn sync_filter() -> Vec<SockFilter> {
 /// CAP_SYS_ADMIN (root) or no_new_privs.
 pub fn suppress_sync_with_seccomp() -> io::Result<()> {
     let prog = sync_filter();
-    let fprog = SockFprog { len: prog.len() as libc::c_ushort, filter: prog.as_ptr() };
+    let fprog = SockFprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr(),
+    };
     // SAFETY: `fprog` points at `prog`, a valid filter array of `len` instructions, both alive for
     // the duration of the call; the kernel copies the program.
-    let ret = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const SockFprog) };
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const SockFprog,
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -253,7 +285,11 @@ mod tests {
                 BPF_LD_W_ABS => a = if ins.k == OFFSET_ARCH { arch } else { nr },
                 BPF_AND_K => a &= ins.k,
                 BPF_JEQ_K => {
-                    pc += if a == ins.k { ins.jt as usize } else { ins.jf as usize };
+                    pc += if a == ins.k {
+                        ins.jt as usize
+                    } else {
+                        ins.jf as usize
+                    };
                 }
                 BPF_RET_K => return ins.k,
                 other => panic!("unexpected instruction {other:#x}"),
@@ -269,12 +305,20 @@ mod tests {
         assert!(prog.len() < 256, "jump offsets must fit in u8");
         for (arch, _, nrs) in SYNC_SYSCALLS {
             for nr in nrs {
-                assert_eq!(run(&prog, *arch, *nr), SECCOMP_RET_ERRNO, "arch {arch:#x} nr {nr}");
+                assert_eq!(
+                    run(&prog, *arch, *nr),
+                    SECCOMP_RET_ERRNO,
+                    "arch {arch:#x} nr {nr}"
+                );
             }
             // Neighbours and common calls are allowed (x86_64 read/write/openat, i386 open...).
             for nr in [0, 1, 2, 3, 5, 56, 57, 59, 257, 322, 1000] {
                 if !nrs.contains(&nr) {
-                    assert_eq!(run(&prog, *arch, nr), SECCOMP_RET_ALLOW, "arch {arch:#x} nr {nr}");
+                    assert_eq!(
+                        run(&prog, *arch, nr),
+                        SECCOMP_RET_ALLOW,
+                        "arch {arch:#x} nr {nr}"
+                    );
                 }
             }
         }

@@ -9,7 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 /// Where tools are looked up, in order. The caller's PATH is not trusted.
-const TOOL_DIRS: &[&str] = &["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const TOOL_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 
 /// How many lines of output an error keeps.
 pub const TAIL_LINES: usize = 20;
@@ -61,7 +68,9 @@ pub fn find(name: &str) -> Result<PathBuf, ToolError> {
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| ToolError::NotFound { program: name.to_owned() })
+        .ok_or_else(|| ToolError::NotFound {
+            program: name.to_owned(),
+        })
 }
 
 /// An external command to run.
@@ -85,7 +94,11 @@ impl Tool {
 
     /// A tool at an absolute path.
     pub fn at(program: PathBuf) -> Tool {
-        Tool { program, args: Vec::new(), env: Vec::new() }
+        Tool {
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
     }
 
     /// Appends an argument.
@@ -124,7 +137,10 @@ impl Tool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
-            .map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
+            .map_err(|source| ToolError::Spawn {
+                program: self.program.clone(),
+                source,
+            })?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -133,19 +149,40 @@ impl Tool {
 
     /// Runs the tool, giving each line of its output (stdout and stderr merged) to `on_line`.
     pub fn stream(&self, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
-        let (reader, writer) = std::io::pipe().map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
-        let writer2 = writer.try_clone().map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
+        let (reader, writer) = std::io::pipe().map_err(|source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        let writer2 = writer.try_clone().map_err(|source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
         let mut cmd = self.command();
         cmd.stdout(writer).stderr(writer2);
-        let mut child = cmd.spawn().map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
         drop(cmd);
         let mut tail: Vec<String> = Vec::new();
         for_each_line(reader, &mut |line| {
             on_line(line);
             push_tail(&mut tail, line);
         });
-        let status = child.wait().map_err(|source| ToolError::Spawn { program: self.program.clone(), source })?;
-        if status.success() { Ok(()) } else { Err(ToolError::Failed { program: self.program.clone(), args: self.args.clone(), status, tail }) }
+        let status = child.wait().map_err(|source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ToolError::Failed {
+                program: self.program.clone(),
+                args: self.args.clone(),
+                status,
+                tail,
+            })
+        }
     }
 
     fn failed(&self, status: ExitStatus, stderr: &[u8]) -> ToolError {
@@ -153,7 +190,12 @@ impl Tool {
         for line in String::from_utf8_lossy(stderr).lines() {
             push_tail(&mut tail, line);
         }
-        ToolError::Failed { program: self.program.clone(), args: self.args.clone(), status, tail }
+        ToolError::Failed {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            status,
+            tail,
+        }
     }
 }
 

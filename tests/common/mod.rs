@@ -16,7 +16,11 @@ pub fn privileged(test: &str) -> bool {
     if root && busybox {
         return true;
     }
-    let why = if !root { "not running as root" } else { "/bin/busybox is missing (apt-get install busybox-static)" };
+    let why = if !root {
+        "not running as root"
+    } else {
+        "/bin/busybox is missing (apt-get install busybox-static)"
+    };
     if std::env::var("ENVC_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
         panic!("{test}: privileged test cannot run: {why}, and ENVC_REQUIRE_PRIVILEGED=1");
     }
@@ -29,8 +33,12 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let base = std::env::var_os("ENVC_TEST_DIR").map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let base = std::env::var_os("ENVC_TEST_DIR")
+            .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let p = base.join(format!("envc-test-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -44,7 +52,11 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         // Unmount anything left below (working roots), then remove.
         if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(self.0.to_str().unwrap())).collect();
+            let mut mounts: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| m.starts_with(self.0.to_str().unwrap()))
+                .collect();
             mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
             for m in mounts {
                 let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
@@ -71,12 +83,27 @@ pub fn busybox_tarball() -> PathBuf {
                 std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
             }
         }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n").unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\nbuilder:x:1000:\n").unwrap();
-        let status = Command::new("chown").args(["1000:1000"]).arg(root.join("home/builder")).status().unwrap();
+        let status = Command::new("chown")
+            .args(["1000:1000"])
+            .arg(root.join("home/builder"))
+            .status()
+            .unwrap();
         assert!(status.success());
         let tar = dir.join("busybox.tar.gz");
-        let status = Command::new("tar").arg("-czf").arg(&tar).arg("-C").arg(&root).arg(".").status().unwrap();
+        let status = Command::new("tar")
+            .arg("-czf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&root)
+            .arg(".")
+            .status()
+            .unwrap();
         assert!(status.success(), "tar failed");
         tar
     })
@@ -107,7 +134,11 @@ pub struct LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(self.mountpoint.to_str().unwrap())).collect();
+            let mut mounts: Vec<&str> = info
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| m.starts_with(self.mountpoint.to_str().unwrap()))
+                .collect();
             mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
             for m in mounts {
                 let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
@@ -128,16 +159,40 @@ impl TestStore {
                 let img = dir.path().join("btrfs.img");
                 let f = std::fs::File::create(&img).unwrap();
                 f.set_len(1 << 30).unwrap();
-                let out = Command::new("mkfs.btrfs").arg("-q").arg(&img).output().expect("mkfs.btrfs (apt-get install btrfs-progs)");
-                assert!(out.status.success(), "mkfs.btrfs: {}", String::from_utf8_lossy(&out.stderr));
+                let out = Command::new("mkfs.btrfs")
+                    .arg("-q")
+                    .arg(&img)
+                    .output()
+                    .expect("mkfs.btrfs (apt-get install btrfs-progs)");
+                assert!(
+                    out.status.success(),
+                    "mkfs.btrfs: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let mnt = dir.path().join("mnt");
                 std::fs::create_dir_all(&mnt).unwrap();
-                let out = Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt).output().unwrap();
-                assert!(out.status.success(), "mount btrfs loop: {}", String::from_utf8_lossy(&out.stderr));
+                let out = Command::new("mount")
+                    .arg("-o")
+                    .arg("loop")
+                    .arg(&img)
+                    .arg(&mnt)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "mount btrfs loop: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 (mnt.join("store"), Some(LoopFs { mountpoint: mnt }))
             }
         };
-        TestStore { kind, store, specs, _mount: mount, _dir: dir }
+        TestStore {
+            kind,
+            store,
+            specs,
+            _mount: mount,
+            _dir: dir,
+        }
     }
 
     /// Writes a spec (and returns its path).
@@ -149,7 +204,10 @@ impl TestStore {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(ENVC);
-        c.env("NO_COLOR", "1").env("COLUMNS", "200").env("ENVC_STORE", &self.store).env_remove("ENVC_BACKEND");
+        c.env("NO_COLOR", "1")
+            .env("COLUMNS", "200")
+            .env("ENVC_STORE", &self.store)
+            .env_remove("ENVC_BACKEND");
         c.arg("--backend").arg(match self.kind {
             Kind::Overlay => "overlay",
             Kind::Btrfs => "btrfs",
@@ -174,7 +232,9 @@ impl TestStore {
         let roots = self.store.join("roots");
         info.lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(self.store.to_str().unwrap()) && !Path::new(m).starts_with(&roots))
+            .filter(|m| {
+                m.starts_with(self.store.to_str().unwrap()) && !Path::new(m).starts_with(&roots)
+            })
             .map(str::to_owned)
             .collect()
     }
@@ -189,17 +249,29 @@ pub struct Run {
 
 impl From<Output> for Run {
     fn from(o: Output) -> Run {
-        Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into_owned(), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
     }
 }
 
 impl Run {
     /// Names of the layers built (from the progress lines).
     pub fn built(&self) -> Vec<String> {
-        self.stderr.lines().filter(|l| l.contains("] built in ")).map(|l| l[1..l.find(']').unwrap()].to_owned()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| l.contains("] built in "))
+            .map(|l| l[1..l.find(']').unwrap()].to_owned())
+            .collect()
     }
     pub fn cached(&self) -> Vec<String> {
-        self.stderr.lines().filter(|l| l.contains("] cached ")).map(|l| l[1..l.find(']').unwrap()].to_owned()).collect()
+        self.stderr
+            .lines()
+            .filter(|l| l.contains("] cached "))
+            .map(|l| l[1..l.find(']').unwrap()].to_owned())
+            .collect()
     }
     pub fn root(&self) -> PathBuf {
         PathBuf::from(self.stdout.trim())
@@ -213,16 +285,27 @@ pub fn synccheck(dir: &Path, static_link: bool) -> PathBuf {
 
 /// Like [`synccheck`], as a 32-bit (i386) program when `m32` is set (needs gcc-multilib).
 pub fn synccheck_with(dir: &Path, static_link: bool, m32: bool) -> PathBuf {
-    let out = dir.join(format!("synccheck{}{}", if static_link { "-static" } else { "" }, if m32 { "-32" } else { "" }));
+    let out = dir.join(format!(
+        "synccheck{}{}",
+        if static_link { "-static" } else { "" },
+        if m32 { "-32" } else { "" }
+    ));
     let mut cmd = Command::new("gcc");
     if m32 {
         cmd.arg("-m32");
     }
-    cmd.arg("-O2").arg("-o").arg(&out).arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/synccheck.c"));
+    cmd.arg("-O2").arg("-o").arg(&out).arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/common/synccheck.c"
+    ));
     if static_link {
         cmd.arg("-static");
     }
     let o = cmd.output().expect("gcc");
-    assert!(o.status.success(), "gcc synccheck: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "gcc synccheck: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }

@@ -119,7 +119,11 @@ impl DigestError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DigestError + 'a {
-    move |source| DigestError::Io { op, path: path.to_owned(), source }
+    move |source| DigestError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// A cache of big files' digests, so that an unchanged tarball or copied file is not read again
@@ -136,7 +140,10 @@ pub struct Cache {
 impl Cache {
     /// A cache in `dir` (created when first written).
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: dir.into(), racy: std::time::Duration::from_secs(2) }
+        Cache {
+            dir: dir.into(),
+            racy: std::time::Duration::from_secs(2),
+        }
     }
 
     /// The same cache with another racy window.
@@ -149,7 +156,11 @@ impl Cache {
         use std::os::unix::fs::MetadataExt;
         let changed = std::time::UNIX_EPOCH
             + std::time::Duration::new(meta.mtime().max(meta.ctime()).max(0) as u64, 0);
-        if std::time::SystemTime::now().duration_since(changed).unwrap_or_default() <= self.racy {
+        if std::time::SystemTime::now()
+            .duration_since(changed)
+            .unwrap_or_default()
+            <= self.racy
+        {
             return None;
         }
         let mut h = blake3::Hasher::new_derive_key("envc 2026-11-25 digest cache v1");
@@ -159,7 +170,12 @@ impl Cache {
         for v in [meta.dev(), meta.ino(), meta.size()] {
             h.update(&v.to_le_bytes());
         }
-        for v in [meta.mtime(), meta.mtime_nsec(), meta.ctime(), meta.ctime_nsec()] {
+        for v in [
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        ] {
             h.update(&v.to_le_bytes());
         }
         Some(self.dir.join(h.finalize().to_hex().as_str()))
@@ -186,15 +202,23 @@ pub fn file(path: &Path, cache: Option<&Cache>) -> Result<Digest, DigestError> {
     file_with_meta(path, &meta, cache)
 }
 
-fn file_with_meta(path: &Path, meta: &fs::Metadata, cache: Option<&Cache>) -> Result<Digest, DigestError> {
+fn file_with_meta(
+    path: &Path,
+    meta: &fs::Metadata,
+    cache: Option<&Cache>,
+) -> Result<Digest, DigestError> {
     let len = meta.len();
-    let entry = cache.filter(|_| len >= PARALLEL_FILE_MIN).and_then(|c| Some((c, c.entry(path, meta)?)));
+    let entry = cache
+        .filter(|_| len >= PARALLEL_FILE_MIN)
+        .and_then(|c| Some((c, c.entry(path, meta)?)));
     if let Some(d) = entry.as_ref().and_then(|(c, e)| c.get(e)) {
         return Ok(d);
     }
     let mut hasher = blake3::Hasher::new();
     if len >= PARALLEL_FILE_MIN {
-        hasher.update_mmap_rayon(path).map_err(io_err("read", path))?;
+        hasher
+            .update_mmap_rayon(path)
+            .map_err(io_err("read", path))?;
     } else {
         let bytes = fs::read(path).map_err(io_err("read", path))?;
         hasher.update(&bytes);
@@ -235,18 +259,37 @@ fn special_kind(ft: &fs::FileType) -> &'static str {
 
 /// `top/rel`, or `top` itself for the empty relative path (joining "" would add a trailing `/`).
 fn join_rel(top: &Path, rel: &Path) -> PathBuf {
-    if rel.as_os_str().is_empty() { top.to_owned() } else { top.join(rel) }
+    if rel.as_os_str().is_empty() {
+        top.to_owned()
+    } else {
+        top.join(rel)
+    }
 }
 
-fn walk(top: &Path, rel: PathBuf, meta: fs::Metadata, out: &mut Vec<Entry>) -> Result<(), DigestError> {
+fn walk(
+    top: &Path,
+    rel: PathBuf,
+    meta: fs::Metadata,
+    out: &mut Vec<Entry>,
+) -> Result<(), DigestError> {
     let path = join_rel(top, &rel);
     let ft = meta.file_type();
     let mode = meta.permissions().mode() & 0o7777;
     if ft.is_file() {
-        out.push(Entry { rel, kind: EntryKind::File { meta }, mode });
+        out.push(Entry {
+            rel,
+            kind: EntryKind::File { meta },
+            mode,
+        });
     } else if ft.is_symlink() {
         let target = fs::read_link(&path).map_err(io_err("read link", &path))?;
-        out.push(Entry { rel, kind: EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }, mode: 0 });
+        out.push(Entry {
+            rel,
+            kind: EntryKind::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            },
+            mode: 0,
+        });
     } else if ft.is_dir() {
         let mut children = Vec::new();
         for item in fs::read_dir(&path).map_err(io_err("list", &path))? {
@@ -254,15 +297,23 @@ fn walk(top: &Path, rel: PathBuf, meta: fs::Metadata, out: &mut Vec<Entry>) -> R
             children.push(item.file_name());
         }
         children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        out.push(Entry { rel: rel.clone(), kind: EntryKind::Dir, mode });
+        out.push(Entry {
+            rel: rel.clone(),
+            kind: EntryKind::Dir,
+            mode,
+        });
         for name in children {
             let child_rel = rel.join(&name);
             let child_path = top.join(&child_rel);
-            let child_meta = fs::symlink_metadata(&child_path).map_err(io_err("stat", &child_path))?;
+            let child_meta =
+                fs::symlink_metadata(&child_path).map_err(io_err("stat", &child_path))?;
             walk(top, child_rel, child_meta, out)?;
         }
     } else {
-        return Err(DigestError::Unsupported { path, kind: special_kind(&ft) });
+        return Err(DigestError::Unsupported {
+            path,
+            kind: special_kind(&ft),
+        });
     }
     Ok(())
 }
@@ -278,7 +329,9 @@ pub fn tree(path: &Path, cache: Option<&Cache>) -> Result<TreeDigest, DigestErro
     let contents: Vec<Option<Digest>> = entries
         .par_iter()
         .map(|e| match e.kind {
-            EntryKind::File { ref meta } => file_with_meta(&join_rel(path, &e.rel), meta, cache).map(Some),
+            EntryKind::File { ref meta } => {
+                file_with_meta(&join_rel(path, &e.rel), meta, cache).map(Some)
+            }
             _ => Ok(None),
         })
         .collect::<Result<_, _>>()?;
@@ -313,7 +366,10 @@ pub fn tree(path: &Path, cache: Option<&Cache>) -> Result<TreeDigest, DigestErro
             (EntryKind::File { .. }, None) => unreachable!("every file entry was hashed"),
         }
     }
-    Ok(TreeDigest { digest: Digest(*hasher.finalize().as_bytes()), stats })
+    Ok(TreeDigest {
+        digest: Digest(*hasher.finalize().as_bytes()),
+        stats,
+    })
 }
 
 #[cfg(test)]
@@ -333,9 +389,20 @@ mod tests {
         let dir = scratch("plain");
         let f = dir.join("a");
         fs::write(&f, b"hello").unwrap();
-        assert_eq!(file(&f, None).unwrap().0, *blake3::hash(b"hello").as_bytes());
+        assert_eq!(
+            file(&f, None).unwrap().0,
+            *blake3::hash(b"hello").as_bytes()
+        );
         let t = tree(&f, None).unwrap();
-        assert_eq!(t.stats, TreeStats { files: 1, dirs: 0, symlinks: 0, bytes: 5 });
+        assert_eq!(
+            t.stats,
+            TreeStats {
+                files: 1,
+                dirs: 0,
+                symlinks: 0,
+                bytes: 5
+            }
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -348,7 +415,15 @@ mod tests {
         fs::write(t.join("y"), b"2").unwrap();
         symlink("sub/x", t.join("link")).unwrap();
         let base = tree(&t, None).unwrap();
-        assert_eq!(base.stats, TreeStats { files: 2, dirs: 2, symlinks: 1, bytes: 2 });
+        assert_eq!(
+            base.stats,
+            TreeStats {
+                files: 2,
+                dirs: 2,
+                symlinks: 1,
+                bytes: 2
+            }
+        );
         assert_eq!(tree(&t, None).unwrap().digest, base.digest, "deterministic");
 
         fs::write(t.join("y"), b"3").unwrap();
@@ -378,14 +453,25 @@ mod tests {
         // The racy window can only be tested with a file older than it: a fresh file is not cached.
         let strict = Cache::new(dir.join("strict"));
         assert_eq!(file(&f, Some(&strict)).unwrap(), real);
-        assert!(!dir.join("strict").exists(), "a file changed just now is not cached");
+        assert!(
+            !dir.join("strict").exists(),
+            "a file changed just now is not cached"
+        );
         // Cached, then served from the cache: prove it by planting another value in the entry.
         assert_eq!(file(&f, Some(&cache)).unwrap(), real);
         let entry = cache.entry(&f, &fs::metadata(&f).unwrap()).unwrap();
         assert_eq!(fs::read_to_string(&entry).unwrap(), real.to_hex());
         fs::write(&entry, Digest([9; ID_LEN]).to_hex()).unwrap();
-        assert_eq!(file(&f, Some(&cache)).unwrap(), Digest([9; ID_LEN]), "served from the cache");
-        assert_ne!(tree(&f, Some(&cache)).unwrap().digest, tree(&f, None).unwrap().digest, "trees use the cache too");
+        assert_eq!(
+            file(&f, Some(&cache)).unwrap(),
+            Digest([9; ID_LEN]),
+            "served from the cache"
+        );
+        assert_ne!(
+            tree(&f, Some(&cache)).unwrap().digest,
+            tree(&f, None).unwrap().digest,
+            "trees use the cache too"
+        );
         // Any change to the file (same size even) changes the key: the digest is recomputed.
         let mut changed = data.clone();
         changed[0] = 8;
@@ -408,7 +494,10 @@ mod tests {
         let sock = dir.join("s");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let err = tree(&dir, None).unwrap_err();
-        assert!(matches!(err, DigestError::Unsupported { kind: "socket", .. }), "{err}");
+        assert!(
+            matches!(err, DigestError::Unsupported { kind: "socket", .. }),
+            "{err}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -64,14 +64,18 @@ pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> Result<String, Ex
             let end = tail.find('}').ok_or(ExpandError::Unclosed)?;
             let name = &tail[..end];
             if !is_valid_name(name) {
-                return Err(ExpandError::BadName { inner: name.to_owned() });
+                return Err(ExpandError::BadName {
+                    inner: name.to_owned(),
+                });
             }
             out.push_str(lookup(name, vars)?);
             rest = &tail[end + 1..];
         } else {
             let len = after
                 .char_indices()
-                .find(|&(i, c)| !(c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())))
+                .find(|&(i, c)| {
+                    !(c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+                })
                 .map_or(after.len(), |(i, _)| i);
             if len == 0 {
                 out.push('$');
@@ -88,7 +92,9 @@ pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> Result<String, Ex
 fn lookup<'a>(name: &str, vars: &'a BTreeMap<String, String>) -> Result<&'a str, ExpandError> {
     vars.get(name)
         .map(String::as_str)
-        .ok_or_else(|| ExpandError::Undefined { name: name.to_owned() })
+        .ok_or_else(|| ExpandError::Undefined {
+            name: name.to_owned(),
+        })
 }
 
 #[cfg(test)]
@@ -98,18 +104,34 @@ mod tests {
     #[test]
     fn expands_plain_and_braced() {
         let vars = defaults();
-        assert_eq!(expand("/opt/bin:$PATH", &vars).unwrap(), format!("/opt/bin:{DEFAULT_PATH}"));
+        assert_eq!(
+            expand("/opt/bin:$PATH", &vars).unwrap(),
+            format!("/opt/bin:{DEFAULT_PATH}")
+        );
         assert_eq!(expand("${HOME}/x", &vars).unwrap(), "/root/x");
-        assert_eq!(expand("$$HOME and $ and $1", &vars).unwrap(), "$HOME and $ and $1");
+        assert_eq!(
+            expand("$$HOME and $ and $1", &vars).unwrap(),
+            "$HOME and $ and $1"
+        );
         assert_eq!(expand("no vars", &vars).unwrap(), "no vars");
     }
 
     #[test]
     fn reports_errors() {
         let vars = defaults();
-        assert_eq!(expand("$NOPE", &vars), Err(ExpandError::Undefined { name: "NOPE".into() }));
+        assert_eq!(
+            expand("$NOPE", &vars),
+            Err(ExpandError::Undefined {
+                name: "NOPE".into()
+            })
+        );
         assert_eq!(expand("${HOME", &vars), Err(ExpandError::Unclosed));
-        assert_eq!(expand("${}", &vars), Err(ExpandError::BadName { inner: String::new() }));
+        assert_eq!(
+            expand("${}", &vars),
+            Err(ExpandError::BadName {
+                inner: String::new()
+            })
+        );
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub(crate) fn parse_hex(s: &str) -> Result<[u8; ID_LEN], IdParseError> {
     let bytes = s.as_bytes();
     if bytes.len() != ID_LEN * 2 {
-        return Err(IdParseError { input: s.to_owned() });
+        return Err(IdParseError {
+            input: s.to_owned(),
+        });
     }
     let nibble = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -53,7 +55,11 @@ pub(crate) fn parse_hex(s: &str) -> Result<[u8; ID_LEN], IdParseError> {
     for (i, pair) in bytes.chunks_exact(2).enumerate() {
         match (nibble(pair[0]), nibble(pair[1])) {
             (Some(hi), Some(lo)) => out[i] = hi << 4 | lo,
-            _ => return Err(IdParseError { input: s.to_owned() }),
+            _ => {
+                return Err(IdParseError {
+                    input: s.to_owned(),
+                });
+            }
         }
     }
     Ok(out)

@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn json_names_record_fields() {
-        let k = Key::record("run", vec![("command", Key::str("true")), ("user", Key::None)]);
+        let k = Key::record(
+            "run",
+            vec![("command", Key::str("true")), ("user", Key::None)],
+        );
         assert_eq!(
             k.to_json(),
             serde_json::json!({"type": "run", "command": "true", "user": null})

@@ -139,7 +139,9 @@ impl<'de> Deserialize<'de> for Mode {
         let s = String::deserialize(d)?;
         match u32::from_str_radix(&s, 8) {
             Ok(m) if m <= 0o7777 => Ok(Mode(m)),
-            _ => Err(serde::de::Error::custom(format!("`{s}` is not an octal mode"))),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not an octal mode"
+            ))),
         }
     }
 }
@@ -210,7 +212,15 @@ impl Base {
     /// The canonical key of the base.
     pub fn key(&self) -> Key {
         match self {
-            Base::Debian { suite, variant, arch, components, include, mirror: _, exclude_docs } => {
+            Base::Debian {
+                suite,
+                variant,
+                arch,
+                components,
+                include,
+                mirror: _,
+                exclude_docs,
+            } => {
                 let mut fields = vec![
                     ("suite", Key::str(suite)),
                     ("variant", Key::str(variant)),
@@ -224,7 +234,9 @@ impl Base {
                 }
                 Key::record("debian", fields)
             }
-            Base::Tar { path: _, digest } => Key::record("tar", vec![("content", Key::Digest(digest.0))]),
+            Base::Tar { path: _, digest } => {
+                Key::record("tar", vec![("content", Key::Digest(digest.0))])
+            }
             Base::Scratch => Key::record("scratch", vec![]),
         }
     }
@@ -235,8 +247,15 @@ impl Step {
     pub fn key(&self) -> Key {
         match self {
             Step::Base { base, .. } => base.key(),
-            Step::Packages { packages, .. } => Key::record("packages", vec![("packages", Key::strs(packages))]),
-            Step::Run { command, network, user, .. } => Key::record(
+            Step::Packages { packages, .. } => {
+                Key::record("packages", vec![("packages", Key::strs(packages))])
+            }
+            Step::Run {
+                command,
+                network,
+                user,
+                ..
+            } => Key::record(
                 "run",
                 vec![
                     ("command", Key::str(command)),
@@ -244,7 +263,14 @@ impl Step {
                     ("user", Key::opt_str(user.as_deref())),
                 ],
             ),
-            Step::Copy { source: _, dest, kind: _, mode, owner, digest } => Key::record(
+            Step::Copy {
+                source: _,
+                dest,
+                kind: _,
+                mode,
+                owner,
+                digest,
+            } => Key::record(
                 "copy",
                 vec![
                     ("dest", Key::str(dest)),
@@ -255,7 +281,10 @@ impl Step {
             ),
             Step::Env { vars } => Key::record(
                 "env",
-                vec![("vars", Key::Map(vars.iter().map(|(k, v)| (k.clone(), Key::str(v))).collect()))],
+                vec![(
+                    "vars",
+                    Key::Map(vars.iter().map(|(k, v)| (k.clone(), Key::str(v))).collect()),
+                )],
             ),
             Step::Workdir { path } => Key::record("workdir", vec![("path", Key::str(path))]),
         }
@@ -264,11 +293,26 @@ impl Step {
     /// A one-line summary for progress output and `envc plan`.
     pub fn summary(&self) -> String {
         match self {
-            Step::Base { base: Base::Debian { suite, variant, arch, .. }, .. } => {
+            Step::Base {
+                base:
+                    Base::Debian {
+                        suite,
+                        variant,
+                        arch,
+                        ..
+                    },
+                ..
+            } => {
                 format!("debian {suite} {variant} {arch}")
             }
-            Step::Base { base: Base::Tar { path, .. }, .. } => format!("tar {}", path.display()),
-            Step::Base { base: Base::Scratch, .. } => "scratch".to_owned(),
+            Step::Base {
+                base: Base::Tar { path, .. },
+                ..
+            } => format!("tar {}", path.display()),
+            Step::Base {
+                base: Base::Scratch,
+                ..
+            } => "scratch".to_owned(),
             Step::Packages { packages, .. } => format!("packages {}", packages.join(" ")),
             Step::Run { command, .. } => format!("run {command}"),
             Step::Copy { source, dest, .. } => format!("copy {} {dest}", source.display()),
@@ -290,7 +334,9 @@ impl Layer {
 
     fn key_of(parent: Option<LayerId>, steps: &[Step]) -> Key {
         match (parent, steps) {
-            (None, [Step::Base { base, .. }]) => Key::record("base-layer", vec![("base", base.key())]),
+            (None, [Step::Base { base, .. }]) => {
+                Key::record("base-layer", vec![("base", base.key())])
+            }
             (parent, steps) => Key::record(
                 "layer",
                 vec![
@@ -343,16 +389,35 @@ impl Plan {
     }
 
     /// [`Plan::new`] with the base build's sync suppression.
-    pub fn with_base_sync(name: impl Into<String>, base: Base, sync: SyncMode, layers: Vec<(String, Vec<Step>)>) -> Plan {
+    pub fn with_base_sync(
+        name: impl Into<String>,
+        base: Base,
+        sync: SyncMode,
+        layers: Vec<(String, Vec<Step>)>,
+    ) -> Plan {
         let base_steps = vec![Step::Base { base, sync }];
         let base_id = Layer::compute_id(None, &base_steps);
-        let mut out = vec![Layer { name: BASE_LAYER_NAME.to_owned(), id: base_id, parent: None, steps: base_steps }];
+        let mut out = vec![Layer {
+            name: BASE_LAYER_NAME.to_owned(),
+            id: base_id,
+            parent: None,
+            steps: base_steps,
+        }];
         for (name, steps) in layers {
             let parent = out.last().map(|l| l.id);
             let id = Layer::compute_id(parent, &steps);
-            out.push(Layer { name, id, parent, steps });
+            out.push(Layer {
+                name,
+                id,
+                parent,
+                steps,
+            });
         }
-        Plan { name: name.into(), spec: None, layers: out }
+        Plan {
+            name: name.into(),
+            spec: None,
+            layers: out,
+        }
     }
 
     /// Checks that the layers form a chain and that every id is the hash of its layer's key.
@@ -363,11 +428,17 @@ impl Plan {
         }
         for layer in &self.layers {
             if layer.parent != parent {
-                return Err(VerifyError::BrokenChain { layer: layer.name.clone() });
+                return Err(VerifyError::BrokenChain {
+                    layer: layer.name.clone(),
+                });
             }
             let computed = Layer::compute_id(layer.parent, &layer.steps);
             if computed != layer.id {
-                return Err(VerifyError::WrongId { layer: layer.name.clone(), stored: layer.id, computed });
+                return Err(VerifyError::WrongId {
+                    layer: layer.name.clone(),
+                    stored: layer.id,
+                    computed,
+                });
             }
             parent = Some(layer.id);
         }
@@ -384,7 +455,11 @@ impl Plan {
 
     /// The environment and working directory in effect before step `step` of layer `layer`
     /// (pass `usize::MAX` as `step` for after the whole layer).
-    pub fn context_at(&self, layer: usize, step: usize) -> (BTreeMap<String, String>, Option<String>) {
+    pub fn context_at(
+        &self,
+        layer: usize,
+        step: usize,
+    ) -> (BTreeMap<String, String>, Option<String>) {
         let mut vars = env::defaults();
         let mut workdir = None;
         for (li, l) in self.layers.iter().enumerate().take(layer + 1) {
@@ -393,7 +468,9 @@ impl Plan {
                     break;
                 }
                 match s {
-                    Step::Env { vars: v } => vars.extend(v.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                    Step::Env { vars: v } => {
+                        vars.extend(v.iter().map(|(k, v)| (k.clone(), v.clone())))
+                    }
                     Step::Workdir { path } => workdir = Some(path.clone()),
                     _ => {}
                 }
@@ -417,7 +494,15 @@ mod tests {
             "t",
             Base::Scratch,
             vec![
-                ("a".into(), vec![Step::Run { command: "true".into(), network: false, user: None, sync: SyncMode::Off }]),
+                (
+                    "a".into(),
+                    vec![Step::Run {
+                        command: "true".into(),
+                        network: false,
+                        user: None,
+                        sync: SyncMode::Off,
+                    }],
+                ),
                 ("b".into(), vec![Step::Workdir { path: "/w".into() }]),
             ],
         )
@@ -430,7 +515,12 @@ mod tests {
         assert_eq!(plan.layers[1].parent, Some(plan.layers[0].id));
         plan.verify().unwrap();
         let mut bad = plan.clone();
-        bad.layers[1].steps = vec![Step::Run { command: "false".into(), network: false, user: None, sync: SyncMode::Off }];
+        bad.layers[1].steps = vec![Step::Run {
+            command: "false".into(),
+            network: false,
+            user: None,
+            sync: SyncMode::Off,
+        }];
         assert!(matches!(bad.verify(), Err(VerifyError::WrongId { .. })));
     }
 
@@ -445,7 +535,12 @@ mod tests {
 
     #[test]
     fn sync_mode_is_not_in_ids() {
-        let steps = |sync| vec![Step::Packages { packages: vec!["hello".into()], sync }];
+        let steps = |sync| {
+            vec![Step::Packages {
+                packages: vec!["hello".into()],
+                sync,
+            }]
+        };
         let a = Layer::compute_id(None, &steps(SyncMode::Off));
         assert_eq!(a, Layer::compute_id(None, &steps(SyncMode::Seccomp)));
         assert_eq!(a, Layer::compute_id(None, &steps(SyncMode::Shim)));
@@ -463,7 +558,11 @@ mod tests {
             exclude_docs,
         };
         assert_ne!(base(false).key(), base(true).key());
-        assert!(!serde_json::to_string(&base(false)).unwrap().contains("exclude_docs"));
+        assert!(
+            !serde_json::to_string(&base(false))
+                .unwrap()
+                .contains("exclude_docs")
+        );
     }
 
     #[test]
@@ -496,7 +595,9 @@ mod tests {
             vec![(
                 "a".into(),
                 vec![
-                    Step::Env { vars: [("A".to_owned(), "1".to_owned())].into() },
+                    Step::Env {
+                        vars: [("A".to_owned(), "1".to_owned())].into(),
+                    },
                     Step::Workdir { path: "/w".into() },
                 ],
             )],

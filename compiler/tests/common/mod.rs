@@ -16,7 +16,10 @@ impl Rng {
 
     /// A generator that makes an unusual choice once in `odd` times.
     pub fn with_odd(seed: u64, odd: usize) -> Rng {
-        Rng { state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, odd }
+        Rng {
+            state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            odd,
+        }
     }
 
     pub fn next(&mut self) -> u64 {

@@ -43,7 +43,11 @@ pub fn need(available: bool, test: &str, what: &str) -> Option<()> {
 
 /// Requires the 32-bit build of the library (made when gcc-multilib was installed at build time).
 pub fn need_lib32(test: &str) -> Option<()> {
-    need(envc_shim::lib32().is_some(), test, "the 32-bit build of the library (gcc-multilib when envc-shim was built)")
+    need(
+        envc_shim::lib32().is_some(),
+        test,
+        "the 32-bit build of the library (gcc-multilib when envc-shim was built)",
+    )
 }
 
 /// A directory removed when dropped.
