@@ -25,7 +25,8 @@ pub struct Cli {
     pub store: PathBuf,
 
     /// The backend of a new store (an existing store keeps its own): overlay, or btrfs.
-    /// Default: btrfs when the store is on btrfs, overlay otherwise.
+    /// Default: btrfs when the store is on btrfs, overlay otherwise. An LVM store is made with
+    /// `envc store init lvm`.
     #[arg(long, global = true, env = "ENVC_BACKEND", value_name = "KIND")]
     pub backend: Option<String>,
 
@@ -122,6 +123,46 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set up or repair the store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+/// `envc store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Make an LVM thin store: creates the thin pool in VG if it does not exist (and, with
+    /// --loop, the VG itself on a loop file, for trying envc out). On a pool that already holds
+    /// envc's volumes, the store's records are rebuilt from their LV tags.
+    Init {
+        /// The backend: lvm.
+        #[arg(value_name = "BACKEND", value_parser = ["lvm"])]
+        backend: String,
+        /// The volume group.
+        #[arg(long, value_name = "VG")]
+        vg: String,
+        /// The thin pool in it.
+        #[arg(long, value_name = "POOL", default_value = "envc")]
+        pool: String,
+        /// The size of a new pool: `50G`, `512M`. Default: 90% of the VG's free space (with
+        /// --loop: 20G).
+        #[arg(long, value_name = "SIZE")]
+        size: Option<String>,
+        /// The virtual size of each root's filesystem. Default: the pool's size.
+        #[arg(long, value_name = "SIZE")]
+        volume_size: Option<String>,
+        /// The filesystem: ext4 or xfs.
+        #[arg(long, value_name = "FS", default_value = "ext4")]
+        fs: String,
+        /// Create the VG, if it does not exist, on this sparse file through a loop device.
+        #[arg(long = "loop", value_name = "FILE")]
+        loop_file: Option<PathBuf>,
+    },
+    /// Rebuild the store's records from the backend (LVM: from the LV tags): adopt sealed layers
+    /// that have no record, forget records whose volume is gone, remove interrupted builds.
+    Recover,
 }
 
 /// Where `run` and `shell` run.

@@ -221,6 +221,7 @@ fn run(cli: Cli) -> u8 {
         }),
         Command::Ls { json } => ops::runtime(&ui, &cli.store, cli.backend.as_deref())
             .and_then(|rt| ops::ls(&ui, &rt, json)),
+        Command::Store { command } => ops::store(&ui, &cli.store, command),
     };
     match result {
         Ok(()) => exit::SUCCESS,
@@ -245,6 +246,13 @@ fn main() -> ExitCode {
     {
         let code = envc_runtime::sandbox::nosync_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(125));
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| a == envc_runtime::backend::lvm::REAP_ARG)
+    {
+        let code = envc_runtime::backend::lvm::reap_main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -287,6 +287,17 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
         let value = serde_json::json!({
             "store": rt.store.path(),
             "backend": rt.store.backend().kind().to_string(),
+            "lvm": rt.store.backend().lvm().map(|l| {
+                let usage = l.pool_usage().ok();
+                serde_json::json!({
+                    "vg": l.config().vg,
+                    "pool": l.config().pool,
+                    "fs": l.config().fs,
+                    "volume_size": l.config().volume_size,
+                    "data_percent": usage.as_ref().map(|u| u.data),
+                    "metadata_percent": usage.as_ref().map(|u| u.metadata),
+                })
+            }),
             "layers": layers,
             "roots": roots,
         });
@@ -313,6 +324,9 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
         layers.len(),
         human_size(layers.iter().map(|m| m.size).sum())
     ));
+    if let Some(status) = rt.store.backend().status() {
+        out.push_str(&format!("{status}\n"));
+    }
     fn walk(
         out: &mut String,
         children: &BTreeMap<Option<envc_plan::LayerId>, Vec<&Meta>>,
@@ -510,5 +524,100 @@ mod tests {
         assert_eq!(parse_size("500MiB"), Some(500 << 20));
         assert_eq!(parse_size("1024"), Some(1024));
         assert_eq!(parse_size("lots"), None);
+    }
+}
+
+/// `envc store init` and `envc store recover`.
+pub fn store(ui: &Ui, store: &Path, command: crate::cli::StoreCommand) -> Result<(), u8> {
+    use envc_runtime::backend::lvm::{self, FsKind, LvmInit, Recovered};
+    let fail = |e: &dyn std::fmt::Display| {
+        ui.error(&e.to_string());
+        exit::FAILURE
+    };
+    let size = |opt: &str, v: Option<String>| -> Result<Option<u64>, u8> {
+        v.map(|s| {
+            parse_size(&s).ok_or_else(|| {
+                ui.error(&format!("{opt} `{s}` is not a size like 20G or 512M"));
+                exit::USAGE
+            })
+        })
+        .transpose()
+    };
+    let print = |r: &Recovered| {
+        let mut out = std::io::stdout().lock();
+        for id in &r.adopted {
+            let _ = writeln!(out, "adopted layer {}", id.short(12));
+        }
+        for id in &r.forgotten {
+            let _ = writeln!(out, "forgot layer {} (its volume is gone)", id.short(12));
+        }
+        for name in &r.roots {
+            let _ = writeln!(out, "recovered working root {name}");
+        }
+        if r.removed_builds > 0 {
+            let _ = writeln!(
+                out,
+                "removed {} interrupted build{}",
+                r.removed_builds,
+                if r.removed_builds == 1 { "" } else { "s" }
+            );
+        }
+    };
+    match command {
+        crate::cli::StoreCommand::Init {
+            backend: _,
+            vg,
+            pool,
+            size: pool_size,
+            volume_size,
+            fs,
+            loop_file,
+        } => {
+            let fs: FsKind = fs.parse().map_err(|e: String| {
+                ui.error(&e);
+                exit::USAGE
+            })?;
+            let init = LvmInit {
+                vg,
+                pool,
+                size: size("--size", pool_size)?,
+                volume_size: size("--volume-size", volume_size)?,
+                fs,
+                loop_file,
+            };
+            let (st, recovered) = Store::init_lvm(store, &init).map_err(|e| fail(&e))?;
+            print(&recovered);
+            if let Some(l) = st.backend().lvm() {
+                let c = l.config();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "envc: store {} uses thin pool {}/{} ({} volumes of {}); {}",
+                    st.path().display(),
+                    c.vg,
+                    c.pool,
+                    match c.fs {
+                        FsKind::Ext4 => "ext4",
+                        FsKind::Xfs => "xfs",
+                    },
+                    human_size(c.volume_size),
+                    st.backend().status().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        crate::cli::StoreCommand::Recover => {
+            let st = Store::open(store, None).map_err(|e| fail(&e))?;
+            if st.backend().lvm().is_none() {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "envc: the {} backend keeps its layers as files in the store: nothing to recover",
+                    st.backend().kind()
+                );
+                return Ok(());
+            }
+            let r = lvm::recover(&st).map_err(|e| fail(&e))?;
+            print(&r);
+            Ok(())
+        }
     }
 }

@@ -51,11 +51,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn check_valid_specs_exits_0() {
-    envc()
-        .args(["check", "specs/rust-ci.kdl", "specs/team/cpp.kdl"])
-        .assert()
-        .success()
-        .stdout_eq("specs/rust-ci.kdl: ok (3 layers, rust-ci)\nspecs/team/cpp.kdl: ok (4 layers, team-cpp)\n");
+    envc().args(["check", "specs/rust-ci.kdl", "specs/team/cpp.kdl"]).assert().success().stdout_eq("specs/rust-ci.kdl: ok (3 layers, rust-ci)\nspecs/team/cpp.kdl: ok (4 layers, team-cpp)\n");
 }
 
 #[test]

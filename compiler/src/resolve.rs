@@ -465,10 +465,7 @@ impl Lower<'_> {
                         help: if same {
                             "layer names are unique within an environment; rename one of them".into()
                         } else {
-                            format!(
-                                "the first is at {}, in a spec this one extends; layer names are unique within an environment",
-                                at(&files[ffi], fspan)
-                            )
+                            format!("the first is at {}, in a spec this one extends; layer names are unique within an environment", at(&files[ffi], fspan))
                         },
                     });
                 } else {
@@ -719,7 +716,9 @@ impl Lower<'_> {
                     env::ExpandError::Undefined { name } => {
                         let known: Vec<&str> = vars.keys().map(String::as_str).collect();
                         match suggest::closest(name, &known) {
-                            Some(c) if c != name => format!("did you mean `${c}`? Variables come from envc's defaults and earlier `env` steps; write `$$` for a literal `$`"),
+                            Some(c) if c != name => {
+                                format!("did you mean `${c}`? Variables come from envc's defaults and earlier `env` steps; write `$$` for a literal `$`")
+                            }
                             _ => "variables come from envc's defaults (PATH, HOME, LANG, DEBIAN_FRONTEND) and earlier `env` steps; write `$$` for a literal `$`".into(),
                         }
                     }
@@ -752,9 +751,11 @@ impl Lower<'_> {
                 span: p.span,
                 path: p.value.clone(),
                 help: match normalize_in_root(&format!("/{}", p.value)) {
-                    Ok(abs) if !p.value.starts_with("..") => format!(
-                        "{what} is a path inside the root and must start with `/`, e.g. `{abs}`"
-                    ),
+                    Ok(abs) if !p.value.starts_with("..") => {
+                        format!(
+                            "{what} is a path inside the root and must start with `/`, e.g. `{abs}`"
+                        )
+                    }
                     _ => format!("{what} is a path inside the root and must start with `/`"),
                 },
             });
@@ -824,7 +825,14 @@ impl Lower<'_> {
             }
         };
         if !allowed.contains(&mode) {
-            self.invalid(f, s.span, "sync mode", &s.value, "not available here", Some("a base is built by mmdebstrap on the host, where envc suppresses sync calls with seccomp: use sync=\"seccomp\" or sync=\"off\"".into()));
+            self.invalid(
+                f,
+                s.span,
+                "sync mode",
+                &s.value,
+                "not available here",
+                Some("a base is built by mmdebstrap on the host, where envc suppresses sync calls with seccomp: use sync=\"seccomp\" or sync=\"off\"".into()),
+            );
             return None;
         }
         Some(mode)

@@ -343,7 +343,14 @@ impl Runtime {
         let layer = &plan.layers[index];
         let chain: Vec<LayerId> = plan.layers[..index].iter().map(|l| l.id).collect();
         let started = Instant::now();
-        let build = self.backend().begin(layer.id, &chain)?;
+        let build = self.backend().begin(
+            layer.id,
+            &chain,
+            crate::backend::Labels {
+                layer: &layer.name,
+                env: &plan.name,
+            },
+        )?;
         let log_path = self
             .store
             .path()

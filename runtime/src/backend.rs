@@ -8,9 +8,10 @@
 //! - **btrfs**: a layer is a read-only subvolume; building snapshots the parent writable, sealing
 //!   makes it read-only and renames it into `layers/`. A working root is a writable snapshot.
 //!
-//! Sealing is one atomic rename in every backend: a staging area is never mistaken for a layer.
-//! The LVM thin backend fits the same contract (a build is a writable thin snapshot; sealing tags
-//! it and makes it read-only).
+//! - **lvm**: a layer is a read-only thin snapshot of its parent in an LVM thin pool (see
+//!   [`lvm`]).
+//!
+//! Sealing is atomic in every backend: a staging area is never mistaken for a layer.
 
 use std::fmt;
 use std::fs;
@@ -34,6 +35,8 @@ pub enum BackendKind {
     Overlay,
     /// btrfs subvolumes and snapshots.
     Btrfs,
+    /// LVM thin snapshots.
+    Lvm,
 }
 
 impl fmt::Display for BackendKind {
@@ -41,6 +44,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Overlay => "overlay",
             BackendKind::Btrfs => "btrfs",
+            BackendKind::Lvm => "lvm",
         })
     }
 }
@@ -51,7 +55,10 @@ impl FromStr for BackendKind {
         match s {
             "overlay" | "overlayfs" => Ok(BackendKind::Overlay),
             "btrfs" => Ok(BackendKind::Btrfs),
-            other => Err(format!("unknown backend `{other}` (known: overlay, btrfs)")),
+            "lvm" => Ok(BackendKind::Lvm),
+            other => Err(format!(
+                "unknown backend `{other}` (known: overlay, btrfs, lvm)"
+            )),
         }
     }
 }
@@ -83,6 +90,23 @@ pub enum BackendError {
         /// Why.
         reason: String,
     },
+    /// The thin pool is too full to create another volume safely.
+    #[error(
+        "cannot {op}: thin pool {pool} is {data:.1}% full (data) and {metadata:.1}% (metadata){}; envc refuses above 90% because a full thin pool can corrupt the filesystems in it. Free space with `envc gc`, or grow the pool: lvextend -L +SIZE {pool} (data), lvextend --poolmetadatasize +SIZE {pool} (metadata)",
+        if mode == "rw" { String::new() } else { format!(", in {mode} mode") }
+    )]
+    PoolFull {
+        /// What was to be created.
+        op: String,
+        /// VG/POOL.
+        pool: String,
+        /// Data usage, percent.
+        data: f64,
+        /// Metadata usage, percent.
+        metadata: f64,
+        /// The pool's mode (`rw` when healthy).
+        mode: String,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
@@ -91,6 +115,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Bac
         path: path.to_owned(),
         source,
     }
+}
+
+pub mod lvm;
+
+/// What names a layer being built, for backends that label their volumes (LVM tags).
+#[derive(Debug, Clone, Copy)]
+pub struct Labels<'a> {
+    /// The layer's name in the spec.
+    pub layer: &'a str,
+    /// The environment's name.
+    pub env: &'a str,
 }
 
 /// A layer being built.
@@ -159,13 +194,30 @@ pub trait Backend: Send + Sync {
     fn is_sealed(&self, id: &LayerId) -> bool {
         self.layout().layer(id).is_dir()
     }
+    /// The LVM backend, for LVM-only operations (recovery from LV tags, pool usage).
+    fn lvm(&self) -> Option<&lvm::Lvm> {
+        None
+    }
+    /// A line about the backend's own state for `envc ls` (LVM: the pool's usage).
+    fn status(&self) -> Option<String> {
+        None
+    }
+    /// Removes what interrupted operations left behind (`gc`); returns how many things.
+    fn sweep(&self) -> usize {
+        sweep_tmp(&self.layout().root)
+    }
     /// Every sealed layer.
     fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
         list_ids(&self.layout().root.join("layers"))
     }
     /// Starts building layer `id` on top of `chain` (its sealed ancestors, base first; empty for a
     /// base). The caller holds the layer's lock and has discarded leftovers.
-    fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError>;
+    fn begin(
+        &self,
+        id: LayerId,
+        chain: &[LayerId],
+        labels: Labels<'_>,
+    ) -> Result<Build, BackendError>;
     /// Makes a finished build durable and publishes it atomically; returns its size in bytes.
     fn seal(&self, build: Build) -> Result<u64, BackendError>;
     /// Removes whatever a build of `id` left in staging.
@@ -196,9 +248,22 @@ pub fn detect(root: &Path) -> BackendKind {
     }
 }
 
-/// Opens the backend of the store at `root`.
-pub fn new(kind: BackendKind, root: &Path) -> Result<Box<dyn Backend>, BackendError> {
+/// Opens the backend of the store at `root` (an LVM store needs its setting).
+pub fn new(
+    kind: BackendKind,
+    root: &Path,
+    lvm: Option<&lvm::LvmConfig>,
+) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
+        BackendKind::Lvm => match lvm {
+            Some(cfg) => Ok(Box::new(lvm::Lvm::new(root, cfg.clone()))),
+            None => Err(BackendError::Unsupported {
+                backend: kind,
+                path: root.to_owned(),
+                reason: "an LVM store is made with `envc store init lvm --vg VG [--pool POOL]`"
+                    .into(),
+            }),
+        },
         BackendKind::Overlay => Ok(Box::new(Overlay {
             layout: Layout::new(root),
         })),
@@ -365,7 +430,12 @@ impl Backend for Overlay {
         &self.layout
     }
 
-    fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError> {
+    fn begin(
+        &self,
+        id: LayerId,
+        chain: &[LayerId],
+        _labels: Labels<'_>,
+    ) -> Result<Build, BackendError> {
         let st = self.layout.staging(&id);
         let upper = st.join("upper");
         if chain.is_empty() {
@@ -535,7 +605,12 @@ impl Backend for Btrfs {
         &self.layout
     }
 
-    fn begin(&self, id: LayerId, chain: &[LayerId]) -> Result<Build, BackendError> {
+    fn begin(
+        &self,
+        id: LayerId,
+        chain: &[LayerId],
+        _labels: Labels<'_>,
+    ) -> Result<Build, BackendError> {
         let st = self.layout.staging(&id);
         match chain.last() {
             None => {

@@ -158,7 +158,7 @@ pub struct GcReport {
 /// children before parents.
 pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
     if !policy.dry_run {
-        crate::backend::sweep_tmp(store.path());
+        store.backend().sweep();
     }
     let metas = store.layers()?;
     let in_use: BTreeSet<LayerId> = store.roots().into_iter().flat_map(|r| r.chain).collect();

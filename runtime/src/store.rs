@@ -21,6 +21,7 @@ use envc_plan::LayerId;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::lvm::{self, LvmConfig, LvmInit, Recovered};
 use crate::backend::{self, Backend, BackendKind};
 
 /// The store's default location.
@@ -71,6 +72,8 @@ pub(crate) fn io_err<'a>(
 struct StoreConfig {
     version: u32,
     backend: BackendKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lvm: Option<LvmConfig>,
 }
 
 /// What the store records about a sealed layer.
@@ -171,9 +174,13 @@ impl Store {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let backend = choice.unwrap_or_else(|| backend::detect(&root));
+                if backend == BackendKind::Lvm {
+                    return Err(StoreError::Incompatible { path: root, reason: "is not initialised: an LVM store is made with `envc store init lvm --vg VG [--pool POOL]`".into() });
+                }
                 let cfg = StoreConfig {
                     version: FORMAT_VERSION,
                     backend,
+                    lvm: None,
                 };
                 write_json(&cfg_path, &cfg)?;
                 cfg
@@ -186,8 +193,45 @@ impl Store {
                 });
             }
         };
-        let backend = backend::new(cfg.backend, &root)?;
+        let backend = backend::new(cfg.backend, &root, cfg.lvm.as_ref())?;
         Ok(Store { root, backend })
+    }
+
+    /// Makes an LVM store at `root` (creating the thin pool, and the VG on a loop file, as asked),
+    /// then rebuilds its records from the pool's LV tags: initialising a store on a pool that
+    /// already holds envc's volumes adopts them.
+    pub fn init_lvm(root: &Path, init: &LvmInit) -> Result<(Store, Recovered), StoreError> {
+        fs::create_dir_all(root).map_err(io_err("create store", root))?;
+        let cfg_path = root.join("store.json");
+        if let Ok(bytes) = fs::read(&cfg_path) {
+            let old: Option<StoreConfig> = serde_json::from_slice(&bytes).ok();
+            let same = old
+                .as_ref()
+                .and_then(|c| c.lvm.as_ref())
+                .is_some_and(|l| l.vg == init.vg && l.pool == init.pool);
+            if !same {
+                return Err(StoreError::Incompatible {
+                    path: root.to_owned(),
+                    reason: format!(
+                        "is already initialised with another setting (see {})",
+                        cfg_path.display()
+                    ),
+                });
+            }
+        } else {
+            let cfg = lvm::prepare(init)?;
+            write_json(
+                &cfg_path,
+                &StoreConfig {
+                    version: FORMAT_VERSION,
+                    backend: BackendKind::Lvm,
+                    lvm: Some(cfg),
+                },
+            )?;
+        }
+        let store = Store::open(root, Some(BackendKind::Lvm))?;
+        let recovered = lvm::recover(&store)?;
+        Ok((store, recovered))
     }
 
     /// The store's directory.

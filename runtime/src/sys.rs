@@ -156,6 +156,29 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// `FITRIM` on the filesystem holding `fd`: tells the device which blocks are free (on a thin
+/// volume, this gives them back to the pool). Returns the bytes trimmed.
+pub fn fitrim(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    #[repr(C)]
+    struct Range {
+        start: u64,
+        len: u64,
+        minlen: u64,
+    }
+    // _IOWR('X', 121, struct fstrim_range)
+    const FITRIM: libc::c_ulong = 0xc018_5879;
+    let mut range = Range {
+        start: 0,
+        len: u64::MAX,
+        minlen: 0,
+    };
+    // SAFETY: FITRIM reads and writes one fstrim_range, which `range` is (repr(C), 3 x u64).
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FITRIM, &mut range) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(range.len)
+}
+
 /// `statfs(2)` f_type of the filesystem at `path`.
 pub fn fs_type(path: &Path) -> io::Result<i64> {
     let p = cstr(path.as_os_str())?;

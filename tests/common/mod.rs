@@ -51,17 +51,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         // Unmount anything left below (working roots), then remove.
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut mounts: Vec<&str> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|m| m.starts_with(self.0.to_str().unwrap()))
-                .collect();
-            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-            for m in mounts {
-                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        unmount_below(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -115,6 +105,57 @@ pub fn busybox_tarball() -> PathBuf {
 pub enum Kind {
     Overlay,
     Btrfs,
+    /// LVM thin: only inside the test VM (tests/lvm.rs), in the volume group [`TEST_VG`].
+    Lvm,
+}
+
+/// The volume group tests/lvm.rs makes on the test VM's scratch disk.
+pub const TEST_VG: &str = "envct";
+
+/// An LVM command inside the test VM (no udev there).
+pub fn lvm(args: &[&str]) -> Output {
+    Command::new("lvm")
+        .arg(args[0])
+        .args(["--config", "activation{udev_sync=0 udev_rules=0}"])
+        .args(&args[1..])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .expect("run lvm")
+}
+
+/// A thin pool made for one test; unmounts what is mounted below the test's directory and removes the pool
+/// (with every volume in it) on drop.
+pub struct LvmPool {
+    pub vg: String,
+    pub pool: String,
+    pub store: PathBuf,
+}
+
+impl Drop for LvmPool {
+    fn drop(&mut self) {
+        unmount_below(&self.store);
+        let _ = lvm(&[
+            "lvremove",
+            "-q",
+            "-y",
+            &format!("{}/{}", self.vg, self.pool),
+        ]);
+    }
+}
+
+/// Unmounts everything mounted at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) {
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(dir.to_str().unwrap()))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 /// A store for one test, on a filesystem suited to its backend.
@@ -122,6 +163,7 @@ pub struct TestStore {
     pub kind: Kind,
     pub store: PathBuf,
     pub specs: PathBuf,
+    pub pool: Option<LvmPool>,
     _mount: Option<LoopFs>,
     _dir: TempDir,
 }
@@ -133,28 +175,55 @@ pub struct LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut mounts: Vec<&str> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|m| m.starts_with(self.mountpoint.to_str().unwrap()))
-                .collect();
-            mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-            for m in mounts {
-                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        unmount_below(&self.mountpoint);
     }
 }
 
 impl TestStore {
     pub fn new(kind: Kind, name: &str) -> TestStore {
+        TestStore::with_lvm_args(kind, name, &[])
+    }
+
+    /// A store; an LVM one is made with these extra `envc store init lvm` arguments.
+    pub fn with_lvm_args(kind: Kind, name: &str, lvm_args: &[&str]) -> TestStore {
         let dir = TempDir::new(name);
         let specs = dir.path().join("specs");
         std::fs::create_dir_all(&specs).unwrap();
         std::fs::copy(busybox_tarball(), specs.join("busybox.tar.gz")).unwrap();
+        let mut pool = None;
         let (store, mount) = match kind {
             Kind::Overlay => (dir.path().join("store"), None),
+            Kind::Lvm => {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                assert!(
+                    std::env::var_os("ENVC_IN_VM").is_some(),
+                    "LVM tests run in the test VM (tests/lvm.rs)"
+                );
+                let vg = TEST_VG.to_owned();
+                let name = format!("p{}", N.fetch_add(1, Ordering::Relaxed));
+                let store = dir.path().join("store");
+                let mut args = vec![
+                    "store", "init", "lvm", "--vg", &vg, "--pool", &name, "--size", "512M",
+                ];
+                args.extend(lvm_args.iter().copied());
+                let out = Command::new(ENVC)
+                    .env("ENVC_STORE", &store)
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "envc store init lvm: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                pool = Some(LvmPool {
+                    vg,
+                    pool: name,
+                    store: dir.path().to_owned(),
+                });
+                (store, None)
+            }
             Kind::Btrfs => {
                 let img = dir.path().join("btrfs.img");
                 let f = std::fs::File::create(&img).unwrap();
@@ -190,6 +259,7 @@ impl TestStore {
             kind,
             store,
             specs,
+            pool,
             _mount: mount,
             _dir: dir,
         }
@@ -211,6 +281,7 @@ impl TestStore {
         c.arg("--backend").arg(match self.kind {
             Kind::Overlay => "overlay",
             Kind::Btrfs => "btrfs",
+            Kind::Lvm => "lvm",
         });
         c.stdin(Stdio::null());
         c

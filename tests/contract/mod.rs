@@ -1,0 +1,636 @@
+//! The backend contract: the same tests, run for real (as root, no mocks) against every backend
+//! (tests/runtime.rs: overlayfs and btrfs; tests/lvm.rs: LVM thin, inside the test VM). A busybox
+//! root tarball gives fast tests of every step kind.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, Kind, Run, TestStore};
+
+pub const BASE: &str = "base \"tar\" \"busybox.tar.gz\"\n";
+
+pub fn every_step_kind_builds_and_caches(kind: Kind) {
+    let t = TestStore::new(kind, "steps");
+    std::fs::create_dir_all(t.specs.join("files/tree/sub")).unwrap();
+    std::fs::write(t.specs.join("files/greeting"), "hello from the host\n").unwrap();
+    std::fs::write(t.specs.join("files/tree/sub/a.txt"), "a\n").unwrap();
+    std::os::unix::fs::symlink("sub/a.txt", t.specs.join("files/tree/link")).unwrap();
+    let spec = t.spec(
+        "env.kdl",
+        &format!(
+            "name \"steps\"\n{BASE}\
+             layer \"one\" {{\n  run \"echo one > /one.txt\"\n  copy \"files/greeting\" \"/etc/greeting\" mode=\"0600\" owner=\"builder\"\n  copy \"files/tree\" \"/opt/tree\"\n}}\n\
+             layer \"two\" {{\n  env GREETING=\"hi\" PATH=\"/opt/bin:$PATH\"\n  workdir \"/work\"\n  run \"echo $GREETING $PATH > out.txt; pwd >> out.txt\"\n  run \"id -u > /home/builder/uid\" user=\"builder\"\n}}\n"
+        ),
+    );
+    let first = t.apply(&spec);
+    assert_eq!(first.built(), ["base", "one", "two"], "{}", first.stderr);
+    let root = first.root();
+    assert_eq!(
+        std::fs::read_to_string(root.join("one.txt")).unwrap(),
+        "one\n"
+    );
+    let greeting = root.join("etc/greeting");
+    assert_eq!(
+        std::fs::read_to_string(&greeting).unwrap(),
+        "hello from the host\n"
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(&greeting).unwrap();
+    assert_eq!(
+        (m.permissions().mode() & 0o7777, m.uid(), m.gid()),
+        (0o600, 1000, 1000)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("opt/tree/sub/a.txt")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("opt/tree/link"))
+            .unwrap()
+            .to_str(),
+        Some("sub/a.txt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("work/out.txt")).unwrap(),
+        "hi /opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/work\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("home/builder/uid")).unwrap(),
+        "1000\n"
+    );
+
+    // An unchanged spec builds nothing and keeps the root.
+    let second = t.apply(&spec);
+    assert!(second.built().is_empty(), "{}", second.stderr);
+    assert_eq!(second.cached(), ["base", "one", "two"]);
+    assert_eq!(second.root(), root);
+    assert!(
+        t.stray_mounts().is_empty(),
+        "stray mounts: {:?}",
+        t.stray_mounts()
+    );
+}
+
+pub fn a_change_rebuilds_its_layer_and_later_ones_only(kind: Kind) {
+    let t = TestStore::new(kind, "change");
+    let text = format!(
+        "name \"c\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\nlayer \"b\" {{ run \"echo b > /b\" }}\nlayer \"c\" {{ run \"echo c > /c\" }}\n"
+    );
+    let spec = t.spec("env.kdl", &text);
+    t.apply(&spec);
+    t.spec("env.kdl", &text.replace("echo b > /b", "echo B > /b"));
+    let r = t.apply(&spec);
+    assert_eq!(r.cached(), ["base", "a"]);
+    assert_eq!(r.built(), ["b", "c"]);
+    assert_eq!(std::fs::read_to_string(r.root().join("b")).unwrap(), "B\n");
+    // Going back hits the cache again: the old layers are still stored.
+    t.spec("env.kdl", &text);
+    let r = t.apply(&spec);
+    assert!(r.built().is_empty(), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(r.root().join("b")).unwrap(), "b\n");
+}
+
+pub fn shared_prefixes_are_built_once(kind: Kind) {
+    let t = TestStore::new(kind, "prefix");
+    t.spec(
+        "common.kdl",
+        &format!("name \"common\"\n{BASE}layer \"shared\" {{ run \"echo shared > /shared\" }}\n"),
+    );
+    let a = t.spec(
+        "a.kdl",
+        "name \"a\"\nextends \"common.kdl\"\nlayer \"only-a\" { run \"echo a > /a\" }\n",
+    );
+    let b = t.spec(
+        "b.kdl",
+        "name \"b\"\nextends \"common.kdl\"\nlayer \"only-b\" { run \"echo b > /b\" }\n",
+    );
+    assert_eq!(t.apply(&a).built(), ["base", "shared", "only-a"]);
+    let rb = t.apply(&b);
+    assert_eq!(rb.cached(), ["base", "shared"]);
+    assert_eq!(rb.built(), ["only-b"]);
+    assert!(
+        rb.root().join("shared").exists()
+            && rb.root().join("b").exists()
+            && !rb.root().join("a").exists()
+    );
+    let ls = t.envc(&["ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ls.stdout).unwrap();
+    assert_eq!(
+        v["layers"].as_array().unwrap().len(),
+        4,
+        "base, shared, only-a, only-b: {}",
+        ls.stdout
+    );
+    assert_eq!(v["roots"].as_array().unwrap().len(), 2);
+    let tree = t.envc(&["ls"]).stdout;
+    assert!(
+        tree.contains("├─ only-a") || tree.contains("└─ only-a"),
+        "{tree}"
+    );
+}
+
+pub fn reset_discards_changes(kind: Kind) {
+    let t = TestStore::new(kind, "reset");
+    let spec = t.spec(
+        "env.kdl",
+        &format!("name \"r\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n"),
+    );
+    let root = t.apply(&spec).root();
+    std::fs::write(root.join("dirt"), "x").unwrap();
+    std::fs::remove_file(root.join("a")).unwrap();
+    let again = t.apply(&spec);
+    assert!(
+        again.root().join("dirt").exists(),
+        "a plain apply keeps the working root's changes"
+    );
+    let r = run_ok(t.cmd().args(["apply", "--reset"]).arg(&spec));
+    assert_eq!(r.root(), root);
+    assert!(!root.join("dirt").exists());
+    assert_eq!(std::fs::read_to_string(root.join("a")).unwrap(), "a\n");
+    assert!(r.built().is_empty());
+}
+
+pub fn run_uses_a_throwaway_snapshot_and_passes_the_exit_status(kind: Kind) {
+    let t = TestStore::new(kind, "run");
+    let spec = t.spec("env.kdl", &format!("name \"run\"\n{BASE}layer \"a\" {{\n  env X=\"42\"\n  workdir \"/w\"\n  run \"true\"\n}}\n"));
+    let r = t.envc(&[
+        "run",
+        spec.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo $X $(pwd); touch /scratch; exit 7",
+    ]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert_eq!(r.stdout, "42 /w\n");
+    let root = t.apply(&spec).root();
+    assert!(
+        !root.join("scratch").exists(),
+        "a throwaway run leaves the working root alone"
+    );
+    let r = t.envc(&[
+        "run",
+        "--keep",
+        spec.to_str().unwrap(),
+        "--",
+        "touch",
+        "/kept",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        root.join("kept").exists(),
+        "--keep runs in the working root"
+    );
+    let r = t.envc(&["run", spec.to_str().unwrap(), "--", "no-such-command"]);
+    assert_ne!(r.code, 0);
+    assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
+    assert_eq!(
+        std::fs::read_dir(t.store.join("tmp")).unwrap().count(),
+        0,
+        "throwaway roots are removed"
+    );
+}
+
+pub fn a_failing_step_points_at_its_line_and_seals_nothing(kind: Kind) {
+    let t = TestStore::new(kind, "fail");
+    let text = format!(
+        "name \"f\"\n{BASE}layer \"ok\" {{ run \"true\" }}\nlayer \"bad\" {{\n    run \"echo before\"\n    run \"echo oops >&2; exit 3\"\n}}\n"
+    );
+    let spec = t.spec("env.kdl", &text);
+    let r = t.envc(&["apply", spec.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("envc::apply::step_failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("step 2 failed: exit status 3"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("env.kdl:6:5"),
+        "points at the step's line: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("oops"),
+        "shows the output's tail: {}",
+        r.stderr
+    );
+    let ls: serde_json::Value = serde_json::from_str(&t.envc(&["ls", "--json"]).stdout).unwrap();
+    let names: Vec<&str> = ls["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"bad"),
+        "a failed layer is not sealed: {names:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(t.store.join("staging")).unwrap().count(),
+        0,
+        "nothing left in staging"
+    );
+    t.spec("env.kdl", &text.replace("exit 3", "exit 0"));
+    let r = t.apply(&spec);
+    assert_eq!(r.built(), ["bad"]);
+}
+
+pub fn copy_never_writes_through_a_symlink_to_the_host(kind: Kind) {
+    let t = TestStore::new(kind, "escape");
+    let host_dir = common::TempDir::new("escape-target");
+    std::fs::create_dir_all(t.specs.join("files")).unwrap();
+    std::fs::write(t.specs.join("files/payload"), "payload\n").unwrap();
+    let target = host_dir.path().to_str().unwrap();
+    let spec = t.spec(
+        "env.kdl",
+        &format!("name \"e\"\n{BASE}layer \"trap\" {{\n  run \"ln -s {target} /evil && ln -s {target}/file /evil-file\"\n  copy \"files/payload\" \"/evil/file\"\n  copy \"files/payload\" \"/evil-file\"\n}}\n"),
+    );
+    let r = t.apply(&spec);
+    assert!(
+        !host_dir.path().join("file").exists(),
+        "copy escaped to the host"
+    );
+    let root = r.root();
+    assert_eq!(
+        std::fs::read_to_string(root.join(target.trim_start_matches('/')).join("file")).unwrap(),
+        "payload\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(root.join("evil-file"))
+            .unwrap()
+            .is_file(),
+        "a symlink at the destination is replaced, not followed"
+    );
+}
+
+pub fn concurrent_applies_build_each_layer_once(kind: Kind) {
+    let t = TestStore::new(kind, "concurrent");
+    let spec = t.spec("env.kdl", &format!("name \"cc\"\n{BASE}layer \"slow\" {{ run \"sleep 1; echo slow > /slow\" }}\nlayer \"next\" {{ run \"echo next > /next\" }}\n"));
+    let spawn = || {
+        t.cmd()
+            .arg("apply")
+            .arg(&spec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (
+        common::Run::from(a.wait_with_output().unwrap()),
+        common::Run::from(b.wait_with_output().unwrap()),
+    );
+    assert_eq!((a.code, b.code), (0, 0), "{}\n{}", a.stderr, b.stderr);
+    let mut built: Vec<String> = a.built().into_iter().chain(b.built()).collect();
+    built.sort();
+    assert_eq!(
+        built,
+        ["base", "next", "slow"],
+        "each layer built exactly once:\n{}\n{}",
+        a.stderr,
+        b.stderr
+    );
+    assert_eq!(a.root(), b.root());
+    assert!(a.root().join("next").exists());
+}
+
+pub fn kill_9_mid_step_then_apply_succeeds(kind: Kind) {
+    let t = TestStore::new(kind, "kill");
+    let spec = t.spec("env.kdl", &format!("name \"k\"\n{BASE}layer \"slow\" {{ run \"echo start; sleep 3; echo done > /done\" }}\n"));
+    let mut child = t
+        .cmd()
+        .arg("apply")
+        .arg(&spec)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step is running (its staging area exists and it printed), then kill -9.
+    let started = Instant::now();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    while !seen.contains("[slow] start") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "apply ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        assert!(started.elapsed() < Duration::from_secs(60), "{seen}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    drop(stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_dir(t.store.join("staging")).unwrap().count() > 0,
+        true,
+        "the killed build left its staging area"
+    );
+    let r = t.apply(&spec);
+    assert!(
+        r.stderr.contains("removed 1 interrupted build"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.built(), ["slow"]);
+    assert_eq!(
+        std::fs::read_to_string(r.root().join("done")).unwrap(),
+        "done\n"
+    );
+    assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
+    // No process of the killed build is left running.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.contains("sleep 3; echo done")),
+        "orphaned step processes survived"
+    );
+}
+
+pub fn rm_drops_the_working_root(kind: Kind) {
+    let t = TestStore::new(kind, "rm");
+    let spec = t.spec(
+        "env.kdl",
+        &format!("name \"gone\"\n{BASE}layer \"a\" {{ run \"true\" }}\n"),
+    );
+    let root = t.apply(&spec).root();
+    assert!(root.join("bin/busybox").exists());
+    let r = t.envc(&["rm", "gone"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!root.join("bin/busybox").exists());
+    assert_eq!(t.envc(&["rm", "gone"]).code, 1, "removing twice fails");
+    assert!(t.stray_mounts().is_empty());
+}
+
+pub fn why_explains_misses_field_by_field(kind: Kind) {
+    let t = TestStore::new(kind, "why");
+    let text = format!(
+        "name \"w\"\n{BASE}layer \"a\" {{\n  env GREETING=\"hi\"\n  run \"true\"\n}}\nlayer \"b\" {{ run \"true\" }}\n"
+    );
+    let spec = t.spec("env.kdl", &text);
+    t.apply(&spec);
+    let r = t.envc(&["why", spec.to_str().unwrap()]);
+    assert_eq!(r.stdout.matches("cached").count(), 3, "{}", r.stdout);
+    t.spec(
+        "env.kdl",
+        &text.replace("GREETING=\"hi\"", "GREETING=\"hello\""),
+    );
+    let r = t.envc(&["why", spec.to_str().unwrap()]);
+    assert!(
+        r.stdout
+            .contains("steps[0].vars.GREETING: \"hi\" -> \"hello\""),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("the first missing layer is `a`"),
+        "{}",
+        r.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&t.envc(&["why", "--json", spec.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(json[1]["cached"], false);
+    assert_eq!(json[1]["differs"][0]["path"], "steps[0].vars.GREETING");
+}
+
+pub fn gc_removes_unused_layers_children_first_and_never_one_in_use(kind: Kind) {
+    let t = TestStore::new(kind, "gc");
+    let text = format!(
+        "name \"g\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\nlayer \"b\" {{ run \"echo b > /b\" }}\n"
+    );
+    let spec = t.spec("env.kdl", &text);
+    t.apply(&spec);
+    // A changed first layer: the old a and b are no longer used by the root.
+    t.spec("env.kdl", &text.replace("echo a > /a", "echo A > /a"));
+    let root = t.apply(&spec).root();
+    let count = || {
+        serde_json::from_str::<serde_json::Value>(&t.envc(&["ls", "--json"]).stdout).unwrap()["layers"].as_array().unwrap().len()
+    };
+    assert_eq!(count(), 5);
+    let dry = t.envc(&["gc", "--older-than", "0", "--dry-run"]);
+    assert_eq!(dry.stdout.lines().count(), 2, "{}", dry.stdout);
+    assert_eq!(count(), 5, "a dry run removes nothing");
+    let recent = t.envc(&["gc"]);
+    assert!(
+        recent.stdout.is_empty(),
+        "the default keeps layers used in the last 7 days: {}",
+        recent.stdout
+    );
+    let r = t.envc(&["gc", "--older-than", "0"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", r.stdout);
+    assert!(
+        lines[0].starts_with("removed b ") && lines[1].starts_with("removed a "),
+        "children before parents: {}",
+        r.stdout
+    );
+    assert_eq!(count(), 3);
+    assert_eq!(
+        std::fs::read_to_string(root.join("a")).unwrap(),
+        "A\n",
+        "the root in use still works"
+    );
+    let none = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert!(
+        none.stdout.is_empty(),
+        "layers in use are never removed: {}",
+        none.stdout
+    );
+    // Once the root is gone, everything can go.
+    assert_eq!(t.envc(&["rm", "g"]).code, 0);
+    let all = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert_eq!(all.stdout.lines().count(), 3, "{}", all.stdout);
+    assert!(
+        all.stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("removed base "),
+        "{}",
+        all.stdout
+    );
+    assert_eq!(count(), 0);
+    // And a new apply rebuilds from nothing.
+    assert_eq!(t.apply(&spec).built(), ["base", "a", "b"]);
+}
+
+pub fn a_deep_chain_applies(kind: Kind) {
+    let t = TestStore::new(kind, "deep");
+    let mut text = format!("name \"deep\"\n{BASE}");
+    // Under emulation (the LVM tests run in a TCG guest) every LVM command takes about a second.
+    let depth = if kind == Kind::Lvm { 30 } else { 200 };
+    for i in 0..depth {
+        text.push_str(&format!("layer \"l{i}\" {{ run \"echo {i} > /f{i}\" }}\n"));
+    }
+    let spec = t.spec("env.kdl", &text);
+    let r = t.apply(&spec);
+    assert_eq!(r.built().len(), depth + 1);
+    let root = r.root();
+    for i in [0, 1, depth / 2, depth - 2, depth - 1] {
+        assert_eq!(
+            std::fs::read_to_string(root.join(format!("f{i}"))).unwrap(),
+            format!("{i}\n")
+        );
+    }
+    let run = t.envc(&[
+        "run",
+        spec.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &format!("cat /f0 /f{}", depth - 1),
+    ]);
+    assert_eq!(
+        (run.code, run.stdout),
+        (0, format!("0\n{}\n", depth - 1)),
+        "{}",
+        run.stderr
+    );
+    assert!(t.apply(&spec).built().is_empty());
+}
+
+pub fn shell_reads_commands_from_stdin(kind: Kind) {
+    let t = TestStore::new(kind, "shell");
+    let spec = t.spec(
+        "env.kdl",
+        &format!("name \"sh\"\n{BASE}layer \"a\" {{\n  env WHO=\"envc\"\n  run \"true\"\n}}\n"),
+    );
+    let mut child = t
+        .cmd()
+        .arg("shell")
+        .arg(&spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hello $WHO; exit 4\n")
+        .unwrap();
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stdout.contains("hello envc"), "{}", r.stdout);
+}
+
+pub fn gc_leaves_layers_in_use_by_a_running_command_alone(kind: Kind) {
+    let t = TestStore::new(kind, "gc-busy");
+    let spec = t.spec(
+        "env.kdl",
+        &format!("name \"busy\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n"),
+    );
+    t.apply(&spec);
+    assert_eq!(t.envc(&["rm", "busy"]).code, 0);
+    // No working root uses the layers now, but a running command does.
+    let child = t
+        .cmd()
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "sleep 2; cat /a",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let gc = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert!(
+        gc.stdout.is_empty(),
+        "gc removed layers in use: {}",
+        gc.stdout
+    );
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (0, "a\n"),
+        "{}",
+        run.stderr
+    );
+    let gc = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert_eq!(
+        gc.stdout.lines().count(),
+        2,
+        "once the command ended, the layers can go: {}",
+        gc.stdout
+    );
+}
+
+fn run_ok(cmd: &mut Command) -> Run {
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r
+}
+
+/// Every contract test, by name.
+pub const ALL: &[(&str, fn(Kind))] = &[
+    (
+        "every_step_kind_builds_and_caches",
+        every_step_kind_builds_and_caches,
+    ),
+    (
+        "a_change_rebuilds_its_layer_and_later_ones_only",
+        a_change_rebuilds_its_layer_and_later_ones_only,
+    ),
+    (
+        "shared_prefixes_are_built_once",
+        shared_prefixes_are_built_once,
+    ),
+    ("reset_discards_changes", reset_discards_changes),
+    (
+        "run_uses_a_throwaway_snapshot_and_passes_the_exit_status",
+        run_uses_a_throwaway_snapshot_and_passes_the_exit_status,
+    ),
+    (
+        "a_failing_step_points_at_its_line_and_seals_nothing",
+        a_failing_step_points_at_its_line_and_seals_nothing,
+    ),
+    (
+        "copy_never_writes_through_a_symlink_to_the_host",
+        copy_never_writes_through_a_symlink_to_the_host,
+    ),
+    (
+        "concurrent_applies_build_each_layer_once",
+        concurrent_applies_build_each_layer_once,
+    ),
+    (
+        "kill_9_mid_step_then_apply_succeeds",
+        kill_9_mid_step_then_apply_succeeds,
+    ),
+    ("rm_drops_the_working_root", rm_drops_the_working_root),
+    (
+        "why_explains_misses_field_by_field",
+        why_explains_misses_field_by_field,
+    ),
+    (
+        "gc_removes_unused_layers_children_first_and_never_one_in_use",
+        gc_removes_unused_layers_children_first_and_never_one_in_use,
+    ),
+    ("a_deep_chain_applies", a_deep_chain_applies),
+    (
+        "shell_reads_commands_from_stdin",
+        shell_reads_commands_from_stdin,
+    ),
+    (
+        "gc_leaves_layers_in_use_by_a_running_command_alone",
+        gc_leaves_layers_in_use_by_a_running_command_alone,
+    ),
+];
