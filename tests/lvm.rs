@@ -132,19 +132,27 @@ fn host(filters: &[String], expected: usize) -> i32 {
     }
     let root = env!("CARGO_MANIFEST_DIR");
     let started = Instant::now();
-    let out = Command::new(format!("{root}/tests/vm/run-in-vm.sh"))
+    let mut child = Command::new(format!("{root}/tests/vm/run-in-vm.sh"))
         .arg(std::env::current_exe().unwrap())
         .args(filters)
         .current_dir(root)
         .env("ENVC_VM_DISK_SIZE", "24G")
         .env("ENVC_VM_ENV", "ENVC_REQUIRE_PRIVILEGED RUST_BACKTRACE")
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .expect("run tests/vm/run-in-vm.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    print!("{stdout}");
+    // The guest's results as they come.
+    let mut stdout = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap())) {
+        let line = line.unwrap_or_default();
+        println!("{line}");
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let out = child.wait().expect("wait for tests/vm/run-in-vm.sh");
     let want = format!("lvm: {expected} passed; 0 failed");
-    let ok = out.status.code() == Some(0) && stdout.contains(&want);
+    let ok = out.code() == Some(0) && stdout.contains(&want);
     println!(
         "lvm: the VM ran for {:.0} s; {}",
         started.elapsed().as_secs_f64(),
@@ -153,7 +161,7 @@ fn host(filters: &[String], expected: usize) -> i32 {
     if !ok {
         eprintln!(
             "lvm: expected `{want}` and exit status 0, got {:?}",
-            out.status.code()
+            out.code()
         );
         return 1;
     }

@@ -7,8 +7,8 @@
 # The guest sees the host's / read-only over virtio-9p, with a tmpfs overlay on top (writes are
 # discarded), the kernel's modules at /lib/modules/$(uname -r), and blank sparse scratch disks
 # (virtio-blk, serial envc-disk0.., listed in ENVC_VM_DISKS). It runs COMMAND with bash in the
-# current directory, with ENVC_IN_VM=1, and without udev. COMMAND's stdout and stderr are printed
-# after the guest stops, and its exit status becomes ours; 125 means the VM itself failed.
+# current directory, with ENVC_IN_VM=1, and without udev. COMMAND's stdout is printed as it comes,
+# its stderr after the guest stops, and its exit status becomes ours; 125 means the VM itself failed.
 #
 # Settings: ENVC_VM_CACHE (kernel and initramfs cache, default /var/cache/envc-vm),
 # ENVC_VM_TIMEOUT (seconds, default 900), ENVC_VM_MEM (MiB, default 2048), ENVC_VM_DISKS_N
@@ -119,6 +119,8 @@ done
 } > "$XCHG/guest.sh"
 
 console=$XCHG/console.log
+# COMMAND's stdout is shown as it is written (the exchange directory is shared with the guest).
+touch "$XCHG/stdout"
 set +e
 timeout "$TIMEOUT" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -machine q35 -m "$MEM" -smp 1 \
@@ -127,10 +129,14 @@ timeout "$TIMEOUT" qemu-system-x86_64 \
   -append "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init" \
   -fsdev "local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap" -device "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot" \
   -fsdev "local,id=xchg,path=$XCHG,security_model=passthrough" -device "virtio-9p-pci,fsdev=xchg,mount_tag=xchg" \
-  "${disks[@]}" >/dev/null 2>"$XCHG/qemu.err"
+  "${disks[@]}" >/dev/null 2>"$XCHG/qemu.err" &
+vm=$!
+tail -q -n +1 -f --pid="$vm" "$XCHG/stdout" 2>/dev/null &
+shown=$!
+wait "$vm"
 qemu=$?
+wait "$shown" 2>/dev/null
 set -e
-cat "$XCHG/stdout" 2>/dev/null || true
 cat "$XCHG/stderr" >&2 2>/dev/null || true
 if [[ ! -s $XCHG/status ]]; then
   echo "run-in-vm: the guest did not finish (qemu exit $qemu); console:" >&2

@@ -612,32 +612,34 @@ impl Backend for Lvm {
         chain: &[LayerId],
         labels: Labels<'_>,
     ) -> Result<Build, BackendError> {
-        // The staging directory comes first: it tells `discard` that a volume may exist.
-        let st = self.layout.staging(&id);
-        fs::create_dir_all(&st).map_err(io_err("create", &st))?;
         let lv = self.layer_lv(&id);
         self.check_pool(&format!(
             "create volume {} for layer `{}`",
             self.target(&lv),
             labels.layer
         ))?;
+        // The staging directory comes before the volume: it tells `discard` that one may exist.
+        let st = self.layout.staging(&id);
+        fs::create_dir_all(&st).map_err(io_err("create", &st))?;
         let mut tags = vec![
             TAG.to_owned(),
             format!("envc.id={id}"),
             format!("envc.name={}", labels.layer),
             format!("envc.env={}", labels.env),
         ];
-        match chain.last() {
-            None => {
-                self.create(&lv, None, &tags)?;
-                self.mkfs(&lv)?;
-            }
+        let made = match chain.last() {
+            None => self.create(&lv, None, &tags).and_then(|()| self.mkfs(&lv)),
             Some(parent) => {
                 tags.push(format!("envc.parent={parent}"));
-                self.create(&lv, Some(&self.layer_lv(parent)), &tags)?;
+                self.create(&lv, Some(&self.layer_lv(parent)), &tags)
             }
         }
-        self.mount(&lv, &st)?;
+        .and_then(|()| self.mount(&lv, &st));
+        if let Err(e) = made {
+            // Nothing half-made stays behind (if this fails too, the next apply retries).
+            let _ = self.discard(&id);
+            return Err(e);
+        }
         Ok(Build {
             id,
             source: RootSource::Dir,
@@ -717,32 +719,49 @@ impl Backend for Lvm {
     }
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
+        // Before anything changes: a full pool leaves the current root as it is.
+        self.check_pool(&format!("create a volume for the working root of `{name}`"))?;
         let dir = self.layout.root_dir(name);
         let mnt = dir.join("root");
         fs::create_dir_all(&mnt).map_err(io_err("create", &mnt))?;
         unmount(&mnt)?;
         let (lv_file, doomed_file) = self.root_files(name);
+        let pending_file = dir.join("lv.next");
         let old = self.current_root_lv(name);
+        // A volume whose creation was interrupted before it was recorded is doomed as well, and its
+        // generation is never reused.
+        let pending = fs::read_to_string(&pending_file)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|p| !p.is_empty() && Some(p) != old.as_ref());
+        let generation_of = |lv: &str| {
+            lv.rsplit('.')
+                .next()
+                .and_then(|g| g.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let generation = old
-            .as_deref()
-            .and_then(|o| o.rsplit('.').next())
-            .and_then(|g| g.parse::<u64>().ok())
-            .map_or(1, |g| g + 1);
-        if let Some(old) = &old {
-            // Recorded before anything else, so that a crash never leaks it.
+            .iter()
+            .chain(&pending)
+            .map(|l| generation_of(l))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let doomed: Vec<&String> = old.iter().chain(&pending).collect();
+        if !doomed.is_empty() {
+            // Recorded before anything else, so that a crash never leaks them.
             let mut f = File::options()
                 .create(true)
                 .append(true)
                 .open(&doomed_file)
                 .map_err(io_err("write", &doomed_file))?;
-            writeln!(f, "{old}").map_err(io_err("write", &doomed_file))?;
+            for d in &doomed {
+                writeln!(f, "{d}").map_err(io_err("write", &doomed_file))?;
+            }
         }
         let top = chain.last().expect("a root has at least a base");
         let lv = self.root_lv(name, generation);
-        self.check_pool(&format!(
-            "create volume {} for the working root of `{name}`",
-            self.target(&lv)
-        ))?;
+        fs::write(&pending_file, &lv).map_err(io_err("write", &pending_file))?;
         let tags = [
             TAG.to_owned(),
             "envc.root".to_owned(),
@@ -750,9 +769,9 @@ impl Backend for Lvm {
             format!("envc.top={top}"),
         ];
         self.create(&lv, Some(&self.layer_lv(top)), &tags)?;
-        fs::write(&lv_file, &lv).map_err(io_err("write", &lv_file))?;
+        fs::rename(&pending_file, &lv_file).map_err(io_err("write", &lv_file))?;
         self.mount(&lv, &mnt)?;
-        if old.is_some() {
+        if !doomed.is_empty() {
             self.spawn_reaper(name);
         }
         Ok(mnt)
@@ -761,11 +780,18 @@ impl Backend for Lvm {
     fn drop_root(&self, name: &str) -> Result<(), BackendError> {
         let mnt = self.root_path(name);
         unmount(&mnt)?;
+        let pending_file = self.layout.root_dir(name).join("lv.next");
         let mut lvs = self.doomed(name);
         lvs.extend(self.current_root_lv(name));
+        lvs.extend(
+            fs::read_to_string(&pending_file)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+        );
         self.remove_lvs(&lvs)?;
         let (lv_file, doomed_file) = self.root_files(name);
-        for f in [lv_file, doomed_file] {
+        for f in [lv_file, doomed_file, pending_file] {
             let _ = fs::remove_file(f);
         }
         Ok(())
