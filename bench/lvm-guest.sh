@@ -47,7 +47,8 @@ echo "COUNT build-lvcreate $(grep -c 'lvm lvcreate' "$log")"
 echo "COUNT build-lvchange $(grep -c 'lvm lvchange' "$log")"
 echo "COUNT build-lvs $(grep -c 'lvm lvs' "$log" || true)"
 
-top=$(for d in "$store"/layers/*; do cat "$d/lv"; echo; done | head -1)
+layer_dirs=("$store"/layers/*)
+top=$(cat "${layer_dirs[0]}/lv")
 root=$("$ENVC" apply "$spec" 2>/dev/null)
 mkdir -p "$work/mnt"
 for r in $(seq 1 "$ROUNDS"); do
@@ -59,7 +60,7 @@ for r in $(seq 1 "$ROUNDS"); do
   echo dirt > "$root/dirt"
   before=$(commands)
   ENVC_LVM_LOG=$log timeit reset "$ENVC" apply --reset "$spec"
-  echo "COUNT reset-foreground $(grep -c . <(tail -n +$((before + 1)) "$log" | grep 'lvm lvcreate'))"
+  echo "COUNT reset-foreground $(tail -n +$((before + 1)) "$log" | grep -c 'lvm lvcreate' || true)"
   while [ -e "$store/roots/bench/doomed" ]; do sleep 0.2; done
   echo "COUNT reset-total $(( $(commands) - before ))"
   # envc run: a throwaway snapshot, created and removed.
