@@ -291,6 +291,15 @@ fn apply_logged(t: &TestStore, spec: &Path, log: &Path, extra: &[&str]) -> Run {
     r
 }
 
+/// envc on another store than a test store's.
+fn envc_at(store: &Path) -> Command {
+    let mut c = Command::new(common::ENVC);
+    c.env("ENVC_STORE", store)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    c
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -613,8 +622,7 @@ fn the_store_is_rebuilt_from_lv_tags() {
     common::unmount_below(&t.store);
     std::fs::remove_dir_all(&t.store).unwrap();
     let store2 = t.store.with_file_name("store2");
-    let out = Command::new(common::ENVC)
-        .env("ENVC_STORE", &store2)
+    let out = envc_at(&store2)
         .args([
             "store", "init", "lvm", "--vg", &pool.vg, "--pool", &pool.pool,
         ])
@@ -632,15 +640,7 @@ fn the_store_is_rebuilt_from_lv_tags() {
             && stdout.contains("removed 1 interrupted build"),
         "{stdout}"
     );
-    let r = Run::from(
-        Command::new(common::ENVC)
-            .env("ENVC_STORE", &store2)
-            .env("NO_COLOR", "1")
-            .arg("apply")
-            .arg(&spec)
-            .output()
-            .unwrap(),
-    );
+    let r = Run::from(envc_at(&store2).arg("apply").arg(&spec).output().unwrap());
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.built().is_empty(), "every layer is reused: {}", r.stderr);
     assert_eq!(
@@ -648,11 +648,7 @@ fn the_store_is_rebuilt_from_lv_tags() {
         "kept\n",
         "the working root keeps its changes"
     );
-    let ls = Command::new(common::ENVC)
-        .env("ENVC_STORE", &store2)
-        .args(["ls", "--json"])
-        .output()
-        .unwrap();
+    let ls = envc_at(&store2).args(["ls", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     let mut names: Vec<&str> = v["layers"]
         .as_array()
@@ -680,8 +676,7 @@ fn the_store_is_rebuilt_from_lv_tags() {
             .status
             .success()
     );
-    let rec = Command::new(common::ENVC)
-        .env("ENVC_STORE", &store2)
+    let rec = envc_at(&store2)
         .args(["store", "recover"])
         .output()
         .unwrap();
@@ -691,9 +686,7 @@ fn the_store_is_rebuilt_from_lv_tags() {
         String::from_utf8_lossy(&rec.stderr)
     );
     let r = Run::from(
-        Command::new(common::ENVC)
-            .env("ENVC_STORE", &store2)
-            .env("NO_COLOR", "1")
+        envc_at(&store2)
             .args(["apply", "--reset"])
             .arg(&spec)
             .output()
@@ -824,8 +817,7 @@ fn a_store_on_a_loop_file_volume_group() {
     let dir = common::TempDir::new("loop");
     let store = dir.path().join("store");
     let file = dir.path().join("pool.img");
-    let out = Command::new(common::ENVC)
-        .env("ENVC_STORE", &store)
+    let out = envc_at(&store)
         .args([
             "store", "init", "lvm", "--vg", "envcloop", "--size", "320M", "--loop",
         ])
@@ -850,15 +842,7 @@ fn a_store_on_a_loop_file_volume_group() {
         format!("name \"l\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n"),
     )
     .unwrap();
-    let r = Run::from(
-        Command::new(common::ENVC)
-            .env("ENVC_STORE", &store)
-            .env("NO_COLOR", "1")
-            .arg("apply")
-            .arg(&spec)
-            .output()
-            .unwrap(),
-    );
+    let r = Run::from(envc_at(&store).arg("apply").arg(&spec).output().unwrap());
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(r.root().join("a")).unwrap(), "a\n");
     common::unmount_below(dir.path());
