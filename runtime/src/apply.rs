@@ -233,7 +233,7 @@ impl Runtime {
         let rec = self.store.read_root(&plan.name);
         let fresh = reset
             || rec.as_ref().is_none_or(|r| r.chain != chain)
-            || !self.backend().root_ready(&plan.name);
+            || !self.backend().root_ready(&plan.name)?;
         let root = if fresh {
             let path = self.backend().create_root(&plan.name, &chain)?;
             self.store.write_root(&RootRecord {
@@ -327,6 +327,15 @@ impl Runtime {
 
     /// Removes a working root.
     pub fn remove_root(&self, name: &str) -> Result<bool, ApplyError> {
+        if !store::valid_name(name) {
+            return Err(ApplyError::Io {
+                op: format!("remove working root `{name}`"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not an environment name (1 to 64 characters from a-z, A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit)",
+                ),
+            });
+        }
         let _lock = self.store.lock_root(name)?;
         let existed = self.store.read_root(name).is_some();
         self.backend().drop_root(name)?;

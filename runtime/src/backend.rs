@@ -228,8 +228,9 @@ pub trait Backend: Send + Sync {
     fn root_path(&self, name: &str) -> PathBuf {
         self.layout().root_dir(name).join("root")
     }
-    /// Whether the working root exists and is usable (mounted, for overlay).
-    fn root_ready(&self, name: &str) -> bool;
+    /// Whether the working root exists and is usable (mounted, for overlay). An error means it
+    /// exists but cannot be made usable: the caller must not replace it silently.
+    fn root_ready(&self, name: &str) -> Result<bool, BackendError>;
     /// (Re)creates the working root as a fresh writable snapshot of `chain`'s last layer.
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError>;
     /// Removes a working root.
@@ -496,8 +497,8 @@ impl Backend for Overlay {
         }
     }
 
-    fn root_ready(&self, name: &str) -> bool {
-        is_mounted(&self.root_path(name))
+    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+        Ok(is_mounted(&self.root_path(name)))
     }
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
@@ -649,8 +650,8 @@ impl Backend for Btrfs {
         Self::delete_subvolume(&path)
     }
 
-    fn root_ready(&self, name: &str) -> bool {
-        is_subvolume(&self.root_path(name))
+    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+        Ok(is_subvolume(&self.root_path(name)))
     }
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {

@@ -114,6 +114,17 @@ pub struct RootRecord {
     pub created: u64,
 }
 
+/// Whether `name` is a valid environment name (the spec's rule: 1 to 64 characters from a-z,
+/// A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit). Names from the command line are
+/// checked before they become paths under `roots/`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Unix seconds now.
 pub fn now() -> u64 {
     SystemTime::now()
@@ -440,4 +451,27 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
     })?;
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("publish", path))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_from_the_command_line_are_checked() {
+        for ok in ["a", "rust-ci", "x.y_z", &"a".repeat(64)] {
+            assert!(super::valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "-a",
+            "_a",
+            "a b",
+            &"a".repeat(65),
+            "é",
+        ] {
+            assert!(!super::valid_name(bad), "{bad}");
+        }
+    }
 }

@@ -370,6 +370,13 @@ pub fn rm_drops_the_working_root(kind: Kind) {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!root.join("bin/busybox").exists());
     assert_eq!(t.envc(&["rm", "gone"]).code, 1, "removing twice fails");
+    for bad in ["..", "", "a/b", "a b"] {
+        assert_eq!(t.envc(&["rm", bad]).code, 1, "rm {bad:?} is refused");
+    }
+    assert!(
+        t.store.join("store.json").exists(),
+        "the store is untouched"
+    );
     assert!(t.stray_mounts().is_empty());
 }
 

@@ -192,10 +192,6 @@ struct LvRow {
     lv_attr: String,
     #[serde(default)]
     lv_size: String,
-    #[serde(default)]
-    data_percent: String,
-    #[serde(default)]
-    metadata_percent: String,
 }
 
 impl LvRow {
@@ -267,7 +263,7 @@ pub fn prepare(init: &LvmInit) -> Result<LvmConfig, BackendError> {
         };
         // The pool's size plus room for its metadata and LVM's spare metadata volume.
         let pool = init.size.unwrap_or(20 << 30);
-        let len = pool + pool / 25 + (128 << 20);
+        let len = pool.saturating_add(pool / 25).saturating_add(128 << 20);
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -360,10 +356,14 @@ impl Lvm {
     /// A working root's volume, generation `gen`. Environment names are at most 64 characters;
     /// long ones are shortened with a hash (`+` cannot occur in an environment name).
     fn root_lv(&self, name: &str, generation: u64) -> String {
+        // `_` becomes `+` (which no environment name has): LVM reserves names containing `_tmeta`,
+        // `_rimage` and the like.
+        let name_enc = name.replace('_', "+");
         let short = if name.len() <= 24 {
-            name.to_owned()
+            name_enc
         } else {
-            format!("{}+{:08x}", &name[..16], fnv(name) as u32)
+            let head: String = name_enc.chars().take(16).collect();
+            format!("{head}+{:08x}", fnv(name) as u32)
         };
         format!("{}-r.{short}.{generation}", self.cfg.pool)
     }
@@ -387,9 +387,8 @@ impl Lvm {
         Ok(())
     }
 
-    /// The pool's usage, from the device-mapper (no LVM command), or from LVM if the pool is not
-    /// active.
-    pub fn pool_usage(&self) -> Result<PoolUsage, BackendError> {
+    /// The pool's usage from the device-mapper (no LVM command); `None` if the pool is not active.
+    fn dm_usage(&self) -> Result<Option<PoolUsage>, BackendError> {
         // Every active thin-pool target, one per line: `NAME: 0 LEN thin-pool ...`. The pool is
         // `VG-POOL-tpool` while thin volumes use it, `VG-POOL` alone. (Those are not always in
         // /dev/mapper: without udev, LVM makes nodes only for visible volumes.)
@@ -397,27 +396,28 @@ impl Lvm {
             .args(["status", "--target", "thin-pool"])
             .output()?;
         let text = String::from_utf8_lossy(&out);
-        let pool = dm_name(&self.cfg.vg, &self.cfg.pool);
-        for name in [format!("{pool}-tpool"), pool] {
+        let dm = dm_name(&self.cfg.vg, &self.cfg.pool);
+        for name in [format!("{dm}-tpool"), dm] {
             let want = format!("{name}:");
             if let Some(u) = text
                 .lines()
                 .find_map(|l| l.strip_prefix(want.as_str()).and_then(parse_pool_status))
             {
-                return Ok(u);
+                return Ok(Some(u));
             }
         }
+        Ok(None)
+    }
+
+    /// The pool's usage. If the pool is not active (after a reboot without udev, say), it is
+    /// activated first: a volume is never created in a pool whose usage is unknown.
+    pub fn pool_usage(&self) -> Result<PoolUsage, BackendError> {
+        if let Some(u) = self.dm_usage()? {
+            return Ok(u);
+        }
         let pool = self.target(&self.cfg.pool);
-        let rows = lvs(&pool, "data_percent,metadata_percent", None)?;
-        let row = rows
-            .first()
-            .ok_or_else(|| unsupported(format!("thin pool {pool} does not exist")))?;
-        let pct = |s: &str| s.parse::<f64>().unwrap_or(0.0);
-        Ok(PoolUsage {
-            data: pct(&row.data_percent),
-            metadata: pct(&row.metadata_percent),
-            mode: "rw".into(),
-        })
+        run(lvm_cmd("lvchange")?.args(["-q", "-a", "y"]).arg(&pool))?;
+        self.dm_usage()?.ok_or_else(|| unsupported(format!("cannot read the usage of thin pool {pool}: it has no thin-pool target in `dmsetup status`")))
     }
 
     /// Checks the pool before a volume is created for `what`: warns above 75 %, refuses above 90 %.
@@ -660,7 +660,13 @@ impl Backend for Lvm {
         if let Ok(f) = File::open(&st) {
             let _ = sys::fitrim(std::os::fd::AsFd::as_fd(&f));
         }
-        unmount(&st)?;
+        // A plain unmount: if something still uses the filesystem, sealing fails instead of
+        // changing the volume under it.
+        nix::mount::umount(&st).map_err(|e| BackendError::Io {
+            op: "unmount",
+            path: st.clone(),
+            source: e.into(),
+        })?;
         let lv = self.layer_lv(&build.id);
         run(lvm_cmd("lvchange")?
             .args(["-q", "-p", "r", "--addtag", SEALED_TAG])
@@ -688,8 +694,11 @@ impl Backend for Lvm {
         if !marker.exists() {
             return Ok(());
         }
-        // The layer stops being sealed first; if LVM fails, it is sealed again.
-        let doomed = self.layout.tmp("removed");
+        // The layer stops being sealed first, by moving its record to where an interrupted build
+        // would be: if envc dies before the volume is gone, the next apply's staging clean-up
+        // removes it. If LVM fails, the layer is sealed again.
+        let doomed = self.layout.staging(id);
+        remove_dir_if_exists(&doomed)?;
         fs::rename(&marker, &doomed).map_err(io_err("remove layer", &marker))?;
         if let Err(e) = self.remove_lvs(&[self.layer_lv(id)]) {
             let _ = fs::rename(&doomed, &marker);
@@ -698,24 +707,25 @@ impl Backend for Lvm {
         remove_dir_if_exists(&doomed)
     }
 
-    fn root_ready(&self, name: &str) -> bool {
+    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
         let mnt = self.root_path(name);
         if is_mounted(&mnt) {
-            return true;
+            return Ok(true);
         }
-        // After a reboot: the root's volume is still there; activate and mount it again.
+        // After a reboot: the root's volume is still there; activate and mount it again. If that
+        // fails, the error stops the apply: the root (and what was changed in it) is never
+        // replaced silently.
         let Some(lv) = self.current_root_lv(name) else {
-            return false;
+            return Ok(false);
         };
         if !self.dev(&lv).exists() {
-            let activated = lvm_cmd("lvchange")
-                .map_err(BackendError::from)
-                .and_then(|t| run(t.args(["-q", "-a", "y", "-K"]).arg(self.target(&lv))));
-            if activated.is_err() {
-                return false;
-            }
+            run(lvm_cmd("lvchange")?
+                .args(["-q", "-a", "y", "-K"])
+                .arg(self.target(&lv)))?;
         }
-        fs::create_dir_all(&mnt).is_ok() && self.mount(&lv, &mnt).is_ok()
+        fs::create_dir_all(&mnt).map_err(io_err("create", &mnt))?;
+        self.mount(&lv, &mnt)?;
+        Ok(true)
     }
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
@@ -974,7 +984,20 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
             }
         }
     }
-    for row in rows.iter().filter(|r| r.has("envc.root")) {
+    // Newest generation first: it is the root the user worked in last.
+    let mut root_rows: Vec<&LvRow> = rows
+        .iter()
+        .filter(|r| r.has("envc.root") && r.tag("envc.env").is_some_and(store::valid_name))
+        .collect();
+    let generation = |r: &LvRow| {
+        r.lv_name
+            .rsplit('.')
+            .next()
+            .and_then(|g| g.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    root_rows.sort_by_key(|r| std::cmp::Reverse(generation(r)));
+    for row in root_rows {
         let (Some(name), Some(top)) = (
             row.tag("envc.env"),
             row.tag("envc.top").and_then(|t| t.parse::<LayerId>().ok()),
@@ -997,6 +1020,9 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
             None => {
                 let mut chain = vec![top];
                 while let Some(Some(p)) = parents.get(chain.last().expect("non-empty")) {
+                    if chain.contains(p) || chain.len() > parents.len() {
+                        break; // tags edited into a cycle
+                    }
                     chain.push(*p);
                 }
                 chain.reverse();
@@ -1027,6 +1053,9 @@ pub fn reap_main(args: &[std::ffi::OsString]) -> i32 {
         return 1;
     };
     let name = name.to_string_lossy();
+    if !store::valid_name(&name) {
+        return 2;
+    }
     let Ok(_lock) = store.lock_root(&name) else {
         return 1;
     };
@@ -1076,6 +1105,12 @@ mod tests {
         );
         assert_eq!(dm_name("my-vg", "envc-r.a.1"), "my--vg-envc--r.a.1");
         assert_eq!(l.root_lv("rust-ci", 3), "envc-r.rust-ci.3");
+        // LVM reserves names containing `_tmeta`, `_rimage`, ...: `_` is written `+`.
+        assert_eq!(l.root_lv("ci_tmeta", 1), "envc-r.ci+tmeta.1");
+        assert!(
+            !l.root_lv(&format!("{}_rimage", "x".repeat(30)), 1)
+                .contains('_')
+        );
         let long = "a".repeat(64);
         let other = format!("{}b", "a".repeat(63));
         assert_ne!(l.root_lv(&long, 1), l.root_lv(&other, 1));
