@@ -159,6 +159,20 @@ pub struct GcReport {
 pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
     if !policy.dry_run {
         store.backend().sweep();
+        // LVM: old snapshots of working roots whose background removal did not happen.
+        if let Some(lvm) = store.backend().lvm() {
+            for root in store.roots() {
+                if let Some(_lock) = store.try_lock_root(&root.name)?
+                    && let Err(e) = lvm.reap(&root.name)
+                {
+                    // Not fatal: a snapshot still in use is removed by a later gc.
+                    eprintln!(
+                        "envc: warning: cannot remove old snapshots of working root `{}`: {e}",
+                        root.name
+                    );
+                }
+            }
+        }
     }
     let metas = store.layers()?;
     let in_use: BTreeSet<LayerId> = store.roots().into_iter().flat_map(|r| r.chain).collect();

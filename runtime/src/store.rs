@@ -301,6 +301,14 @@ impl Store {
             .expect("blocking lock"))
     }
 
+    /// Locks a working root by name if nobody holds it.
+    pub fn try_lock_root(&self, name: &str) -> Result<Option<Lock>, StoreError> {
+        self.lock_file(
+            &format!("root-{name}.lock"),
+            FlockArg::LockExclusiveNonblock,
+        )
+    }
+
     /// Locks a shared cache by name, waiting for other holders.
     pub fn lock_cache(&self, name: &str) -> Result<Lock, StoreError> {
         Ok(self

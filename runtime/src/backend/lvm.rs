@@ -239,10 +239,11 @@ fn lvs(target: &str, fields: &str, select: Option<&str>) -> Result<Vec<LvRow>, B
     Ok(r.report.into_iter().flat_map(|s| s.lv).collect())
 }
 
-fn unsupported(reason: String) -> BackendError {
+/// The LVM backend cannot use `object` (a VG, or VG/POOL).
+fn unsupported(object: &str, reason: String) -> BackendError {
     BackendError::Unsupported {
         backend: BackendKind::Lvm,
-        path: PathBuf::from("/dev/mapper"),
+        path: PathBuf::from(object),
         reason,
     }
 }
@@ -256,10 +257,13 @@ pub fn prepare(init: &LvmInit) -> Result<LvmConfig, BackendError> {
     .is_ok();
     if !vg_exists {
         let Some(file) = &init.loop_file else {
-            return Err(unsupported(format!(
-                "volume group `{}` does not exist: create it (vgcreate {} DEVICE), or give --loop FILE to make one on a loop file",
-                init.vg, init.vg
-            )));
+            return Err(unsupported(
+                &init.vg,
+                format!(
+                    "the volume group does not exist: create it (vgcreate {} DEVICE), or give --loop FILE to make one on a loop file",
+                    init.vg
+                ),
+            ));
         };
         // The pool's size plus room for its metadata and LVM's spare metadata volume.
         let pool = init.size.unwrap_or(20 << 30);
@@ -295,10 +299,13 @@ pub fn prepare(init: &LvmInit) -> Result<LvmConfig, BackendError> {
     let pool_size = match existing.first() {
         Some(row) if row.lv_attr.starts_with('t') => row.lv_size.parse::<u64>().unwrap_or(0),
         Some(row) => {
-            return Err(unsupported(format!(
-                "{path} exists and is not a thin pool (attributes {})",
-                row.lv_attr
-            )));
+            return Err(unsupported(
+                &path,
+                format!(
+                    "it exists and is not a thin pool (attributes {})",
+                    row.lv_attr
+                ),
+            ));
         }
         None => {
             let mut t = lvm_cmd("lvcreate")?.args(["-q", "--type", "thin-pool", "-n", &init.pool]);
@@ -417,7 +424,12 @@ impl Lvm {
         }
         let pool = self.target(&self.cfg.pool);
         run(lvm_cmd("lvchange")?.args(["-q", "-a", "y"]).arg(&pool))?;
-        self.dm_usage()?.ok_or_else(|| unsupported(format!("cannot read the usage of thin pool {pool}: it has no thin-pool target in `dmsetup status`")))
+        self.dm_usage()?.ok_or_else(|| {
+            unsupported(
+                &pool,
+                "its usage cannot be read: no thin-pool target in `dmsetup status`".into(),
+            )
+        })
     }
 
     /// Checks the pool before a volume is created for `what`: warns above 75 %, refuses above 90 %.
@@ -497,25 +509,45 @@ impl Lvm {
         Ok(())
     }
 
-    fn root_files(&self, name: &str) -> (PathBuf, PathBuf) {
-        let dir = self.layout.root_dir(name);
-        (dir.join("lv"), dir.join("doomed"))
+    /// A working root's files: `lv` (its current volume), `lv.next` (a volume being created),
+    /// `doomed` (old volumes to remove).
+    fn root_file(&self, name: &str, file: &str) -> PathBuf {
+        self.layout.root_dir(name).join(file)
     }
 
-    fn current_root_lv(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.root_files(name).0)
+    /// The volume named in a root's `lv` or `lv.next`.
+    fn root_volume(&self, name: &str, file: &str) -> Option<String> {
+        fs::read_to_string(self.root_file(name, file))
             .ok()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
     }
 
+    fn current_root_lv(&self, name: &str) -> Option<String> {
+        self.root_volume(name, "lv")
+    }
+
     fn doomed(&self, name: &str) -> Vec<String> {
-        fs::read_to_string(self.root_files(name).1)
+        fs::read_to_string(self.root_file(name, "doomed"))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
             .filter(|l| !l.is_empty())
             .collect()
+    }
+
+    /// Records volumes of a root for removal (by the reaper, `rm` or `gc`).
+    fn doom(&self, name: &str, lvs: &[&str]) -> Result<(), BackendError> {
+        let path = self.root_file(name, "doomed");
+        let mut f = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("write", &path))?;
+        for lv in lvs {
+            writeln!(f, "{lv}").map_err(io_err("write", &path))?;
+        }
+        Ok(())
     }
 
     /// Removes a root's old snapshots (not the current one). The caller holds the root's lock.
@@ -527,7 +559,7 @@ impl Lvm {
             .filter(|d| Some(d) != current.as_ref())
             .collect();
         self.remove_lvs(&doomed)?;
-        let _ = fs::remove_file(self.root_files(name).1);
+        let _ = fs::remove_file(self.root_file(name, "doomed"));
         Ok(doomed.len())
     }
 
@@ -548,12 +580,8 @@ impl Lvm {
             .spawn();
     }
 
-    fn sealed_marker(&self, id: &LayerId) -> PathBuf {
-        self.layout.layer(id)
-    }
-
     fn write_marker(&self, id: &LayerId, lv: &str) -> Result<(), BackendError> {
-        let dir = self.sealed_marker(id);
+        let dir = self.layout.layer(id);
         let tmp = self.layout.tmp("marker");
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         fs::write(tmp.join("lv"), lv).map_err(io_err("write", &tmp))?;
@@ -561,21 +589,19 @@ impl Lvm {
     }
 }
 
+/// The generation of a working root's volume (`POOL-r.ENV.N`); 0 if it has none.
+fn generation_of(lv: &str) -> u64 {
+    lv.rsplit('.')
+        .next()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(0)
+}
+
 /// FNV-1a, for short stable names.
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-fn try_lock(path: &Path) -> Option<nix::fcntl::Flock<File>> {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .ok()?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -690,7 +716,7 @@ impl Backend for Lvm {
     }
 
     fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
-        let marker = self.sealed_marker(id);
+        let marker = self.layout.layer(id);
         if !marker.exists() {
             return Ok(());
         }
@@ -735,42 +761,21 @@ impl Backend for Lvm {
         let mnt = dir.join("root");
         fs::create_dir_all(&mnt).map_err(io_err("create", &mnt))?;
         unmount(&mnt)?;
-        let (lv_file, doomed_file) = self.root_files(name);
-        let pending_file = dir.join("lv.next");
         let old = self.current_root_lv(name);
         // A volume whose creation was interrupted before it was recorded is doomed as well, and its
         // generation is never reused.
-        let pending = fs::read_to_string(&pending_file)
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|p| !p.is_empty() && Some(p) != old.as_ref());
-        let generation_of = |lv: &str| {
-            lv.rsplit('.')
-                .next()
-                .and_then(|g| g.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let generation = old
-            .iter()
-            .chain(&pending)
-            .map(|l| generation_of(l))
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let doomed: Vec<&String> = old.iter().chain(&pending).collect();
+        let pending = self
+            .root_volume(name, "lv.next")
+            .filter(|p| Some(p) != old.as_ref());
+        let doomed: Vec<&str> = old.iter().chain(&pending).map(String::as_str).collect();
+        let generation = doomed.iter().map(|l| generation_of(l)).max().unwrap_or(0) + 1;
+        // Recorded before anything else, so that a crash never leaks them.
         if !doomed.is_empty() {
-            // Recorded before anything else, so that a crash never leaks them.
-            let mut f = File::options()
-                .create(true)
-                .append(true)
-                .open(&doomed_file)
-                .map_err(io_err("write", &doomed_file))?;
-            for d in &doomed {
-                writeln!(f, "{d}").map_err(io_err("write", &doomed_file))?;
-            }
+            self.doom(name, &doomed)?;
         }
         let top = chain.last().expect("a root has at least a base");
         let lv = self.root_lv(name, generation);
+        let (pending_file, lv_file) = (dir.join("lv.next"), dir.join("lv"));
         fs::write(&pending_file, &lv).map_err(io_err("write", &pending_file))?;
         let tags = [
             TAG.to_owned(),
@@ -790,19 +795,12 @@ impl Backend for Lvm {
     fn drop_root(&self, name: &str) -> Result<(), BackendError> {
         let mnt = self.root_path(name);
         unmount(&mnt)?;
-        let pending_file = self.layout.root_dir(name).join("lv.next");
         let mut lvs = self.doomed(name);
         lvs.extend(self.current_root_lv(name));
-        lvs.extend(
-            fs::read_to_string(&pending_file)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty()),
-        );
+        lvs.extend(self.root_volume(name, "lv.next"));
         self.remove_lvs(&lvs)?;
-        let (lv_file, doomed_file) = self.root_files(name);
-        for f in [lv_file, doomed_file, pending_file] {
-            let _ = fs::remove_file(f);
+        for f in ["lv", "doomed", "lv.next"] {
+            let _ = fs::remove_file(self.root_file(name, f));
         }
         Ok(())
     }
@@ -825,19 +823,16 @@ impl Backend for Lvm {
                 )
             })
             .and_then(|()| self.mount(&lv, &dir));
-        if let Err(e) = made {
-            let _ = self.drop_scratch(Scratch {
-                source: RootSource::Dir,
-                mountpoint: dir.clone(),
-                dir,
-            });
-            return Err(e);
-        }
-        Ok(Scratch {
+        let scratch = Scratch {
             source: RootSource::Dir,
             mountpoint: dir.clone(),
             dir,
-        })
+        };
+        if let Err(e) = made {
+            let _ = self.drop_scratch(scratch);
+            return Err(e);
+        }
+        Ok(scratch)
     }
 
     fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
@@ -848,26 +843,6 @@ impl Backend for Lvm {
 
     fn sweep(&self) -> usize {
         let mut n = super::sweep_tmp(&self.layout.root);
-        // Old snapshots of working roots whose background removal did not happen.
-        for e in fs::read_dir(self.layout.root.join("roots"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if self.doomed(&name).is_empty() {
-                continue;
-            }
-            if let Some(_lock) = try_lock(
-                &self
-                    .layout
-                    .root
-                    .join("locks")
-                    .join(format!("root-{name}.lock")),
-            ) {
-                n += self.reap(&name).unwrap_or(0);
-            }
-        }
         // Throwaway roots of runs that were killed.
         let mut dead = Vec::new();
         for e in fs::read_dir(self.layout.root.join("tmp"))
@@ -978,7 +953,7 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
     for id in backend.sealed()? {
         if !sealed_ids.contains(&id) {
             if let Some(_lock) = store.try_lock_layer(&id)? {
-                remove_dir_if_exists(&backend.sealed_marker(&id))?;
+                remove_dir_if_exists(&backend.layout.layer(&id))?;
                 let _ = fs::remove_file(store.meta_path(&id));
                 report.forgotten.push(id);
             }
@@ -989,14 +964,7 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
         .iter()
         .filter(|r| r.has("envc.root") && r.tag("envc.env").is_some_and(store::valid_name))
         .collect();
-    let generation = |r: &LvRow| {
-        r.lv_name
-            .rsplit('.')
-            .next()
-            .and_then(|g| g.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    root_rows.sort_by_key(|r| std::cmp::Reverse(generation(r)));
+    root_rows.sort_by_key(|r| std::cmp::Reverse(generation_of(&r.lv_name)));
     for row in root_rows {
         let (Some(name), Some(top)) = (
             row.tag("envc.env"),
@@ -1009,13 +977,7 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
             Some(current) if current == row.lv_name => {}
             Some(_) => {
                 // An older generation: removed by the next reap.
-                let (_, doomed) = backend.root_files(name);
-                let mut f = File::options()
-                    .create(true)
-                    .append(true)
-                    .open(&doomed)
-                    .map_err(store::io_err("write", &doomed))?;
-                writeln!(f, "{}", row.lv_name).map_err(store::io_err("write", &doomed))?;
+                backend.doom(name, &[&row.lv_name])?;
             }
             None => {
                 let mut chain = vec![top];
@@ -1026,9 +988,9 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
                     chain.push(*p);
                 }
                 chain.reverse();
-                let (lv_file, _) = backend.root_files(name);
-                fs::create_dir_all(backend.layout.root_dir(name))
-                    .map_err(store::io_err("create", &backend.layout.root_dir(name)))?;
+                let lv_file = backend.root_file(name, "lv");
+                let dir = backend.layout.root_dir(name);
+                fs::create_dir_all(&dir).map_err(store::io_err("create", &dir))?;
                 fs::write(&lv_file, &row.lv_name).map_err(store::io_err("write", &lv_file))?;
                 if store.read_root(name).is_none() {
                     store.write_root(&RootRecord {
