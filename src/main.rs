@@ -249,9 +249,9 @@ fn main() -> ExitCode {
     }
     if args
         .get(1)
-        .is_some_and(|a| a == envc_runtime::backend::lvm::REAP_ARG)
+        .is_some_and(|a| a == envc_runtime::maintain::REAP_ARG)
     {
-        let code = envc_runtime::backend::lvm::reap_main(&args[2..]);
+        let code = envc_runtime::maintain::reap_main(&args[2..]);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let cli = match Cli::try_parse() {

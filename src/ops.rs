@@ -6,8 +6,9 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use envc_compiler::Compiled;
+use envc_runtime::backend::{BackendConfig, BackendInit, Capacity};
 use envc_runtime::store::Meta;
-use envc_runtime::{ApplyError, BackendKind, Event, Runtime, Store};
+use envc_runtime::{ApplyError, BackendKind, Event, Runtime, Store, Warning};
 use miette::{LabeledSpan, MietteDiagnostic, Report};
 
 use crate::{Ui, exit};
@@ -32,7 +33,7 @@ pub fn runtime(ui: &Ui, store: &Path, backend: Option<&str>) -> Result<Runtime, 
         ));
         exit::FAILURE
     })?;
-    Ok(Runtime { store, helper })
+    Ok(Runtime::new(store, helper))
 }
 
 /// Shows progress: on a terminal, a bar (layers done, the current layer, elapsed time) with build
@@ -115,6 +116,10 @@ impl Progress {
                     }
                 }
             }
+            Event::Warning(w) => match &self.bar {
+                Some(bar) => bar.println(format!("envc: warning: {w}")),
+                None => warn(&w),
+            },
             Event::Realized => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
@@ -282,22 +287,30 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
         ui.error(&e.to_string());
         exit::FAILURE
     })?;
-    let roots = rt.store.roots();
+    let roots = rt.store.roots().map_err(|e| {
+        ui.error(&e.to_string());
+        exit::FAILURE
+    })?;
+    let capacity = rt.store.backend().capacity();
     if json {
+        let lvm = match rt.store.backend().config() {
+            BackendConfig::Lvm(c) => {
+                let usage = capacity.as_ref().and_then(|c| c.usage.as_ref());
+                Some(serde_json::json!({
+                    "vg": c.vg,
+                    "pool": c.pool,
+                    "fs": c.fs,
+                    "volume_size": c.volume_size,
+                    "data_percent": usage.map(|u| u.data),
+                    "metadata_percent": usage.map(|u| u.metadata),
+                }))
+            }
+            _ => None,
+        };
         let value = serde_json::json!({
             "store": rt.store.path(),
             "backend": rt.store.backend().kind().to_string(),
-            "lvm": rt.store.backend().lvm().map(|l| {
-                let usage = l.pool_usage().ok();
-                serde_json::json!({
-                    "vg": l.config().vg,
-                    "pool": l.config().pool,
-                    "fs": l.config().fs,
-                    "volume_size": l.config().volume_size,
-                    "data_percent": usage.as_ref().map(|u| u.data),
-                    "metadata_percent": usage.as_ref().map(|u| u.metadata),
-                })
-            }),
+            "lvm": lvm,
             "layers": layers,
             "roots": roots,
         });
@@ -324,8 +337,8 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
         layers.len(),
         human_size(layers.iter().map(|m| m.size).sum())
     ));
-    if let Some(status) = rt.store.backend().status() {
-        out.push_str(&format!("{status}\n"));
+    if let Some(c) = &capacity {
+        out.push_str(&format!("{}\n", capacity_line(c)));
     }
     fn walk(
         out: &mut String,
@@ -364,6 +377,26 @@ pub fn ls(ui: &Ui, rt: &Runtime, json: bool) -> Result<(), u8> {
     walk(&mut out, &children, &roots, None, "");
     print!("{out}");
     Ok(())
+}
+
+/// One line about a backend's pool: `thin pool VG/POOL: data 12.0%, metadata 3.1%`.
+fn capacity_line(c: &Capacity) -> String {
+    match (&c.usage, &c.unknown) {
+        (Some(u), _) => format!(
+            "{}: data {:.1}%, metadata {:.1}%",
+            c.pool, u.data, u.metadata
+        ),
+        (None, reason) => format!(
+            "{}: usage unknown ({})",
+            c.pool,
+            reason.as_deref().unwrap_or("not reported")
+        ),
+    }
+}
+
+/// Prints a warning.
+pub fn warn(w: &Warning) {
+    let _ = writeln!(std::io::stderr().lock(), "envc: warning: {w}");
 }
 
 /// Parses `30d`, `12h`, `45m`, `10s` or plain seconds.
@@ -434,6 +467,9 @@ pub fn gc(
         ui.error(&e.to_string());
         exit::FAILURE
     })?;
+    for w in &report.warnings {
+        warn(w);
+    }
     let verb = if dry_run { "would remove" } else { "removed" };
     for m in &report.removed {
         println!(
@@ -529,7 +565,8 @@ mod tests {
 
 /// `envc store init` and `envc store recover`.
 pub fn store(ui: &Ui, store: &Path, command: crate::cli::StoreCommand) -> Result<(), u8> {
-    use envc_runtime::backend::lvm::{self, FsKind, LvmInit, Recovered};
+    use envc_runtime::backend::lvm::{FsKind, LvmInit};
+    use envc_runtime::maintain::{self, Recovered};
     let fail = |e: &dyn std::fmt::Display| {
         ui.error(&e.to_string());
         exit::FAILURE
@@ -585,10 +622,11 @@ pub fn store(ui: &Ui, store: &Path, command: crate::cli::StoreCommand) -> Result
                 fs,
                 loop_file,
             };
-            let (st, recovered) = Store::init_lvm(store, &init).map_err(|e| fail(&e))?;
+            let st = Store::init(store, &BackendInit::Lvm(init)).map_err(|e| fail(&e))?;
+            // A pool that already holds envc's volumes is adopted.
+            let recovered = maintain::recover(&st).map_err(|e| fail(&e))?;
             print(&recovered);
-            if let Some(l) = st.backend().lvm() {
-                let c = l.config();
+            if let BackendConfig::Lvm(c) = st.backend().config() {
                 let _ = writeln!(
                     std::io::stderr(),
                     "envc: store {} uses thin pool {}/{} ({} volumes of {}); {}",
@@ -600,14 +638,18 @@ pub fn store(ui: &Ui, store: &Path, command: crate::cli::StoreCommand) -> Result
                         FsKind::Xfs => "xfs",
                     },
                     human_size(c.volume_size),
-                    st.backend().status().unwrap_or_default()
+                    st.backend()
+                        .capacity()
+                        .map(|c| capacity_line(&c))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
         }
         crate::cli::StoreCommand::Recover => {
             let st = Store::open(store, None).map_err(|e| fail(&e))?;
-            if st.backend().lvm().is_none() {
+            let r = maintain::recover(&st).map_err(|e| fail(&e))?;
+            if !r.applicable {
                 let _ = writeln!(
                     std::io::stderr(),
                     "envc: the {} backend keeps its layers as files in the store: nothing to recover",
@@ -615,7 +657,6 @@ pub fn store(ui: &Ui, store: &Path, command: crate::cli::StoreCommand) -> Result
                 );
                 return Ok(());
             }
-            let r = lvm::recover(&st).map_err(|e| fail(&e))?;
             print(&r);
             Ok(())
         }

@@ -11,13 +11,15 @@
 pub mod apply;
 pub mod aptsrc;
 pub mod backend;
+pub mod maintain;
 pub mod sandbox;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tools;
+pub mod warning;
 
 pub use apply::{Applied, ApplyError, Event, Runtime};
 pub use backend::BackendKind;
 pub use store::Store;
-pub mod maintain;
+pub use warning::Warning;

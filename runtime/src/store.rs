@@ -1,7 +1,7 @@
 //! The store on disk.
 //!
 //! ```text
-//! STORE/store.json          format version and backend
+//! STORE/store.json          format version and the backend's setting
 //! STORE/layers/ID           sealed layers (overlay: the layer's diff; btrfs: a read-only subvolume)
 //! STORE/meta/ID.json        what built a layer, its key, size, times
 //! STORE/logs/ID.log         the build log of a sealed layer (ID.failed.log for a failed build)
@@ -21,13 +21,14 @@ use envc_plan::LayerId;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::lvm::{self, LvmConfig, LvmInit, Recovered};
-use crate::backend::{self, Backend, BackendKind};
+use crate::backend::{self, Backend, BackendConfig, BackendInit, BackendKind};
 
 /// The store's default location.
 pub const DEFAULT_STORE: &str = "/var/lib/envc";
-/// The on-disk format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version. Version 1 named the backend as a string, with an `lvm` field for
+/// LVM's setting; version 2 records the backend's tagged setting. Both are read; a store is
+/// rewritten in version 2 only when it is initialised.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A failure of a store operation, naming the operation and the object.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,22 @@ pub enum StoreError {
         /// What does not match.
         reason: String,
     },
+    /// A record could not be read.
+    #[error("corrupt record {}: {reason}", path.display())]
+    Corrupt {
+        /// The record's file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A name given on the command line is not an environment name.
+    #[error(
+        "`{name}` is not an environment name (1 to 64 characters from a-z, A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit)"
+    )]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
     /// A backend operation failed.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
@@ -68,12 +85,51 @@ pub(crate) fn io_err<'a>(
 }
 
 /// `store.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 struct StoreConfig {
     version: u32,
-    backend: BackendKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    lvm: Option<LvmConfig>,
+    backend: BackendConfig,
+}
+
+/// `store.json` as any version wrote it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyStoreConfig {
+    V2 {
+        version: u32,
+        backend: BackendConfig,
+    },
+    V1 {
+        version: u32,
+        backend: BackendKind,
+        #[serde(default)]
+        lvm: Option<backend::lvm::LvmConfig>,
+    },
+}
+
+impl AnyStoreConfig {
+    /// The setting, or why it cannot be used.
+    fn upgrade(self) -> Result<BackendConfig, String> {
+        match self {
+            AnyStoreConfig::V2 {
+                version: 2,
+                backend,
+            } => Ok(backend),
+            AnyStoreConfig::V1 {
+                version: 1,
+                backend,
+                lvm,
+            } => match (backend, lvm) {
+                (BackendKind::Overlay, _) => Ok(BackendConfig::Overlay),
+                (BackendKind::Btrfs, _) => Ok(BackendConfig::Btrfs),
+                (BackendKind::Lvm, Some(cfg)) => Ok(BackendConfig::Lvm(cfg)),
+                (BackendKind::Lvm, None) => Err("names the lvm backend without its setting".into()),
+            },
+            AnyStoreConfig::V2 { version, .. } | AnyStoreConfig::V1 { version, .. } => Err(
+                format!("has format version {version}, this envc reads 1 and {FORMAT_VERSION}"),
+            ),
+        }
+    }
 }
 
 /// What the store records about a sealed layer.
@@ -143,8 +199,93 @@ pub struct Lock(#[allow(dead_code)] Flock<File>);
 
 impl Store {
     /// Opens (creating if needed) the store at `root`. `choice` picks the backend of a new store;
-    /// without it, a store on btrfs uses btrfs and any other uses overlay.
+    /// without it, a store on btrfs uses btrfs and any other uses overlay. An LVM store is made
+    /// with [`Store::init`].
     pub fn open(root: &Path, choice: Option<BackendKind>) -> Result<Store, StoreError> {
+        let root = Self::make_dirs(root)?;
+        let config = match Self::read_config(&root)? {
+            Some(config) => {
+                if let Some(c) = choice
+                    && c != config.kind()
+                {
+                    return Err(StoreError::Incompatible {
+                        path: root,
+                        reason: format!(
+                            "uses the {} backend, not {}; use another --store for {}",
+                            config.kind(),
+                            c,
+                            c
+                        ),
+                    });
+                }
+                config
+            }
+            None => {
+                let init = match choice.unwrap_or_else(|| backend::detect(&root)) {
+                    BackendKind::Overlay => BackendInit::Overlay,
+                    BackendKind::Btrfs => BackendInit::Btrfs,
+                    BackendKind::Lvm => {
+                        return Err(StoreError::Incompatible {
+                            path: root,
+                            reason: "is not initialised: an LVM store is made with `envc store init lvm --vg VG [--pool POOL]`".into(),
+                        });
+                    }
+                };
+                let config = backend::prepare(&root, &init)?;
+                Self::write_config(&root, &config)?;
+                config
+            }
+        };
+        let backend = backend::open(&root, &config)?;
+        Ok(Store { root, backend })
+    }
+
+    /// Makes a store at `root` with the backend `init` asks for (for LVM, creating the thin pool,
+    /// and the VG on a loop file, as asked). A store already made with the same setting is opened
+    /// as it is; one made with another is refused.
+    pub fn init(root: &Path, init: &BackendInit) -> Result<Store, StoreError> {
+        let root = Self::make_dirs(root)?;
+        match Self::read_config(&root)? {
+            Some(old) => {
+                let same = match (&old, init) {
+                    (BackendConfig::Lvm(o), BackendInit::Lvm(i)) => {
+                        o.vg == i.vg && o.pool == i.pool
+                    }
+                    (BackendConfig::Overlay, BackendInit::Overlay)
+                    | (BackendConfig::Btrfs, BackendInit::Btrfs) => true,
+                    _ => false,
+                };
+                if !same {
+                    return Err(StoreError::Incompatible {
+                        path: root.clone(),
+                        reason: format!(
+                            "is already initialised with another setting (see {})",
+                            root.join("store.json").display()
+                        ),
+                    });
+                }
+                // Recorded again in the current format.
+                Self::write_config(&root, &old)?;
+            }
+            None => {
+                let config = backend::prepare(&root, init)?;
+                Self::write_config(&root, &config)?;
+            }
+        }
+        Self::open(&root, None)
+    }
+
+    /// A store with a backend of the caller's (tests).
+    #[cfg(test)]
+    pub(crate) fn with_backend(
+        root: &Path,
+        backend: Box<dyn Backend>,
+    ) -> Result<Store, StoreError> {
+        let root = Self::make_dirs(root)?;
+        Ok(Store { root, backend })
+    }
+
+    fn make_dirs(root: &Path) -> Result<PathBuf, StoreError> {
         fs::create_dir_all(root).map_err(io_err("create store", root))?;
         let root = fs::canonicalize(root).map_err(io_err("resolve store", root))?;
         for d in [
@@ -153,96 +294,43 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
-        let cfg_path = root.join("store.json");
-        let cfg = match fs::read(&cfg_path) {
-            Ok(bytes) => {
-                let cfg: StoreConfig =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Incompatible {
-                        path: root.clone(),
-                        reason: format!("has an unreadable store.json: {e}"),
-                    })?;
-                if cfg.version != FORMAT_VERSION {
-                    return Err(StoreError::Incompatible {
-                        path: root,
-                        reason: format!(
-                            "has format version {}, this envc reads {FORMAT_VERSION}",
-                            cfg.version
-                        ),
-                    });
-                }
-                if let Some(c) = choice
-                    && c != cfg.backend
-                {
-                    return Err(StoreError::Incompatible {
-                        path: root,
-                        reason: format!(
-                            "uses the {} backend, not {}; use another --store for {}",
-                            cfg.backend, c, c
-                        ),
-                    });
-                }
-                cfg
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let backend = choice.unwrap_or_else(|| backend::detect(&root));
-                if backend == BackendKind::Lvm {
-                    return Err(StoreError::Incompatible { path: root, reason: "is not initialised: an LVM store is made with `envc store init lvm --vg VG [--pool POOL]`".into() });
-                }
-                let cfg = StoreConfig {
-                    version: FORMAT_VERSION,
-                    backend,
-                    lvm: None,
-                };
-                write_json(&cfg_path, &cfg)?;
-                cfg
-            }
+        Ok(root)
+    }
+
+    fn read_config(root: &Path) -> Result<Option<BackendConfig>, StoreError> {
+        let path = root.join("store.json");
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(StoreError::Io {
                     op: "read",
-                    path: cfg_path,
+                    path,
                     source: e,
                 });
             }
         };
-        let backend = backend::new(cfg.backend, &root, cfg.lvm.as_ref())?;
-        Ok(Store { root, backend })
+        let any: AnyStoreConfig =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Incompatible {
+                path: root.to_owned(),
+                reason: format!("has an unreadable store.json: {e}"),
+            })?;
+        any.upgrade()
+            .map(Some)
+            .map_err(|reason| StoreError::Incompatible {
+                path: root.to_owned(),
+                reason,
+            })
     }
 
-    /// Makes an LVM store at `root` (creating the thin pool, and the VG on a loop file, as asked),
-    /// then rebuilds its records from the pool's LV tags: initialising a store on a pool that
-    /// already holds envc's volumes adopts them.
-    pub fn init_lvm(root: &Path, init: &LvmInit) -> Result<(Store, Recovered), StoreError> {
-        fs::create_dir_all(root).map_err(io_err("create store", root))?;
-        let cfg_path = root.join("store.json");
-        if let Ok(bytes) = fs::read(&cfg_path) {
-            let old: Option<StoreConfig> = serde_json::from_slice(&bytes).ok();
-            let same = old
-                .as_ref()
-                .and_then(|c| c.lvm.as_ref())
-                .is_some_and(|l| l.vg == init.vg && l.pool == init.pool);
-            if !same {
-                return Err(StoreError::Incompatible {
-                    path: root.to_owned(),
-                    reason: format!(
-                        "is already initialised with another setting (see {})",
-                        cfg_path.display()
-                    ),
-                });
-            }
-        } else {
-            let cfg = lvm::prepare(init)?;
-            write_json(
-                &cfg_path,
-                &StoreConfig {
-                    version: FORMAT_VERSION,
-                    backend: BackendKind::Lvm,
-                    lvm: Some(cfg),
-                },
-            )?;
-        }
-        let store = Store::open(root, Some(BackendKind::Lvm))?;
-        let recovered = lvm::recover(&store)?;
-        Ok((store, recovered))
+    fn write_config(root: &Path, config: &BackendConfig) -> Result<(), StoreError> {
+        write_json(
+            &root.join("store.json"),
+            &StoreConfig {
+                version: FORMAT_VERSION,
+                backend: config.clone(),
+            },
+        )
     }
 
     /// The store's directory.
@@ -338,11 +426,10 @@ impl Store {
         Ok(p)
     }
 
-    /// Reads a layer's metadata.
-    pub fn read_meta(&self, id: &LayerId) -> Option<Meta> {
-        fs::read(self.meta_path(id))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+    /// Reads a layer's metadata: `None` if it has none, an error naming the file if it cannot be
+    /// read.
+    pub fn read_meta(&self, id: &LayerId) -> Result<Option<Meta>, StoreError> {
+        read_record(&self.meta_path(id))
     }
 
     /// Writes a layer's metadata atomically.
@@ -350,11 +437,12 @@ impl Store {
         write_json(&self.meta_path(&meta.id), meta)
     }
 
-    /// Every sealed layer with its metadata (a layer without readable metadata gets a stub).
+    /// Every sealed layer with its metadata (a layer without metadata gets a stub; unreadable
+    /// metadata is an error naming its file).
     pub fn layers(&self) -> Result<Vec<Meta>, StoreError> {
         let mut out = Vec::new();
         for id in self.backend.sealed()? {
-            out.push(self.read_meta(&id).unwrap_or(Meta {
+            out.push(self.read_meta(&id)?.unwrap_or(Meta {
                 id,
                 parent: None,
                 key: serde_json::Value::Null,
@@ -370,11 +458,10 @@ impl Store {
         Ok(out)
     }
 
-    /// The record of a working root.
-    pub fn read_root(&self, name: &str) -> Option<RootRecord> {
-        fs::read(self.backend.layout().root_dir(name).join("root.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+    /// The record of a working root: `None` if it has none, an error naming the file if it
+    /// cannot be read.
+    pub fn read_root(&self, name: &str) -> Result<Option<RootRecord>, StoreError> {
+        read_record(&self.backend.layout().root_dir(name).join("root.json"))
     }
 
     /// Writes the record of a working root.
@@ -398,16 +485,23 @@ impl Store {
         }
     }
 
-    /// Every working root.
-    pub fn roots(&self) -> Vec<RootRecord> {
-        let mut out: Vec<RootRecord> = fs::read_dir(self.root.join("roots"))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter_map(|e| self.read_root(&e.file_name().to_string_lossy()))
-            .collect();
+    /// Every working root. A directory under `roots/` without a record (a root being removed) is
+    /// skipped; an unreadable record is an error naming its file.
+    pub fn roots(&self) -> Result<Vec<RootRecord>, StoreError> {
+        let dir = self.root.join("roots");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str().filter(|n| valid_name(n)) else {
+                continue;
+            };
+            if let Some(rec) = self.read_root(name)? {
+                out.push(rec);
+            }
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        Ok(out)
     }
 
     /// Removes what interrupted builds left behind: staging areas (and their logs) of layers that
@@ -447,6 +541,27 @@ impl Store {
         }
         Ok(cleaned)
     }
+}
+
+/// Reads a JSON record: `None` if the file does not exist.
+fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StoreError::Io {
+                op: "read",
+                path: path.to_owned(),
+                source: e,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Writes JSON to `path` atomically (temporary file + rename).

@@ -147,6 +147,38 @@ impl Tool {
         Err(self.failed(out.status, &out.stderr))
     }
 
+    /// Runs the tool with `input` on its stdin and returns its stdout; stderr is kept for the
+    /// error.
+    pub fn output_with_input(&self, input: &[u8]) -> Result<Vec<u8>, ToolError> {
+        let spawn_err = |source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        };
+        let mut child = self
+            .command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let stdin = child.stdin.take();
+        // Written from another thread, so a tool that answers before reading all of its input
+        // cannot deadlock against a full pipe.
+        let out = std::thread::scope(|s| {
+            s.spawn(move || {
+                if let Some(mut stdin) = stdin {
+                    let _ = std::io::Write::write_all(&mut stdin, input);
+                }
+            });
+            child.wait_with_output()
+        })
+        .map_err(spawn_err)?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        Err(self.failed(out.status, &out.stderr))
+    }
+
     /// Runs the tool, giving each line of its output (stdout and stderr merged) to `on_line`.
     pub fn stream(&self, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
         let (reader, writer) = std::io::pipe().map_err(|source| ToolError::Spawn {

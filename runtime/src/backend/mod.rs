@@ -12,6 +12,11 @@
 //!   [`lvm`]).
 //!
 //! Sealing is atomic in every backend: a staging area is never mistaken for a layer.
+//!
+//! A backend knows its snapshots and nothing of the store's records (layer metadata, working-root
+//! records, locks): it takes plain data in and gives plain data out. What the CLI needs of any
+//! backend (its configuration, pool usage, the inventory recovery rebuilds records from) is part
+//! of this contract as data, so no caller ever asks which backend it has.
 
 use std::fmt;
 use std::fs;
@@ -25,7 +30,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::RootSource;
 use crate::sys;
-use crate::tools::{Tool, ToolError};
+use crate::tools::ToolError;
+use crate::warning::Warning;
+
+mod btrfs;
+pub mod lvm;
+mod overlay;
 
 /// The kinds of backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,9 +117,35 @@ pub enum BackendError {
         /// The pool's mode (`rw` when healthy).
         mode: String,
     },
+    /// Mounting a filesystem failed.
+    #[error("cannot mount {fstype} {} at {}: {source}", device.display(), target.display())]
+    Mount {
+        /// The device or source.
+        device: PathBuf,
+        /// The mount point.
+        target: PathBuf,
+        /// The filesystem type.
+        fstype: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A tool's report could not be read.
+    #[error("cannot read the {report} report of {object}: {reason}")]
+    Report {
+        /// Which report (`lvs`, `dmsetup status`).
+        report: &'static str,
+        /// Of what (a VG, VG/LV).
+        object: String,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BackendError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> BackendError + 'a {
     move |source| BackendError::Io {
         op,
         path: path.to_owned(),
@@ -117,7 +153,121 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Bac
     }
 }
 
-pub mod lvm;
+/// A store's backend and its setting, as `store.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// overlayfs.
+    Overlay,
+    /// btrfs.
+    Btrfs,
+    /// LVM thin snapshots in one thin pool.
+    Lvm(lvm::LvmConfig),
+}
+
+impl BackendConfig {
+    /// Which backend.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendConfig::Overlay => BackendKind::Overlay,
+            BackendConfig::Btrfs => BackendKind::Btrfs,
+            BackendConfig::Lvm(_) => BackendKind::Lvm,
+        }
+    }
+}
+
+/// What making a store asks of its backend (`envc store init`, or the first use of a store).
+#[derive(Debug, Clone)]
+pub enum BackendInit {
+    /// overlayfs: nothing to prepare.
+    Overlay,
+    /// btrfs: the store must be on btrfs.
+    Btrfs,
+    /// LVM: the thin pool (and the VG on a loop file) to use or create.
+    Lvm(lvm::LvmInit),
+}
+
+/// How full the storage under a store is, where the backend draws from a shared pool (LVM).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Capacity {
+    /// What is measured (`thin pool VG/POOL`).
+    pub pool: String,
+    /// Its usage, when it could be read.
+    pub usage: Option<PoolUsage>,
+    /// Why the usage could not be read.
+    pub unknown: Option<String>,
+}
+
+/// A pool's usage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolUsage {
+    /// Data space used, percent.
+    pub data: f64,
+    /// Metadata space used, percent.
+    pub metadata: f64,
+    /// `rw`, or the mode a full or failed pool fell into (`out_of_data_space`, `ro`, `Fail`).
+    pub mode: String,
+}
+
+/// What a backend whose layers live outside the store directory (LVM volumes and their tags)
+/// holds: the truth the store's records are rebuilt from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// Sealed layers.
+    pub layers: Vec<VolumeLayer>,
+    /// Layers whose build never finished, by volume.
+    pub builds: Vec<VolumeBuild>,
+    /// Working roots' volumes, every generation.
+    pub roots: Vec<VolumeRoot>,
+}
+
+/// A sealed layer found in the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeLayer {
+    /// The layer's id.
+    pub id: LayerId,
+    /// Its parent.
+    pub parent: Option<LayerId>,
+    /// The layer's name in the spec that built it.
+    pub name: String,
+    /// The environment that built it.
+    pub env: String,
+    /// The backend's name for it (the LV).
+    pub volume: String,
+}
+
+/// An unfinished build found in the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeBuild {
+    /// The layer's id.
+    pub id: LayerId,
+    /// The backend's name for it.
+    pub volume: String,
+}
+
+/// A working root's volume found in the backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeRoot {
+    /// The environment's name.
+    pub env: String,
+    /// The layer it is a snapshot of.
+    pub top: LayerId,
+    /// Its generation (a reset makes the next one).
+    pub generation: u64,
+    /// The backend's name for it.
+    pub volume: String,
+}
+
+/// What adopting a working root's volume did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootAdoption {
+    /// The volume is now the root's current one.
+    Adopted,
+    /// It already was.
+    Current,
+    /// The root has a newer volume: this one is doomed (removed by the next reap).
+    Doomed,
+}
 
 /// What names a layer being built, for backends that label their volumes (LVM tags).
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +299,32 @@ pub struct Scratch {
     dir: PathBuf,
 }
 
+impl Scratch {
+    /// A throwaway root at `mountpoint`, whose files live in `dir` (removed with it).
+    pub(crate) fn new(source: RootSource, mountpoint: PathBuf, dir: PathBuf) -> Scratch {
+        Scratch {
+            source,
+            mountpoint,
+            dir,
+        }
+    }
+
+    /// The directory holding the throwaway root's files.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A working root just made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RootMade {
+    /// Its stable path.
+    pub path: PathBuf,
+    /// Older snapshots of it wait for [`Backend::reap_root`], which the caller runs in the
+    /// background under the root's lock.
+    pub reap: bool,
+}
+
 /// Where a backend keeps things in the store: the same for every backend.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -161,6 +337,11 @@ impl Layout {
         Layout {
             root: root.to_owned(),
         }
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// A sealed layer.
@@ -188,27 +369,29 @@ impl Layout {
 pub trait Backend: Send + Sync {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+    /// Its setting, as `store.json` records it.
+    fn config(&self) -> BackendConfig;
     /// Where it keeps things.
     fn layout(&self) -> &Layout;
     /// Whether a layer is sealed.
     fn is_sealed(&self, id: &LayerId) -> bool {
         self.layout().layer(id).is_dir()
     }
-    /// The LVM backend, for LVM-only operations (recovery from LV tags, pool usage).
-    fn lvm(&self) -> Option<&lvm::Lvm> {
+    /// How full the pool under the store is, for backends that draw from one (`envc ls`).
+    fn capacity(&self) -> Option<Capacity> {
         None
     }
-    /// A line about the backend's own state for `envc ls` (LVM: the pool's usage).
-    fn status(&self) -> Option<String> {
-        None
+    /// Warnings gathered since the last call (a nearly full pool, ...), for the caller to report.
+    fn take_warnings(&self) -> Vec<Warning> {
+        Vec::new()
     }
     /// Removes what interrupted operations left behind (`gc`); returns how many things.
     fn sweep(&self) -> usize {
-        sweep_tmp(&self.layout().root)
+        sweep_tmp(self.layout().root())
     }
     /// Every sealed layer.
     fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
-        list_ids(&self.layout().root.join("layers"))
+        list_ids(&self.layout().root().join("layers"))
     }
     /// Starts building layer `id` on top of `chain` (its sealed ancestors, base first; empty for a
     /// base). The caller holds the layer's lock and has discarded leftovers.
@@ -232,13 +415,53 @@ pub trait Backend: Send + Sync {
     /// exists but cannot be made usable: the caller must not replace it silently.
     fn root_ready(&self, name: &str) -> Result<bool, BackendError>;
     /// (Re)creates the working root as a fresh writable snapshot of `chain`'s last layer.
-    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError>;
+    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError>;
     /// Removes a working root.
     fn drop_root(&self, name: &str) -> Result<(), BackendError>;
+    /// Removes a working root's older snapshots, if the backend keeps any after a reset; returns
+    /// how many. The caller holds the root's lock.
+    fn reap_root(&self, _name: &str) -> Result<usize, BackendError> {
+        Ok(0)
+    }
     /// A throwaway writable snapshot of `chain`'s last layer.
     fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError>;
     /// Removes a throwaway root.
     fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError>;
+
+    /// What the backend holds outside the store directory, for recovery; `None` for backends
+    /// whose layers are the store's own files (nothing to recover from).
+    fn inventory(&self) -> Result<Option<Inventory>, BackendError> {
+        Ok(None)
+    }
+    /// Recovery: makes a sealed layer found in the inventory count as sealed in the store.
+    fn adopt_layer(&self, layer: &VolumeLayer) -> Result<(), BackendError> {
+        Err(self.no_inventory(&layer.volume))
+    }
+    /// Recovery: forgets a sealed layer whose volume is gone (the caller holds its lock).
+    fn forget_layer(&self, id: &LayerId) -> Result<(), BackendError> {
+        Err(self.no_inventory(&id.to_hex()))
+    }
+    /// Recovery: removes the volumes of builds nobody runs (the caller holds their locks).
+    fn remove_builds(&self, builds: &[VolumeBuild]) -> Result<(), BackendError> {
+        match builds.first() {
+            Some(b) => Err(self.no_inventory(&b.volume)),
+            None => Ok(()),
+        }
+    }
+    /// Recovery: adopts a working root's volume (the caller holds the root's lock).
+    fn adopt_root(&self, root: &VolumeRoot) -> Result<RootAdoption, BackendError> {
+        Err(self.no_inventory(&root.volume))
+    }
+    /// The error of a recovery operation on a backend without an inventory.
+    #[doc(hidden)]
+    fn no_inventory(&self, object: &str) -> BackendError {
+        BackendError::Unsupported {
+            backend: self.kind(),
+            path: PathBuf::from(object),
+            reason: "this backend keeps its layers as files in the store: nothing to recover"
+                .into(),
+        }
+    }
 }
 
 /// The backend a new store at `root` gets by default.
@@ -249,38 +472,29 @@ pub fn detect(root: &Path) -> BackendKind {
     }
 }
 
-/// Opens the backend of the store at `root` (an LVM store needs its setting).
-pub fn new(
-    kind: BackendKind,
-    root: &Path,
-    lvm: Option<&lvm::LvmConfig>,
-) -> Result<Box<dyn Backend>, BackendError> {
-    match kind {
-        BackendKind::Lvm => match lvm {
-            Some(cfg) => Ok(Box::new(lvm::Lvm::new(root, cfg.clone()))),
-            None => Err(BackendError::Unsupported {
-                backend: kind,
-                path: root.to_owned(),
-                reason: "an LVM store is made with `envc store init lvm --vg VG [--pool POOL]`"
-                    .into(),
-            }),
-        },
-        BackendKind::Overlay => Ok(Box::new(Overlay {
-            layout: Layout::new(root),
-        })),
-        BackendKind::Btrfs => {
-            if sys::fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
-                return Err(BackendError::Unsupported {
-                    backend: kind,
-                    path: root.to_owned(),
-                    reason: "the store is not on a btrfs filesystem".into(),
-                });
-            }
-            Ok(Box::new(Btrfs {
-                layout: Layout::new(root),
-            }))
+/// Prepares what a new store at `root` needs of its backend (LVM: the thin pool) and returns the
+/// setting to record.
+pub fn prepare(root: &Path, init: &BackendInit) -> Result<BackendConfig, BackendError> {
+    match init {
+        BackendInit::Overlay => Ok(BackendConfig::Overlay),
+        BackendInit::Btrfs => {
+            btrfs::check(root)?;
+            Ok(BackendConfig::Btrfs)
         }
+        BackendInit::Lvm(init) => Ok(BackendConfig::Lvm(lvm::prepare(init)?)),
     }
+}
+
+/// Opens the backend of the store at `root`.
+pub fn open(root: &Path, config: &BackendConfig) -> Result<Box<dyn Backend>, BackendError> {
+    Ok(match config {
+        BackendConfig::Overlay => Box::new(overlay::Overlay::new(root)),
+        BackendConfig::Btrfs => {
+            btrfs::check(root)?;
+            Box::new(btrfs::Btrfs::new(root))
+        }
+        BackendConfig::Lvm(cfg) => Box::new(lvm::Lvm::new(root, cfg.clone())),
+    })
 }
 
 fn list_ids(dir: &Path) -> Result<Vec<LayerId>, BackendError> {
@@ -402,293 +616,3 @@ fn unmount(path: &Path) -> Result<(), BackendError> {
     }
     Ok(())
 }
-
-// ----------------------------------------------------------------------------------------------
-
-struct Overlay {
-    layout: Layout,
-}
-
-impl Overlay {
-    fn lowers(&self, chain: &[LayerId]) -> Vec<PathBuf> {
-        chain.iter().rev().map(|id| self.layout.layer(id)).collect()
-    }
-
-    fn mkdirs(dirs: &[&Path]) -> Result<(), BackendError> {
-        for d in dirs {
-            fs::create_dir_all(d).map_err(io_err("create", d))?;
-        }
-        Ok(())
-    }
-}
-
-impl Backend for Overlay {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Overlay
-    }
-
-    fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    fn begin(
-        &self,
-        id: LayerId,
-        chain: &[LayerId],
-        _labels: Labels<'_>,
-    ) -> Result<Build, BackendError> {
-        let st = self.layout.staging(&id);
-        let upper = st.join("upper");
-        if chain.is_empty() {
-            Self::mkdirs(&[&upper])?;
-            return Ok(Build {
-                id,
-                source: RootSource::Dir,
-                mountpoint: upper,
-            });
-        }
-        let work = st.join("work");
-        let mnt = st.join("mnt");
-        Self::mkdirs(&[&upper, &work, &mnt])?;
-        Ok(Build {
-            id,
-            source: RootSource::Overlay {
-                lowers: self.lowers(chain),
-                upper,
-                work,
-            },
-            mountpoint: mnt,
-        })
-    }
-
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
-        let st = self.layout.staging(&build.id);
-        let upper = st.join("upper");
-        sync_dir(&upper)?;
-        let size = disk_usage(&upper);
-        let dest = self.layout.layer(&build.id);
-        fs::rename(&upper, &dest).map_err(io_err("publish layer", &dest))?;
-        remove_dir_if_exists(&st)?;
-        Ok(size)
-    }
-
-    fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
-        remove_dir_if_exists(&self.layout.staging(id))
-    }
-
-    fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
-        // Rename first so that a half-removed layer is never seen as sealed.
-        let path = self.layout.layer(id);
-        let doomed = self.layout.tmp("removed");
-        match fs::rename(&path, &doomed) {
-            // The layer is gone from here on. What is left in tmp/ is deleted now if possible,
-            // else by the next `gc` (sweep_tmp): an error here must not stop the caller from
-            // removing the layer's metadata.
-            Ok(()) => {
-                let _ = remove_dir_if_exists(&doomed);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackendError::Io {
-                op: "remove layer",
-                path,
-                source: e,
-            }),
-        }
-    }
-
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
-        Ok(is_mounted(&self.root_path(name)))
-    }
-
-    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
-        self.drop_root(name)?;
-        let dir = self.layout.root_dir(name);
-        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
-        Self::mkdirs(&[&upper, &work, &mnt])?;
-        let fs_ctx =
-            sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
-        for l in self.lowers(chain) {
-            fs_ctx
-                .set_string("lowerdir+", l.as_os_str())
-                .map_err(io_err("add lower layer", &l))?;
-        }
-        fs_ctx
-            .set_string("upperdir", upper.as_os_str())
-            .map_err(io_err("set upper dir", &upper))?;
-        fs_ctx
-            .set_string("workdir", work.as_os_str())
-            .map_err(io_err("set work dir", &work))?;
-        fs_ctx
-            .mount_at(&mnt)
-            .map_err(io_err("mount working root at", &mnt))?;
-        Ok(mnt)
-    }
-
-    fn drop_root(&self, name: &str) -> Result<(), BackendError> {
-        let dir = self.layout.root_dir(name);
-        let mnt = dir.join("root");
-        unmount(&mnt)?;
-        // Discarding is one rename whatever the root's size; the old tree is deleted in the
-        // background (and by `gc` if that is interrupted).
-        for sub in ["upper", "work"] {
-            let p = dir.join(sub);
-            if p.exists() {
-                let doomed = self.layout.tmp("discard");
-                fs::rename(&p, &doomed).map_err(io_err("discard", &p))?;
-                delete_in_background(&doomed)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
-        let dir = self.layout.tmp("run");
-        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("mnt"));
-        Self::mkdirs(&[&upper, &work, &mnt])?;
-        Ok(Scratch {
-            source: RootSource::Overlay {
-                lowers: self.lowers(chain),
-                upper,
-                work,
-            },
-            mountpoint: mnt,
-            dir,
-        })
-    }
-
-    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
-        remove_dir_if_exists(&scratch.dir)
-    }
-}
-
-// ----------------------------------------------------------------------------------------------
-
-struct Btrfs {
-    layout: Layout,
-}
-
-fn btrfs() -> Result<Tool, BackendError> {
-    Ok(Tool::new("btrfs")?)
-}
-
-/// Whether `path` is the top of a btrfs subvolume (inode 256).
-fn is_subvolume(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == 256)
-}
-
-impl Btrfs {
-    fn delete_subvolume(path: &Path) -> Result<(), BackendError> {
-        if is_subvolume(path) {
-            btrfs()?.args(["subvolume", "delete"]).arg(path).output()?;
-            Ok(())
-        } else {
-            remove_dir_if_exists(path)
-        }
-    }
-
-    fn snapshot(src: &Path, dest: &Path, readonly: bool) -> Result<(), BackendError> {
-        let mut t = btrfs()?.args(["subvolume", "snapshot"]);
-        if readonly {
-            t = t.arg("-r");
-        }
-        t.arg(src).arg(dest).output()?;
-        Ok(())
-    }
-}
-
-impl Backend for Btrfs {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Btrfs
-    }
-
-    fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
-    fn begin(
-        &self,
-        id: LayerId,
-        chain: &[LayerId],
-        _labels: Labels<'_>,
-    ) -> Result<Build, BackendError> {
-        let st = self.layout.staging(&id);
-        match chain.last() {
-            None => {
-                btrfs()?.args(["subvolume", "create"]).arg(&st).output()?;
-            }
-            Some(parent) => Self::snapshot(&self.layout.layer(parent), &st, false)?,
-        }
-        Ok(Build {
-            id,
-            source: RootSource::Dir,
-            mountpoint: st,
-        })
-    }
-
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
-        let st = self.layout.staging(&build.id);
-        sync_dir(&st)?;
-        let size = disk_usage(&st);
-        // Publishing is the creation of a read-only snapshot: atomic, and a read-only subvolume
-        // cannot be renamed into place.
-        let dest = self.layout.layer(&build.id);
-        Self::snapshot(&st, &dest, true)?;
-        Self::delete_subvolume(&st)?;
-        Ok(size)
-    }
-
-    fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
-        Self::delete_subvolume(&self.layout.staging(id))
-    }
-
-    fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
-        let path = self.layout.layer(id);
-        if !path.exists() {
-            return Ok(());
-        }
-        Self::delete_subvolume(&path)
-    }
-
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
-        Ok(is_subvolume(&self.root_path(name)))
-    }
-
-    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
-        self.drop_root(name)?;
-        let dir = self.layout.root_dir(name);
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let top = chain.last().expect("a root has at least a base");
-        let path = self.root_path(name);
-        Self::snapshot(&self.layout.layer(top), &path, false)?;
-        Ok(path)
-    }
-
-    fn drop_root(&self, name: &str) -> Result<(), BackendError> {
-        let path = self.root_path(name);
-        if path.exists() {
-            let doomed = self.layout.tmp("discard");
-            fs::rename(&path, &doomed).map_err(io_err("discard", &path))?;
-            Self::delete_subvolume(&doomed)?;
-        }
-        Ok(())
-    }
-
-    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
-        let dir = self.layout.tmp("run");
-        let top = chain.last().expect("a root has at least a base");
-        Self::snapshot(&self.layout.layer(top), &dir, false)?;
-        Ok(Scratch {
-            source: RootSource::Dir,
-            mountpoint: dir.clone(),
-            dir,
-        })
-    }
-
-    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
-        Self::delete_subvolume(&scratch.dir)
-    }
-}
-
-#[allow(dead_code)]
-fn _assert_object_safe(_: &dyn Backend) {}

@@ -1,0 +1,291 @@
+//! Building one layer, as a transaction: stage it in the backend, run its steps in the sandbox
+//! (each as a sandbox spec), seal and record it, or roll everything back.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use envc_plan::{LayerId, Plan, Step};
+
+use super::apt::{apt_script, lists_key};
+use super::base::BaseError;
+use super::{ApplyError, Event, Runtime, Sink};
+use crate::backend::{Build, Labels};
+use crate::sandbox::{self, Action, Bind, Spec};
+use crate::store::{self, Meta};
+use crate::tools::{self, ToolError};
+
+impl Runtime {
+    pub(super) fn build<'p>(
+        &self,
+        plan: &'p Plan,
+        index: usize,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(), ApplyError> {
+        let layer = &plan.layers[index];
+        let chain: Vec<LayerId> = plan.layers[..index].iter().map(|l| l.id).collect();
+        let started = Instant::now();
+        let build = self.backend().begin(
+            layer.id,
+            &chain,
+            Labels {
+                layer: &layer.name,
+                env: &plan.name,
+            },
+        );
+        self.forward_warnings(sink);
+        let build = build?;
+        let log_path = self
+            .store
+            .path()
+            .join("staging")
+            .join(format!("{}.log", layer.id));
+        let mut log = match File::create(&log_path) {
+            Ok(f) => f,
+            Err(source) => {
+                let e = ApplyError::Io {
+                    op: "create build log",
+                    path: log_path,
+                    source,
+                };
+                return Err(self.roll_back(&layer.name, &layer.id, e));
+            }
+        };
+        let mut result = Ok(());
+        for (si, step) in layer.steps.iter().enumerate() {
+            sink(Event::Step {
+                index,
+                step: si,
+                summary: step.summary(),
+            });
+            let _ = writeln!(log, "# step {}: {}", si + 1, step.summary());
+            result = self.step(plan, index, si, &build, &mut log, sink);
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(log);
+        let failed_log = self
+            .store
+            .path()
+            .join("logs")
+            .join(format!("{}.failed.log", layer.id));
+        if let Err(e) = result {
+            let _ = fs::rename(&log_path, &failed_log);
+            let e = match e {
+                ApplyError::StepFailed {
+                    index,
+                    layer,
+                    step,
+                    reason,
+                    status,
+                    tail,
+                    ..
+                } => ApplyError::StepFailed {
+                    index,
+                    layer,
+                    step,
+                    reason,
+                    status,
+                    tail,
+                    log: failed_log,
+                },
+                other => other,
+            };
+            return Err(self.roll_back(&layer.name, &layer.id, e));
+        }
+        let size = match self.backend().seal(build) {
+            Ok(size) => size,
+            Err(e) => return Err(self.roll_back(&layer.name, &layer.id, e.into())),
+        };
+        self.forward_warnings(sink);
+        let now = store::now();
+        self.store.write_meta(&Meta {
+            id: layer.id,
+            parent: layer.parent,
+            key: layer.key().to_json(),
+            name: layer.name.clone(),
+            env: plan.name.clone(),
+            spec: plan.spec.as_ref().map(|p| p.display().to_string()),
+            size,
+            created: now,
+            last_used: now,
+            build_secs: started.elapsed().as_secs_f64(),
+        })?;
+        let final_log = self.store.log_path(&layer.id);
+        let _ = fs::rename(&log_path, &final_log);
+        let _ = fs::remove_file(&failed_log);
+        Ok(())
+    }
+
+    /// Discards a failed build of `id`; reports both errors if that fails too.
+    fn roll_back(&self, name: &str, id: &LayerId, error: ApplyError) -> ApplyError {
+        match self.backend().discard(id) {
+            Ok(()) => error,
+            Err(rollback) => ApplyError::Rollback {
+                layer: name.to_owned(),
+                error: Box::new(error),
+                rollback,
+            },
+        }
+    }
+
+    fn step<'p>(
+        &self,
+        plan: &'p Plan,
+        index: usize,
+        si: usize,
+        build: &Build,
+        log: &mut File,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(), ApplyError> {
+        let layer = &plan.layers[index];
+        let fail =
+            |reason: String, status: Option<i32>, tail: Vec<String>| ApplyError::StepFailed {
+                index,
+                layer: layer.name.clone(),
+                step: si,
+                reason,
+                status,
+                tail,
+                log: PathBuf::new(),
+            };
+        let (vars, workdir) = plan.context_at(index, si);
+        let env: Vec<(String, String)> = vars.into_iter().collect();
+        let cwd = workdir.unwrap_or_else(|| "/".into());
+        // Shared caches a step uses stay locked until it ends.
+        let mut cache_locks = Vec::new();
+        let spec = match &layer.steps[si] {
+            Step::Base { base, sync } => {
+                let mut tail = Vec::new();
+                let mut on_line = |line: &str| {
+                    let _ = writeln!(log, "{line}");
+                    tools::push_tail(&mut tail, line);
+                    sink(Event::Output {
+                        layer: &layer.name,
+                        line: line.to_owned(),
+                    });
+                };
+                return match self.make_base(plan, base, *sync, &build.mountpoint, &mut on_line) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let tail = match e {
+                            BaseError::Tool(ToolError::Failed { tail: t, .. })
+                                if tail.is_empty() =>
+                            {
+                                t
+                            }
+                            _ => tail,
+                        };
+                        Err(fail(reason, None, tail))
+                    }
+                };
+            }
+            Step::Env { .. } | Step::Workdir { .. } => return Ok(()),
+            Step::Run {
+                command,
+                network,
+                user,
+                sync,
+            } => Spec {
+                source: build.source.clone(),
+                mountpoint: build.mountpoint.clone(),
+                network: *network,
+                binds: vec![],
+                tmp_files: vec![],
+                action: Action::Exec {
+                    argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+                    env,
+                    cwd,
+                    user: user.clone(),
+                    deny_services: false,
+                    sync: *sync,
+                },
+            },
+            Step::Copy {
+                source,
+                dest,
+                mode,
+                owner,
+                ..
+            } => Spec {
+                source: build.source.clone(),
+                mountpoint: build.mountpoint.clone(),
+                network: false,
+                binds: vec![],
+                tmp_files: vec![],
+                action: Action::Copy {
+                    source: source.clone(),
+                    dest: dest.clone(),
+                    mode: mode.map(|m| m.0),
+                    owner: owner.clone(),
+                },
+            },
+            Step::Packages { packages, sync } => {
+                let lists_key = lists_key(plan);
+                let debs = self.store.cache_dir("debs")?;
+                let lists = self.store.cache_dir(&format!("apt-lists/{lists_key}"))?;
+                for d in [debs.join("partial"), lists.join("partial")] {
+                    fs::create_dir_all(&d).map_err(|source| ApplyError::Io {
+                        op: "create",
+                        path: d.clone(),
+                        source,
+                    })?;
+                }
+                cache_locks.push(self.store.lock_cache("debs")?);
+                cache_locks.push(self.store.lock_cache(&format!("lists-{lists_key}"))?);
+                Spec {
+                    source: build.source.clone(),
+                    mountpoint: build.mountpoint.clone(),
+                    network: true,
+                    binds: vec![
+                        Bind {
+                            host: debs,
+                            target: "/var/cache/apt/archives".into(),
+                            readonly: false,
+                        },
+                        Bind {
+                            host: lists,
+                            target: "/var/lib/apt/lists".into(),
+                            readonly: false,
+                        },
+                    ],
+                    tmp_files: vec![],
+                    action: Action::Exec {
+                        argv: vec!["/bin/sh".into(), "-c".into(), apt_script(packages)],
+                        env,
+                        cwd: "/".into(),
+                        user: None,
+                        deny_services: true,
+                        sync: *sync,
+                    },
+                }
+            }
+        };
+        let mut tail = Vec::new();
+        let code = self.exec.sandbox(&spec, &mut |line| {
+            let _ = writeln!(log, "{line}");
+            tools::push_tail(&mut tail, line);
+            sink(Event::Output {
+                layer: &layer.name,
+                line: line.to_owned(),
+            });
+        })?;
+        drop(cache_locks);
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(fail(exit_reason(code), Some(code), tail))
+        }
+    }
+}
+
+fn exit_reason(code: i32) -> String {
+    match code {
+        sandbox::SETUP_FAILED => "the sandbox could not be set up".into(),
+        c if c > 128 => format!("killed by signal {}", c - 128),
+        c => format!("exit status {c}"),
+    }
+}

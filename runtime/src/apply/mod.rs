@@ -1,0 +1,257 @@
+//! The main job: realize a plan. Layers whose id is stored are reused; the others are built in
+//! order, each under its own lock, in a staging area that is published only when every step
+//! succeeded. Then the environment gets its working root, or a command runs in a throwaway one.
+//!
+//! - [`layer`](self): building one layer as a transaction (stage, steps, seal, rollback);
+//! - `base`: making a base (mmdebstrap, tar);
+//! - `apt`: the `packages` step's script and the shared package-lists cache;
+//! - [`executor`]: what runs sandboxes and host tools, behind a trait with a fake for tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use envc_plan::{LayerId, Plan, SyncMode};
+
+use crate::backend::Backend;
+use crate::maintain;
+use crate::sandbox::{Action, RootSource, Spec};
+use crate::store::{self, RootRecord, Store, StoreError};
+
+mod apt;
+mod base;
+mod error;
+mod event;
+pub mod executor;
+mod layer;
+#[cfg(test)]
+mod tests;
+
+pub use error::ApplyError;
+pub use event::Event;
+pub use executor::{ExecError, Executor, HelperExecutor};
+
+/// The outcome of an apply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The working root.
+    pub root: PathBuf,
+    /// Layers built.
+    pub built: usize,
+    /// Layers reused.
+    pub cached: usize,
+    /// Whether the working root was (re)created.
+    pub fresh_root: bool,
+}
+
+/// The runtime: a store, and what runs sandboxes and tools for it.
+pub struct Runtime {
+    /// The store.
+    pub store: Store,
+    exec: Box<dyn Executor>,
+}
+
+type Sink<'s, 'p> = &'s mut dyn FnMut(Event<'p>);
+
+impl Runtime {
+    /// The runtime of `store`, running sandboxes through `helper` (the envc binary).
+    pub fn new(store: Store, helper: PathBuf) -> Runtime {
+        Runtime::with_executor(store, Box::new(HelperExecutor::new(helper)))
+    }
+
+    /// The runtime of `store` with an executor of the caller's (tests).
+    pub fn with_executor(store: Store, exec: Box<dyn Executor>) -> Runtime {
+        Runtime { store, exec }
+    }
+
+    /// The envc binary that runs sandboxes.
+    pub fn helper(&self) -> &Path {
+        self.exec.helper()
+    }
+
+    fn backend(&self) -> &dyn Backend {
+        self.store.backend()
+    }
+
+    /// Reports the backend's warnings as events.
+    fn forward_warnings<'p>(&self, sink: Sink<'_, 'p>) {
+        for w in self.backend().take_warnings() {
+            sink(Event::Warning(w));
+        }
+    }
+
+    /// Builds every layer of `plan` that is not stored. Returns the layers built and reused, and
+    /// shared locks on every layer of the chain: while they are held, `gc` leaves the chain alone.
+    pub fn realize<'p>(
+        &self,
+        plan: &'p Plan,
+        sink: Sink<'_, 'p>,
+    ) -> Result<(usize, usize, Vec<store::Lock>), ApplyError> {
+        let mut held = Vec::with_capacity(plan.layers.len());
+        let cleaned = self.store.clean_staging()?;
+        if cleaned > 0 {
+            sink(Event::Cleaned { count: cleaned });
+        }
+        let (mut built, mut cached) = (0, 0);
+        for (index, layer) in plan.layers.iter().enumerate() {
+            if self.store.is_sealed(&layer.id) {
+                let shared = self.store.share_layer(&layer.id)?;
+                // gc may have removed it between the check and the lock.
+                if self.store.is_sealed(&layer.id) {
+                    held.push(shared);
+                    cached += 1;
+                    sink(Event::Cached { index, layer });
+                    continue;
+                }
+                drop(shared);
+            }
+            let lock = match self.store.try_lock_layer(&layer.id)? {
+                Some(l) => l,
+                None => {
+                    sink(Event::Waiting { index, layer });
+                    self.store.lock_layer(&layer.id)?
+                }
+            };
+            if self.store.is_sealed(&layer.id) {
+                drop(lock);
+                held.push(self.store.share_layer(&layer.id)?);
+                cached += 1;
+                sink(Event::Cached { index, layer });
+                continue;
+            }
+            self.backend().discard(&layer.id)?;
+            sink(Event::Building { index, layer });
+            let started = Instant::now();
+            self.build(plan, index, sink)?;
+            drop(lock);
+            held.push(self.store.share_layer(&layer.id)?);
+            built += 1;
+            sink(Event::Built {
+                index,
+                layer,
+                secs: started.elapsed().as_secs_f64(),
+            });
+        }
+        sink(Event::Realized);
+        Ok((built, cached, held))
+    }
+
+    /// Realizes `plan` and gives it its working root.
+    pub fn apply<'p>(
+        &self,
+        plan: &'p Plan,
+        reset: bool,
+        sink: Sink<'_, 'p>,
+    ) -> Result<Applied, ApplyError> {
+        let (built, cached, _in_use) = self.realize(plan, sink)?;
+        let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
+        let lock = self.store.lock_root(&plan.name)?;
+        let rec = self.store.read_root(&plan.name)?;
+        let fresh = reset
+            || rec.as_ref().is_none_or(|r| r.chain != chain)
+            || !self.backend().root_ready(&plan.name)?;
+        let root = if fresh {
+            let made = self.backend().create_root(&plan.name, &chain);
+            self.forward_warnings(sink);
+            let made = made?;
+            self.store.write_root(&RootRecord {
+                name: plan.name.clone(),
+                spec: plan.spec.as_ref().map(|p| p.display().to_string()),
+                chain: chain.clone(),
+                created: store::now(),
+            })?;
+            self.touch(&chain);
+            if made.reap {
+                // Waits for the root's lock, so it starts its work once this apply is done.
+                maintain::spawn_reaper(self.helper(), self.store.path(), &plan.name);
+            }
+            made.path
+        } else {
+            self.backend().root_path(&plan.name)
+        };
+        drop(lock);
+        Ok(Applied {
+            root,
+            built,
+            cached,
+            fresh_root: fresh,
+        })
+    }
+
+    /// Marks layers as used now.
+    fn touch(&self, chain: &[LayerId]) {
+        let now = store::now();
+        for id in chain {
+            // Best effort: a layer's last use only guides gc.
+            if let Ok(Some(mut m)) = self.store.read_meta(id) {
+                m.last_used = now;
+                let _ = self.store.write_meta(&m);
+            }
+        }
+    }
+
+    /// Runs `argv` in a throwaway snapshot of the plan's last layer (or in its working root with
+    /// `keep`), with the plan's environment and working directory, on the caller's terminal.
+    /// Returns the command's exit status.
+    pub fn run<'p>(
+        &self,
+        plan: &'p Plan,
+        argv: Vec<String>,
+        keep: bool,
+        network: bool,
+        sink: Sink<'_, 'p>,
+    ) -> Result<i32, ApplyError> {
+        let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
+        let (vars, workdir) = plan.final_context();
+        let action = Action::Exec {
+            argv,
+            env: vars.into_iter().collect(),
+            cwd: workdir.unwrap_or_else(|| "/".into()),
+            user: None,
+            deny_services: false,
+            sync: SyncMode::Off,
+        };
+        if keep {
+            let applied = self.apply(plan, false, sink)?;
+            let spec = Spec {
+                source: RootSource::Dir,
+                mountpoint: applied.root,
+                network,
+                binds: vec![],
+                tmp_files: vec![],
+                action,
+            };
+            return Ok(self.exec.interactive(&spec)?);
+        }
+        let (_, _, _in_use) = self.realize(plan, sink)?;
+        let scratch = self.backend().scratch_root(&chain);
+        self.forward_warnings(sink);
+        let scratch = scratch?;
+        let spec = Spec {
+            source: scratch.source.clone(),
+            mountpoint: scratch.mountpoint.clone(),
+            network,
+            binds: vec![],
+            tmp_files: vec![],
+            action,
+        };
+        let result = self.exec.interactive(&spec);
+        self.backend().drop_scratch(scratch)?;
+        Ok(result?)
+    }
+
+    /// Removes a working root.
+    pub fn remove_root(&self, name: &str) -> Result<bool, ApplyError> {
+        if !store::valid_name(name) {
+            return Err(StoreError::InvalidName {
+                name: name.to_owned(),
+            }
+            .into());
+        }
+        let _lock = self.store.lock_root(name)?;
+        // A root with an unreadable record is still removed.
+        let existed = !matches!(self.store.read_root(name), Ok(None));
+        self.backend().drop_root(name)?;
+        self.store.remove_root_record(name)?;
+        Ok(existed)
+    }
+}

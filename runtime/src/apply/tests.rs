@@ -1,0 +1,468 @@
+//! The build transaction against a recording fake backend and executor: stage, steps, failure,
+//! rollback, seal and publish, without privileges.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
+
+use super::{ApplyError, Event, ExecError, Executor, Runtime};
+use crate::backend::{
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
+};
+use crate::sandbox::{Action, RootSource, Spec};
+use crate::store::Store;
+use crate::tools::{Tool, ToolError};
+
+type Journal = Arc<Mutex<Vec<String>>>;
+
+fn note(j: &Journal, s: String) {
+    j.lock().unwrap().push(s);
+}
+
+/// A backend of plain directories that records every call, and fails the calls it is told to.
+struct FakeBackend {
+    layout: Layout,
+    journal: Journal,
+    fail: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeBackend {
+    fn check(&self, call: String) -> Result<(), BackendError> {
+        note(&self.journal, call.clone());
+        if self.fail.lock().unwrap().contains(&call) {
+            return Err(BackendError::Unsupported {
+                backend: BackendKind::Overlay,
+                path: PathBuf::from(&call),
+                reason: "injected failure".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn mkdir(p: &Path) {
+    fs::create_dir_all(p).unwrap();
+}
+
+impl Backend for FakeBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Overlay
+    }
+    fn config(&self) -> BackendConfig {
+        BackendConfig::Overlay
+    }
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    fn begin(
+        &self,
+        id: LayerId,
+        chain: &[LayerId],
+        labels: Labels<'_>,
+    ) -> Result<Build, BackendError> {
+        self.check(format!("begin {} on {}", labels.layer, chain.len()))?;
+        let st = self.layout.staging(&id);
+        mkdir(&st);
+        Ok(Build {
+            id,
+            source: RootSource::Dir,
+            mountpoint: st,
+        })
+    }
+    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+        self.check(format!("seal {}", build.id.short(4)))?;
+        fs::rename(&build.mountpoint, self.layout.layer(&build.id)).unwrap();
+        Ok(7)
+    }
+    fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
+        let st = self.layout.staging(id);
+        if st.exists() {
+            self.check(format!("discard {}", id.short(4)))?;
+            fs::remove_dir_all(st).unwrap();
+        }
+        Ok(())
+    }
+    fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
+        self.check(format!("remove {}", id.short(4)))?;
+        let _ = fs::remove_dir_all(self.layout.layer(id));
+        Ok(())
+    }
+    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+        Ok(self.root_path(name).is_dir())
+    }
+    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
+        self.check(format!("create_root {name} on {}", chain.len()))?;
+        let path = self.root_path(name);
+        mkdir(&path);
+        Ok(RootMade { path, reap: false })
+    }
+    fn drop_root(&self, name: &str) -> Result<(), BackendError> {
+        self.check(format!("drop_root {name}"))?;
+        let _ = fs::remove_dir_all(self.layout.root_dir(name).join("root"));
+        Ok(())
+    }
+    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
+        self.check(format!("scratch_root on {}", chain.len()))?;
+        let dir = self.layout.tmp("run");
+        mkdir(&dir);
+        Ok(Scratch::new(RootSource::Dir, dir.clone(), dir))
+    }
+    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
+        self.check("drop_scratch".into())?;
+        fs::remove_dir_all(scratch.dir()).unwrap();
+        Ok(())
+    }
+}
+
+/// An executor that records the commands it is given and answers with scripted exit statuses.
+struct FakeExecutor {
+    journal: Journal,
+    status: Arc<Mutex<BTreeMap<String, i32>>>,
+}
+
+impl Executor for FakeExecutor {
+    fn helper(&self) -> &Path {
+        Path::new("/nonexistent/envc")
+    }
+    fn sandbox(&self, spec: &Spec, on_line: &mut dyn FnMut(&str)) -> Result<i32, ExecError> {
+        let Action::Exec { argv, .. } = &spec.action else {
+            panic!("only exec steps in these tests");
+        };
+        let command = argv.last().cloned().unwrap_or_default();
+        assert!(
+            spec.mountpoint
+                .starts_with(spec.mountpoint.parent().unwrap()),
+            "runs in a staging area"
+        );
+        note(&self.journal, format!("exec {command}"));
+        on_line(&format!("output of {command}"));
+        Ok(self
+            .status
+            .lock()
+            .unwrap()
+            .get(&command)
+            .copied()
+            .unwrap_or(0))
+    }
+    fn interactive(&self, spec: &Spec) -> Result<i32, ExecError> {
+        let Action::Exec { argv, .. } = &spec.action else {
+            panic!("run is an exec");
+        };
+        note(&self.journal, format!("interactive {}", argv.join(" ")));
+        Ok(3)
+    }
+    fn tool(&self, tool: &Tool, _on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
+        note(&self.journal, format!("tool {tool:?}"));
+        Ok(())
+    }
+}
+
+struct Fixture {
+    _dir: TempDir,
+    rt: Runtime,
+    journal: Journal,
+    fail: Arc<Mutex<Vec<String>>>,
+    status: Arc<Mutex<BTreeMap<String, i32>>>,
+}
+
+/// A temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("envc-apply-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    mkdir(&dir);
+    let journal: Journal = Arc::default();
+    let fail = Arc::<Mutex<Vec<String>>>::default();
+    let status = Arc::<Mutex<BTreeMap<String, i32>>>::default();
+    let backend = FakeBackend {
+        layout: Layout::new(&fs::canonicalize(&dir).unwrap()),
+        journal: journal.clone(),
+        fail: fail.clone(),
+    };
+    let store = Store::with_backend(&dir, Box::new(backend)).unwrap();
+    let exec = FakeExecutor {
+        journal: journal.clone(),
+        status: status.clone(),
+    };
+    Fixture {
+        _dir: TempDir(dir),
+        rt: Runtime::with_executor(store, Box::new(exec)),
+        journal,
+        fail,
+        status,
+    }
+}
+
+fn id(n: u8) -> LayerId {
+    LayerId([n; 32])
+}
+
+/// base (scratch) -> a (`true`) -> b (`make`).
+fn plan() -> Plan {
+    let run = |command: &str| Step::Run {
+        command: command.into(),
+        network: false,
+        user: None,
+        sync: SyncMode::Off,
+    };
+    Plan {
+        name: "t".into(),
+        spec: None,
+        layers: vec![
+            Layer {
+                name: "base".into(),
+                id: id(1),
+                parent: None,
+                steps: vec![Step::Base {
+                    base: Base::Scratch,
+                    sync: SyncMode::Off,
+                }],
+            },
+            Layer {
+                name: "a".into(),
+                id: id(2),
+                parent: Some(id(1)),
+                steps: vec![run("true")],
+            },
+            Layer {
+                name: "b".into(),
+                id: id(3),
+                parent: Some(id(2)),
+                steps: vec![run("make")],
+            },
+        ],
+    }
+}
+
+impl Fixture {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.journal.lock().unwrap())
+    }
+
+    fn apply(&self, plan: &Plan) -> Result<super::Applied, ApplyError> {
+        self.rt.apply(plan, false, &mut |_: Event<'_>| {})
+    }
+
+    fn sealed(&self) -> Vec<LayerId> {
+        let mut v = self.rt.store.backend().sealed().unwrap();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn layers_are_staged_run_sealed_and_recorded_in_order() {
+    let f = fixture("order");
+    let plan = plan();
+    let mut events = Vec::new();
+    let applied =
+        f.rt.apply(&plan, false, &mut |e| {
+            events.push(
+                format!("{e:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        f.take(),
+        [
+            "begin base on 0",
+            "seal 0101",
+            "begin a on 1",
+            "exec true",
+            "seal 0202",
+            "begin b on 2",
+            "exec make",
+            "seal 0303",
+            "create_root t on 3",
+        ]
+    );
+    assert_eq!(
+        (applied.built, applied.cached, applied.fresh_root),
+        (3, 0, true)
+    );
+    assert_eq!(f.sealed(), [id(1), id(2), id(3)]);
+    for n in 1..=3 {
+        let meta = f.rt.store.read_meta(&id(n)).unwrap().expect("recorded");
+        assert_eq!(meta.size, 7);
+        assert!(
+            f.rt.store.log_path(&id(n)).is_file(),
+            "the build log is kept"
+        );
+    }
+    let log = fs::read_to_string(f.rt.store.log_path(&id(3))).unwrap();
+    assert!(log.contains("output of make"), "{log}");
+    let root = f.rt.store.read_root("t").unwrap().expect("root recorded");
+    assert_eq!(root.chain, [id(1), id(2), id(3)]);
+    assert!(
+        events.first().is_some_and(|e| e == "Building"),
+        "{events:?}"
+    );
+    assert!(events.contains(&"Realized".to_owned()), "{events:?}");
+
+    // Warm: nothing is staged, run or sealed, and the root is kept.
+    let again = f.apply(&plan).unwrap();
+    assert_eq!((again.built, again.cached, again.fresh_root), (0, 3, false));
+    assert_eq!(f.take(), Vec::<String>::new());
+}
+
+#[test]
+fn a_failing_step_rolls_its_layer_back_and_keeps_the_ones_before() {
+    let f = fixture("fail");
+    let plan = plan();
+    f.status.lock().unwrap().insert("make".into(), 2);
+    let err = f.apply(&plan).unwrap_err();
+    let ApplyError::StepFailed {
+        layer,
+        step,
+        status,
+        tail,
+        log,
+        ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!((layer.as_str(), *step, *status), ("b", 0, Some(2)));
+    assert_eq!(tail, &["output of make"]);
+    assert!(log.is_file() && log.ends_with(format!("{}.failed.log", id(3))));
+    let calls = f.take();
+    assert_eq!(
+        &calls[calls.len() - 3..],
+        ["begin b on 2", "exec make", "discard 0303"],
+        "{calls:?}"
+    );
+    assert_eq!(f.sealed(), [id(1), id(2)], "nothing of b is sealed");
+    assert!(f.rt.store.read_meta(&id(3)).unwrap().is_none());
+    assert!(
+        !f.rt
+            .store
+            .path()
+            .join("staging")
+            .join(id(3).to_hex())
+            .exists()
+    );
+    assert!(
+        f.rt.store.read_root("t").unwrap().is_none(),
+        "no root for a failed apply"
+    );
+
+    // Fixed: only b is built, and its failed log goes.
+    f.status.lock().unwrap().clear();
+    let applied = f.apply(&plan).unwrap();
+    assert_eq!((applied.built, applied.cached), (1, 2));
+    assert!(!log.exists());
+    assert_eq!(
+        f.take(),
+        [
+            "begin b on 2",
+            "exec make",
+            "seal 0303",
+            "create_root t on 3"
+        ]
+    );
+}
+
+#[test]
+fn a_failed_rollback_reports_both_errors() {
+    let f = fixture("rollback");
+    let plan = plan();
+    f.status.lock().unwrap().insert("make".into(), 1);
+    f.fail.lock().unwrap().push("discard 0303".into());
+    let err = f.apply(&plan).unwrap_err();
+    let ApplyError::Rollback {
+        layer,
+        error,
+        rollback,
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(layer, "b");
+    assert!(matches!(**error, ApplyError::StepFailed { .. }), "{error}");
+    assert!(rollback.to_string().contains("injected failure"));
+    let text = err.to_string();
+    assert!(
+        text.contains("exit status 1") && text.contains("injected failure"),
+        "{text}"
+    );
+    // The staging area stays for the next apply to clean, and nothing is sealed.
+    assert_eq!(f.sealed(), [id(1), id(2)]);
+    f.fail.lock().unwrap().clear();
+    f.status.lock().unwrap().clear();
+    f.take();
+    f.apply(&plan).unwrap();
+    let calls = f.take();
+    assert_eq!(
+        calls[0], "discard 0303",
+        "the leftover is cleaned first: {calls:?}"
+    );
+}
+
+#[test]
+fn a_failed_seal_rolls_back_and_publishes_nothing() {
+    let f = fixture("seal");
+    let plan = plan();
+    f.fail.lock().unwrap().push("seal 0202".into());
+    let err = f.apply(&plan).unwrap_err();
+    assert!(matches!(err, ApplyError::Backend(_)), "{err}");
+    let calls = f.take();
+    assert_eq!(
+        &calls[calls.len() - 2..],
+        ["seal 0202", "discard 0202"],
+        "{calls:?}"
+    );
+    assert_eq!(f.sealed(), [id(1)]);
+    assert!(f.rt.store.read_meta(&id(2)).unwrap().is_none());
+}
+
+#[test]
+fn run_uses_a_throwaway_root_and_removes_it() {
+    let f = fixture("run");
+    let plan = plan();
+    let code =
+        f.rt.run(
+            &plan,
+            vec!["echo".into(), "hi".into()],
+            false,
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(code, 3, "the command's own status");
+    let calls = f.take();
+    assert_eq!(
+        &calls[calls.len() - 3..],
+        ["scratch_root on 3", "interactive echo hi", "drop_scratch"]
+    );
+    assert!(
+        f.rt.store.read_root("t").unwrap().is_none(),
+        "run makes no working root"
+    );
+}
+
+#[test]
+fn a_corrupt_root_record_stops_the_apply_instead_of_replacing_the_root() {
+    let f = fixture("corrupt");
+    let plan = plan();
+    f.apply(&plan).unwrap();
+    let rec = f.rt.store.path().join("roots/t/root.json");
+    fs::write(&rec, b"{ not json").unwrap();
+    f.take();
+    let err = f.apply(&plan).unwrap_err();
+    assert!(err.to_string().contains("root.json"), "{err}");
+    assert_eq!(f.take(), Vec::<String>::new(), "the root was left alone");
+}

@@ -1,0 +1,188 @@
+//! The overlayfs backend: a layer is a directory holding its diff. Building a layer mounts an
+//! overlay of its ancestors with a fresh upper directory (inside the build's own mount namespace);
+//! sealing renames the upper to `layers/ID`. A working root is an overlay of the chain mounted at a
+//! stable path. Mounts use `fsconfig(lowerdir+)`, so chain depth is not limited by the one-page
+//! mount option string.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use envc_plan::LayerId;
+
+use super::{
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
+    delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir, unmount,
+};
+use crate::sandbox::RootSource;
+use crate::sys;
+
+pub(super) struct Overlay {
+    layout: Layout,
+}
+
+impl Overlay {
+    pub(super) fn new(root: &Path) -> Overlay {
+        Overlay {
+            layout: Layout::new(root),
+        }
+    }
+
+    fn lowers(&self, chain: &[LayerId]) -> Vec<PathBuf> {
+        chain.iter().rev().map(|id| self.layout.layer(id)).collect()
+    }
+
+    fn mkdirs(dirs: &[&Path]) -> Result<(), BackendError> {
+        for d in dirs {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Overlay {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Overlay
+    }
+
+    fn config(&self) -> BackendConfig {
+        BackendConfig::Overlay
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn begin(
+        &self,
+        id: LayerId,
+        chain: &[LayerId],
+        _labels: Labels<'_>,
+    ) -> Result<Build, BackendError> {
+        let st = self.layout.staging(&id);
+        let upper = st.join("upper");
+        if chain.is_empty() {
+            Self::mkdirs(&[&upper])?;
+            return Ok(Build {
+                id,
+                source: RootSource::Dir,
+                mountpoint: upper,
+            });
+        }
+        let work = st.join("work");
+        let mnt = st.join("mnt");
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        Ok(Build {
+            id,
+            source: RootSource::Overlay {
+                lowers: self.lowers(chain),
+                upper,
+                work,
+            },
+            mountpoint: mnt,
+        })
+    }
+
+    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+        let st = self.layout.staging(&build.id);
+        let upper = st.join("upper");
+        sync_dir(&upper)?;
+        let size = disk_usage(&upper);
+        let dest = self.layout.layer(&build.id);
+        fs::rename(&upper, &dest).map_err(io_err("publish layer", &dest))?;
+        remove_dir_if_exists(&st)?;
+        Ok(size)
+    }
+
+    fn discard(&self, id: &LayerId) -> Result<(), BackendError> {
+        remove_dir_if_exists(&self.layout.staging(id))
+    }
+
+    fn remove(&self, id: &LayerId) -> Result<(), BackendError> {
+        // Rename first so that a half-removed layer is never seen as sealed.
+        let path = self.layout.layer(id);
+        let doomed = self.layout.tmp("removed");
+        match fs::rename(&path, &doomed) {
+            // The layer is gone from here on. What is left in tmp/ is deleted now if possible,
+            // else by the next `gc` (sweep_tmp): an error here must not stop the caller from
+            // removing the layer's metadata.
+            Ok(()) => {
+                let _ = remove_dir_if_exists(&doomed);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::Io {
+                op: "remove layer",
+                path,
+                source: e,
+            }),
+        }
+    }
+
+    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+        Ok(is_mounted(&self.root_path(name)))
+    }
+
+    fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
+        self.drop_root(name)?;
+        let dir = self.layout.root_dir(name);
+        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        let fs_ctx =
+            sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
+        for l in self.lowers(chain) {
+            fs_ctx
+                .set_string("lowerdir+", l.as_os_str())
+                .map_err(io_err("add lower layer", &l))?;
+        }
+        fs_ctx
+            .set_string("upperdir", upper.as_os_str())
+            .map_err(io_err("set upper dir", &upper))?;
+        fs_ctx
+            .set_string("workdir", work.as_os_str())
+            .map_err(io_err("set work dir", &work))?;
+        fs_ctx
+            .mount_at(&mnt)
+            .map_err(io_err("mount working root at", &mnt))?;
+        Ok(RootMade {
+            path: mnt,
+            reap: false,
+        })
+    }
+
+    fn drop_root(&self, name: &str) -> Result<(), BackendError> {
+        let dir = self.layout.root_dir(name);
+        let mnt = dir.join("root");
+        unmount(&mnt)?;
+        // Discarding is one rename whatever the root's size; the old tree is deleted in the
+        // background (and by `gc` if that is interrupted).
+        for sub in ["upper", "work"] {
+            let p = dir.join(sub);
+            if p.exists() {
+                let doomed = self.layout.tmp("discard");
+                fs::rename(&p, &doomed).map_err(io_err("discard", &p))?;
+                delete_in_background(&doomed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
+        let dir = self.layout.tmp("run");
+        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("mnt"));
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        Ok(Scratch::new(
+            RootSource::Overlay {
+                lowers: self.lowers(chain),
+                upper,
+                work,
+            },
+            mnt,
+            dir,
+        ))
+    }
+
+    fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
+        remove_dir_if_exists(scratch.dir())
+    }
+}

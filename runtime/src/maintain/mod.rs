@@ -1,0 +1,13 @@
+//! Store maintenance, above any one backend: why a layer misses the cache, garbage collection,
+//! recovery of the store's records from the backend, and the background reaping of old root
+//! snapshots.
+
+mod gc;
+mod reap;
+mod recover;
+mod why;
+
+pub use gc::{GcPolicy, GcReport, gc};
+pub use reap::{REAP_ARG, reap_main, spawn_reaper};
+pub use recover::{Recovered, recover};
+pub use why::{FieldDiff, LayerWhy, diff, why};
