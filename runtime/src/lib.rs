@@ -1,9 +1,16 @@
 //! The envc runtime: realizes a [`envc_plan::Plan`] as cached copy-on-write snapshots.
 //!
-//! - [`store`]: the store on disk (sealed layers by id, metadata, locks, working roots).
-//! - [`backend`]: how layers and roots are made: overlayfs (default) and btrfs, behind one trait.
-//! - [`sandbox`]: running a step inside a root, in fresh namespaces.
 //! - [`apply`]: the main job: build what is missing, reuse what is stored, give a working root.
+//! - [`store`]: the store on disk (records of sealed layers and working roots, locks, caches).
+//! - [`backend`]: how layers and roots are made (overlayfs, btrfs, LVM thin), behind one trait
+//!   that knows nothing of the store's records.
+//! - [`maintain`]: store-level upkeep above any backend: `why`, `gc`, recovery, reaping.
+//! - [`sandbox`]: running a step inside a root, in fresh namespaces.
+//! - [`tools`]: the one runner of external programs; [`aptsrc`]: the host's apt sources.
+//! - [`warning`]: conditions reported as data, printed only by the binary.
+//!
+//! Dependency direction: `apply` -> `maintain` -> `store` -> `backend` -> `sandbox` types,
+//! `tools`, `sys`. Nothing below `store` imports it.
 //!
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]

@@ -60,6 +60,14 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A record could not be encoded.
+    #[error("cannot encode record {}: {reason}", path.display())]
+    Encode {
+        /// The record's file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A name given on the command line is not an environment name.
     #[error(
         "`{name}` is not an environment name (1 to 64 characters from a-z, A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit)"
@@ -567,10 +575,9 @@ fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>,
 /// Writes JSON to `path` atomically (temporary file + rename).
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io {
-        op: "encode",
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Encode {
         path: path.to_owned(),
-        source: io::Error::other(e),
+        reason: e.to_string(),
     })?;
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("publish", path))
