@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::args::{Age, Size};
+
 /// envc compiles a declarative build-environment spec (KDL) into a chain of content-addressed
 /// layers and realizes them as cached copy-on-write snapshots.
 #[derive(Debug, Parser)]
@@ -27,8 +29,15 @@ pub struct Cli {
     /// The backend of a new store (an existing store keeps its own): overlay, or btrfs.
     /// Default: btrfs when the store is on btrfs, overlay otherwise. An LVM store is made with
     /// `envc store init lvm`.
-    #[arg(long, global = true, env = "ENVC_BACKEND", value_name = "KIND")]
-    pub backend: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        env = "ENVC_BACKEND",
+        value_name = "KIND",
+        value_enum,
+        hide_possible_values = true
+    )]
+    pub backend: Option<Backend>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -43,6 +52,27 @@ pub enum Color {
     Always,
     /// Never colour.
     Never,
+}
+
+/// A store's backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// overlayfs, on any filesystem.
+    #[value(alias = "overlayfs")]
+    Overlay,
+    /// btrfs subvolumes.
+    Btrfs,
+    /// LVM thin volumes (a store made with `envc store init lvm`).
+    Lvm,
+}
+
+/// The filesystem of an LVM store's volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fs {
+    /// ext4.
+    Ext4,
+    /// xfs.
+    Xfs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,11 +138,11 @@ pub enum Command {
         /// Remove unused layers not used for this long: `30d`, `12h`, `45m`, `10s`, `0`.
         /// Default: `7d` when --keep-bytes is not given either.
         #[arg(long, value_name = "AGE")]
-        older_than: Option<String>,
+        older_than: Option<Age>,
         /// Then remove least recently used unused layers until all layers take at most this:
         /// `20G`, `500M`, `1024`.
         #[arg(long, value_name = "SIZE")]
-        keep_bytes: Option<String>,
+        keep_bytes: Option<Size>,
         /// Only show what would be removed.
         #[arg(long)]
         dry_run: bool,
@@ -136,33 +166,43 @@ pub enum StoreCommand {
     /// Make an LVM thin store: creates the thin pool in VG if it does not exist (and, with
     /// --loop, the VG itself on a loop file, for trying envc out). On a pool that already holds
     /// envc's volumes, the store's records are rebuilt from their LV tags.
-    Init {
-        /// The backend: lvm.
-        #[arg(value_name = "BACKEND", value_parser = ["lvm"])]
-        backend: String,
-        /// The volume group.
-        #[arg(long, value_name = "VG")]
-        vg: String,
-        /// The thin pool in it.
-        #[arg(long, value_name = "POOL", default_value = "envc")]
-        pool: String,
-        /// The size of a new pool: `50G`, `512M`. Default: 90% of the VG's free space (with
-        /// --loop: 20G).
-        #[arg(long, value_name = "SIZE")]
-        size: Option<String>,
-        /// The virtual size of each root's filesystem. Default: the pool's size.
-        #[arg(long, value_name = "SIZE")]
-        volume_size: Option<String>,
-        /// The filesystem: ext4 or xfs.
-        #[arg(long, value_name = "FS", default_value = "ext4")]
-        fs: String,
-        /// Create the VG, if it does not exist, on this sparse file through a loop device.
-        #[arg(long = "loop", value_name = "FILE")]
-        loop_file: Option<PathBuf>,
-    },
+    Init(StoreInit),
     /// Rebuild the store's records from the backend (LVM: from the LV tags): adopt sealed layers
     /// that have no record, forget records whose volume is gone, remove interrupted builds.
     Recover,
+}
+
+/// `envc store init`.
+#[derive(Debug, Args)]
+pub struct StoreInit {
+    /// The backend: lvm.
+    #[arg(value_name = "BACKEND", value_parser = ["lvm"])]
+    pub backend: String,
+    /// The volume group.
+    #[arg(long, value_name = "VG")]
+    pub vg: String,
+    /// The thin pool in it.
+    #[arg(long, value_name = "POOL", default_value = "envc")]
+    pub pool: String,
+    /// The size of a new pool: `50G`, `512M`. Default: 90% of the VG's free space (with
+    /// --loop: 20G).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<Size>,
+    /// The virtual size of each root's filesystem. Default: the pool's size.
+    #[arg(long, value_name = "SIZE")]
+    pub volume_size: Option<Size>,
+    /// The filesystem: ext4 or xfs.
+    #[arg(
+        long,
+        value_name = "FS",
+        value_enum,
+        default_value_t = Fs::Ext4,
+        hide_possible_values = true
+    )]
+    pub fs: Fs,
+    /// Create the VG, if it does not exist, on this sparse file through a loop device.
+    #[arg(long = "loop", value_name = "FILE")]
+    pub loop_file: Option<PathBuf>,
 }
 
 /// Where `run` and `shell` run.

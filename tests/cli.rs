@@ -1,4 +1,4 @@
-//! The `envc` binary: help, version, exit codes, `check` and `plan`.
+//! The `envc` binary: help, version, exit codes, `check` and `plan`, option values.
 
 use snapbox::cmd::{Command, cargo_bin};
 
@@ -156,5 +156,112 @@ fn plan_of_invalid_spec_exits_3() {
         out.get_output().stdout.is_empty(),
         "no partial plan on stdout"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn stderr_of(out: &snapbox::cmd::OutputAssert) -> String {
+    String::from_utf8_lossy(&out.get_output().stderr).into_owned()
+}
+
+/// A bad age or size is a usage error that names the option and the accepted forms, found before
+/// the store is touched.
+#[test]
+fn bad_ages_and_sizes_exit_2() {
+    let dir = scratch("bad-values");
+    let store = dir.join("store");
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["gc", "--older-than", "5x"],
+            &["--older-than", "30d, 12h, 45m, 10s"],
+        ),
+        (
+            &["gc", "--older-than", "1.5h"],
+            &["--older-than", "30d, 12h, 45m, 10s"],
+        ),
+        (
+            &["gc", "--keep-bytes", "lots"],
+            &["--keep-bytes", "20G, 500M"],
+        ),
+        (
+            &["gc", "--keep-bytes", "99999999999T"],
+            &["--keep-bytes", "too large"],
+        ),
+        (
+            &["gc", "--keep-bytes", "99999999999999999999"],
+            &["--keep-bytes", "too large"],
+        ),
+        (
+            &["gc", "--older-than", "99999999999999w"],
+            &["--older-than", "too large"],
+        ),
+        (
+            &["store", "init", "lvm", "--vg", "vg0", "--size", "5x"],
+            &["--size", "20G, 500M"],
+        ),
+        (
+            &["store", "init", "lvm", "--vg", "vg0", "--volume-size", "1P"],
+            &["--volume-size", "20G, 500M"],
+        ),
+        (
+            &["store", "init", "lvm", "--vg", "vg0", "--fs", "zfs"],
+            &["--fs", "ext4, xfs"],
+        ),
+    ];
+    for (args, words) in cases {
+        let out = envc()
+            .arg("--store")
+            .arg(&store)
+            .args(*args)
+            .assert()
+            .code(2);
+        let stderr = stderr_of(&out);
+        for word in *words {
+            assert!(stderr.contains(word), "{args:?}: no {word:?} in:\n{stderr}");
+        }
+    }
+    assert!(!store.exists(), "a usage error must not create the store");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_backend_exits_2() {
+    let dir = scratch("bad-backend");
+    let store = dir.join("store");
+    let out = envc()
+        .env_remove("ENVC_BACKEND")
+        .arg("--store")
+        .arg(&store)
+        .args(["--backend", "zfs", "ls"])
+        .assert()
+        .code(2);
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains("--backend"), "{stderr}");
+    assert!(stderr.contains("overlay, btrfs, lvm"), "{stderr}");
+    envc()
+        .env("ENVC_BACKEND", "zfs")
+        .arg("--store")
+        .arg(&store)
+        .arg("ls")
+        .assert()
+        .code(2);
+    assert!(!store.exists(), "a usage error must not create the store");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `overlayfs` is another name of the overlay backend, on the command line and in ENVC_BACKEND.
+#[test]
+fn backend_overlayfs_is_overlay() {
+    let dir = scratch("overlayfs");
+    for (i, env) in [None, Some("overlayfs")].into_iter().enumerate() {
+        let store = dir.join(format!("store{i}"));
+        let mut cmd = envc().env_remove("ENVC_BACKEND").arg("--store").arg(&store);
+        cmd = match env {
+            Some(v) => cmd.env("ENVC_BACKEND", v),
+            None => cmd.args(["--backend", "overlayfs"]),
+        };
+        let out = cmd.args(["ls", "--json"]).assert().success();
+        let ls: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(ls["backend"], "overlay", "{ls}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

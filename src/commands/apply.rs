@@ -1,0 +1,74 @@
+//! `envc apply`, `envc run`, `envc shell`: realize a spec's layers, showing progress, then give its
+//! working root or run a command in it.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::cli::{Backend, RunTarget};
+use crate::compile::compile_for;
+use crate::error::{CliError, exit};
+use crate::progress::Progress;
+
+/// What `envc shell` runs: the user's login shell if the root has bash, else sh.
+const SHELL: &str = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
+
+/// Builds what is missing, then prints the working root's path (a summary goes to stderr).
+pub fn apply(
+    store: &Path,
+    backend: Option<Backend>,
+    spec: &Path,
+    reset: bool,
+) -> Result<(), CliError> {
+    let compiled = compile_for(spec, store)?;
+    let rt = crate::store::open(store, backend)?;
+    let mut progress = Progress::new(compiled.plan.layers.len());
+    let result = rt.apply(&compiled.plan, reset, &mut |e| progress.event(e));
+    drop(progress);
+    let applied = result.map_err(|e| CliError::apply(e, &compiled))?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "envc: {} built, {} cached; root {}",
+        applied.built,
+        applied.cached,
+        if applied.fresh_root {
+            "created"
+        } else {
+            "kept"
+        }
+    );
+    println!("{}", applied.root.display());
+    Ok(())
+}
+
+/// `envc run`: the command's exit status once it has started.
+pub fn run(
+    store: &Path,
+    backend: Option<Backend>,
+    target: &RunTarget,
+    argv: Vec<String>,
+) -> Result<u8, CliError> {
+    let compiled = compile_for(&target.spec, store)?;
+    let rt = crate::store::open(store, backend)?;
+    let mut progress = Progress::new(compiled.plan.layers.len());
+    // The progress bar must be gone before the command takes the terminal.
+    let result = rt.run(
+        &compiled.plan,
+        argv,
+        target.keep,
+        !target.no_network,
+        &mut |e| progress.event(e),
+    );
+    drop(progress);
+    let code = result.map_err(|e| CliError::apply(e, &compiled))?;
+    Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
+}
+
+/// `envc shell`: an interactive shell's exit status.
+pub fn shell(store: &Path, backend: Option<Backend>, target: &RunTarget) -> Result<u8, CliError> {
+    run(
+        store,
+        backend,
+        target,
+        vec!["/bin/sh".into(), "-c".into(), SHELL.into()],
+    )
+}

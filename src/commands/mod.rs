@@ -1,0 +1,10 @@
+//! The subcommands, one module each; every one returns its failure as a [`crate::error::CliError`].
+
+pub mod apply;
+pub mod check;
+pub mod gc;
+pub mod ls;
+pub mod plan;
+pub mod rm;
+pub mod store;
+pub mod why;

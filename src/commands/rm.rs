@@ -1,0 +1,19 @@
+//! `envc rm`: drops an environment's working root.
+
+use std::path::Path;
+
+use crate::cli::Backend;
+use crate::error::CliError;
+
+/// Removes the working root `name`; it is an error if there is none.
+pub fn rm(store: &Path, backend: Option<Backend>, name: &str) -> Result<(), CliError> {
+    let rt = crate::store::open(store, backend)?;
+    if rt.remove_root(name)? {
+        Ok(())
+    } else {
+        Err(CliError::failed(format!(
+            "no working root named `{name}` in {}",
+            rt.store.path().display()
+        )))
+    }
+}

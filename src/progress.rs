@@ -1,0 +1,119 @@
+//! Turns the runtime's progress events into a bar on a terminal, plain lines elsewhere.
+
+use std::fmt::Display;
+use std::io::{IsTerminal, Write};
+
+use envc_runtime::Event;
+
+use crate::report;
+
+/// Shows progress: on a terminal, a bar (layers done, the current layer, elapsed time) with build
+/// output scrolling above it; otherwise plain lines prefixed by the layer's name.
+pub struct Progress {
+    quiet_output: bool,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// Progress for a plan of `layers` layers; `ENVC_QUIET` hides build output.
+    pub fn new(layers: usize) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(layers as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} [{pos}/{len}] {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            quiet_output: std::env::var_os("ENVC_QUIET").is_some(),
+            bar,
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
+    }
+
+    /// A warning, above the bar when there is one.
+    pub fn warning(&self, w: &dyn Display) {
+        self.line(report::warning(w));
+    }
+
+    /// Shows one event.
+    pub fn event(&mut self, e: Event<'_>) {
+        match e {
+            Event::Cleaned { count } => self.line(format!(
+                "envc: removed {count} interrupted build{}",
+                if count == 1 { "" } else { "s" }
+            )),
+            Event::Cached { layer, .. } => {
+                self.line(format!("[{}] cached {}", layer.name, layer.id.short(12)));
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+            Event::Waiting { layer, .. } => {
+                self.line(format!(
+                    "[{}] waiting for another envc building {}",
+                    layer.name,
+                    layer.id.short(12)
+                ));
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("waiting for {}", layer.name));
+                }
+            }
+            Event::Building { layer, .. } => {
+                self.line(format!("[{}] building {}", layer.name, layer.id.short(12)));
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("building {}", layer.name));
+                }
+            }
+            Event::Step { summary, .. } => {
+                if let Some(bar) = &self.bar {
+                    let mut s: String = summary.chars().take(60).collect();
+                    if s.len() < summary.len() {
+                        s.push('…');
+                    }
+                    bar.set_message(s);
+                }
+            }
+            Event::Output { layer, line } => {
+                if !self.quiet_output {
+                    if self.bar.is_some() {
+                        self.line(format!("\x1b[2m[{layer}]\x1b[0m {line}"));
+                    } else {
+                        self.line(format!("[{layer}] {line}"));
+                    }
+                }
+            }
+            Event::Warning(w) => self.warning(&w),
+            Event::Realized => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            Event::Built { layer, secs, .. } => {
+                self.line(format!("[{}] built in {:.1} s", layer.name, secs));
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Writes diagnostics to stderr: a [`CliError`] as the user sees it, warnings.
+
+use std::fmt::Display;
+use std::io::{IsTerminal, Write};
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, Report};
+
+use crate::cli::Color;
+use crate::error::{CliError, InvalidSpec, StepFailure};
+
+/// How many lines of a failed step's output its report shows.
+const TAIL_LINES: usize = 10;
+
+/// Renders errors with miette's graphical handler, coloured or not.
+pub struct Ui {
+    handler: GraphicalReportHandler,
+}
+
+impl Ui {
+    /// A renderer for `--color`: `COLUMNS` sets the width (default 100), `NO_COLOR` turns colour
+    /// off under `auto`.
+    pub fn new(color: Color) -> Ui {
+        let colored = match color {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => {
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
+        };
+        let theme = if colored {
+            GraphicalTheme::unicode()
+        } else {
+            GraphicalTheme::unicode_nocolor()
+        };
+        let width = std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(100);
+        Ui {
+            handler: GraphicalReportHandler::new_themed(theme)
+                .with_width(width)
+                .with_links(false)
+                .with_word_separator(textwrap::WordSeparator::AsciiSpace),
+        }
+    }
+
+    /// Writes `e` to stderr.
+    pub fn render(&self, e: &CliError) {
+        match e {
+            CliError::Usage(e) => {
+                let _ = e.print();
+            }
+            CliError::InvalidSpec(specs) => {
+                for spec in specs {
+                    self.invalid_spec(spec);
+                }
+            }
+            CliError::Failed(e) => error_line(e),
+            CliError::StepFailed(f) => self.diagnostic(step_failed(f).as_ref()),
+        }
+    }
+
+    fn invalid_spec(&self, spec: &InvalidSpec) {
+        for e in &spec.errors {
+            self.diagnostic(e);
+        }
+        let n = spec.errors.len();
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "error: {} is invalid: {n} error{}",
+            spec.spec.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+
+    fn diagnostic(&self, diag: &dyn miette::Diagnostic) {
+        let mut out = String::new();
+        if self.handler.render_report(&mut out, diag).is_err() {
+            out = format!("error: {diag}\n");
+        }
+        let _ = writeln!(std::io::stderr().lock(), "{out}");
+    }
+}
+
+/// `error: ...` on one line.
+fn error_line(e: &dyn Display) {
+    let _ = writeln!(std::io::stderr().lock(), "error: {e}");
+}
+
+/// A failed step's report: the step's line in its spec, the last lines of its output, its log.
+fn step_failed(f: &StepFailure) -> Report {
+    let mut help = String::new();
+    if !f.tail.is_empty() {
+        help.push_str("last lines of output:\n");
+        for line in &f.tail[f.tail.len().saturating_sub(TAIL_LINES)..] {
+            help.push_str("  ");
+            help.push_str(line);
+            help.push('\n');
+        }
+    }
+    help.push_str(&format!("full log: {}", f.log.display()));
+    let diag = MietteDiagnostic::new(format!(
+        "layer `{}`: step {} failed: {}",
+        f.layer,
+        f.step + 1,
+        f.reason
+    ))
+    .with_code("envc::apply::step_failed")
+    .with_label(LabeledSpan::at(f.span, "this step failed"))
+    .with_help(help);
+    Report::new(diag).with_source_code(f.src.clone())
+}
+
+/// A warning as one line: `envc: warning: ...`. Every warning the CLI shows is made here, whether
+/// it is printed directly ([`warn`]) or above a progress bar.
+pub fn warning(w: &dyn Display) -> String {
+    format!("envc: warning: {w}")
+}
+
+/// Writes a warning to stderr (with no progress bar on screen).
+pub fn warn(w: &dyn Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", warning(w));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_one_prefixed_line() {
+        assert_eq!(
+            warning(&"cannot remove old snapshots of working root `a`: busy"),
+            "envc: warning: cannot remove old snapshots of working root `a`: busy"
+        );
+    }
+
+    #[test]
+    fn step_report_shows_the_last_ten_lines() {
+        let src =
+            miette::NamedSource::new("env.kdl", std::sync::Arc::new("run \"false\"\n".into()));
+        let f = StepFailure {
+            layer: "a".into(),
+            step: 0,
+            reason: "exit status 1".into(),
+            tail: (1..=12).map(|i| format!("line {i}")).collect(),
+            log: "/s/logs/a.log".into(),
+            src,
+            span: (0, 11).into(),
+        };
+        let report = step_failed(&f);
+        let help = report.help().unwrap().to_string();
+        assert!(!help.contains("line 2\n"), "{help}");
+        assert!(
+            help.starts_with("last lines of output:\n  line 3\n"),
+            "{help}"
+        );
+        assert!(
+            help.ends_with("  line 12\nfull log: /s/logs/a.log"),
+            "{help}"
+        );
+        assert_eq!(
+            report.to_string(),
+            "layer `a`: step 1 failed: exit status 1"
+        );
+    }
+}
