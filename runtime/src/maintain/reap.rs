@@ -18,7 +18,6 @@ pub fn spawn_reaper(helper: &Path, store: &Path, name: &str) {
         .arg(REAP_ARG)
         .arg(store)
         .arg(name)
-        .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
