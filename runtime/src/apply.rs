@@ -1,6 +1,7 @@
 //! The main job: realize a plan. Layers whose id is stored are reused; the others are built in
 //! order, each under its own lock, in a staging area that is published only when every step
 //! succeeded. Then the environment gets its working root.
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -11,7 +12,7 @@ use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
 
 use crate::aptsrc;
 use crate::backend::{Backend, BackendError, Build};
-use crate::sandbox::{self, Action, Bind, RootSource, Spec, Stdio3};
+use crate::sandbox::{self, Action, Bind, RootSource, SandboxError, Spec, Stdio3};
 use crate::store::{self, Meta, RootRecord, Store, StoreError};
 use crate::tools::{self, Tool, ToolError};
 
@@ -108,6 +109,15 @@ pub enum ApplyError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The sandbox failed outside any step (`run`, `shell`), or its helper did not start.
+    #[error("cannot {context}: {source}")]
+    Sandbox {
+        /// What was being done.
+        context: String,
+        /// The sandbox's failure.
+        #[source]
+        source: SandboxError,
     },
 }
 
@@ -315,14 +325,10 @@ impl Runtime {
     }
 
     fn interactive(&self, spec: &Spec) -> Result<i32, ApplyError> {
-        let status =
-            sandbox::run_interactive(&self.helper, spec).map_err(|source| ApplyError::Io {
-                op: format!("start the sandbox helper {}", self.helper.display()),
-                source,
-            })?;
-        Ok(status.code().unwrap_or_else(|| {
-            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-        }))
+        sandbox::run_interactive(&self.helper, spec).map_err(|source| ApplyError::Sandbox {
+            context: "run the command".into(),
+            source,
+        })
     }
 
     /// Removes a working root.
@@ -565,33 +571,39 @@ impl Runtime {
                 }
             }
         };
-        let (code, tail) = self.sandboxed(&spec, &layer.name, log, sink)?;
+        let (result, tail) = self.sandboxed(&spec, &layer.name, log, sink)?;
         drop(cache_locks);
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(fail(exit_reason(code), Some(code), tail))
+        match result {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(fail(exit_reason(code), Some(code), tail)),
+            Err(e) => {
+                // The sandbox's own failure (the command never ran): its report is the reason.
+                let _ = writeln!(log, "envc sandbox: {e}");
+                Err(fail(e.to_string(), None, tail))
+            }
         }
     }
 
-    /// Runs a sandbox, streaming its output to the sink and the log; returns status and tail.
+    /// Runs a sandbox, streaming its output to the sink and the log; returns its outcome (the
+    /// command's status or the sandbox's failure) and the tail of the output.
     fn sandboxed<'p>(
         &self,
         spec: &Spec,
         layer: &'p str,
         log: &mut File,
         sink: Sink<'_, 'p>,
-    ) -> Result<(i32, Vec<String>), ApplyError> {
+    ) -> Result<(Result<i32, SandboxError>, Vec<String>), ApplyError> {
         let io_err = |op: &str| {
             let op = op.to_owned();
             move |source| ApplyError::Io { op, source }
         };
         let (reader, writer) = io::pipe().map_err(io_err("create a pipe"))?;
-        let mut child =
-            sandbox::spawn(&self.helper, spec, Stdio3::Pipe(writer)).map_err(io_err(&format!(
-                "start the sandbox helper {}",
-                self.helper.display()
-            )))?;
+        let child = sandbox::spawn(&self.helper, spec, Stdio3::Pipe(writer)).map_err(|source| {
+            ApplyError::Sandbox {
+                context: format!("run a step of layer `{layer}`"),
+                source,
+            }
+        })?;
         let mut tail = Vec::new();
         tools::for_each_line(reader, &mut |line| {
             let _ = writeln!(log, "{line}");
@@ -601,11 +613,7 @@ impl Runtime {
                 line: line.to_owned(),
             });
         });
-        let status = child.wait().map_err(io_err("wait for the sandbox"))?;
-        let code = status.code().unwrap_or_else(|| {
-            128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-        });
-        Ok((code, tail))
+        Ok((child.wait(), tail))
     }
 
     fn make_base(
@@ -775,7 +783,6 @@ const SOURCES_SUM: &str = "LC_ALL=C; cat etc/apt/sources.list etc/apt/sources.li
 
 fn exit_reason(code: i32) -> String {
     match code {
-        sandbox::SETUP_FAILED => "the sandbox could not be set up".into(),
         c if c > 128 => format!("killed by signal {}", c - 128),
         c => format!("exit status {c}"),
     }

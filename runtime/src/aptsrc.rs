@@ -1,5 +1,6 @@
 //! The host's apt sources (one-line `sources.list` and deb822 `.sources` formats), turned into
 //! sources for a target suite: the host's mirrors, the spec's suite and components.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::path::Path;

@@ -12,6 +12,7 @@
 //!   [`lvm`]).
 //!
 //! Sealing is atomic in every backend: a staging area is never mistaken for a layer.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::fs;
@@ -243,7 +244,7 @@ pub trait Backend: Send + Sync {
 
 /// The backend a new store at `root` gets by default.
 pub fn detect(root: &Path) -> BackendKind {
-    match sys::fs_type(root) {
+    match sys::kernel().fs_type(root) {
         Ok(t) if t == sys::BTRFS_MAGIC => BackendKind::Btrfs,
         _ => BackendKind::Overlay,
     }
@@ -269,7 +270,7 @@ pub fn new(
             layout: Layout::new(root),
         })),
         BackendKind::Btrfs => {
-            if sys::fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
+            if sys::kernel().fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
                 return Err(BackendError::Unsupported {
                     backend: kind,
                     path: root.to_owned(),
@@ -363,7 +364,9 @@ pub fn disk_usage(path: &Path) -> u64 {
 
 fn sync_dir(path: &Path) -> Result<(), BackendError> {
     let f = fs::File::open(path).map_err(io_err("open", path))?;
-    sys::syncfs(std::os::fd::AsFd::as_fd(&f)).map_err(io_err("sync", path))
+    sys::kernel()
+        .syncfs(std::os::fd::AsFd::as_fd(&f))
+        .map_err(io_err("sync", path))
 }
 
 /// A unique name for a throwaway directory.
@@ -392,13 +395,9 @@ pub fn is_mounted(path: &Path) -> bool {
 
 fn unmount(path: &Path) -> Result<(), BackendError> {
     while is_mounted(path) {
-        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
-            BackendError::Io {
-                op: "unmount",
-                path: path.to_owned(),
-                source: e.into(),
-            }
-        })?;
+        sys::kernel()
+            .umount2(path, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(io_err("unmount", path))?;
     }
     Ok(())
 }
@@ -506,22 +505,20 @@ impl Backend for Overlay {
         let dir = self.layout.root_dir(name);
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         Self::mkdirs(&[&upper, &work, &mnt])?;
-        let fs_ctx =
-            sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
-        for l in self.lowers(chain) {
-            fs_ctx
-                .set_string("lowerdir+", l.as_os_str())
-                .map_err(io_err("add lower layer", &l))?;
-        }
-        fs_ctx
-            .set_string("upperdir", upper.as_os_str())
-            .map_err(io_err("set upper dir", &upper))?;
-        fs_ctx
-            .set_string("workdir", work.as_os_str())
-            .map_err(io_err("set work dir", &work))?;
-        fs_ctx
-            .mount_at(&mnt)
-            .map_err(io_err("mount working root at", &mnt))?;
+        sys::kernel()
+            .mount_overlay(&self.lowers(chain), &upper, &work, &mnt)
+            .map_err(|e| {
+                let (op, path) = match &e.stage {
+                    sys::OverlayStage::Open => ("open overlay context for", &mnt),
+                    sys::OverlayStage::Lower(l) => ("add lower layer", l),
+                    sys::OverlayStage::Upper(_) => ("set upper dir", &upper),
+                    sys::OverlayStage::Work(_) => ("set work dir", &work),
+                    sys::OverlayStage::Create | sys::OverlayStage::Attach => {
+                        ("mount working root at", &mnt)
+                    }
+                };
+                io_err(op, path)(e.source)
+            })?;
         Ok(mnt)
     }
 

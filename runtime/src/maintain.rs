@@ -1,4 +1,5 @@
 //! Store maintenance: why a layer misses the cache, and garbage collection.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 

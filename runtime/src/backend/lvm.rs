@@ -16,6 +16,7 @@
 //!   refuses, because a full thin pool can corrupt the filesystems in it.
 //! - Without a running udev (containers, minimal hosts) every LVM command gets
 //!   `activation{udev_sync=0 udev_rules=0}`, else LVM fails with "device not cleared".
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -461,18 +462,19 @@ impl Lvm {
             FsKind::Ext4 => ("ext4", None),
             FsKind::Xfs => ("xfs", Some("nouuid")),
         };
-        nix::mount::mount(
-            Some(&dev),
-            at,
-            Some(fstype),
-            nix::mount::MsFlags::empty(),
-            data,
-        )
-        .map_err(|e| BackendError::Io {
-            op: "mount volume",
-            path: dev.clone(),
-            source: io::Error::other(format!("at {}: {e}", at.display())),
-        })
+        sys::kernel()
+            .mount(
+                Some(&dev),
+                at,
+                Some(fstype),
+                nix::mount::MsFlags::empty(),
+                data,
+            )
+            .map_err(|e| BackendError::Io {
+                op: "mount volume",
+                path: dev.clone(),
+                source: io::Error::other(format!("at {}: {e}", at.display())),
+            })
     }
 
     /// Makes the base volume's filesystem.
@@ -684,15 +686,17 @@ impl Backend for Lvm {
         let size = (stat.blocks() - stat.blocks_free()) as u64 * stat.fragment_size() as u64;
         // Blocks the build freed go back to the pool (not fatal where discard is unsupported).
         if let Ok(f) = File::open(&st) {
-            let _ = sys::fitrim(std::os::fd::AsFd::as_fd(&f));
+            let _ = sys::kernel().fitrim(std::os::fd::AsFd::as_fd(&f));
         }
         // A plain unmount: if something still uses the filesystem, sealing fails instead of
         // changing the volume under it.
-        nix::mount::umount(&st).map_err(|e| BackendError::Io {
-            op: "unmount",
-            path: st.clone(),
-            source: e.into(),
-        })?;
+        sys::kernel()
+            .umount2(&st, nix::mount::MntFlags::empty())
+            .map_err(|source| BackendError::Io {
+                op: "unmount",
+                path: st.clone(),
+                source,
+            })?;
         let lv = self.layer_lv(&build.id);
         run(lvm_cmd("lvchange")?
             .args(["-q", "-p", "r", "--addtag", SEALED_TAG])
