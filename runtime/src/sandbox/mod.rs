@@ -24,6 +24,8 @@ mod files;
 mod helper;
 mod mounts;
 pub mod protocol;
+#[cfg(test)]
+mod tests;
 mod users;
 
 pub use files::{copy_into_root, mkdir_in_root, open_in_root};
