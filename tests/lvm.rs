@@ -186,7 +186,7 @@ fn guest(selected: Vec<(String, Box<dyn Fn()>)>) -> i32 {
     let (mut passed, mut failed) = (0, Vec::new());
     for (name, f) in selected {
         let t = Instant::now();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let status = if r.is_ok() { "ok" } else { "FAILED" };
         println!(
             "test {name} ... {status} ({:.1} s)",
@@ -238,7 +238,7 @@ fn tags(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn tag<'a>(v: &'a serde_json::Value, key: &str) -> Option<String> {
+fn tag(v: &serde_json::Value, key: &str) -> Option<String> {
     tags(v)
         .into_iter()
         .find_map(|t| t.strip_prefix(&format!("{key}=")).map(str::to_owned))

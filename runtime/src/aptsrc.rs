@@ -1,5 +1,6 @@
 //! The host's apt sources (one-line `sources.list` and deb822 `.sources` formats), turned into
 //! sources for a target suite: the host's mirrors, the spec's suite and components.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::path::Path;
@@ -145,10 +146,10 @@ pub fn sources_for(entries: &[Entry], suite: &str, components: &[String]) -> Opt
                 continue;
             }
             let Some(pocket) = pocket_of(s) else { continue };
-            if suite == "sid" || suite == "unstable" || suite == "experimental" {
-                if !pocket.is_empty() {
-                    continue;
-                }
+            if (suite == "sid" || suite == "unstable" || suite == "experimental")
+                && !pocket.is_empty()
+            {
+                continue;
             }
             for uri in &e.uris {
                 let opts = e

@@ -11,6 +11,7 @@
 //! STORE/cache/              host-side caches shared by builds (.deb files, apt lists)
 //! STORE/tmp/                throwaway roots of `envc run`
 //! ```
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io;

@@ -1,6 +1,7 @@
 //! One runner for every external tool (tar, mmdebstrap, btrfs, ...): absolute path, argv (never a
 //! shell string), an explicit environment, and errors that carry program, args, status and the
 //! tail of stderr.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fmt;

@@ -1,5 +1,6 @@
 //! Warnings: conditions worth telling the user that do not stop the operation. The runtime
 //! returns them as data (in events and reports); only the binary prints them.
+#![forbid(unsafe_code)]
 
 use serde::Serialize;
 

@@ -1,5 +1,6 @@
 //! apt in a root: the script of a `packages` step, and the shared package-lists cache (keyed by
 //! the base, reused only when made from the same sources) that base builds fill.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
 use std::fs;

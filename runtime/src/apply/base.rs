@@ -1,5 +1,6 @@
 //! Making a base layer: a Debian root by mmdebstrap (from the base's mirror or the host's apt
 //! sources), a root filesystem tarball unpacked by tar, or nothing.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
 use std::fs;

@@ -1,10 +1,11 @@
 //! How an apply fails: every variant names the operation and the object.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::path::PathBuf;
 
-use super::executor::ExecError;
 use crate::backend::BackendError;
+use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
 /// A failed apply, naming what failed.
@@ -34,9 +35,15 @@ pub enum ApplyError {
     /// A backend operation failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// Starting or talking to the sandbox failed.
-    #[error(transparent)]
-    Exec(#[from] ExecError),
+    /// The sandbox failed outside any step (`run`, `shell`), or its helper did not start.
+    #[error("cannot {context}: {source}")]
+    Sandbox {
+        /// What was being done.
+        context: String,
+        /// The sandbox's failure.
+        #[source]
+        source: SandboxError,
+    },
     /// A file of the build (its log) could not be written.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {

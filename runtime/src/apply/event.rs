@@ -1,4 +1,5 @@
 //! The events the runtime reports while it works; the binary turns them into lines or bars.
+#![forbid(unsafe_code)]
 
 use envc_plan::Layer;
 

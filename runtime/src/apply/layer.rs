@@ -1,5 +1,6 @@
 //! Building one layer, as a transaction: stage it in the backend, run its steps in the sandbox
 //! (each as a sandbox spec), seal and record it, or roll everything back.
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -12,7 +13,7 @@ use super::apt::{apt_script, lists_key};
 use super::base::BaseError;
 use super::{ApplyError, Event, Runtime, Sink};
 use crate::backend::{Build, Labels};
-use crate::sandbox::{self, Action, Bind, Spec};
+use crate::sandbox::{Action, Bind, Spec};
 use crate::store::{self, Meta};
 use crate::tools::{self, ToolError};
 
@@ -265,26 +266,29 @@ impl Runtime {
             }
         };
         let mut tail = Vec::new();
-        let code = self.exec.sandbox(&spec, &mut |line| {
+        let result = self.exec.sandbox(&spec, &mut |line| {
             let _ = writeln!(log, "{line}");
             tools::push_tail(&mut tail, line);
             sink(Event::Output {
                 layer: &layer.name,
                 line: line.to_owned(),
             });
-        })?;
+        });
         drop(cache_locks);
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(fail(exit_reason(code), Some(code), tail))
+        match result {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(fail(exit_reason(code), Some(code), tail)),
+            Err(e) => {
+                // The sandbox's own failure (the command never ran): its report is the reason.
+                let _ = writeln!(log, "envc sandbox: {e}");
+                Err(fail(e.to_string(), None, tail))
+            }
         }
     }
 }
 
 fn exit_reason(code: i32) -> String {
     match code {
-        sandbox::SETUP_FAILED => "the sandbox could not be set up".into(),
         c if c > 128 => format!("killed by signal {}", c - 128),
         c => format!("exit status {c}"),
     }

@@ -6,6 +6,7 @@
 //! - `base`: making a base (mmdebstrap, tar);
 //! - `apt`: the `packages` step's script and the shared package-lists cache;
 //! - [`executor`]: what runs sandboxes and host tools, behind a trait with a fake for tests.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,7 +29,7 @@ mod tests;
 
 pub use error::ApplyError;
 pub use event::Event;
-pub use executor::{ExecError, Executor, HelperExecutor};
+pub use executor::{Executor, HelperExecutor};
 
 /// The outcome of an apply.
 #[derive(Debug, Clone)]
@@ -220,7 +221,7 @@ impl Runtime {
                 tmp_files: vec![],
                 action,
             };
-            return Ok(self.exec.interactive(&spec)?);
+            return self.interactive(&spec);
         }
         let (_, _, _in_use) = self.realize(plan, sink)?;
         let scratch = self.backend().scratch_root(&chain);
@@ -234,9 +235,18 @@ impl Runtime {
             tmp_files: vec![],
             action,
         };
-        let result = self.exec.interactive(&spec);
+        let result = self.interactive(&spec);
         self.backend().drop_scratch(scratch)?;
-        Ok(result?)
+        result
+    }
+
+    fn interactive(&self, spec: &Spec) -> Result<i32, ApplyError> {
+        self.exec
+            .interactive(spec)
+            .map_err(|source| ApplyError::Sandbox {
+                context: "run the command".into(),
+                source,
+            })
     }
 
     /// Removes a working root.

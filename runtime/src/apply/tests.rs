@@ -1,5 +1,6 @@
 //! The build transaction against a recording fake backend and executor: stage, steps, failure,
 //! rollback, seal and publish, without privileges.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,11 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
 
-use super::{ApplyError, Event, ExecError, Executor, Runtime};
+use super::{ApplyError, Event, Executor, Runtime};
 use crate::backend::{
     Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
 };
-use crate::sandbox::{Action, RootSource, Spec};
+use crate::sandbox::{Action, RootSource, SandboxError, Spec};
 use crate::store::Store;
 use crate::tools::{Tool, ToolError};
 
@@ -127,7 +128,7 @@ impl Executor for FakeExecutor {
     fn helper(&self) -> &Path {
         Path::new("/nonexistent/envc")
     }
-    fn sandbox(&self, spec: &Spec, on_line: &mut dyn FnMut(&str)) -> Result<i32, ExecError> {
+    fn sandbox(&self, spec: &Spec, on_line: &mut dyn FnMut(&str)) -> Result<i32, SandboxError> {
         let Action::Exec { argv, .. } = &spec.action else {
             panic!("only exec steps in these tests");
         };
@@ -147,7 +148,7 @@ impl Executor for FakeExecutor {
             .copied()
             .unwrap_or(0))
     }
-    fn interactive(&self, spec: &Spec) -> Result<i32, ExecError> {
+    fn interactive(&self, spec: &Spec) -> Result<i32, SandboxError> {
         let Action::Exec { argv, .. } = &spec.action else {
             panic!("run is an exec");
         };

@@ -1,6 +1,7 @@
 //! The btrfs backend: a layer is a read-only subvolume. Building snapshots the parent writable;
 //! sealing publishes a read-only snapshot of it under `layers/`. A working root is a writable
 //! snapshot.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -18,7 +19,7 @@ use crate::tools::Tool;
 
 /// Fails unless the store at `root` is on btrfs.
 pub(super) fn check(root: &Path) -> Result<(), BackendError> {
-    if sys::fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
+    if sys::kernel().fs_type(root).ok() != Some(sys::BTRFS_MAGIC) {
         return Err(BackendError::Unsupported {
             backend: BackendKind::Btrfs,
             path: root.to_owned(),

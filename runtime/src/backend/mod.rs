@@ -17,6 +17,7 @@
 //! records, locks): it takes plain data in and gives plain data out. What the CLI needs of any
 //! backend (its configuration, pool usage, the inventory recovery rebuilds records from) is part
 //! of this contract as data, so no caller ever asks which backend it has.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::fs;
@@ -466,7 +467,7 @@ pub trait Backend: Send + Sync {
 
 /// The backend a new store at `root` gets by default.
 pub fn detect(root: &Path) -> BackendKind {
-    match sys::fs_type(root) {
+    match sys::kernel().fs_type(root) {
         Ok(t) if t == sys::BTRFS_MAGIC => BackendKind::Btrfs,
         _ => BackendKind::Overlay,
     }
@@ -546,10 +547,10 @@ pub fn sweep_tmp(store: &Path) -> usize {
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("discard-") || name.starts_with("removed-") {
-            if fs::remove_dir_all(e.path()).is_ok() {
-                n += 1;
-            }
+        if (name.starts_with("discard-") || name.starts_with("removed-"))
+            && fs::remove_dir_all(e.path()).is_ok()
+        {
+            n += 1;
         }
     }
     n
@@ -577,7 +578,9 @@ pub fn disk_usage(path: &Path) -> u64 {
 
 fn sync_dir(path: &Path) -> Result<(), BackendError> {
     let f = fs::File::open(path).map_err(io_err("open", path))?;
-    sys::syncfs(std::os::fd::AsFd::as_fd(&f)).map_err(io_err("sync", path))
+    sys::kernel()
+        .syncfs(std::os::fd::AsFd::as_fd(&f))
+        .map_err(io_err("sync", path))
 }
 
 /// A unique name for a throwaway directory.
@@ -606,13 +609,9 @@ pub fn is_mounted(path: &Path) -> bool {
 
 fn unmount(path: &Path) -> Result<(), BackendError> {
     while is_mounted(path) {
-        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
-            BackendError::Io {
-                op: "unmount",
-                path: path.to_owned(),
-                source: e.into(),
-            }
-        })?;
+        sys::kernel()
+            .umount2(path, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(io_err("unmount", path))?;
     }
     Ok(())
 }

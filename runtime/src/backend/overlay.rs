@@ -3,6 +3,7 @@
 //! sealing renames the upper to `layers/ID`. A working root is an overlay of the chain mounted at a
 //! stable path. Mounts use `fsconfig(lowerdir+)`, so chain depth is not limited by the one-page
 //! mount option string.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::io;
@@ -128,22 +129,20 @@ impl Backend for Overlay {
         let dir = self.layout.root_dir(name);
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         Self::mkdirs(&[&upper, &work, &mnt])?;
-        let fs_ctx =
-            sys::FsContext::open("overlay").map_err(io_err("open overlay context for", &mnt))?;
-        for l in self.lowers(chain) {
-            fs_ctx
-                .set_string("lowerdir+", l.as_os_str())
-                .map_err(io_err("add lower layer", &l))?;
-        }
-        fs_ctx
-            .set_string("upperdir", upper.as_os_str())
-            .map_err(io_err("set upper dir", &upper))?;
-        fs_ctx
-            .set_string("workdir", work.as_os_str())
-            .map_err(io_err("set work dir", &work))?;
-        fs_ctx
-            .mount_at(&mnt)
-            .map_err(io_err("mount working root at", &mnt))?;
+        sys::kernel()
+            .mount_overlay(&self.lowers(chain), &upper, &work, &mnt)
+            .map_err(|e| {
+                let (op, path) = match &e.stage {
+                    sys::OverlayStage::Open => ("open overlay context for", &mnt),
+                    sys::OverlayStage::Lower(l) => ("add lower layer", l),
+                    sys::OverlayStage::Upper(_) => ("set upper dir", &upper),
+                    sys::OverlayStage::Work(_) => ("set work dir", &work),
+                    sys::OverlayStage::Create | sys::OverlayStage::Attach => {
+                        ("mount working root at", &mnt)
+                    }
+                };
+                io_err(op, path)(e.source)
+            })?;
         Ok(RootMade {
             path: mnt,
             reap: false,

@@ -1,5 +1,6 @@
 //! `envc gc`: removes layers no working root needs, least recently used first, children before
 //! parents, never one in use or being built.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -102,10 +103,10 @@ pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
         total = total.saturating_sub(m.size);
         report.freed += m.size;
         report.removed.push(m.clone());
-        if let Some(p) = m.parent.filter(|p| by_id.contains_key(p)) {
-            if let Some(c) = children.get_mut(&p) {
-                *c -= 1;
-            }
+        if let Some(p) = m.parent.filter(|p| by_id.contains_key(p))
+            && let Some(c) = children.get_mut(&p)
+        {
+            *c -= 1;
         }
     }
     Ok(report)

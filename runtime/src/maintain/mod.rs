@@ -1,6 +1,7 @@
 //! Store maintenance, above any one backend: why a layer misses the cache, garbage collection,
 //! recovery of the store's records from the backend, and the background reaping of old root
 //! snapshots.
+#![forbid(unsafe_code)]
 
 mod gc;
 mod reap;

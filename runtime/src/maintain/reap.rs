@@ -1,6 +1,7 @@
 //! The background reaper: after a reset, a backend that keeps a root's old snapshot (LVM) has it
 //! removed by a detached `envc __envc-reap STORE NAME`, which waits for the root's lock so it
 //! never touches a root in use.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;

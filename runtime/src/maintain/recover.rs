@@ -1,6 +1,7 @@
 //! `envc store recover`: rebuilds the store's records from what the backend holds (LVM: the
 //! volumes' tags). Sealed layers without a record are adopted, records whose volume is gone are
 //! forgotten, volumes of interrupted builds are removed, and working roots get their records back.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,6 @@
 //! `envc why`: for each layer of a plan, whether it is stored and, for a miss, which fields of its
 //! key differ from the closest stored layer.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
 

@@ -1,5 +1,6 @@
 //! Running LVM commands: one runner that skips udev where none runs and logs every command to
 //! `$ENVC_LVM_LOG` when it is set.
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::Write;
@@ -31,10 +32,10 @@ pub(super) fn lvm_cmd(sub: &str) -> Result<Tool, ToolError> {
 
 /// Runs an LVM command, recording it in `$ENVC_LVM_LOG` when set.
 pub(super) fn run(t: Tool) -> Result<Vec<u8>, BackendError> {
-    if let Some(log) = std::env::var_os(LOG_ENV) {
-        if let Ok(mut f) = File::options().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{t:?}");
-        }
+    if let Some(log) = std::env::var_os(LOG_ENV)
+        && let Ok(mut f) = File::options().create(true).append(true).open(log)
+    {
+        let _ = writeln!(f, "{t:?}");
     }
     Ok(t.output()?)
 }

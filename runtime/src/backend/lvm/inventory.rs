@@ -1,5 +1,6 @@
 //! What the pool holds, read from the volumes' tags (the truth `envc store recover` rebuilds the
 //! store's records from), and the recovery operations on it.
+#![forbid(unsafe_code)]
 
 use std::fs;
 

@@ -17,6 +17,7 @@
 //!   refuses, because a full thin pool can corrupt the filesystems in it.
 //! - Without a running udev (containers, minimal hosts) every LVM command gets
 //!   `activation{udev_sync=0 udev_rules=0}`, else LVM fails with "device not cleared".
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -217,15 +218,17 @@ impl Backend for Lvm {
         let size = (stat.blocks() - stat.blocks_free()) as u64 * stat.fragment_size() as u64;
         // Blocks the build freed go back to the pool (not fatal where discard is unsupported).
         if let Ok(f) = File::open(&st) {
-            let _ = sys::fitrim(std::os::fd::AsFd::as_fd(&f));
+            let _ = sys::kernel().fitrim(std::os::fd::AsFd::as_fd(&f));
         }
         // A plain unmount: if something still uses the filesystem, sealing fails instead of
         // changing the volume under it.
-        nix::mount::umount(&st).map_err(|e| BackendError::Io {
-            op: "unmount",
-            path: st.clone(),
-            source: e.into(),
-        })?;
+        sys::kernel()
+            .umount2(&st, nix::mount::MntFlags::empty())
+            .map_err(|source| BackendError::Io {
+                op: "unmount",
+                path: st.clone(),
+                source,
+            })?;
         let lv = self.layer_lv(&build.id);
         run(lvm_cmd("lvchange")?
             .args(["-q", "-p", "r", "--addtag", SEALED_TAG])

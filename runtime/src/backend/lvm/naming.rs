@@ -1,5 +1,6 @@
 //! Volume names: short (`POOL-<20 hex>` for layers, `POOL-r.ENV.GEN` for working roots,
 //! `POOL-s.RUN` for throwaway roots), distinct, and never containing a suffix LVM reserves.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 

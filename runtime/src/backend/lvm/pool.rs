@@ -1,5 +1,6 @@
 //! The thin pool: creating it (and the VG on a loop file) for `envc store init`, and reading its
 //! usage from the device-mapper before every volume is created.
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 

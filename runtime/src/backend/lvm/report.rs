@@ -1,5 +1,6 @@
 //! Reading LVM's and the device-mapper's reports: `lvs --reportformat json` rows with their tags,
 //! and a thin pool's `dmsetup status` line.
+#![forbid(unsafe_code)]
 
 use serde::Deserialize;
 

@@ -1,6 +1,7 @@
 //! Working roots' volumes: one generation per reset, recorded in the root's directory (`lv`, the
 //! current volume; `lv.next`, one being created; `doomed`, old ones to remove), and the reaping of
 //! old generations.
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io::Write;

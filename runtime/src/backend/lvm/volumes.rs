@@ -1,5 +1,6 @@
 //! Volumes: creating, formatting, mounting and removing thin volumes, and the marker that says a
 //! layer's volume is sealed.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::path::Path;
@@ -10,6 +11,7 @@ use super::super::{BackendError, io_err};
 use super::command::{lvm_cmd, run};
 use super::naming::select_names;
 use super::{FsKind, Lvm};
+use crate::sys;
 use crate::tools::Tool;
 
 impl Lvm {
@@ -19,19 +21,20 @@ impl Lvm {
             FsKind::Ext4 => ("ext4", None),
             FsKind::Xfs => ("xfs", Some("nouuid")),
         };
-        nix::mount::mount(
-            Some(&dev),
-            at,
-            Some(fstype),
-            nix::mount::MsFlags::empty(),
-            data,
-        )
-        .map_err(|e| BackendError::Mount {
-            device: dev.clone(),
-            target: at.to_owned(),
-            fstype,
-            source: e.into(),
-        })
+        sys::kernel()
+            .mount(
+                Some(&dev),
+                at,
+                Some(fstype),
+                nix::mount::MsFlags::empty(),
+                data,
+            )
+            .map_err(|source| BackendError::Mount {
+                device: dev.clone(),
+                target: at.to_owned(),
+                fstype,
+                source,
+            })
     }
 
     /// Makes the base volume's filesystem.

@@ -1,0 +1,228 @@
+//! The helper process (`envc __envc-sandbox`): the order in which a spec becomes namespaces, an
+//! init, a root, the action, an exit status.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
+
+use nix::mount::MntFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use super::exec;
+use super::files;
+use super::mounts;
+use super::protocol::{Action, OrFail, Reporter, SETUP_FAILED, SandboxError, SandboxOp, Spec};
+use super::users;
+use crate::sys::{self, Syscall};
+
+/// Entry point of the helper process: `envc __envc-sandbox [--report-fd N] JSON`. Returns the exit
+/// status: the command's, or [`SETUP_FAILED`] after reporting a failure.
+pub fn helper_main(args: &[OsString]) -> i32 {
+    let (reporter, args) = Reporter::from_args(args);
+    let spec: Spec = match args.first().map(|a| serde_json::from_slice(a.as_bytes())) {
+        Some(Ok(spec)) => spec,
+        Some(Err(e)) => {
+            return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", e.to_string()));
+        }
+        None => {
+            return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", "missing"));
+        }
+    };
+    match helper(sys::kernel(), &spec, &reporter) {
+        Ok(code) => code,
+        Err(e) => reporter.report(&e),
+    }
+}
+
+/// Entry point of `envc __envc-nosync PROGRAM ARGS...`: installs the sync-suppressing seccomp
+/// filter and executes the program (an absolute path). Returns only on failure, after printing
+/// the [`SandboxError`] on stderr: it runs as an external tool, whose error carries its stderr.
+pub fn nosync_main(args: &[OsString]) -> i32 {
+    let fail = |e: SandboxError| {
+        eprintln!("envc nosync: {e}");
+        SETUP_FAILED
+    };
+    let Some(program) = args.first() else {
+        return fail(SandboxError::new(SandboxOp::Exec, "", "missing program"));
+    };
+    let shown = Path::new(program).display().to_string();
+    if let Err(e) = sys::kernel()
+        .install_seccomp(&sys::seccomp::sync_filter())
+        .or_fail(SandboxOp::Seccomp, &shown)
+    {
+        return fail(e);
+    }
+    let err = std::os::unix::process::CommandExt::exec(Command::new(program).args(&args[1..]));
+    fail(SandboxError::io(SandboxOp::Exec, shown, &err))
+}
+
+/// The helper: new namespaces, then init (PID 1 in the new PID namespace) does the work.
+fn helper(sys: &dyn Syscall, spec: &Spec, reporter: &Reporter) -> Result<i32, SandboxError> {
+    sys.set_parent_death_signal(Signal::SIGKILL)
+        .or_fail(SandboxOp::ParentDeathSignal, "the sandbox helper")?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    let mut which = "mount, PID, UTS, IPC".to_owned();
+    if !spec.network {
+        flags |= CloneFlags::CLONE_NEWNET;
+        which.push_str(", network");
+    }
+    sys.unshare(flags).map_err(|e| {
+        let mut e = SandboxError::io(SandboxOp::Unshare, format!("{which} namespaces"), &e);
+        e.detail.push_str(" (envc needs root)");
+        e
+    })?;
+    match sys.fork().or_fail(SandboxOp::Fork, "the sandbox init")? {
+        ForkResult::Child => {
+            let code = match init(sys, spec, reporter) {
+                Ok(code) => code,
+                Err(e) => reporter.report(&e),
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => wait_for(child),
+    }
+}
+
+fn wait_for(child: Pid) -> Result<i32, SandboxError> {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).or_fail(SandboxOp::Wait, "the sandbox init"),
+        }
+    }
+}
+
+/// PID 1 of the sandbox: the root, the action, the cleanup.
+fn init(sys: &dyn Syscall, spec: &Spec, reporter: &Reporter) -> Result<i32, SandboxError> {
+    sys.set_parent_death_signal(Signal::SIGKILL)
+        .or_fail(SandboxOp::ParentDeathSignal, "the sandbox init")?;
+    match &spec.action {
+        Action::Copy {
+            source,
+            dest,
+            mode,
+            owner,
+        } => {
+            let root = enter_root(sys, spec)?;
+            let owner = match owner {
+                Some(o) => Some(users::resolve_owner(&root, o)?),
+                None => None,
+            };
+            files::copy_into_root(&root, source, dest, *mode, owner)?;
+            let _ = sys.syncfs(root.as_fd());
+            Ok(0)
+        }
+        Action::Exec {
+            argv,
+            cwd,
+            user,
+            sync,
+            ..
+        } => {
+            let prepared = prepare(sys, spec)?;
+            let code = exec::run_command(
+                sys,
+                reporter,
+                argv,
+                &prepared.env,
+                cwd,
+                user.as_deref(),
+                *sync,
+            )?;
+            for c in prepared.cleanups {
+                c.undo(sys);
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Mounts the root and brings up loopback in a network namespace of the step's own.
+fn enter_root(sys: &dyn Syscall, spec: &Spec) -> Result<OwnedFd, SandboxError> {
+    let root = mounts::mount_root(sys, spec)?;
+    if !spec.network {
+        sys.loopback_up().or_fail(SandboxOp::LoopbackUp, "lo")?;
+    }
+    Ok(root)
+}
+
+/// What an `Exec` action needs after the pivot.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The command's environment (with the shim's LD_PRELOAD, if any).
+    pub env: Vec<(String, String)>,
+    /// What to undo after the command.
+    pub cleanups: Vec<Cleanup>,
+}
+
+/// Everything of an `Exec` action before the command: the root, its mounts, the step's files,
+/// the hostname, the pivot. Afterwards the process is inside the root.
+pub(crate) fn prepare(sys: &dyn Syscall, spec: &Spec) -> Result<Prepared, SandboxError> {
+    let Action::Exec {
+        env,
+        deny_services,
+        sync,
+        ..
+    } = &spec.action
+    else {
+        return Err(SandboxError::new(
+            SandboxOp::ReadSpec,
+            "",
+            "not a command to run",
+        ));
+    };
+    let root = enter_root(sys, spec)?;
+    mounts::mount_system(sys, &root, &spec.binds)?;
+    let mut env = env.clone();
+    if *sync == envc_plan::SyncMode::Shim {
+        env = exec::install_shim(&root, env)?;
+    }
+    let mut cleanups = Vec::new();
+    if spec.network
+        && let Some(c) = mounts::bind_resolv_conf(sys, &root)?
+    {
+        cleanups.push(c);
+    }
+    if *deny_services && files::deny_services(&root)? {
+        cleanups.push(Cleanup {
+            unmount: None,
+            remove: Some(files::POLICY_RC_D),
+        });
+    }
+    files::write_tmp_files(&root, &spec.tmp_files)?;
+    let _ = sys.sethostname("envc");
+    mounts::pivot(sys, &spec.mountpoint)?;
+    Ok(Prepared { env, cleanups })
+}
+
+/// Something done to the root for one step only, undone after it (from inside the root).
+#[derive(Debug)]
+pub(crate) struct Cleanup {
+    /// A mount to detach.
+    pub unmount: Option<&'static str>,
+    /// A file to remove.
+    pub remove: Option<&'static str>,
+}
+
+impl Cleanup {
+    fn undo(self, sys: &dyn Syscall) {
+        if let Some(target) = self.unmount {
+            let _ = sys.umount2(Path::new(target), MntFlags::MNT_DETACH);
+        }
+        if let Some(path) = self.remove {
+            let _ = fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Running a step inside a root, in namespaces of its own.
+//!
+//! A fresh single-threaded helper process (`envc __envc-sandbox`) makes new mount, PID, UTS and
+//! IPC namespaces (and a network namespace with only loopback unless the step allows network),
+//! mounts the root, and forks an init (PID 1) that sets up `/proc`, a minimal `/dev`, read-only
+//! `/sys` and a tmpfs `/tmp`, pivots into the root and runs the command as PID 2.
+//!
+//! Every mount lives in the helper's mount namespace and disappears with it, so a killed build
+//! leaves no mount behind on the host. Every path inside the root is resolved inside the root
+//! (`openat2` with `RESOLVE_IN_ROOT`): build steps control the root's symlinks, and a symlink must
+//! never redirect a mount or a write to the host. Every kernel call that changes the sandbox goes
+//! through [`crate::sys::Syscall`], so the sequence runs against a recording fake in tests.
+//!
+//! - [`protocol`]: what passes between envc and the helper (the spec, the typed error).
+//! - `helper`: the order of the helper's work.
+//! - `mounts`: the mount sequence.
+//! - `files`: paths resolved inside the root.
+//! - `users`: who a name is in the root.
+//! - `exec`: the command itself.
+#![forbid(unsafe_code)]
+
+mod exec;
+mod files;
+mod helper;
+mod mounts;
+pub mod protocol;
+#[cfg(test)]
+mod tests;
+mod users;
+
+pub use files::{copy_into_root, mkdir_in_root, open_in_root};
+pub use helper::{helper_main, nosync_main};
+pub use protocol::{
+    Action, Bind, HELPER_ARG, NOSYNC_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED,
+    SandboxError, SandboxOp, Spec, Stdio3, run_interactive, spawn,
+};
