@@ -260,11 +260,14 @@ fn copy_children(
     mode: Option<u32>,
     owner: Option<(u32, u32)>,
 ) -> Result<(), Failed> {
-    let mut entries: Vec<_> = ctx(fs::read_dir(source), || {
-        format!("list {}", source.display())
-    })?
-    .filter_map(Result::ok)
-    .collect();
+    // An entry that cannot be read fails the copy: a layer never silently lacks a file.
+    let mut entries: Vec<_> = ctx(
+        ctx(fs::read_dir(source), || {
+            format!("list {}", source.display())
+        })?
+        .collect::<Result<Vec<_>, _>>(),
+        || format!("list {}", source.display()),
+    )?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
