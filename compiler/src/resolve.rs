@@ -6,12 +6,13 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use envc_plan::{Base, CopyKind, Mode, Plan, Step, SyncMode, digest, env};
+use envc_plan::{Base, CopyKind, Mode, Plan, Step, SyncMode, env};
 use kdl::KdlDocument;
 use miette::{NamedSource, SourceSpan};
 
 use crate::ast::{BaseDecl, BaseKind, Spanned, SpecFile, StepDecl, StepKind};
 use crate::decode;
+use crate::digest;
 use crate::error::{SpecError, Src};
 use crate::suggest;
 use crate::{Compiled, Location};
