@@ -16,8 +16,10 @@ pub mod env;
 pub mod id;
 pub mod key;
 mod model;
+pub mod name;
 
 pub use digest::Digest;
 pub use id::{IdParseError, LayerId};
 pub use key::Key;
 pub use model::{BASE_LAYER_NAME, Base, CopyKind, Layer, Mode, Plan, Step, SyncMode};
+pub use name::{Name, NameError};

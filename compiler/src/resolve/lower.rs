@@ -2,11 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use envc_plan::{Base, CopyKind, Mode, Plan, Step, SyncMode, env};
+use envc_plan::{Base, CopyKind, Mode, Name, Plan, Step, SyncMode, env};
 use miette::SourceSpan;
 
 use super::load::{File, at};
-use super::values::{ARCHES, DEFAULT_VARIANT, VARIANTS, check_package, host_arch, is_identifier};
+use super::values::{ARCHES, DEFAULT_VARIANT, VARIANTS, check_package, host_arch};
 use crate::Location;
 use crate::ast::{BaseDecl, BaseKind, StepDecl, StepKind};
 use crate::digest;
@@ -26,7 +26,7 @@ impl Lower<'_> {
         let top = files.last().expect("chain is not empty");
 
         let name = match &top.ast.name {
-            Some(n) if is_identifier(&n.value) => Some(n.value.clone()),
+            Some(n) if Name::is_valid(&n.value) => Some(n.value.clone()),
             Some(n) => {
                 self.errors.push(SpecError::InvalidName {
                     src: top.src.clone(),
@@ -108,7 +108,7 @@ impl Lower<'_> {
                         src: f.src.clone(),
                         span: lname.span,
                     });
-                } else if !is_identifier(&lname.value) {
+                } else if !Name::is_valid(&lname.value) {
                     self.errors.push(SpecError::InvalidName {
                         src: f.src.clone(),
                         span: lname.span,

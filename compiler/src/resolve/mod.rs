@@ -17,7 +17,7 @@ use load::{File, load_chain};
 use lower::Lower;
 
 pub(crate) use load::line_col;
-pub use values::{ARCHES, DEFAULT_VARIANT, SYNC_MODES, VARIANTS, host_arch, is_identifier};
+pub use values::{ARCHES, DEFAULT_VARIANT, SYNC_MODES, VARIANTS, host_arch};
 
 /// Where the root spec's text comes from.
 pub(crate) enum RootText {

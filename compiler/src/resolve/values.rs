@@ -50,14 +50,6 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-/// Whether `s` is a short identifier: 1-64 of `[A-Za-z0-9._-]`, starting alphanumeric.
-pub fn is_identifier(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// Checks a package argument (`NAME`, `NAME:ARCH`, `NAME=VERSION`); returns the name part.
 pub(super) fn check_package(pkg: &str) -> Result<&str, String> {
     let (name, version) = match pkg.split_once('=') {
