@@ -354,10 +354,7 @@ impl Lower<'_> {
             } => {
                 let resolved = self.copy_source(f, source);
                 let mut dest_path = self.path_in_root(f, dest, "the destination", vars);
-                let owner = match owner {
-                    Some(o) => Some(self.user(f, o, "owner", true)),
-                    None => None,
-                };
+                let owner = owner.as_ref().map(|o| self.user(f, o, "owner", true));
                 let (path, kind, tree) = resolved?;
                 if kind == CopyKind::File
                     && dest_path.is_some()
