@@ -10,6 +10,7 @@
 
 pub mod ast;
 pub mod decode;
+pub mod digest;
 mod error;
 mod fastkdl;
 pub mod resolve;

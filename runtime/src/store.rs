@@ -179,15 +179,10 @@ pub struct RootRecord {
     pub created: u64,
 }
 
-/// Whether `name` is a valid environment name (the spec's rule: 1 to 64 characters from a-z,
-/// A-Z, 0-9, `.`, `_` and `-`, starting with a letter or digit). Names from the command line are
-/// checked before they become paths under `roots/`.
+/// Whether `name` is a valid environment name (the spec's rule, [`envc_plan::Name`]). Names from
+/// the command line are checked before they become paths under `roots/`.
 pub fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    envc_plan::Name::is_valid(name)
 }
 
 /// Unix seconds now.

@@ -8,15 +8,20 @@
 //!   and `msync` returns 0.
 //! - `open`, `open64`, `openat`, `openat64` and their `_FORTIFY_SOURCE` entry points (`__open_2`,
 //!   ...) drop `O_SYNC` and `O_DSYNC` and open with the `openat` system call.
-//! - The only libc symbol it imports is `syscall` (`GLIBC_2.2.5` on x86_64, `GLIBC_2.0` on i386),
-//!   so it loads into a root with any glibc, old or new: it never calls `dlsym`, whose new symbol
-//!   version in glibc 2.34 broke mock's nosync in older roots.
+//! - The only libc symbol it imports is `syscall`, with glibc's oldest symbol version on each
+//!   architecture (`GLIBC_2.2.5` on x86_64, `GLIBC_2.0` on i386, `GLIBC_2.17` on aarch64,
+//!   `GLIBC_2.4` on armhf), so it loads into a root with any glibc, old or new: it never calls
+//!   `dlsym`, whose new symbol version in glibc 2.34 broke mock's nosync in older roots.
 //!
-//! Both a 64-bit and a 32-bit build are embedded (the 32-bit one when the build machine's C
-//! compiler supports `-m32`). [`install`] lays them out so that [`preload`]'s value, which uses
-//! ld.so's `$LIB` token, picks the right one for every process in the root.
+//! Two builds are embedded: one for the target architecture's own processes, and, where the
+//! architecture has a 32-bit companion (i386 beside x86_64, armhf beside aarch64) and a compiler
+//! for it was installed when envc-shim was built, one for 32-bit processes. [`install`] lays them
+//! out so that [`preload`]'s value, which uses ld.so's `$LIB` token, picks the right one for every
+//! process in the root. What differs between architectures is in one table, [`arch`].
 
 #![forbid(unsafe_code)]
+
+pub mod arch;
 
 use std::fs;
 use std::io::{self, Write};
@@ -27,52 +32,50 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The library's file name.
 pub const LIB_NAME: &str = "libenvc-nosync.so";
 
-static LIB64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/x86_64/libenvc-nosync.so"));
+static LIB64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/native/libenvc-nosync.so"));
 
 #[cfg(not(envc_shim_no_lib32))]
 static LIB32: Option<&[u8]> = Some(include_bytes!(concat!(
     env!("OUT_DIR"),
-    "/i386/libenvc-nosync.so"
+    "/compat/libenvc-nosync.so"
 )));
 #[cfg(envc_shim_no_lib32)]
 static LIB32: Option<&[u8]> = None;
 
-/// What ld.so's `$LIB` expands to for 64-bit (x86_64) processes, by distribution family:
-/// Debian/Ubuntu multiarch, Fedora/RHEL/SUSE.
-const LIB64_DIRS: &[&str] = &["lib/x86_64-linux-gnu", "lib64"];
+/// The table entry of the architecture this crate was built for.
+pub fn target_arch() -> &'static arch::Arch {
+    arch::find(std::env::consts::ARCH).expect("build.rs refuses architectures arch.rs lacks")
+}
 
-/// What ld.so's `$LIB` expands to for 32-bit (i386) processes: Debian/Ubuntu multiarch,
-/// Fedora/RHEL (`lib`), and Debian/Ubuntu's biarch `libc6-i386` (`lib32`).
-const LIB32_DIRS: &[&str] = &["lib/i386-linux-gnu", "lib", "lib32"];
-
-/// The 64-bit build.
+/// The build for the target architecture's own (64-bit) processes.
 pub fn lib64() -> &'static [u8] {
     LIB64
 }
 
-/// The 32-bit build, when the build machine could make one.
+/// The build for 32-bit processes ([`arch::Arch::compat`]), when the build machine could make one.
 pub fn lib32() -> Option<&'static [u8]> {
     LIB32
 }
 
 /// Writes the builds into `dir` laid out so that `LD_PRELOAD=<dir>/$LIB/libenvc-nosync.so`
-/// resolves, for both 64- and 32-bit processes, whatever glibc's `$LIB` expands to on x86:
-/// Debian multiarch (lib/x86_64-linux-gnu, lib/i386-linux-gnu), Fedora/RHEL (lib64, lib), and lib32.
-/// Idempotent; files mode 0644; creates directories as needed.
+/// resolves, for native and 32-bit processes alike, whatever glibc's `$LIB` expands to: every
+/// directory of [`arch::Build::lib_dirs`] (on x86_64: lib/x86_64-linux-gnu and lib64, then
+/// lib/i386-linux-gnu, lib and lib32). Idempotent; files mode 0644; creates directories as needed.
 ///
 /// `dir` should be a directory of its own (not a root's `/`, whose `lib64` and `lib` hold the
 /// system's libraries).
 ///
 /// A file that already has the right contents is left alone (only its mode is fixed), and a
 /// changed one is replaced by renaming a new file over it, never rewritten in place, so processes
-/// that have the old library mapped are unaffected. Without a 32-bit build only the 64-bit
+/// that have the old library mapped are unaffected. Without a 32-bit build only the native
 /// directories are written.
 pub fn install(dir: &Path) -> io::Result<()> {
-    for sub in LIB64_DIRS {
+    let arch = target_arch();
+    for sub in arch.native.lib_dirs {
         install_file(&dir.join(sub), LIB64)?;
     }
-    if let Some(lib) = LIB32 {
-        for sub in LIB32_DIRS {
+    if let (Some(lib), Some(compat)) = (LIB32, &arch.compat) {
+        for sub in compat.lib_dirs {
             install_file(&dir.join(sub), lib)?;
         }
     }

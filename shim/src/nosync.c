@@ -5,8 +5,9 @@
  *
  * Design rules, each one a failure of an older tool of this kind:
  *
- *  - The only libc function used is syscall(3), which every glibc since 2.0 exports (GLIBC_2.0 on
- *    i386, GLIBC_2.2.5 on x86_64). In particular there is no dlsym(RTLD_NEXT, "open"): dlsym got
+ *  - The only libc function used is syscall(3), which every glibc exports with its oldest symbol
+ *    version on each architecture (GLIBC_2.0 on i386, GLIBC_2.2.5 on x86_64, GLIBC_2.17 on
+ *    aarch64, GLIBC_2.4 on armhf; see src/arch.rs). In particular there is no dlsym(RTLD_NEXT, "open"): dlsym got
  *    a new symbol version in glibc 2.34, so a library linked against a new glibc and preloaded
  *    into an old root failed with "version `GLIBC_2.34' not found". The open family is performed
  *    directly with the openat system call instead of forwarding to libc.
@@ -35,8 +36,8 @@
 #define O_TMPFILE (020000000 | O_DIRECTORY)
 #endif
 
-/* What glibc's open64 family adds: O_LARGEFILE is 0100000 on i386 and 0 on x86_64, where the
- * kernel implies it. */
+/* What glibc's open64 family adds: O_LARGEFILE is 0100000 on i386, 0400000 on arm, and 0 on
+ * x86_64 and aarch64, where the kernel implies it. */
 #define LARGEFILE_FLAG O_LARGEFILE
 
 /* Whether an open with these flags takes a mode argument (as glibc's __OPEN_NEEDS_MODE). */

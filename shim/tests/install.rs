@@ -1,5 +1,6 @@
-//! `install()` lays the builds out for every `$LIB` expansion on x86, idempotently, and
-//! `preload()` names them through the literal `$LIB` token.
+//! `install()` lays the builds out for every `$LIB` expansion of the target architecture (and of
+//! its 32-bit companion), idempotently, and `preload()` names them through the literal `$LIB`
+//! token.
 
 mod common;
 
@@ -8,17 +9,22 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use envc_shim::{LIB_NAME, install, lib32, lib64, preload};
+use envc_shim::{LIB_NAME, install, lib32, lib64, preload, target_arch};
 
-/// Where 64-bit processes look: Debian multiarch, Fedora/RHEL.
-const DIRS64: &[&str] = &["lib/x86_64-linux-gnu", "lib64"];
-/// Where 32-bit processes look: Debian multiarch, Fedora/RHEL, Debian/Ubuntu biarch.
-const DIRS32: &[&str] = &["lib/i386-linux-gnu", "lib", "lib32"];
+/// Where native processes look (on x86_64: Debian multiarch, Fedora/RHEL).
+fn dirs64() -> &'static [&'static str] {
+    target_arch().native.lib_dirs
+}
+
+/// Where 32-bit processes look (on x86_64: Debian multiarch, Fedora/RHEL, Debian/Ubuntu biarch).
+fn dirs32() -> &'static [&'static str] {
+    target_arch().compat.as_ref().map_or(&[], |c| c.lib_dirs)
+}
 
 fn expected() -> Vec<(&'static str, &'static [u8])> {
-    let mut files: Vec<(&str, &[u8])> = DIRS64.iter().map(|d| (*d, lib64())).collect();
+    let mut files: Vec<(&str, &[u8])> = dirs64().iter().map(|d| (*d, lib64())).collect();
     if let Some(lib) = lib32() {
-        files.extend(DIRS32.iter().map(|d| (*d, lib)));
+        files.extend(dirs32().iter().map(|d| (*d, lib)));
     }
     files
 }
@@ -41,7 +47,7 @@ fn check_layout(dir: &Path) {
         );
     }
     if lib32().is_none() {
-        for sub in DIRS32 {
+        for sub in dirs32() {
             assert!(
                 !dir.join(sub).join(LIB_NAME).exists(),
                 "no 32-bit build, yet {sub} has one"
@@ -65,12 +71,17 @@ fn check_layout(dir: &Path) {
 
 #[test]
 fn builds_are_elf_of_the_right_class() {
-    let lib = lib64();
-    assert_eq!(&lib[..4], b"\x7fELF");
-    assert_eq!(lib[4], 2, "lib64 is ELFCLASS64");
+    let arch = target_arch();
+    assert_eq!(arch.rust, std::env::consts::ARCH);
+    arch.native.check_elf(lib64()).unwrap();
+    assert_eq!(lib64()[4], 2, "the native build is ELFCLASS64");
     if let Some(lib) = lib32() {
-        assert_eq!(&lib[..4], b"\x7fELF");
-        assert_eq!(lib[4], 1, "lib32 is ELFCLASS32");
+        let compat = arch
+            .compat
+            .as_ref()
+            .expect("a 32-bit build has a table entry");
+        compat.check_elf(lib).unwrap();
+        assert_eq!(lib[4], 1, "the 32-bit build is ELFCLASS32");
     } else {
         let _ = need(
             false,
@@ -93,7 +104,7 @@ fn install_is_idempotent_and_repairs() {
     let scratch = TempDir::new("idempotent");
     let dir = scratch.path();
     install(dir).unwrap();
-    let first = dir.join(DIRS64[0]).join(LIB_NAME);
+    let first = dir.join(dirs64()[0]).join(LIB_NAME);
     let ino = fs::metadata(&first).unwrap().ino();
 
     // Again: nothing to do, the same files stay (a mapped library is never rewritten).
@@ -108,7 +119,7 @@ fn install_is_idempotent_and_repairs() {
     // A wrong mode is fixed in place; changed contents are replaced by a new file, leaving the old
     // one intact for processes that have it open or mapped.
     fs::set_permissions(&first, fs::Permissions::from_mode(0o600)).unwrap();
-    let second = dir.join(DIRS64[1]).join(LIB_NAME);
+    let second = dir.join(dirs64()[1]).join(LIB_NAME);
     fs::write(&second, b"not a library").unwrap();
     let old = fs::File::open(&second).unwrap();
     install(dir).unwrap();

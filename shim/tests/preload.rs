@@ -1,4 +1,4 @@
-//! The library preloaded into the C test program (tests/c/prog.c), 64- and 32-bit: the kernel
+//! The library preloaded into the C test program (tests/c/prog.c), native and 32-bit: the kernel
 //! sees no sync calls, O_SYNC/O_DSYNC are dropped and nothing else changes, bad descriptors still
 //! give EBADF, and `preload()`'s `$LIB` value resolves without ld.so errors.
 
@@ -10,25 +10,30 @@ use std::path::{Path, PathBuf};
 /// fsync calls per run of `prog sync`.
 const N: u64 = 200;
 
-/// Compiles the test program variants for `machine` ("-m64" or "-m32"): plain, and with
-/// _FORTIFY_SOURCE (whose opens with non-constant flags call __open_2 & co.) plus, on 32-bit,
-/// _FILE_OFFSET_BITS=64 (whose opens call open64 & co.).
-fn build_progs(scratch: &Path, machine: &str) -> Vec<PathBuf> {
+/// The table entry of the native build.
+fn native() -> &'static Build {
+    &envc_shim::target_arch().native
+}
+
+/// Compiles the test program variants for `build`: plain, and with _FORTIFY_SOURCE (whose opens
+/// with non-constant flags call __open_2 & co.) plus, on 32-bit, _FILE_OFFSET_BITS=64 (whose
+/// opens call open64 & co.).
+fn build_progs(scratch: &Path, build: &Build) -> Vec<PathBuf> {
+    let (cc, machine) = prog_cc(build);
     let mut variants: Vec<(&str, Vec<&str>)> = vec![
         (
             "plain",
-            vec![machine, "-O2", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0"],
+            vec!["-O2", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0"],
         ),
         (
             "fortify",
-            vec![machine, "-O2", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=2"],
+            vec!["-O2", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=2"],
         ),
     ];
-    if machine == "-m32" {
+    if build.elf_class == 1 {
         variants.push((
             "fortify-lfs",
             vec![
-                machine,
                 "-O2",
                 "-U_FORTIFY_SOURCE",
                 "-D_FORTIFY_SOURCE=2",
@@ -37,9 +42,10 @@ fn build_progs(scratch: &Path, machine: &str) -> Vec<PathBuf> {
         ));
     }
     let mut progs = Vec::new();
-    for (name, flags) in variants {
-        let out = scratch.join(format!("prog{machine}-{name}"));
-        compile_prog(&out, &flags).unwrap_or_else(|e| panic!("gcc {flags:?} failed:\n{e}"));
+    for (name, variant) in variants {
+        let out = scratch.join(format!("prog-{}-{name}", build.name));
+        let flags: Vec<&str> = machine.iter().copied().chain(variant).collect();
+        compile_prog(cc, &out, &flags).unwrap_or_else(|e| panic!("{cc} {flags:?} failed:\n{e}"));
         if name.starts_with("fortify") {
             // Make sure the fortified variant really goes through the fortify entry points.
             let bytes = std::fs::read(&out).unwrap();
@@ -257,7 +263,7 @@ fn sync_calls_are_suppressed_64() {
     };
     let scratch = TempDir::new("sync64");
     let preload = installed(&scratch);
-    for prog in build_progs(scratch.path(), "-m64") {
+    for prog in build_progs(scratch.path(), native()) {
         check_sync_suppressed(&prog, &preload, &scratch);
     }
 }
@@ -269,7 +275,7 @@ fn bad_descriptors_give_ebadf_64() {
     };
     let scratch = TempDir::new("ebadf64");
     let preload = installed(&scratch);
-    for prog in build_progs(scratch.path(), "-m64") {
+    for prog in build_progs(scratch.path(), native()) {
         check_ebadf(&prog, &preload, &scratch);
     }
 }
@@ -281,7 +287,7 @@ fn open_drops_only_sync_flags_64() {
     };
     let scratch = TempDir::new("open64");
     let preload = installed(&scratch);
-    for prog in build_progs(scratch.path(), "-m64") {
+    for prog in build_progs(scratch.path(), native()) {
         check_open(&prog, &preload, &scratch);
     }
 }
@@ -294,7 +300,7 @@ fn direct_path_preload_64() {
     };
     let scratch = TempDir::new("direct64");
     let lib = write_lib(scratch.path(), envc_shim::lib64());
-    let prog = build_progs(scratch.path(), "-m64").remove(0);
+    let prog = build_progs(scratch.path(), native()).remove(0);
     check_sync_suppressed(&prog, lib.to_str().unwrap(), &scratch);
 }
 
@@ -337,29 +343,42 @@ fn preload_value_resolves_for_64_bit_programs() {
     );
 }
 
-/// 32-bit programs: built with `gcc -m32`, preloaded through `$LIB` from `install()`: no ld.so
-/// errors, sync calls suppressed, EBADF kept, only the sync flags dropped. A 64-bit program with
-/// the same LD_PRELOAD value loads its own build without errors.
+/// 32-bit programs (i386 beside x86_64, armhf beside aarch64): built with `gcc -m32` or the
+/// cross compiler, preloaded through `$LIB` from `install()`: no ld.so errors, sync calls
+/// suppressed, EBADF kept, only the sync flags dropped. A native program with the same
+/// LD_PRELOAD value loads its own build without errors.
 #[test]
 fn thirty_two_bit_programs() {
     let test = "thirty_two_bit_programs";
     let Some(()) = need_tools(test) else { return };
-    let scratch = TempDir::new("m32");
-    let Some(()) = need(
-        have_gcc_m32(scratch.path()),
-        test,
-        "gcc -m32 (gcc-multilib)",
-    ) else {
-        return;
-    };
     let Some(()) = need_lib32(test) else {
         return;
     };
+    let compat = envc_shim::target_arch()
+        .compat
+        .as_ref()
+        .expect("a 32-bit build has a table entry");
+    let scratch = TempDir::new("compat");
+    let (cc, flags) = prog_cc(compat);
+    let Some(()) = need(
+        can_build_and_run(compat, scratch.path()),
+        test,
+        &format!(
+            "`{cc} {}` building and running {} programs ({})",
+            flags.join(" "),
+            compat.name,
+            compat.toolchain_package
+        ),
+    ) else {
+        return;
+    };
     let preload = installed(&scratch);
-    let progs = build_progs(scratch.path(), "-m32");
+    let progs = build_progs(scratch.path(), compat);
     for prog in &progs {
         let bytes = std::fs::read(prog).unwrap();
-        assert_eq!(bytes[4], 1, "{} is not ELFCLASS32", prog.display());
+        if let Err(what) = compat.check_elf(&bytes) {
+            panic!("{} is {what}", prog.display());
+        }
         let dir = scratch.subdir("plain-run");
         let out = prog_command(prog, Some(&preload), &["ebadf", dir.to_str().unwrap()])
             .output()
@@ -373,7 +392,7 @@ fn thirty_two_bit_programs() {
     let loaded = loaded_from(&progs[0], &preload).expect("ld.so did not load the 32-bit library");
     println!("32-bit: LD_PRELOAD={preload} loads {loaded}");
 
-    let prog64 = build_progs(scratch.path(), "-m64").remove(0);
+    let prog64 = build_progs(scratch.path(), native()).remove(0);
     let dir = scratch.subdir("run64");
     let out = run_ok(prog_command(
         &prog64,

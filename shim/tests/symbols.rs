@@ -1,10 +1,13 @@
 //! The builds' dynamic symbol tables (`objdump -T`, `objdump -p`): they need nothing from glibc
-//! newer than GLIBC_2.3 and import only `syscall` (and `__errno_location`) besides the weak
-//! symbols the toolchain's start files reference; they export exactly the wrapped calls.
+//! newer than the architecture's `max_glibc` (GLIBC_2.3 on x86), bind `syscall` to glibc's oldest
+//! version there (GLIBC_2.2.5 on x86_64, GLIBC_2.17 on aarch64), and import only `syscall` (and
+//! `__errno_location`) besides the weak symbols the toolchain's start files reference; they export
+//! exactly the wrapped calls.
 
 mod common;
 
 use common::*;
+use envc_shim::arch::parse_glibc_version;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -39,18 +42,8 @@ const EXPORTS: &[&str] = &[
     "__openat64_2",
 ];
 
-/// The newest glibc symbol version a build may need.
-const MAX_GLIBC: (u32, u32, u32) = (2, 3, 0);
-
-fn parse_glibc_version(v: &str) -> (u32, u32, u32) {
-    let mut parts = v
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("bad {v}")));
-    (
-        parts.next().unwrap(),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    )
+fn version(v: &str) -> (u32, u32, u32) {
+    parse_glibc_version(v).unwrap_or_else(|| panic!("bad glibc version {v}"))
 }
 
 /// Every `GLIBC_x.y[.z]` in `text`.
@@ -86,14 +79,11 @@ fn objdump(args: &[&str], file: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn check_build(name: &str, bytes: &[u8], class: u8, machine: u16) {
-    assert_eq!(&bytes[..4], b"\x7fELF", "{name}: not ELF");
-    assert_eq!(bytes[4], class, "{name}: ELF class");
-    assert_eq!(
-        u16::from_le_bytes([bytes[18], bytes[19]]),
-        machine,
-        "{name}: e_machine"
-    );
+fn check_build(build: &Build, bytes: &[u8]) {
+    let name = build.name;
+    if let Err(what) = build.check_elf(bytes) {
+        panic!("{name}: the build is {what}");
+    }
     assert_eq!(
         u16::from_le_bytes([bytes[16], bytes[17]]),
         3,
@@ -121,10 +111,23 @@ fn check_build(name: &str, bytes: &[u8], class: u8, machine: u16) {
     );
     for v in &versions {
         assert!(
-            parse_glibc_version(v) <= MAX_GLIBC,
+            version(v) <= version(build.max_glibc),
             "{name} needs GLIBC_{v}:\n{dynsyms}"
         );
     }
+    // `syscall` with glibc's oldest version on this architecture, as objdump shows it:
+    // "... *UND* ... (GLIBC_2.2.5) syscall" (or without the parentheses).
+    let syscall = dynsyms
+        .lines()
+        .find(|l| l.contains("*UND*") && l.split_whitespace().last() == Some("syscall"))
+        .unwrap_or_else(|| panic!("{name} does not import syscall:\n{dynsyms}"));
+    let want = format!("GLIBC_{}", build.syscall_version);
+    assert!(
+        syscall
+            .split_whitespace()
+            .any(|f| f.trim_matches(|c| c == '(' || c == ')') == want),
+        "{name}: syscall is not bound to {want}: {syscall}"
+    );
 
     let mut imports = BTreeSet::new();
     let mut exports = BTreeSet::new();
@@ -181,7 +184,7 @@ fn lib64_needs_only_old_glibc_symbols() {
     ) else {
         return;
     };
-    check_build("lib64", envc_shim::lib64(), 2, 62); // ELFCLASS64, EM_X86_64
+    check_build(&envc_shim::target_arch().native, envc_shim::lib64());
 }
 
 #[test]
@@ -193,7 +196,8 @@ fn lib32_needs_only_old_glibc_symbols() {
     let Some(()) = need_lib32(test) else {
         return;
     };
-    check_build("lib32", envc_shim::lib32().unwrap(), 1, 3); // ELFCLASS32, EM_386
+    let compat = envc_shim::target_arch().compat.as_ref().unwrap();
+    check_build(compat, envc_shim::lib32().unwrap());
 }
 
 #[test]
@@ -205,8 +209,22 @@ fn version_parsing() {
             .map(|s| s.to_string())
             .collect()
     );
-    assert!(parse_glibc_version("2.2.5") <= MAX_GLIBC);
-    assert!(parse_glibc_version("2.3") <= MAX_GLIBC);
-    assert!(parse_glibc_version("2.3.4") > MAX_GLIBC);
-    assert!(parse_glibc_version("2.34") > MAX_GLIBC);
+    assert!(version("2.2.5") <= version("2.3"));
+    assert!(version("2.3") <= version("2.3"));
+    assert!(version("2.3.4") > version("2.3"));
+    assert!(version("2.34") > version("2.3"));
+    assert!(version("2.17") > version("2.4"));
+    assert_eq!(parse_glibc_version("2.x"), None);
+    assert_eq!(parse_glibc_version(""), None);
+    assert_eq!(parse_glibc_version("2.1.2.3"), None);
+    // Every table entry's versions parse, and syscall's is within what a build may need.
+    for arch in envc_shim::arch::ARCHES {
+        for build in std::iter::once(&arch.native).chain(&arch.compat) {
+            assert!(
+                version(build.syscall_version) <= version(build.max_glibc),
+                "{}",
+                build.name
+            );
+        }
+    }
 }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use envc_shim::arch::Build;
+
 /// The C test program (see its header for the commands).
 pub const PROG_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/c/prog.c");
 
@@ -41,13 +43,27 @@ pub fn need(available: bool, test: &str, what: &str) -> Option<()> {
     None
 }
 
-/// Requires the 32-bit build of the library (made when gcc-multilib was installed at build time).
+/// Requires the 32-bit build of the library (made when, say, gcc-multilib was installed at build
+/// time).
 pub fn need_lib32(test: &str) -> Option<()> {
-    need(
-        envc_shim::lib32().is_some(),
-        test,
-        "the 32-bit build of the library (gcc-multilib when envc-shim was built)",
-    )
+    let what = match &envc_shim::target_arch().compat {
+        Some(compat) => format!(
+            "the 32-bit ({}) build of the library ({} when envc-shim was built)",
+            compat.name, compat.toolchain_package
+        ),
+        None => "a 32-bit build of the library, which this architecture has none of".into(),
+    };
+    need(envc_shim::lib32().is_some(), test, &what)
+}
+
+/// The C compiler and flags that make programs for `build`: gcc with the build's flags, or the
+/// build's cross compiler where gcc cannot target it.
+pub fn prog_cc(build: &Build) -> (&'static str, &'static [&'static str]) {
+    if build.target_cc {
+        ("gcc", build.cflags)
+    } else {
+        (build.cross_cc, &[])
+    }
 }
 
 /// A directory removed when dropped.
@@ -95,16 +111,17 @@ pub fn have_tool(program: &str) -> bool {
     })
 }
 
-/// Compiles the test program with gcc and `flags` into `out`; `Err` with gcc's output on failure.
-pub fn compile_prog(out: &Path, flags: &[&str]) -> Result<(), String> {
-    let result = Command::new("gcc")
+/// Compiles the test program with `cc` and `flags` into `out`; `Err` with the compiler's output on
+/// failure.
+pub fn compile_prog(cc: &str, out: &Path, flags: &[&str]) -> Result<(), String> {
+    let result = Command::new(cc)
         .args(flags)
         .args(["-Wall", "-o"])
         .arg(out)
         .arg(PROG_SOURCE)
         .env("LC_ALL", "C")
         .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
+        .map_err(|e| format!("cannot run {cc}: {e}"))?;
     if result.status.success() {
         Ok(())
     } else {
@@ -112,13 +129,16 @@ pub fn compile_prog(out: &Path, flags: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Whether gcc can build and link 32-bit programs (gcc-multilib).
-pub fn have_gcc_m32(scratch: &Path) -> bool {
-    let src = scratch.join("m32-probe.c");
+/// Whether this machine can build and run programs for `build` (for i386: gcc-multilib; for
+/// armhf: a cross gcc, the armhf libc and a kernel and CPU that run 32-bit ARM code).
+pub fn can_build_and_run(build: &Build, scratch: &Path) -> bool {
+    let src = scratch.join("probe.c");
     fs::write(&src, "int main(void) { return 0; }\n").unwrap();
-    let out = scratch.join("m32-probe");
-    Command::new("gcc")
-        .args(["-m32", "-o"])
+    let out = scratch.join(format!("probe-{}", build.name));
+    let (cc, flags) = prog_cc(build);
+    Command::new(cc)
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(&src)
         .output()
@@ -184,6 +204,17 @@ impl Traced {
     }
 }
 
+/// The name under which [`SYNC_SYSCALLS`] counts a system call strace reports, if it is one:
+/// 32-bit ARM's sync_file_range is `sync_file_range2` (`arm_sync_file_range` in some strace
+/// versions).
+fn sync_syscall(name: &str) -> Option<&'static str> {
+    let name = match name {
+        "sync_file_range2" | "arm_sync_file_range" => "sync_file_range",
+        other => other,
+    };
+    SYNC_SYSCALLS.iter().copied().find(|s| *s == name)
+}
+
 /// Runs `prog args` under `strace -f` tracing the sync system calls, with `LD_PRELOAD=preload`
 /// passed to the traced program only (`strace -E`), and counts the calls the kernel saw.
 pub fn strace_prog(prog: &Path, preload: Option<&str>, args: &[&str], scratch: &Path) -> Traced {
@@ -197,7 +228,11 @@ pub fn strace_prog(prog: &Path, preload: Option<&str>, args: &[&str], scratch: &
     let mut cmd = Command::new("strace");
     cmd.args(["-f", "-qq", "-o"])
         .arg(&log)
-        .arg(format!("-etrace={}", SYNC_SYSCALLS.join(",")))
+        // A regular expression, so that names only some architectures have are no error.
+        .arg(format!(
+            "-etrace=/^({}|sync_file_range2|arm_sync_file_range)$",
+            SYNC_SYSCALLS.join("|")
+        ))
         .env("LC_ALL", "C")
         .env_remove("LD_PRELOAD");
     if let Some(value) = preload {
@@ -214,7 +249,7 @@ pub fn strace_prog(prog: &Path, preload: Option<&str>, args: &[&str], scratch: &
         let Some((name, _)) = line.split_once('(') else {
             continue;
         };
-        if SYNC_SYSCALLS.contains(&name) {
+        if let Some(name) = sync_syscall(name) {
             *calls.entry(name.to_string()).or_insert(0) += 1;
         }
     }

@@ -1,8 +1,9 @@
 //! The plan: what `envc` builds, as plain data, and the stable hashing that names every layer.
 //!
 //! This crate is shared by the compiler (which produces plans from specs) and the runtime (which
-//! realizes them). It has no dependency on the spec language or its diagnostics, so the privileged
-//! code's dependency tree stays small.
+//! realizes them). It has no dependency on the spec language or its diagnostics, and it reads
+//! nothing from the host (the compiler computes host files' digests), so the privileged code's
+//! dependency tree stays small.
 //!
 //! A [`Plan`] is a chain of [`Layer`]s: the base first, then the spec's layers in order. Each
 //! layer's [`LayerId`] is a blake3 hash (with a versioned context string) of the canonical encoding
@@ -15,8 +16,10 @@ pub mod env;
 pub mod id;
 pub mod key;
 mod model;
+pub mod name;
 
-pub use digest::{Digest, TreeDigest, TreeStats};
+pub use digest::Digest;
 pub use id::{IdParseError, LayerId};
 pub use key::Key;
 pub use model::{BASE_LAYER_NAME, Base, CopyKind, Layer, Mode, Plan, Step, SyncMode};
+pub use name::{Name, NameError};

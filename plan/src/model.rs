@@ -193,7 +193,7 @@ pub enum Step {
         /// `USER[:GROUP]` to own what is copied; `None` means root.
         #[serde(default)]
         owner: Option<String>,
-        /// The digest of the source tree ([`crate::digest::tree`]).
+        /// The digest of the source tree (computed by the compiler from the host files).
         digest: Digest,
     },
     /// Set environment variables for later steps and for users of the root (values expanded).

@@ -7,19 +7,21 @@
 //! Owners and timestamps are not part of it: envc does not copy them.
 //!
 //! Walking is sequential (it is metadata only); hashing file contents runs in parallel across files,
-//! and big files are memory-mapped and hashed with several threads.
+//! and big files are memory-mapped and hashed with several threads. The digests enter layer ids,
+//! so this encoding is as stable as [`envc_plan::key`]'s: changing it needs a new context string.
 
-use std::fmt;
+mod cache;
+
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use envc_plan::Digest;
 use rayon::prelude::*;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::id::{ID_LEN, hex, parse_hex};
+pub use cache::Cache;
 
 /// The context string of tree digests.
 pub const TREE_CONTEXT: &str = "envc 2026-11-25 tree digest v1";
@@ -27,44 +29,8 @@ pub const TREE_CONTEXT: &str = "envc 2026-11-25 tree digest v1";
 /// Files at least this big are memory-mapped and hashed on several threads.
 const PARALLEL_FILE_MIN: u64 = 1 << 20;
 
-/// A 32-byte content digest.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Digest(pub [u8; ID_LEN]);
-
-impl Digest {
-    /// The digest as 64 lowercase hex digits.
-    pub fn to_hex(&self) -> String {
-        hex(&self.0)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", &self.to_hex()[..16])
-    }
-}
-
-impl Serialize for Digest {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_hex(&s).map(Digest).map_err(serde::de::Error::custom)
-    }
-}
-
 /// What a tree walk saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TreeStats {
     /// Regular files.
     pub files: u64,
@@ -123,75 +89,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Dig
         op,
         path: path.to_owned(),
         source,
-    }
-}
-
-/// A cache of big files' digests, so that an unchanged tarball or copied file is not read again
-/// on every compile (git's index does the same). An entry is keyed by the file's path, device,
-/// inode, size, mtime and ctime (nanoseconds): any write to the file changes its ctime, and so the
-/// key. A file changed within the racy window (default 2 s) is neither looked up nor cached, since
-/// it may still be being written within one timestamp tick. Cache failures only cost a re-hash.
-#[derive(Debug, Clone)]
-pub struct Cache {
-    dir: PathBuf,
-    racy: std::time::Duration,
-}
-
-impl Cache {
-    /// A cache in `dir` (created when first written).
-    pub fn new(dir: impl Into<PathBuf>) -> Cache {
-        Cache {
-            dir: dir.into(),
-            racy: std::time::Duration::from_secs(2),
-        }
-    }
-
-    /// The same cache with another racy window.
-    pub fn with_racy_window(mut self, racy: std::time::Duration) -> Cache {
-        self.racy = racy;
-        self
-    }
-
-    fn entry(&self, path: &Path, meta: &fs::Metadata) -> Option<PathBuf> {
-        use std::os::unix::fs::MetadataExt;
-        let changed = std::time::UNIX_EPOCH
-            + std::time::Duration::new(meta.mtime().max(meta.ctime()).max(0) as u64, 0);
-        if std::time::SystemTime::now()
-            .duration_since(changed)
-            .unwrap_or_default()
-            <= self.racy
-        {
-            return None;
-        }
-        let mut h = blake3::Hasher::new_derive_key("envc 2026-11-25 digest cache v1");
-        let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        h.update(&(canonical.as_os_str().len() as u64).to_le_bytes());
-        h.update(canonical.as_os_str().as_bytes());
-        for v in [meta.dev(), meta.ino(), meta.size()] {
-            h.update(&v.to_le_bytes());
-        }
-        for v in [
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-        ] {
-            h.update(&v.to_le_bytes());
-        }
-        Some(self.dir.join(h.finalize().to_hex().as_str()))
-    }
-
-    fn get(&self, entry: &Path) -> Option<Digest> {
-        let text = fs::read_to_string(entry).ok()?;
-        parse_hex(text.trim()).ok().map(Digest)
-    }
-
-    fn put(&self, entry: &Path, digest: &Digest) {
-        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
-        let _ = fs::create_dir_all(&self.dir)
-            .and_then(|()| fs::write(&tmp, digest.to_hex()))
-            .and_then(|()| fs::rename(&tmp, entry));
-        let _ = fs::remove_file(&tmp);
     }
 }
 
@@ -375,6 +272,7 @@ pub fn tree(path: &Path, cache: Option<&Cache>) -> Result<TreeDigest, DigestErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envc_plan::id::ID_LEN;
     use std::os::unix::fs::symlink;
 
     fn scratch(name: &str) -> PathBuf {

@@ -1,0 +1,78 @@
+//! The resolve stage's driver: a spec's path in, its plan with a span side table (or every error)
+//! out. Stages: `load` reads the spec and the chain it extends, `lower` builds the plan,
+//! checking values (`values`) and digesting the host files it reads (`hostfiles`).
+
+mod hostfiles;
+mod load;
+mod lower;
+mod values;
+
+use std::path::Path;
+
+use crate::Compiled;
+use crate::digest;
+use crate::error::SpecError;
+
+use load::{File, load_chain};
+use lower::Lower;
+
+pub(crate) use load::line_col;
+pub use values::{ARCHES, DEFAULT_VARIANT, SYNC_MODES, VARIANTS, host_arch};
+
+/// Where the root spec's text comes from.
+pub(crate) enum RootText {
+    Read,
+    Given(String),
+}
+
+pub(crate) fn compile(
+    path: &Path,
+    root_text: RootText,
+    options: &crate::Options,
+) -> Result<Compiled, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let chain = load_chain(path, root_text, &mut errors);
+    if chain.is_empty() {
+        return Err(errors);
+    }
+    let cache = options.digest_cache.as_ref().map(digest::Cache::new);
+    let mut cx = Lower {
+        files: &chain,
+        errors: &mut errors,
+        cache: cache.as_ref(),
+    };
+    let lowered = cx.lower();
+    sort_errors(&chain, &mut errors);
+    match lowered {
+        Some((plan, locations)) if errors.is_empty() => {
+            let mut plan = plan;
+            plan.spec = Some(path.to_owned());
+            Ok(Compiled {
+                plan,
+                sources: chain.into_iter().map(|f| f.src).collect(),
+                locations,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Orders errors as a reader meets them: by file (the compiled spec first, then what it extends),
+/// then by position. The sort is stable, so errors at one position keep their stage order.
+fn sort_errors(chain: &[File], errors: &mut [SpecError]) {
+    use miette::Diagnostic;
+    let key = |e: &SpecError| -> (usize, usize) {
+        let Some(span) = e.labels().and_then(|mut l| l.next()).map(|l| *l.inner()) else {
+            return (0, 0);
+        };
+        let name = e
+            .source_code()
+            .and_then(|s| s.read_span(&span, 0, 0).ok())
+            .and_then(|c| c.name().map(str::to_owned));
+        let rank = name
+            .and_then(|n| chain.iter().rev().position(|f| f.src.name() == n))
+            .unwrap_or(usize::MAX);
+        (rank, span.offset())
+    };
+    errors.sort_by_cached_key(key);
+}

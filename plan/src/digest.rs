@@ -1,0 +1,68 @@
+//! Content digests as they appear in a plan: the 32-byte blake3 digest of a host file or tree
+//! that a `copy` step or a `tar` base reads. Computing them (reading the host) is the compiler's
+//! job; here they are plain data.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::id::{ID_LEN, IdParseError, hex, parse_hex};
+
+/// A 32-byte content digest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; ID_LEN]);
+
+impl Digest {
+    /// The digest as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", &self.to_hex()[..16])
+    }
+}
+
+impl FromStr for Digest {
+    type Err = IdParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_hex(s).map(Digest)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let d = Digest([0x5a; ID_LEN]);
+        assert_eq!(d.to_hex().parse::<Digest>().unwrap(), d);
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{}\"", "5a".repeat(ID_LEN)));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<Digest>("\"5a\"").is_err());
+    }
+}
