@@ -138,6 +138,9 @@ fn host(filters: &[String], expected: usize) -> i32 {
         .current_dir(root)
         .env("ENVC_VM_DISK_SIZE", "24G")
         .env("ENVC_VM_ENV", "ENVC_REQUIRE_PRIVILEGED RUST_BACKTRACE")
+        // The guest also needs the envc binary's directory (the target dir, which may be outside
+        // the checkout); the checkout and this binary's directory it keeps by itself.
+        .env("ENVC_VM_DIRS", Path::new(common::ENVC).parent().unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
