@@ -195,7 +195,7 @@ fn guest(selected: Vec<(String, Box<dyn Fn()>)>) -> i32 {
     let (mut passed, mut failed) = (0, Vec::new());
     for (name, f) in selected {
         let t = Instant::now();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f()));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let status = if r.is_ok() { "ok" } else { "FAILED" };
         println!(
             "test {name} ... {status} ({:.1} s)",

@@ -59,11 +59,23 @@ impl Drop for TempDir {
     }
 }
 
-/// A root filesystem tarball with busybox and its applets, a passwd with `builder`, built once.
+/// A root filesystem tarball with busybox and its applets, a passwd with `builder`, built once
+/// per test process in `$TMPDIR/envc-busybox-PID` (those of processes that are gone are removed).
 pub fn busybox_tarball() -> PathBuf {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("envc-busybox-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("envc-busybox-"))
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("envc-busybox-{}", std::process::id()));
         let root = dir.join("root");
         let _ = std::fs::remove_dir_all(&dir);
         for d in ["bin", "etc", "root", "home/builder", "usr/sbin"] {
@@ -98,6 +110,7 @@ pub fn busybox_tarball() -> PathBuf {
             .status()
             .unwrap();
         assert!(status.success(), "tar failed");
+        let _ = std::fs::remove_dir_all(&root);
         tar
     })
     .clone()
