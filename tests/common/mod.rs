@@ -2,29 +2,32 @@
 //! backend (btrfs on a loop-file filesystem made by the test), and running the envc binary.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub const ENVC: &str = env!("CARGO_BIN_EXE_envc");
 
-/// Whether privileged tests can run here. Without privileges they are skipped with a message,
-/// unless ENVC_REQUIRE_PRIVILEGED=1 (as in CI), which makes a missing privilege a failure.
+/// Whether privileged tests can run here. Without privileges (not root, or no busybox), or with
+/// ENVC_SKIP_PRIVILEGED=1 (to run only the fast, unprivileged tests as root), they are skipped with
+/// a SKIP line on stderr, unless ENVC_REQUIRE_PRIVILEGED=1 (as in CI), which makes that a failure.
 pub fn privileged(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let busybox = Path::new("/bin/busybox").exists();
-    if root && busybox {
-        return true;
-    }
-    let why = if !root {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+    let why = if set("ENVC_SKIP_PRIVILEGED") {
+        "ENVC_SKIP_PRIVILEGED=1"
+    } else if !nix::unistd::geteuid().is_root() {
         "not running as root"
-    } else {
+    } else if !Path::new("/bin/busybox").exists() {
         "/bin/busybox is missing (apt-get install busybox-static)"
+    } else {
+        return true;
     };
-    if std::env::var("ENVC_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+    if set("ENVC_REQUIRE_PRIVILEGED") {
         panic!("{test}: privileged test cannot run: {why}, and ENVC_REQUIRE_PRIVILEGED=1");
     }
-    eprintln!("SKIP {test}: {why}");
+    // Straight to stderr: libtest hides what a passing test prints with eprintln!.
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
     false
 }
 
@@ -56,11 +59,23 @@ impl Drop for TempDir {
     }
 }
 
-/// A root filesystem tarball with busybox and its applets, a passwd with `builder`, built once.
+/// A root filesystem tarball with busybox and its applets, a passwd with `builder`, built once
+/// per test process in `$TMPDIR/envc-busybox-PID` (those of processes that are gone are removed).
 pub fn busybox_tarball() -> PathBuf {
     static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("envc-busybox-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("envc-busybox-"))
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("envc-busybox-{}", std::process::id()));
         let root = dir.join("root");
         let _ = std::fs::remove_dir_all(&dir);
         for d in ["bin", "etc", "root", "home/builder", "usr/sbin"] {
@@ -95,6 +110,7 @@ pub fn busybox_tarball() -> PathBuf {
             .status()
             .unwrap();
         assert!(status.success(), "tar failed");
+        let _ = std::fs::remove_dir_all(&root);
         tar
     })
     .clone()

@@ -5,15 +5,20 @@
 #   tests/vm/run-in-vm.sh COMMAND [ARG...]
 #
 # The guest sees the host's / read-only over virtio-9p, with a tmpfs overlay on top (writes are
-# discarded), the kernel's modules at /lib/modules/$(uname -r), and blank sparse scratch disks
-# (virtio-blk, serial envc-disk0.., listed in ENVC_VM_DISKS). It runs COMMAND with bash in the
-# current directory, with ENVC_IN_VM=1, and without udev. COMMAND's stdout is printed as it comes,
-# its stderr after the guest stops, and its exit status becomes ours; 125 means the VM itself failed.
+# discarded), its own empty /tmp and /run (tmpfs) and /dev, the kernel's modules at
+# /lib/modules/$(uname -r), and blank sparse scratch disks (virtio-blk, serial envc-disk0..,
+# listed in ENVC_VM_DISKS). The directories COMMAND needs stay visible at their host paths even
+# where the guest has its own /tmp, /run or /dev (a checkout or target dir under /tmp or /dev/shm):
+# the current directory, COMMAND's own directory and those in ENVC_VM_DIRS. It runs COMMAND with
+# bash in the current directory, with ENVC_IN_VM=1, and without udev. COMMAND's stdout is printed as
+# it comes, its stderr after the guest stops, and its exit status becomes ours; 125 means the VM
+# itself failed.
 #
 # Settings: ENVC_VM_CACHE (kernel and initramfs cache, default /var/cache/envc-vm),
 # ENVC_VM_TIMEOUT (seconds, default 900), ENVC_VM_MEM (MiB, default 2048), ENVC_VM_DISKS_N
 # (scratch disks, default 1), ENVC_VM_DISK_SIZE (default 4G), ENVC_VM_ENV (names of host
-# environment variables to pass in, space-separated).
+# environment variables to pass in, space-separated), ENVC_VM_DIRS (more host directories COMMAND
+# needs, one per line; e.g. a CARGO_TARGET_DIR).
 # Needs: qemu-system-x86, busybox-static, cpio, kmod, lvm2, thin-provisioning-tools (.ci/run).
 set -euo pipefail
 
@@ -75,6 +80,16 @@ mount -t 9p -o "$o" xchg /mnt/xchg
 mount -t tmpfs tmpfs /mnt/upper
 mkdir -p /mnt/upper/u /mnt/upper/w
 mount -t overlay overlay -o lowerdir=/mnt/host,upperdir=/mnt/upper/u,workdir=/mnt/upper/w /mnt/root
+# The directories the command needs (/mnt/xchg/dirs, one per line, parents first) that lie where the
+# guest mounts its own /tmp, /run or /dev: set aside now, put back on top of those mounts below.
+kept() { case $1 in /tmp | /tmp/* | /run/* | /dev/*) return 0 ;; esac; return 1; }
+n=0
+while IFS= read -r d; do
+  n=$((n + 1))
+  kept "$d" || continue
+  mkdir -p "/mnt/keep/$n"
+  mount --bind "/mnt/root$d" "/mnt/keep/$n" || echo "envc-vm: cannot keep $d" > /dev/console
+done < /mnt/xchg/dirs
 mount -t proc proc /mnt/root/proc
 mount -t sysfs sys /mnt/root/sys
 mount -t devtmpfs dev /mnt/root/dev
@@ -84,6 +99,12 @@ mount --bind /mnt/xchg /mnt/root/run/envc-xchg 2>/dev/null || { mkdir -p /mnt/ro
 mods=$(cat /mnt/xchg/modroot)
 mkdir -p "/mnt/root/lib/modules/$(cat /mnt/xchg/version)"
 mount --bind "/mnt/root$mods" "/mnt/root/lib/modules/$(cat /mnt/xchg/version)"
+n=0
+while IFS= read -r d; do
+  n=$((n + 1))
+  kept "$d" || continue
+  mkdir -p "/mnt/root$d" && mount --move "/mnt/keep/$n" "/mnt/root$d" || echo "envc-vm: cannot keep $d" > /dev/console
+done < /mnt/xchg/dirs
 chroot /mnt/root /bin/bash /run/envc-xchg/guest.sh
 echo $? > /mnt/xchg/status
 sync
@@ -100,6 +121,25 @@ XCHG=$(mktemp -d /var/tmp/envc-vm-XXXXXX)
 trap 'rm -rf "$XCHG"' EXIT
 echo "$VER" > "$XCHG/version"
 echo "$MODROOT/lib/modules/$VER" > "$XCHG/modroot"
+# The host directories the command needs, as physical paths: the guest's init binds them from
+# outside the chroot, where an absolute symlink on the way would lead into the initramfs.
+dirs=("$(pwd -P)")
+if [[ $1 == */* ]]; then
+  exe=$(realpath -e -- "$1") || fail "$1 does not exist"
+  dirs+=("$(dirname -- "$exe")")
+fi
+while IFS= read -r d; do
+  [[ -n $d ]] || continue
+  r=$(realpath -e -- "$d") || fail "ENVC_VM_DIRS: $d does not exist"
+  dirs+=("$r")
+done <<< "${ENVC_VM_DIRS:-}"
+for d in "${dirs[@]}"; do
+  case $d in
+    *$'\n'*) fail "a directory the command needs has a newline in its name: $d" ;;
+    /proc | /proc/* | /sys | /sys/* | /run | /dev) fail "the guest cannot show the host's $d (it has its own)" ;;
+  esac
+done
+printf '%s\n' "${dirs[@]}" | LC_ALL=C sort -u > "$XCHG/dirs"
 disks=() names=()
 for i in $(seq 0 $((NDISKS - 1))); do
   truncate -s "$DISK_SIZE" "$XCHG/disk$i.img"
