@@ -175,9 +175,9 @@ pub enum StoreCommand {
 /// `envc store init`.
 #[derive(Debug, Args)]
 pub struct StoreInit {
-    /// The backend: lvm.
-    #[arg(value_name = "BACKEND", value_parser = ["lvm"])]
-    pub backend: String,
+    /// The backend: lvm. (Its own id: the global `--backend` is another argument.)
+    #[arg(id = "init_backend", value_name = "BACKEND", value_parser = ["lvm"])]
+    pub kind: String,
     /// The volume group.
     #[arg(long, value_name = "VG")]
     pub vg: String,
@@ -217,4 +217,45 @@ pub struct RunTarget {
     /// No network (only loopback).
     #[arg(long)]
     pub no_network: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap's own consistency checks (unique ids, global arguments against subcommand ones, ...),
+    /// which otherwise only fire when a command line reaches the faulty argument.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_parses() {
+        use clap::Parser;
+        for argv in [
+            &[
+                "envc",
+                "--backend",
+                "overlay",
+                "store",
+                "init",
+                "lvm",
+                "--vg",
+                "vg0",
+            ][..],
+            &[
+                "envc", "store", "init", "lvm", "--vg", "vg0", "--fs", "xfs", "--size", "1G",
+            ],
+            &["envc", "store", "recover"],
+            &["envc", "gc", "--older-than", "3d", "--keep-bytes", "1G"],
+            &["envc", "ls", "--json"],
+        ] {
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("{argv:?}: {e}");
+            }
+        }
+    }
 }

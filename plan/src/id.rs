@@ -1,9 +1,6 @@
 //! 32-byte content identifiers, shown as 64 lowercase hex digits.
 
 use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Length in bytes of every id and digest.
 pub const ID_LEN: usize = 32;
@@ -85,25 +82,34 @@ impl fmt::Debug for LayerId {
     }
 }
 
-impl FromStr for LayerId {
-    type Err = IdParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_hex(s).map(LayerId)
-    }
-}
+/// Gives a 32-byte hex-named type (an id or a digest) its text forms: `FromStr` from exactly 64
+/// hex digits, and serde as that string.
+macro_rules! hex_text {
+    ($ty:ident) => {
+        impl std::str::FromStr for $ty {
+            type Err = $crate::id::IdParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $crate::id::parse_hex(s).map($ty)
+            }
+        }
 
-impl Serialize for LayerId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
 
-impl<'de> Deserialize<'de> for LayerId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
+pub(crate) use hex_text;
+
+hex_text!(LayerId);
 
 #[cfg(test)]
 mod tests {

@@ -578,26 +578,3 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("publish", path))
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_from_the_command_line_are_checked() {
-        for ok in ["a", "rust-ci", "x.y_z", &"a".repeat(64)] {
-            assert!(super::valid_name(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "..",
-            ".",
-            "a/b",
-            "-a",
-            "_a",
-            "a b",
-            &"a".repeat(65),
-            "é",
-        ] {
-            assert!(!super::valid_name(bad), "{bad}");
-        }
-    }
-}

@@ -5,17 +5,16 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use envc_plan::Plan;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::fcntl::OFlag;
 use nix::unistd::UnlinkatFlags;
 
 use super::Runtime;
-use crate::sandbox::open_in_root;
+use super::inroot::{entries, is_file_at, open_dir, open_in_root};
 use crate::tools::Tool;
 
 /// How long package lists count as fresh: a `packages` step within this many minutes of the last
@@ -78,33 +77,13 @@ fn sources_sum(root: &OwnedFd) -> Option<Vec<u8>> {
     Tool::new("md5sum").ok()?.output_with_input(&all).ok()
 }
 
-/// The names in the directory open at `dir` (listed through its descriptor, never a path).
-fn entries(dir: &OwnedFd) -> Vec<Vec<u8>> {
-    fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().as_bytes().to_vec())
-        .collect()
-}
-
-/// Whether `name` in `dir` is a regular file (not following a symlink).
-fn is_file_at(dir: &OwnedFd, name: &OsStr) -> bool {
-    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG)
-}
-
 impl Runtime {
     /// Moves the apt lists a base build downloaded out of the base (lists are not part of any
     /// layer) into the base's shared lists cache, marked fresh for the root's current sources, so
     /// the next `packages` step need not download them again. Every path in the base is resolved
     /// inside it.
     pub(super) fn adopt_apt_lists(&self, plan: &Plan, dir: &Path) {
-        let Ok(root) = nix::fcntl::open(
-            dir,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) else {
+        let Some(root) = open_dir(dir) else {
             return;
         };
         let Ok(lists) = open_in_root(
@@ -124,11 +103,7 @@ impl Runtime {
             self.store.cache_dir(&format!("apt-lists/{key}")),
             sources_sum(&root),
         ) && let Ok(_lock) = self.store.lock_cache(&format!("lists-{key}"))
-            && let Ok(cache_fd) = nix::fcntl::open(
-                &cache,
-                OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
+            && let Some(cache_fd) = open_dir(&cache)
         {
             let mut moved = false;
             for n in &names {

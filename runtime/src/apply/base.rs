@@ -8,14 +8,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use envc_plan::{Base, Plan, SyncMode};
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::fcntl::OFlag;
 use nix::unistd::UnlinkatFlags;
 
 use super::Runtime;
 use super::apt::layer_short;
+use super::inroot::{is_file_at, open_dir, open_in_root};
 use crate::aptsrc;
-use crate::sandbox::{self, open_in_root};
+use crate::sandbox;
 use crate::tools::{self, Tool, ToolError};
 
 /// A failure to make a base.
@@ -154,11 +154,7 @@ impl Runtime {
 /// Removes the host's resolver configuration and hostname that mmdebstrap copied into a base,
 /// resolving the paths inside the base (a symlink there never leads to a host file).
 fn remove_host_files(dir: &Path) {
-    let Ok(root) = nix::fcntl::open(
-        dir,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) else {
+    let Some(root) = open_dir(dir) else {
         return;
     };
     let Ok(etc) = open_in_root(&root, "etc", OFlag::O_DIRECTORY | OFlag::O_RDONLY) else {
@@ -166,10 +162,7 @@ fn remove_host_files(dir: &Path) {
     };
     for name in ["resolv.conf", "hostname"] {
         let name = OsStr::new(name);
-        let regular = fstatat(&etc, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
-            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
-        });
-        if regular {
+        if is_file_at(&etc, name) {
             let _ = nix::unistd::unlinkat(&etc, name, UnlinkatFlags::NoRemoveDir);
         }
     }

@@ -23,6 +23,7 @@ mod base;
 mod error;
 mod event;
 pub mod executor;
+mod inroot;
 mod layer;
 #[cfg(test)]
 mod tests;
