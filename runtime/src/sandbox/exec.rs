@@ -80,9 +80,15 @@ pub(crate) fn run_command(
         env.iter().map(|(k, v)| format!("{k}={v}")),
         "the command's environment",
     )?;
-    let program = resolve_program(&argv[0], &env).ok_or_else(|| {
-        SandboxError::new(SandboxOp::FindProgram, &argv[0], "not found in the root")
-    })?;
+    let Some(name) = argv.first() else {
+        return Err(SandboxError::new(
+            SandboxOp::FindProgram,
+            "",
+            "the command is empty",
+        ));
+    };
+    let program = resolve_program(name, &env)
+        .ok_or_else(|| SandboxError::new(SandboxOp::FindProgram, name, "not found in the root"))?;
     let c_program = CString::new(program.as_os_str().as_bytes()).map_err(|_| {
         SandboxError::new(
             SandboxOp::Encode,
