@@ -175,7 +175,8 @@ pub enum StoreCommand {
 /// `envc store init`.
 #[derive(Debug, Args)]
 pub struct StoreInit {
-    /// The backend: lvm. (Its own id: the global `--backend` is another argument.)
+    /// The backend: lvm.
+    // Its own id: the global `--backend` is another argument.
     #[arg(id = "init_backend", value_name = "BACKEND", value_parser = ["lvm"])]
     pub kind: String,
     /// The volume group.

@@ -100,44 +100,43 @@ struct StoreConfig {
     backend: BackendConfig,
 }
 
-/// `store.json` as any version wrote it.
+/// `store.json` as version 1 wrote it: the backend's name, and LVM's setting beside it.
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum AnyStoreConfig {
-    V2 {
-        version: u32,
-        backend: BackendConfig,
-    },
-    V1 {
-        version: u32,
-        backend: BackendKind,
-        #[serde(default)]
-        lvm: Option<backend::lvm::LvmConfig>,
-    },
+struct StoreConfigV1 {
+    backend: BackendKind,
+    #[serde(default)]
+    lvm: Option<backend::lvm::LvmConfig>,
 }
 
-impl AnyStoreConfig {
-    /// The setting, or why it cannot be used.
-    fn upgrade(self) -> Result<BackendConfig, String> {
-        match self {
-            AnyStoreConfig::V2 {
-                version: 2,
-                backend,
-            } => Ok(backend),
-            AnyStoreConfig::V1 {
-                version: 1,
-                backend,
-                lvm,
-            } => match (backend, lvm) {
+/// Reads `store.json` of any version this envc knows: the version first, then the shape that
+/// version wrote, so a bad field is reported as itself.
+fn parse_config(bytes: &[u8]) -> Result<BackendConfig, String> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    #[derive(Deserialize)]
+    struct V2 {
+        backend: BackendConfig,
+    }
+    let bad = |e: serde_json::Error| format!("has an unreadable store.json: {e}");
+    match serde_json::from_slice::<Version>(bytes)
+        .map_err(bad)?
+        .version
+    {
+        2 => Ok(serde_json::from_slice::<V2>(bytes).map_err(bad)?.backend),
+        1 => {
+            let v1: StoreConfigV1 = serde_json::from_slice(bytes).map_err(bad)?;
+            match (v1.backend, v1.lvm) {
                 (BackendKind::Overlay, _) => Ok(BackendConfig::Overlay),
                 (BackendKind::Btrfs, _) => Ok(BackendConfig::Btrfs),
                 (BackendKind::Lvm, Some(cfg)) => Ok(BackendConfig::Lvm(cfg)),
                 (BackendKind::Lvm, None) => Err("names the lvm backend without its setting".into()),
-            },
-            AnyStoreConfig::V2 { version, .. } | AnyStoreConfig::V1 { version, .. } => Err(
-                format!("has format version {version}, this envc reads 1 and {FORMAT_VERSION}"),
-            ),
+            }
         }
+        v => Err(format!(
+            "has format version {v}, this envc reads 1 and {FORMAT_VERSION}"
+        )),
     }
 }
 
@@ -314,12 +313,7 @@ impl Store {
                 });
             }
         };
-        let any: AnyStoreConfig =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Incompatible {
-                path: root.to_owned(),
-                reason: format!("has an unreadable store.json: {e}"),
-            })?;
-        any.upgrade()
+        parse_config(&bytes)
             .map(Some)
             .map_err(|reason| StoreError::Incompatible {
                 path: root.to_owned(),
@@ -577,4 +571,26 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
     })?;
     fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("publish", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_json_of_either_version_is_read_and_bad_fields_are_named() {
+        assert_eq!(
+            parse_config(br#"{"version":1,"backend":"btrfs"}"#),
+            Ok(BackendConfig::Btrfs)
+        );
+        assert_eq!(
+            parse_config(br#"{"version":2,"backend":{"kind":"overlay"}}"#),
+            Ok(BackendConfig::Overlay)
+        );
+        let e = parse_config(br#"{"version":2,"backend":{"kind":"zfs"}}"#).unwrap_err();
+        assert!(e.contains("zfs"), "{e}");
+        let e = parse_config(br#"{"version":3,"backend":{"kind":"overlay"}}"#).unwrap_err();
+        assert!(e.contains("version 3"), "{e}");
+        assert!(parse_config(br#"{"version":1,"backend":"lvm"}"#).is_err());
+    }
 }

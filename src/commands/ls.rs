@@ -28,7 +28,8 @@ pub fn ls(store: &Path, backend: Option<Backend>, json: bool) -> Result<(), CliE
 
 fn print_json(rt: &Runtime, layers: &[Meta], roots: &[RootRecord], capacity: Option<&Capacity>) {
     let value = serde_json::json!({
-        "store": rt.store.path(),
+        // Lossy: a store path that is not UTF-8 must not stop the listing.
+        "store": rt.store.path().to_string_lossy(),
         "backend": rt.store.backend().kind().to_string(),
         "lvm": crate::store::lvm_setting(&rt.store).map(|l| {
             let usage = capacity.and_then(|c| c.usage.as_ref());
