@@ -20,6 +20,7 @@
 pub mod apply;
 pub mod aptsrc;
 pub mod backend;
+pub mod failpoint;
 pub mod maintain;
 pub mod sandbox;
 pub mod store;

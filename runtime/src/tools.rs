@@ -197,6 +197,7 @@ impl Tool {
             source,
         })?;
         drop(cmd);
+        crate::failpoint::hit("tool-running");
         let mut tail: Vec<String> = Vec::new();
         for_each_line(reader, &mut |line| {
             on_line(line);

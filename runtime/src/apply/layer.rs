@@ -61,7 +61,9 @@ impl Runtime {
                 summary: step.summary(),
             });
             let _ = writeln!(log, "# step {}: {}", si + 1, step.summary());
+            crate::failpoint::hit("step-before");
             result = self.step(plan, index, si, &build, &mut log, sink);
+            crate::failpoint::hit("step-after");
             if result.is_err() {
                 break;
             }
@@ -96,11 +98,13 @@ impl Runtime {
             };
             return Err(self.roll_back(&layer.name, &layer.id, e));
         }
+        crate::failpoint::hit("seal-before");
         let size = match self.backend().seal(build) {
             Ok(size) => size,
             Err(e) => return Err(self.roll_back(&layer.name, &layer.id, e.into())),
         };
         self.forward_warnings(sink);
+        crate::failpoint::hit("seal-published");
         let now = store::now();
         self.store.write_meta(&Meta {
             id: layer.id,
@@ -114,6 +118,7 @@ impl Runtime {
             last_used: now,
             build_secs: started.elapsed().as_secs_f64(),
         })?;
+        crate::failpoint::hit("seal-recorded");
         let final_log = self.store.log_path(&layer.id);
         let _ = fs::rename(&log_path, &final_log);
         let _ = fs::remove_file(&failed_log);
@@ -267,6 +272,7 @@ impl Runtime {
         };
         let mut tail = Vec::new();
         let result = self.exec.sandbox(&spec, &mut |line| {
+            crate::failpoint::hit("step-output");
             let _ = writeln!(log, "{line}");
             tools::push_tail(&mut tail, line);
             sink(Event::Output {

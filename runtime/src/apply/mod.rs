@@ -152,15 +152,18 @@ impl Runtime {
             || rec.as_ref().is_none_or(|r| r.chain != chain)
             || !self.backend().root_ready(&plan.name)?;
         let root = if fresh {
+            crate::failpoint::hit("root-before");
             let made = self.backend().create_root(&plan.name, &chain);
             self.forward_warnings(sink);
             let made = made?;
+            crate::failpoint::hit("root-made");
             self.store.write_root(&RootRecord {
                 name: plan.name.clone(),
                 spec: plan.spec.as_ref().map(|p| p.display().to_string()),
                 chain: chain.clone(),
                 created: store::now(),
             })?;
+            crate::failpoint::hit("root-recorded");
             self.touch(&chain);
             if made.reap {
                 // Waits for the root's lock, so it starts its work once this apply is done.

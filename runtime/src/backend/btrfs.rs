@@ -131,6 +131,7 @@ impl Backend for Btrfs {
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
         self.drop_root(name)?;
+        crate::failpoint::hit("root-dropped");
         let dir = self.layout.root_dir(name);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let top = chain.last().expect("a root has at least a base");

@@ -126,6 +126,7 @@ impl Backend for Overlay {
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
         self.drop_root(name)?;
+        crate::failpoint::hit("root-dropped");
         let dir = self.layout.root_dir(name);
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
         Self::mkdirs(&[&upper, &work, &mnt])?;

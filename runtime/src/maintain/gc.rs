@@ -95,10 +95,12 @@ pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
                 continue;
             };
             store.backend().remove(&m.id)?;
+            crate::failpoint::hit("gc-removed");
             for p in [store.meta_path(&m.id), store.log_path(&m.id)] {
                 let _ = std::fs::remove_file(p);
             }
         }
+        crate::failpoint::hit("gc-between");
         removed.insert(m.id);
         total = total.saturating_sub(m.size);
         report.freed += m.size;

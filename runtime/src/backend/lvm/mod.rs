@@ -309,6 +309,7 @@ impl Backend for Lvm {
         if !doomed.is_empty() {
             self.doom(name, &doomed)?;
         }
+        crate::failpoint::hit("root-dropped");
         let top = chain.last().expect("a root has at least a base");
         let lv = self.root_lv(name, generation);
         let (pending_file, lv_file) = (dir.join("lv.next"), dir.join("lv"));
