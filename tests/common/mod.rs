@@ -2,6 +2,8 @@
 //! backend (btrfs on a loop-file filesystem made by the test), and running the envc binary.
 #![allow(dead_code)]
 
+pub mod crash;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
