@@ -32,10 +32,14 @@ use common::crash::{
     Decoy, MODES, Mode, Trigger, Tree, kill_at, leftover_processes, mounts, run_limited,
     store_leftovers, tree, tree_diff, wait_no_new_mounts,
 };
-use common::{Kind, TempDir, TestStore, privileged};
+use common::{Kind, TestStore, privileged};
 
 /// Mount and process checks look at the whole machine: one case at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// How long a killed envc's processes may take to go: enough to die, too short for the 320 MiB
+/// tar base (about 3 s) or mmdebstrap to finish.
+const GRACE: Duration = Duration::from_secs(1);
 
 const BASE: &str = "base \"tar\" \"busybox.tar.gz\"\n";
 
@@ -59,18 +63,28 @@ fn old_spec() -> String {
     )
 }
 
-/// A tar base big enough (192 MiB to unpack) that tar is still running when envc is killed.
+/// A tar base big enough (320 MiB to unpack) that tar is still running when envc is killed.
 fn big_spec() -> String {
     "name \"big\"\nbase \"tar\" \"big.tar.gz\"\nlayer \"one\" { run \"echo one > /one.txt\" }\n"
         .to_owned()
 }
 
-/// The busybox root plus a 192 MiB file of zeros, made once per test process.
+/// The busybox root plus a 320 MiB file of zeros (tar needs about 3 s to unpack it), made once
+/// per test process in `$TMPDIR/envc-bigtar-PID` (those of processes that are gone are removed).
 fn big_tarball() -> PathBuf {
-    static TAR: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
     TAR.get_or_init(|| {
-        let dir = TempDir::new("bigtar");
-        let root = dir.path().join("root");
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix("envc-bigtar-"));
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = tmp.join(format!("envc-bigtar-{}", std::process::id()));
+        let root = dir.join("root");
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&root).unwrap();
         let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
         ok(Command::new("tar")
@@ -79,8 +93,8 @@ fn big_tarball() -> PathBuf {
             .arg("-C")
             .arg(&root));
         let f = std::fs::File::create(root.join("big.bin")).unwrap();
-        f.set_len(192 << 20).unwrap();
-        let tar = dir.path().join("big.tar.gz");
+        f.set_len(320 << 20).unwrap();
+        let tar = dir.join("big.tar.gz");
         ok(Command::new("tar")
             .arg("-czf")
             .arg(&tar)
@@ -88,9 +102,8 @@ fn big_tarball() -> PathBuf {
             .arg(&root)
             .arg("."));
         std::fs::remove_dir_all(&root).unwrap();
-        (dir, tar)
+        tar
     })
-    .1
     .clone()
 }
 
@@ -304,12 +317,12 @@ fn case(kind: Kind, mode: Mode, c: &Case, refs: &Reference, shm: &Decoy) -> Vec<
         }
     }
     // (c) No builder outlives the kill.
-    let left = leftover_processes(&t.store, killed.pgid, Duration::from_secs(3));
+    let left = leftover_processes(&t.store, killed.pgid, GRACE);
     if !left.is_empty() {
         fail(
             "(c) processes",
             format!(
-                "{} outlived the kill by 3 s (then killed by the test): {}",
+                "{} outlived the kill by 1 s (then killed by the test): {}",
                 left.len(),
                 left.join(" | ")
             ),
@@ -485,12 +498,12 @@ fn kill_9_during_a_debian_base_build() {
         match kill_at(cmd, trigger, mode) {
             Err(e) => fail("harness", format!("the kill did not happen: {e}")),
             Ok(killed) => {
-                let left = leftover_processes(&t.store, killed.pgid, Duration::from_secs(3));
+                let left = leftover_processes(&t.store, killed.pgid, GRACE);
                 if !left.is_empty() {
                     fail(
                         "(c) processes",
                         format!(
-                            "{} outlived the kill by 3 s (then killed by the test): {}",
+                            "{} outlived the kill by 1 s (then killed by the test): {}",
                             left.len(),
                             left.join(" | ")
                         ),

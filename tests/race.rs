@@ -1,0 +1,306 @@
+//! Races between gc and the commands that use layers, on overlayfs and btrfs (a loop-file
+//! filesystem):
+//!
+//! - gc (`--keep-bytes 0`, in a loop) against applies that drop and re-create working roots of
+//!   several environments sharing a prefix: afterwards every root is there (mounted, for overlay)
+//!   and its tree equals a reference built without gc, and a plain apply keeps it so;
+//! - gc against `envc run`: the command always sees its full root;
+//! - two gcs at once: both succeed, and the store stays consistent.
+//!
+//! Each race runs a few seconds (`ENVC_RACE_SECS`, default 6) so that gc's window (it decides
+//! what is in use, then removes layer after layer) is hit. Failures name the backend, the race
+//! and what was wrong.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::crash::{Tree, run_limited, store_leftovers, tree, tree_diff};
+use common::{Kind, Run, TestStore, privileged};
+
+/// One race at a time: they load the machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const ENVS: usize = 4;
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn race_time() -> Duration {
+    Duration::from_secs(
+        std::env::var("ENVC_RACE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(6),
+    )
+}
+
+/// Environment `r{i}`: the busybox base, a shared layer, and one of its own.
+fn env_spec(i: usize) -> String {
+    format!(
+        "name \"r{i}\"\nbase \"tar\" \"busybox.tar.gz\"\n\
+         layer \"shared\" {{ run \"echo shared > /shared.txt; mkdir -p /opt/s; echo s > /opt/s/f\" }}\n\
+         layer \"own{i}\" {{ run \"echo own {i} > /own.txt\" }}\n"
+    )
+}
+
+fn fixture(kind: Kind, name: &str) -> (TestStore, Vec<PathBuf>) {
+    let t = TestStore::new(kind, name);
+    let specs = (0..ENVS)
+        .map(|i| t.spec(&format!("r{i}.kdl"), &env_spec(i)))
+        .collect();
+    (t, specs)
+}
+
+/// The envs' trees, built in a store of their own without gc.
+fn references(kind: Kind) -> Vec<Tree> {
+    let (t, specs) = fixture(kind, "race-ref");
+    specs.iter().map(|s| tree(&t.apply(s).root())).collect()
+}
+
+fn envc(t: &TestStore, args: &[&str]) -> Result<Run, String> {
+    let mut cmd = t.cmd();
+    cmd.args(args);
+    let r = run_limited(cmd, Duration::from_secs(120))?;
+    if r.code == 0 {
+        Ok(r)
+    } else {
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        Err(format!(
+            "envc {} exited {}: {}",
+            args.join(" "),
+            r.code,
+            lines[lines.len().saturating_sub(8)..].join(" / ")
+        ))
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `gc --keep-bytes 0` until `stop`; returns its failures and how many gcs ran.
+fn gc_loop(t: &TestStore, stop: &AtomicBool) -> (Vec<String>, usize) {
+    let mut fails = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = envc(t, &["gc", "--keep-bytes", "0"]) {
+            fails.push(e);
+        }
+        n += 1;
+    }
+    (fails, n)
+}
+
+fn race_gc_against_applies(kind: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let refs = references(kind);
+    let (t, specs) = fixture(kind, "race-apply");
+    for sp in &specs {
+        t.apply(sp);
+    }
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (gc, appliers) = std::thread::scope(|sc| {
+        let gc = sc.spawn(|| gc_loop(&t, &stop));
+        // Two appliers, each dropping and re-creating the roots of its environments.
+        let appliers: Vec<_> = (0..2)
+            .map(|a| {
+                let (t, specs, refs) = (&t, &specs, &refs);
+                sc.spawn(move || {
+                    let mut fails = Vec::new();
+                    let mut n = 0;
+                    while started.elapsed() < race_time() {
+                        for i in (a..ENVS).step_by(2) {
+                            let name = format!("r{i}");
+                            if let Err(e) = envc(t, &["rm", &name]) {
+                                fails.push(e);
+                            }
+                            match envc(t, &["apply", s(&specs[i])]) {
+                                Err(e) => fails.push(e),
+                                Ok(r) => {
+                                    n += 1;
+                                    // The root as the apply left it, while gc still runs.
+                                    if let Some(d) = tree_diff(&refs[i], &tree(&r.root())) {
+                                        fails.push(format!(
+                                            "r{i}'s root right after its apply: {d}"
+                                        ));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    (fails, n)
+                })
+            })
+            .collect();
+        let appliers: Vec<_> = appliers.into_iter().map(|h| h.join().unwrap()).collect();
+        stop.store(true, Ordering::SeqCst);
+        (gc.join().unwrap(), appliers)
+    });
+    let mut fails: Vec<String> = gc.0.iter().map(|e| format!("gc: {e}")).collect();
+    let applies: usize = appliers.iter().map(|a| a.1).sum();
+    for (f, _) in appliers {
+        fails.extend(f.into_iter().map(|e| format!("apply: {e}")));
+    }
+    // Afterwards (gc stopped): every root is there with its full tree...
+    for (i, want) in refs.iter().enumerate() {
+        let root = t.store.join(format!("roots/r{i}/root"));
+        if kind == Kind::Overlay && !common::crash::mounts().contains_key(s(&root)) {
+            fails.push(format!("after the race: r{i}'s root is not mounted"));
+        }
+        if let Some(d) = tree_diff(want, &tree(&root)) {
+            fails.push(format!("after the race: r{i}'s root: {d}"));
+        }
+        // ... and a plain apply keeps (or repairs) it.
+        match envc(&t, &["apply", s(&specs[i])]) {
+            Err(e) => fails.push(format!("after the race: {e}")),
+            Ok(r) => {
+                if let Some(d) = tree_diff(want, &tree(&r.root())) {
+                    fails.push(format!("after the race and a plain apply: r{i}'s root: {d}"));
+                }
+            }
+        }
+    }
+    let bad = store_leftovers(&t, Duration::from_secs(5));
+    fails.extend(bad.into_iter().map(|b| format!("store after the race: {b}")));
+    say(&format!(
+        "race {kind:?} gc-against-applies: {} gcs, {applies} applies, {} failures",
+        gc.1,
+        fails.len()
+    ));
+    fails.dedup();
+    assert!(
+        fails.is_empty(),
+        "[{kind:?} gc-against-applies] {} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
+}
+
+fn race_gc_against_run(kind: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (t, specs) = fixture(kind, "race-run");
+    // r0 has no working root: only the runs use its layers.
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let want = "shared\ns\nown 0\n";
+    let (gc, (mut fails, runs)) = std::thread::scope(|sc| {
+        let gc = sc.spawn(|| gc_loop(&t, &stop));
+        let mut fails = Vec::new();
+        let mut runs = 0;
+        while started.elapsed() < race_time() {
+            let r = envc(
+                &t,
+                &[
+                    "run",
+                    s(&specs[0]),
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    "sleep 0.2; cat /shared.txt /opt/s/f /own.txt",
+                ],
+            );
+            runs += 1;
+            match r {
+                Err(e) => fails.push(format!("run: {e}")),
+                Ok(r) if r.stdout != want => fails.push(format!(
+                    "run: the command saw {:?}, want {want:?}; stderr: {}",
+                    r.stdout,
+                    r.stderr.lines().last().unwrap_or("")
+                )),
+                Ok(_) => {}
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        (gc.join().unwrap(), (fails, runs))
+    });
+    fails.extend(gc.0.iter().map(|e| format!("gc: {e}")));
+    let bad = store_leftovers(&t, Duration::from_secs(5));
+    fails.extend(bad.into_iter().map(|b| format!("store after the race: {b}")));
+    say(&format!(
+        "race {kind:?} gc-against-run: {} gcs, {runs} runs, {} failures",
+        gc.1,
+        fails.len()
+    ));
+    fails.dedup();
+    assert!(
+        fails.is_empty(),
+        "[{kind:?} gc-against-run] {} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
+}
+
+fn race_two_gcs(kind: Kind) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let refs = references(kind);
+    let (t, specs) = fixture(kind, "race-gcs");
+    let mut fails = Vec::new();
+    let started = Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < race_time() || rounds < 3 {
+        rounds += 1;
+        // r0 keeps its root; the others' layers (but the shared prefix) are unused.
+        for (i, sp) in specs.iter().enumerate() {
+            t.apply(sp);
+            if i > 0 {
+                let r = t.envc(&["rm", &format!("r{i}")]);
+                assert_eq!(r.code, 0, "rm: {}", r.stderr);
+            }
+        }
+        let (a, b) = std::thread::scope(|sc| {
+            let a = sc.spawn(|| envc(&t, &["gc", "--keep-bytes", "0"]));
+            let b = sc.spawn(|| envc(&t, &["gc", "--keep-bytes", "0"]));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        for r in [a, b] {
+            if let Err(e) = r {
+                fails.push(format!("round {rounds}: gc: {e}"));
+            }
+        }
+        let bad = store_leftovers(&t, Duration::from_secs(5));
+        fails.extend(bad.into_iter().map(|b| format!("round {rounds}: store: {b}")));
+        let layers = std::fs::read_dir(t.store.join("layers")).unwrap().count();
+        if layers != 3 {
+            fails.push(format!(
+                "round {rounds}: {layers} layers left, want 3 (r0's chain: base, shared, own0)"
+            ));
+        }
+        if let Some(d) = tree_diff(&refs[0], &tree(&t.store.join("roots/r0/root"))) {
+            fails.push(format!("round {rounds}: r0's root: {d}"));
+        }
+    }
+    say(&format!(
+        "race {kind:?} two-gcs: {rounds} rounds, {} failures",
+        fails.len()
+    ));
+    assert!(
+        fails.is_empty(),
+        "[{kind:?} two-gcs] {} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
+}
+
+macro_rules! on_each_backend {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        mod overlay {
+            $(#[test] fn $name() { if super::privileged(stringify!($name)) { super::$body(super::Kind::Overlay) } })*
+        }
+        mod btrfs {
+            $(#[test] fn $name() { if super::privileged(stringify!($name)) { super::$body(super::Kind::Btrfs) } })*
+        }
+    };
+}
+
+on_each_backend!(
+    gc_against_applies_creating_roots => race_gc_against_applies,
+    gc_against_run => race_gc_against_run,
+    two_gcs_at_once => race_two_gcs,
+);
