@@ -359,18 +359,8 @@ fn case(kind: Kind, mode: Mode, c: &Case, refs: &Reference, shm: &Decoy) -> Vec<
     if let Some(d) = tree_diff(want, &tree(&root)) {
         fail("(e) tree", format!("{} root: {d}", spec.display()));
     }
-    if c.action == Gc {
-        // The half-removed layers of the old spec: rebuilt or reused with their content.
-        match apply(&t, &old, &[]) {
-            Ok(root) => {
-                if let Some(d) = tree_diff(&refs.old, &tree(&root)) {
-                    fail("(e) tree", format!("old.kdl root: {d}"));
-                }
-            }
-            Err(e) => fail("(a) apply of the spec whose layers gc removed", e),
-        }
-    }
-    // (f) Records and leftovers, after a gc that only sweeps.
+    // (f) Records and leftovers, after a gc that only sweeps (for a killed gc: before the spec
+    // whose layers it removed is applied again, which would rewrite their records).
     let mut sweep = t.cmd();
     sweep.args(["gc", "--older-than", "3650d"]);
     match run_limited(sweep, Duration::from_secs(120)) {
@@ -385,6 +375,17 @@ fn case(kind: Kind, mode: Mode, c: &Case, refs: &Reference, shm: &Decoy) -> Vec<
             format!("exit {}: {}", r.code, tail(&r.stderr, 10)),
         ),
         Err(e) => fail("(f) gc after the kill", e),
+    }
+    if c.action == Gc {
+        // The half-removed layers of the old spec: rebuilt or reused with their content.
+        match apply(&t, &old, &[]) {
+            Ok(root) => {
+                if let Some(d) = tree_diff(&refs.old, &tree(&root)) {
+                    fail("(e) tree", format!("old.kdl root: {d}"));
+                }
+            }
+            Err(e) => fail("(a) apply of the spec whose layers gc removed", e),
+        }
     }
     fails
 }
