@@ -29,7 +29,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::crash::{
-    Decoy, MODES, Mode, Trigger, Tree, kill_at, leftover_processes, mounts, run_limited,
+    Decoy, MODES, Mode, Tree, Trigger, kill_at, leftover_processes, mounts, run_limited,
     store_leftovers, tree, tree_diff, wait_no_new_mounts,
 };
 use common::{Kind, TestStore, privileged};
@@ -169,14 +169,38 @@ const CASES: &[Case] = &[
     fp("copy-before", Main, Fresh, Apply, "step-before#3"),
     fp("copy-after", Main, Fresh, Apply, "step-after#3"),
     fp("seal-before-publish", Main, Fresh, Apply, "seal-before#2"),
-    fp("seal-published-no-meta", Main, Fresh, Apply, "seal-published#2"),
+    fp(
+        "seal-published-no-meta",
+        Main,
+        Fresh,
+        Apply,
+        "seal-published#2",
+    ),
     fp("seal-after-meta", Main, Fresh, Apply, "seal-recorded#2"),
-    fp("seal-base-published-no-meta", Main, Fresh, Apply, "seal-published#1"),
+    fp(
+        "seal-base-published-no-meta",
+        Main,
+        Fresh,
+        Apply,
+        "seal-published#1",
+    ),
     fp("root-before-mount", Main, Fresh, Apply, "root-before"),
     fp("root-mounted-no-record", Main, Fresh, Apply, "root-made"),
     fp("root-after-record", Main, Fresh, Apply, "root-recorded"),
-    fp("reset-old-root-dropped", Main, Changed, Reset, "root-dropped"),
-    fp("gc-data-removed-no-meta", Main, OldUnused, Gc, "gc-removed#1"),
+    fp(
+        "reset-old-root-dropped",
+        Main,
+        Changed,
+        Reset,
+        "root-dropped",
+    ),
+    fp(
+        "gc-data-removed-no-meta",
+        Main,
+        OldUnused,
+        Gc,
+        "gc-removed#1",
+    ),
     fp("gc-between-two-layers", Main, OldUnused, Gc, "gc-between#1"),
     Case {
         name: "run-command-running",
@@ -288,10 +312,11 @@ fn case(kind: Kind, mode: Mode, c: &Case, refs: &Reference, shm: &Decoy) -> Vec<
         Apply => cmd.arg("apply").arg(&spec),
         Reset => cmd.arg("apply").arg(&spec).arg("--reset"),
         Gc => cmd.args(["gc", "--keep-bytes", "0"]),
-        Run => cmd
-            .arg("run")
-            .arg(&spec)
-            .args(["--", "/bin/sh", "-c", "echo ready; exec sleep 120"]),
+        Run => {
+            cmd.arg("run")
+                .arg(&spec)
+                .args(["--", "/bin/sh", "-c", "echo ready; exec sleep 120"])
+        }
     };
     let killed = match kill_at(cmd, c.trigger, mode) {
         Ok(k) => k,
@@ -302,10 +327,7 @@ fn case(kind: Kind, mode: Mode, c: &Case, refs: &Reference, shm: &Decoy) -> Vec<
     };
     if let Trigger::Failpoint(p) = c.trigger {
         let point = p.split('#').next().unwrap();
-        if !killed
-            .stderr
-            .contains(&format!("envc: stopped at {point}"))
-        {
+        if !killed.stderr.contains(&format!("envc: stopped at {point}")) {
             // Stopped, but not by envc's failpoint: the harness's fault.
             fail(
                 "harness",
@@ -521,7 +543,9 @@ fn kill_9_during_a_debian_base_build() {
                 match apply(&t, &spec, &[]) {
                     Err(e) => fail("(a) the next apply", e),
                     Ok(root) => {
-                        if std::fs::read_to_string(root.join("one.txt")).ok().as_deref()
+                        if std::fs::read_to_string(root.join("one.txt"))
+                            .ok()
+                            .as_deref()
                             != Some("one\n")
                         {
                             fail("(e) tree", "the root lacks /one.txt".into());

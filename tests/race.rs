@@ -162,13 +162,18 @@ fn race_gc_against_applies(kind: Kind) {
             Err(e) => fails.push(format!("after the race: {e}")),
             Ok(r) => {
                 if let Some(d) = tree_diff(want, &tree(&r.root())) {
-                    fails.push(format!("after the race and a plain apply: r{i}'s root: {d}"));
+                    fails.push(format!(
+                        "after the race and a plain apply: r{i}'s root: {d}"
+                    ));
                 }
             }
         }
     }
     let bad = store_leftovers(&t, Duration::from_secs(5));
-    fails.extend(bad.into_iter().map(|b| format!("store after the race: {b}")));
+    fails.extend(
+        bad.into_iter()
+            .map(|b| format!("store after the race: {b}")),
+    );
     say(&format!(
         "race {kind:?} gc-against-applies: {} gcs, {applies} applies, {} failures",
         gc.1,
@@ -222,7 +227,10 @@ fn race_gc_against_run(kind: Kind) {
     });
     fails.extend(gc.0.iter().map(|e| format!("gc: {e}")));
     let bad = store_leftovers(&t, Duration::from_secs(5));
-    fails.extend(bad.into_iter().map(|b| format!("store after the race: {b}")));
+    fails.extend(
+        bad.into_iter()
+            .map(|b| format!("store after the race: {b}")),
+    );
     say(&format!(
         "race {kind:?} gc-against-run: {} gcs, {runs} runs, {} failures",
         gc.1,
@@ -265,7 +273,10 @@ fn race_two_gcs(kind: Kind) {
             }
         }
         let bad = store_leftovers(&t, Duration::from_secs(5));
-        fails.extend(bad.into_iter().map(|b| format!("round {rounds}: store: {b}")));
+        fails.extend(
+            bad.into_iter()
+                .map(|b| format!("round {rounds}: store: {b}")),
+        );
         let layers = std::fs::read_dir(t.store.join("layers")).unwrap().count();
         if layers != 3 {
             fails.push(format!(

@@ -43,7 +43,9 @@ struct Target {
 
 fn target() -> Option<&'static Target> {
     static TARGET: OnceLock<Option<Target>> = OnceLock::new();
-    TARGET.get_or_init(|| parse(&std::env::var(VAR).ok()?)).as_ref()
+    TARGET
+        .get_or_init(|| parse(&std::env::var(VAR).ok()?))
+        .as_ref()
 }
 
 fn parse(value: &str) -> Option<Target> {

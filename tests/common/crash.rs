@@ -70,7 +70,9 @@ fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
             if n == 0 {
                 break;
             }
-            o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            o.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     out
@@ -103,7 +105,12 @@ fn process_table() -> BTreeMap<i32, (i32, char)> {
 
 fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 
@@ -186,10 +193,9 @@ pub fn leftover_processes(store: &Path, pgid: i32, grace: Duration) -> Vec<Strin
                     return false;
                 }
                 let cmd = cmdline(pid);
-                if cmd.contains("__envc-reap")
-                    || (cmd.starts_with("/usr/bin/rm ") || cmd.starts_with("rm "))
-                        && cmd.contains("--one-file-system")
-                {
+                let background_rm = (cmd.starts_with("/usr/bin/rm ") || cmd.starts_with("rm "))
+                    && cmd.contains("--one-file-system");
+                if cmd.contains("__envc-reap") || background_rm {
                     return false;
                 }
                 let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
@@ -242,9 +248,8 @@ pub fn new_mounts(baseline: &BTreeMap<String, usize>, store: &Path) -> Vec<Strin
         .filter(|m| {
             let p = Path::new(m);
             let is_root = p.starts_with(&roots)
-                && p.strip_prefix(&roots).is_ok_and(|r| {
-                    r.components().count() == 2 && r.ends_with("root")
-                });
+                && p.strip_prefix(&roots)
+                    .is_ok_and(|r| r.components().count() == 2 && r.ends_with("root"));
             let someone_elses = m.starts_with(&others) && !m.contains(&mine);
             !is_root && !someone_elses
         })
@@ -420,16 +425,14 @@ pub fn run_limited(mut cmd: Command, limit: Duration) -> Result<Run, String> {
     };
     // The pipes close when envc and whatever inherited them are gone; give the readers a moment.
     let deadline = Instant::now() + Duration::from_millis(500);
-    while Arc::strong_count(&stdout) + Arc::strong_count(&stderr) > 2 && Instant::now() < deadline
-    {
+    while Arc::strong_count(&stdout) + Arc::strong_count(&stderr) > 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let out = Run {
+    Ok(Run {
         code: status.code().unwrap_or(-1),
         stdout: stdout.lock().unwrap().clone(),
         stderr: stderr.lock().unwrap().clone(),
-    };
-    Ok(out)
+    })
 }
 
 /// The store's records after a kill, a successful apply and a sweeping `gc`: no staging area or
