@@ -30,4 +30,15 @@ pub enum Warning {
         /// Why.
         reason: String,
     },
+    /// A working root's record cannot be read, so gc cannot know which layers it uses, and
+    /// removes none.
+    #[error(
+        "working root `{root}` has no readable record ({reason}): gc removes no layer until it is repaired (`envc rm {root}`, or `envc apply` of its spec)"
+    )]
+    RootUnknown {
+        /// The environment.
+        root: String,
+        /// What is wrong with its record.
+        reason: String,
+    },
 }

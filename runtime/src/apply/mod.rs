@@ -148,19 +148,24 @@ impl Runtime {
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let lock = self.store.lock_root(&plan.name)?;
         let rec = self.store.read_root(&plan.name)?;
+        // A layer of the root's own chain had to be built: the root stands on layers that were
+        // gone, and is made again.
         let fresh = reset
+            || built > 0
             || rec.as_ref().is_none_or(|r| r.chain != chain)
-            || !self.backend().root_ready(&plan.name)?;
+            || !self.backend().root_ready(&plan.name, &chain)?;
         let root = if fresh {
-            let made = self.backend().create_root(&plan.name, &chain);
-            self.forward_warnings(sink);
-            let made = made?;
+            // The record first: from here on the chain counts as in use for gc, whatever
+            // happens to this process while the root is made.
             self.store.write_root(&RootRecord {
                 name: plan.name.clone(),
                 spec: plan.spec.as_ref().map(|p| p.display().to_string()),
                 chain: chain.clone(),
                 created: store::now(),
             })?;
+            let made = self.backend().create_root(&plan.name, &chain);
+            self.forward_warnings(sink);
+            let made = made?;
             self.touch(&chain);
             if made.reap {
                 // Waits for the root's lock, so it starts its work once this apply is done.
@@ -259,8 +264,9 @@ impl Runtime {
             .into());
         }
         let _lock = self.store.lock_root(name)?;
-        // A root with an unreadable record is still removed.
-        let existed = !matches!(self.store.read_root(name), Ok(None));
+        // A root with an unreadable or missing record is still removed.
+        let existed = !matches!(self.store.read_root(name), Ok(None))
+            || self.backend().layout().root_dir(name).exists();
         self.backend().drop_root(name)?;
         self.store.remove_root_record(name)?;
         Ok(existed)

@@ -91,7 +91,7 @@ impl Backend for FakeBackend {
         let _ = fs::remove_dir_all(self.layout.layer(id));
         Ok(())
     }
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+    fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         Ok(self.root_path(name).is_dir())
     }
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {

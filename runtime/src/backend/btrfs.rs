@@ -125,7 +125,7 @@ impl Backend for Btrfs {
         Self::delete_subvolume(&path)
     }
 
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+    fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         Ok(is_subvolume(&self.root_path(name)))
     }
 

@@ -412,9 +412,10 @@ pub trait Backend: Send + Sync {
     fn root_path(&self, name: &str) -> PathBuf {
         self.layout().root_dir(name).join("root")
     }
-    /// Whether the working root exists and is usable (mounted, for overlay). An error means it
+    /// Whether the working root of `chain` exists and is usable. A root that is still in the store
+    /// but not mounted (after a reboot) is mounted again, with its changes. An error means it
     /// exists but cannot be made usable: the caller must not replace it silently.
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError>;
+    fn root_ready(&self, name: &str, chain: &[LayerId]) -> Result<bool, BackendError>;
     /// (Re)creates the working root as a fresh writable snapshot of `chain`'s last layer.
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError>;
     /// Removes a working root.

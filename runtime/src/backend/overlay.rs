@@ -33,6 +33,29 @@ impl Overlay {
         chain.iter().rev().map(|id| self.layout.layer(id)).collect()
     }
 
+    /// Mounts the working root `name` over `chain`, with its upper directory as it is (created
+    /// if missing). Returns the mount point.
+    fn mount_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
+        let dir = self.layout.root_dir(name);
+        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        sys::kernel()
+            .mount_overlay(&self.lowers(chain), &upper, &work, &mnt)
+            .map_err(|e| {
+                let (op, path) = match &e.stage {
+                    sys::OverlayStage::Open => ("open overlay context for", &mnt),
+                    sys::OverlayStage::Lower(l) => ("add lower layer", l),
+                    sys::OverlayStage::Upper(_) => ("set upper dir", &upper),
+                    sys::OverlayStage::Work(_) => ("set work dir", &work),
+                    sys::OverlayStage::Create | sys::OverlayStage::Attach => {
+                        ("mount working root at", &mnt)
+                    }
+                };
+                io_err(op, path)(e.source)
+            })?;
+        Ok(mnt)
+    }
+
     fn mkdirs(dirs: &[&Path]) -> Result<(), BackendError> {
         for d in dirs {
             fs::create_dir_all(d).map_err(io_err("create", d))?;
@@ -120,29 +143,24 @@ impl Backend for Overlay {
         }
     }
 
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
-        Ok(is_mounted(&self.root_path(name)))
+    fn root_ready(&self, name: &str, chain: &[LayerId]) -> Result<bool, BackendError> {
+        let dir = self.layout.root_dir(name);
+        if is_mounted(&dir.join("root")) {
+            return Ok(true);
+        }
+        // Not mounted (after a reboot): the root's changes are still in its upper directory;
+        // mount it again over the same chain. If that fails, the error stops the apply: the root
+        // is never replaced silently.
+        if !dir.join("upper").is_dir() {
+            return Ok(false);
+        }
+        self.mount_root(name, chain)?;
+        Ok(true)
     }
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
         self.drop_root(name)?;
-        let dir = self.layout.root_dir(name);
-        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
-        Self::mkdirs(&[&upper, &work, &mnt])?;
-        sys::kernel()
-            .mount_overlay(&self.lowers(chain), &upper, &work, &mnt)
-            .map_err(|e| {
-                let (op, path) = match &e.stage {
-                    sys::OverlayStage::Open => ("open overlay context for", &mnt),
-                    sys::OverlayStage::Lower(l) => ("add lower layer", l),
-                    sys::OverlayStage::Upper(_) => ("set upper dir", &upper),
-                    sys::OverlayStage::Work(_) => ("set work dir", &work),
-                    sys::OverlayStage::Create | sys::OverlayStage::Attach => {
-                        ("mount working root at", &mnt)
-                    }
-                };
-                io_err(op, path)(e.source)
-            })?;
+        let mnt = self.mount_root(name, chain)?;
         Ok(RootMade {
             path: mnt,
             reap: false,

@@ -269,7 +269,7 @@ impl Backend for Lvm {
         remove_dir_if_exists(&doomed)
     }
 
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+    fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         let mnt = self.root_path(name);
         if is_mounted(&mnt) {
             return Ok(true);
