@@ -123,7 +123,8 @@ impl Runtime {
             self.backend().discard(&layer.id)?;
             sink(Event::Building { index, layer });
             let started = Instant::now();
-            self.build(plan, index, sink)?;
+            self.build(plan, index, sink)
+                .map_err(|e| e.in_layer(index, &layer.name))?;
             drop(lock);
             held.push(self.store.share_layer(&layer.id)?);
             built += 1;

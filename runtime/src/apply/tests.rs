@@ -419,7 +419,16 @@ fn a_failed_seal_rolls_back_and_publishes_nothing() {
     let plan = plan();
     f.fail.lock().unwrap().push("seal 0202".into());
     let err = f.apply(&plan).unwrap_err();
-    assert!(matches!(err, ApplyError::Backend(_)), "{err}");
+    let ApplyError::Layer { index, source, .. } = &err else {
+        panic!("a failed seal names its layer: {err}");
+    };
+    assert_eq!(*index, 1);
+    assert!(matches!(**source, ApplyError::Backend(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("layer `{}`", plan.layers[1].name)),
+        "{err}"
+    );
     let calls = f.take();
     assert_eq!(
         &calls[calls.len() - 2..],
