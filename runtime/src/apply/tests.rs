@@ -11,7 +11,8 @@ use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
 
 use super::{ApplyError, Event, Executor, Runtime};
 use crate::backend::{
-    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
+    Scratch,
 };
 use crate::sandbox::{Action, RootSource, SandboxError, Spec};
 use crate::store::Store;
@@ -73,8 +74,13 @@ impl Backend for FakeBackend {
             mountpoint: st,
         })
     }
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
         self.check(format!("seal {}", build.id.short(4)))?;
+        record(7).map_err(|source| BackendError::Record {
+            id: build.id,
+            source,
+        })?;
+        note(&self.journal, format!("publish {}", build.id.short(4)));
         fs::rename(&build.mountpoint, self.layout.layer(&build.id)).unwrap();
         Ok(7)
     }
