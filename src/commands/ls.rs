@@ -16,6 +16,11 @@ use crate::human;
 pub fn ls(store: &Path, backend: Option<Backend>, json: bool) -> Result<(), CliError> {
     let rt = crate::store::open(store, backend)?;
     let layers = rt.store.layers()?;
+    // Entries of the wrong type in layers/ (a symlink, a file) are never layers: named, not
+    // listed.
+    for e in rt.store.damaged_layers()? {
+        crate::report::warn(&e);
+    }
     let roots = rt.store.roots()?;
     let capacity = crate::store::capacity(&rt.store);
     if json {
