@@ -27,6 +27,7 @@ macro_rules! both {
 
 both!(
     records_are_fsynced_renamed_and_their_directory_fsynced,
+    a_kill_at_any_record_write_or_publish_leaves_no_layer_without_its_record,
     a_layer_sealed_without_its_record_is_repaired_by_the_next_apply,
     leftovers_of_dead_processes_go_and_those_of_live_ones_stay,
     a_layer_replaced_by_a_symlink_is_refused_and_its_target_untouched,
@@ -373,4 +374,75 @@ fn a_record_naming_another_layer_is_corrupt_until_an_apply_rewrites_it(kind: Kin
     let ls = t.envc(&["ls"]);
     assert_eq!(ls.code, 0, "{}", ls.stderr);
     assert!(ls.stdout.contains(&format!(" a {}", &ids[1][..12])), "{}", ls.stdout);
+}
+
+/// Every sealed layer has a readable record naming it.
+fn assert_every_layer_recorded(t: &TestStore, context: &str) {
+    for id in names(&t.store.join("layers")) {
+        let meta = t.store.join("meta").join(format!("{id}.json"));
+        let text = std::fs::read_to_string(&meta)
+            .unwrap_or_else(|e| panic!("{context}: layer {id} without its record: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{context}: record of {id} unreadable: {e}"));
+        assert_eq!(v["id"].as_str(), Some(id.as_str()), "{context}");
+    }
+}
+
+fn a_kill_at_any_record_write_or_publish_leaves_no_layer_without_its_record(kind: Kind) {
+    // envc itself (not its children) is killed with SIGKILL at its Nth rename (overlay: the
+    // publishing of a layer, or of its log) or its Nth renameat (a record: store.json, a
+    // layer's record before the layer is published, root.json, a layer's last use).
+    let mut kills = 0;
+    for (call, n) in (1..=4)
+        .map(|n| ("rename", n))
+        .chain((1..=6).map(|n| ("renameat", n)))
+    {
+        let context = format!("killed at {call} #{n}");
+        let t = TestStore::new(kind, "killrec");
+        let spec = t.spec(
+            "env.kdl",
+            &format!("name \"k\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n"),
+        );
+        let out = Command::new("strace")
+            .args(["-qq", "-o", "/dev/null", "-e"])
+            .arg(format!("trace={call}"))
+            .arg("-e")
+            .arg(format!("inject={call}:signal=KILL:when={n}"))
+            .arg(common::ENVC)
+            .args(t.cmd().get_args())
+            .arg("apply")
+            .arg(&spec)
+            .envs(t.cmd().get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(Stdio::null())
+            .output()
+            .expect("strace (apt-get install strace)");
+        if out.status.success() {
+            continue; // fewer such calls than n on this backend
+        }
+        kills += 1;
+        assert_every_layer_recorded(&t, &context);
+        let r = t.apply(&spec);
+        assert_eq!(
+            std::fs::read_to_string(r.root().join("a")).unwrap(),
+            "a\n",
+            "{context}"
+        );
+        assert_every_layer_recorded(&t, &context);
+        let ls = t.envc(&["ls"]);
+        assert!(ls.code == 0 && !ls.stdout.contains("? "), "{context}: {}", ls.stdout);
+        assert_eq!(t.envc(&["gc"]).code, 0, "{context}");
+        let mut layers = names(&t.store.join("layers"));
+        layers.iter_mut().for_each(|l| l.push_str(".json"));
+        let mut metas = names(&t.store.join("meta"));
+        metas.retain(|m| !m.ends_with(".log"));
+        assert_eq!(metas, layers, "{context}: a record without a layer or a temporary");
+        for dir in [t.store.clone(), t.store.join("roots/k")] {
+            assert!(
+                names(&dir).iter().all(|n| !n.contains(".tmp.")),
+                "{context}: {:?}",
+                names(&dir)
+            );
+        }
+    }
+    assert!(kills >= 6, "only {kills} kill points were reached");
 }
