@@ -101,7 +101,14 @@ fn records_are_fsynced_renamed_and_their_directory_fsynced(kind: Kind) {
     );
     let trace = t.specs.join("strace.out");
     let out = Command::new("strace")
-        .args(["-f", "-y", "-qq", "-e", "trace=fsync,rename,renameat,renameat2", "-o"])
+        .args([
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,rename,renameat,renameat2",
+            "-o",
+        ])
         .arg(&trace)
         .arg(common::ENVC)
         .args(t.cmd().get_args())
@@ -111,7 +118,11 @@ fn records_are_fsynced_renamed_and_their_directory_fsynced(kind: Kind) {
         .stdin(Stdio::null())
         .output()
         .expect("strace (apt-get install strace)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<String> = std::fs::read_to_string(&trace)
         .unwrap()
         .lines()
@@ -137,18 +148,32 @@ fn records_are_fsynced_renamed_and_their_directory_fsynced(kind: Kind) {
         let synced_dir = lines[i + 1..]
             .iter()
             .any(|p| p.contains("fsync(") && p.contains(&format!("<{dir}>")));
-        assert!(synced_file, "{name}: not fsynced before its rename:\n{}", lines.join("\n"));
-        assert!(synced_dir, "{name}: its directory not fsynced after the rename");
+        assert!(
+            synced_file,
+            "{name}: not fsynced before its rename:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            synced_dir,
+            "{name}: its directory not fsynced after the rename"
+        );
         records.push(name.to_owned());
     }
     for want in ["store.json", "root.json"] {
-        assert!(records.iter().any(|r| r == want), "{want} not written durably: {records:?}");
+        assert!(
+            records.iter().any(|r| r == want),
+            "{want} not written durably: {records:?}"
+        );
     }
     let metas: std::collections::BTreeSet<&String> =
         records.iter().filter(|r| r.len() == 64 + 5).collect();
     assert_eq!(metas.len(), 2, "both layers' records: {records:?}");
     // No temporary is left anywhere.
-    for dir in [t.store.clone(), t.store.join("meta"), t.store.join("roots/dur")] {
+    for dir in [
+        t.store.clone(),
+        t.store.join("meta"),
+        t.store.join("roots/dur"),
+    ] {
         assert!(
             names(&dir).iter().all(|n| !n.contains(".tmp.")),
             "{}: {:?}",
@@ -177,7 +202,11 @@ fn a_layer_sealed_without_its_record_is_repaired_by_the_next_apply(kind: Kind) {
     let ls = t.envc(&["ls"]);
     assert_eq!(ls.code, 0, "{}", ls.stderr);
     assert!(!ls.stdout.contains("? "), "{}", ls.stdout);
-    assert!(ls.stdout.contains(&format!(" a {}", &ids[1][..12])), "{}", ls.stdout);
+    assert!(
+        ls.stdout.contains(&format!(" a {}", &ids[1][..12])),
+        "{}",
+        ls.stdout
+    );
     let v: serde_json::Value = serde_json::from_str(&t.envc(&["ls", "--json"]).stdout).unwrap();
     let a = v["layers"]
         .as_array()
@@ -185,7 +214,10 @@ fn a_layer_sealed_without_its_record_is_repaired_by_the_next_apply(kind: Kind) {
         .iter()
         .find(|l| l["id"] == ids[1].as_str())
         .unwrap();
-    assert_eq!((a["name"].as_str(), a["env"].as_str()), (Some("a"), Some("integ")));
+    assert_eq!(
+        (a["name"].as_str(), a["env"].as_str()),
+        (Some("a"), Some("integ"))
+    );
     assert_eq!(a["parent"].as_str(), Some(ids[0].as_str()));
     assert!(a["size"].as_u64().unwrap() > 0, "measured: {a}");
     assert!(a["key"].is_object(), "{a}");
@@ -248,30 +280,51 @@ fn leftovers_of_dead_processes_go_and_those_of_live_ones_stay(kind: Kind) {
     let (orphan, tmps, run) = make();
     let child = t
         .cmd()
-        .args(["run", spec.to_str().unwrap(), "--", "sh", "-c", "sleep 3; cat /b"])
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "sleep 3; cat /b",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let live_prefix = format!("run-{}-", child.id());
     let started = Instant::now();
-    while !names(&t.store.join("tmp")).iter().any(|n| n.starts_with(&live_prefix)) {
-        assert!(started.elapsed() < Duration::from_secs(20), "the run never started");
+    while !names(&t.store.join("tmp"))
+        .iter()
+        .any(|n| n.starts_with(&live_prefix))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let gc = t.envc(&["gc"]);
     assert_eq!(gc.code, 0, "{}", gc.stderr);
-    assert!(gc.stdout.is_empty(), "no layer is old enough: {}", gc.stdout);
+    assert!(
+        gc.stdout.is_empty(),
+        "no layer is old enough: {}",
+        gc.stdout
+    );
     assert!(!gc.stderr.contains("warning"), "{}", gc.stderr);
     gone(&orphan, &tmps, &run);
     assert!(
-        names(&t.store.join("tmp")).iter().any(|n| n.starts_with(&live_prefix)),
+        names(&t.store.join("tmp"))
+            .iter()
+            .any(|n| n.starts_with(&live_prefix)),
         "the live run's root was removed"
     );
     let r = Run::from(child.wait_with_output().unwrap());
     assert_eq!((r.code, r.stdout.as_str()), (0, "b\n"), "{}", r.stderr);
     assert!(
-        names(&t.store.join("tmp")).iter().all(|n| !n.starts_with("run-")),
+        names(&t.store.join("tmp"))
+            .iter()
+            .all(|n| !n.starts_with("run-")),
         "{:?}",
         names(&t.store.join("tmp"))
     );
@@ -306,7 +359,12 @@ fn a_layer_replaced_by_a_symlink_is_refused_and_its_target_untouched(kind: Kind)
     let gc = t.envc(&["gc", "--keep-bytes", "0"]);
     assert_eq!(gc.code, 0, "{}", gc.stderr);
     assert!(gc.stderr.contains(layer.to_str().unwrap()), "{}", gc.stderr);
-    assert!(std::fs::symlink_metadata(&layer).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&layer)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read_to_string(&decoy).unwrap(), "host data\n");
     assert_eq!(names(decoy_dir.path()), ["precious"]);
     // The repair the error names works.
@@ -373,7 +431,11 @@ fn a_record_naming_another_layer_is_corrupt_until_an_apply_rewrites_it(kind: Kin
     assert!(r.stderr.contains("an unreadable record"), "{}", r.stderr);
     let ls = t.envc(&["ls"]);
     assert_eq!(ls.code, 0, "{}", ls.stderr);
-    assert!(ls.stdout.contains(&format!(" a {}", &ids[1][..12])), "{}", ls.stdout);
+    assert!(
+        ls.stdout.contains(&format!(" a {}", &ids[1][..12])),
+        "{}",
+        ls.stdout
+    );
 }
 
 /// Every sealed layer has a readable record naming it.
@@ -429,13 +491,20 @@ fn a_kill_at_any_record_write_or_publish_leaves_no_layer_without_its_record(kind
         );
         assert_every_layer_recorded(&t, &context);
         let ls = t.envc(&["ls"]);
-        assert!(ls.code == 0 && !ls.stdout.contains("? "), "{context}: {}", ls.stdout);
+        assert!(
+            ls.code == 0 && !ls.stdout.contains("? "),
+            "{context}: {}",
+            ls.stdout
+        );
         assert_eq!(t.envc(&["gc"]).code, 0, "{context}");
         let mut layers = names(&t.store.join("layers"));
         layers.iter_mut().for_each(|l| l.push_str(".json"));
         let mut metas = names(&t.store.join("meta"));
         metas.retain(|m| !m.ends_with(".log"));
-        assert_eq!(metas, layers, "{context}: a record without a layer or a temporary");
+        assert_eq!(
+            metas, layers,
+            "{context}: a record without a layer or a temporary"
+        );
         for dir in [t.store.clone(), t.store.join("roots/k")] {
             assert!(
                 names(&dir).iter().all(|n| !n.contains(".tmp.")),

@@ -14,8 +14,8 @@
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -428,7 +428,9 @@ impl Store {
         loop {
             let lock = self
                 .lock_file(
-                    path.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default(),
                     FlockArg::LockExclusive,
                 )?
                 .ok_or_else(|| io_err("lock", &path)(io::ErrorKind::WouldBlock.into()))?;
@@ -540,7 +542,10 @@ impl Store {
         let meta: Option<Meta> = read_record(&path)?;
         if let Some(m) = &meta {
             let bad = if m.id != *id {
-                Some(format!("it records layer {}, not the layer of its name", m.id))
+                Some(format!(
+                    "it records layer {}, not the layer of its name",
+                    m.id
+                ))
             } else if m.parent == Some(*id) {
                 Some("it names its own layer as its parent".to_owned())
             } else {

@@ -645,6 +645,9 @@ fn orphan_records_and_temporaries_of_dead_writers_go_and_live_ones_stay() {
     assert!(live.exists(), "a live writer's temporary stays");
     assert_eq!(f.sealed(), [id(1), id(2), id(3)]);
     for n in 1..=3 {
-        assert!(store.read_meta(&id(n)).unwrap().is_some(), "sealed layers keep theirs");
+        assert!(
+            store.read_meta(&id(n)).unwrap().is_some(),
+            "sealed layers keep theirs"
+        );
     }
 }

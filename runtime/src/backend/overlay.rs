@@ -13,7 +13,8 @@ use envc_plan::LayerId;
 
 use super::{
     Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
-    Scratch, delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir, unmount,
+    Scratch, delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir,
+    unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;

@@ -335,7 +335,10 @@ mod tests {
         let link = dir.join("link.json");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let e = read(&link).unwrap_err().to_string();
-        assert!(e.contains("link.json") && e.contains("a symbolic link"), "{e}");
+        assert!(
+            e.contains("link.json") && e.contains("a symbolic link"),
+            "{e}"
+        );
         let fifo = dir.join("fifo.json");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         // Returns at once: a FIFO is never opened for reading (which would block).
@@ -352,7 +355,9 @@ mod tests {
         let real = dir.join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, dir.join("linked")).unwrap();
-        let e = write(&dir.join("linked/r.json"), b"x").unwrap_err().to_string();
+        let e = write(&dir.join("linked/r.json"), b"x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("linked") && e.contains("a symbolic link"), "{e}");
         assert!(names(&real).is_empty());
         // Writing over a record that is a link replaces the link, never its target.

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Backend, BackendConfig, BackendError, BackendKind, Build, Capacity, Inventory, Labels, Layout,
-    RecordHook, RootAdoption, RootMade, Scratch, VolumeBuild, VolumeLayer, VolumeRoot, io_err, is_mounted,
-    remove_dir_if_exists, sweep_tmp, sync_dir, unmount,
+    RecordHook, RootAdoption, RootMade, Scratch, VolumeBuild, VolumeLayer, VolumeRoot, io_err,
+    is_mounted, remove_dir_if_exists, sweep_tmp, sync_dir, unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
