@@ -569,6 +569,34 @@ impl Store {
         write_json(&self.meta_path(&meta.id), meta)
     }
 
+    /// Writes several layers' metadata, each atomically and durably, with one fsync of `meta/`
+    /// for all; returns each one's result (an error of `meta/` itself fails them all).
+    pub fn write_metas(&self, metas: &[Meta]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let names: Vec<String> = metas.iter().map(|m| format!("{}.json", m.id)).collect();
+        let encoded: Vec<Result<Vec<u8>, StoreError>> = metas
+            .iter()
+            .map(|m| {
+                serde_json::to_vec_pretty(m).map_err(|e| StoreError::Encode {
+                    path: self.meta_path(&m.id),
+                    reason: e.to_string(),
+                })
+            })
+            .collect();
+        let ok: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(&encoded)
+            .filter_map(|(n, e)| Some((n.as_str(), e.as_deref().ok()?)))
+            .collect();
+        let mut written = record::write_in(&self.root.join("meta"), &ok)?.into_iter();
+        Ok(encoded
+            .into_iter()
+            .map(|e| match e {
+                Ok(_) => written.next().unwrap_or(Ok(())),
+                Err(e) => Err(e),
+            })
+            .collect())
+    }
+
     /// Every sealed layer with its metadata (a layer without metadata gets a stub; unreadable
     /// metadata is an error naming its file).
     pub fn layers(&self) -> Result<Vec<Meta>, StoreError> {

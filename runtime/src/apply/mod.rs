@@ -190,22 +190,35 @@ impl Runtime {
     /// it (a layer's last use only guides gc, so the apply goes on).
     fn touch<'p>(&self, chain: &[LayerId], sink: Sink<'_, 'p>) {
         let now = store::now();
+        let mut metas = Vec::with_capacity(chain.len());
         for id in chain {
-            let written = match self.store.read_meta(id) {
+            match self.store.read_meta(id) {
                 Ok(Some(mut m)) => {
                     m.last_used = now;
-                    self.store.write_meta(&m)
+                    metas.push(m);
                 }
                 // Only a layer gc removed since realize (it then has no record to update).
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                sink(Event::Warning(Warning::RecordNotUpdated {
+                Ok(None) => {}
+                Err(e) => sink(Event::Warning(Warning::RecordNotUpdated {
                     path: self.store.meta_path(id),
                     reason: e.to_string(),
-                }));
+                })),
             }
+        }
+        // One fsync of meta/ for the whole chain.
+        let failed: Vec<(PathBuf, StoreError)> = match self.store.write_metas(&metas) {
+            Ok(results) => metas
+                .iter()
+                .zip(results)
+                .filter_map(|(m, r)| Some((self.store.meta_path(&m.id), r.err()?)))
+                .collect(),
+            Err(e) => vec![(self.store.path().join("meta"), e)],
+        };
+        for (path, e) in failed {
+            sink(Event::Warning(Warning::RecordNotUpdated {
+                path,
+                reason: e.to_string(),
+            }));
         }
     }
 

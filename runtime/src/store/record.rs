@@ -189,11 +189,48 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(io("write record", path)(io::ErrorKind::InvalidInput.into()));
     };
+    write_in(dir, &[(name, bytes)])?.pop().unwrap_or(Ok(()))
+}
+
+/// Writes several records in one directory as [`write`] does, with one fsync of the directory
+/// for all of them. An error of the directory fails them all; otherwise each has its own result.
+pub fn write_in(
+    dir: &Path,
+    records: &[(&str, &[u8])],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let dirfd = open_dir(dir)?;
+    // Each temporary stays open (and locked) until its rename: gc never takes it for a leftover.
+    let mut staged: Vec<Result<(String, File), StoreError>> = Vec::with_capacity(records.len());
+    for (name, bytes) in records {
+        staged.push(stage(&dirfd, dir, name, bytes));
+    }
+    let mut results = Vec::with_capacity(records.len());
+    for ((name, _), tmp) in records.iter().zip(staged) {
+        results.push(tmp.and_then(|(tmp, file)| {
+            let renamed = rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, *name)
+                .map_err(|e| io("publish", &dir.join(name))(e.into()));
+            if renamed.is_err() {
+                let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
+            }
+            drop(file);
+            renamed
+        }));
+    }
+    rustix::fs::fsync(dirfd.as_fd()).map_err(|e| io("sync", dir)(e.into()))?;
+    Ok(results)
+}
+
+/// Creates, locks, writes and fsyncs the temporary of record `name` in `dirfd`.
+fn stage(
+    dirfd: &OwnedFd,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(String, File), StoreError> {
     let tmp = tmp_name(name);
     let tmp_path = dir.join(&tmp);
     let fd = rustix::fs::openat(
-        &dirfd,
+        dirfd,
         tmp.as_str(),
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
@@ -203,17 +240,14 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let written = rustix::fs::flock(&file, FlockOperation::LockExclusive)
         .map_err(|e| io("lock", &tmp_path)(e.into()))
         .and_then(|()| file.write_all(bytes).map_err(io("write", &tmp_path)))
-        .and_then(|()| file.sync_all().map_err(io("sync", &tmp_path)))
-        .and_then(|()| {
-            rustix::fs::renameat(&dirfd, tmp.as_str(), &dirfd, name)
-                .map_err(|e| io("publish", path)(e.into()))
-        });
-    if let Err(e) = written {
-        let _ = rustix::fs::unlinkat(&dirfd, tmp.as_str(), AtFlags::empty());
-        return Err(e);
+        .and_then(|()| file.sync_all().map_err(io("sync", &tmp_path)));
+    match written {
+        Ok(()) => Ok((tmp, file)),
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(dirfd, tmp.as_str(), AtFlags::empty());
+            Err(e)
+        }
     }
-    drop(file);
-    rustix::fs::fsync(dirfd.as_fd()).map_err(|e| io("sync", dir)(e.into()))
 }
 
 /// The pid in a record temporary's name (`NAME.tmp.PID` as older envc wrote it, or
@@ -324,6 +358,11 @@ mod tests {
         assert_eq!(names(&dir), ["r.json"]);
         assert_eq!(read(&rec).unwrap().as_deref(), Some(&b"two"[..]));
         assert_eq!(read(&dir.join("none.json")).unwrap(), None);
+        // Several at once: each replaced, no temporary left.
+        let results = write_in(&dir, &[("r.json", b"three"), ("s.json", b"four")]).unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(std::fs::read(&rec).unwrap(), b"three");
+        assert_eq!(names(&dir), ["r.json", "s.json"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
