@@ -418,9 +418,10 @@ impl Store {
             .expect("blocking lock"))
     }
 
-    /// Holds this process's run lock (`locks/run-PID.lock`) for as long as the lock lives: while
-    /// it is held, the throwaway roots in `tmp/run-PID-*` are in use, and once it is free (the
-    /// process ended, however) they are leftovers that `gc` and the next apply remove. The file
+    /// Holds this process's run lock (`locks/run-PID.lock`, shared: processes of the same pid
+    /// in other pid namespaces may hold it too) for as long as the lock lives: while it is held,
+    /// the throwaway roots in `tmp/run-PID-*` are in use, and once it is free (the process
+    /// ended, however) they are leftovers that `gc` and the next apply remove. The file
     /// may be removed by whoever cleaned up after a dead process of the same pid, so the lock is
     /// taken again until the file locked is the one at the path.
     pub fn hold_run_lock(&self) -> Result<Lock, StoreError> {
@@ -431,7 +432,7 @@ impl Store {
                     path.file_name()
                         .and_then(|n| n.to_str())
                         .unwrap_or_default(),
-                    FlockArg::LockExclusive,
+                    FlockArg::LockShared,
                 )?
                 .ok_or_else(|| io_err("lock", &path)(io::ErrorKind::WouldBlock.into()))?;
             let held = lock.0.metadata().map_err(io_err("inspect", &path))?;

@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,7 +43,14 @@ impl Runtime {
             .path()
             .join("staging")
             .join(format!("{}.log", layer.id));
-        let mut log = match File::create(&log_path) {
+        // Never through a symlink: the log is the store's own file.
+        let mut log = match File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log_path)
+        {
             Ok(f) => f,
             Err(source) => {
                 let e = ApplyError::Io {
