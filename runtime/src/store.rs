@@ -7,10 +7,16 @@
 //! STORE/logs/ID.log         the build log of a sealed layer (ID.failed.log for a failed build)
 //! STORE/staging/ID          layers being built; never mistaken for sealed ones
 //! STORE/locks/ID.lock       one lock per layer id, outside the directories it guards
+//! STORE/locks/run-PID.lock  held by `envc run` while its throwaway roots tmp/run-PID-* exist
 //! STORE/roots/NAME/         working roots: root.json and the root itself at NAME/root
 //! STORE/cache/              host-side caches shared by builds (.deb files, apt lists)
 //! STORE/tmp/                throwaway roots of `envc run`
 //! ```
+//!
+//! Records are written durably and read, like lock files, never through a symlink
+//! (`store/record.rs`). A layer's record is written before the layer is published (see
+//! [`crate::backend::Backend::seal`]), so a sealed layer always has one; `layers/ID` counts as
+//! sealed only when it is a real directory the backend recognises ([`Store::check_sealed`]).
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};

@@ -205,6 +205,9 @@ impl Runtime {
                 })),
             }
         }
+        if metas.is_empty() {
+            return;
+        }
         // One fsync of meta/ for the whole chain.
         let failed: Vec<(PathBuf, StoreError)> = match self.store.write_metas(&metas) {
             Ok(results) => metas
