@@ -131,6 +131,16 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
+    /// The caller's record of a layer could not be written before the layer was published (the
+    /// layer stays unpublished).
+    #[error("cannot record layer {id} before publishing it: {source}")]
+    Record {
+        /// The layer.
+        id: LayerId,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A tool's report could not be read.
     #[error("cannot read the {report} report of {object}: {reason}")]
     Report {
@@ -279,6 +289,11 @@ pub struct Labels<'a> {
     pub env: &'a str,
 }
 
+/// What the caller of [`Backend::seal`] does between measuring a finished build (the size it is
+/// given) and publishing it: writing the layer's record, so a published layer always has one.
+pub type RecordHook<'a> =
+    &'a mut dyn FnMut(u64) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
 /// A layer being built.
 #[derive(Debug)]
 pub struct Build {
@@ -374,9 +389,14 @@ pub trait Backend: Send + Sync {
     fn config(&self) -> BackendConfig;
     /// Where it keeps things.
     fn layout(&self) -> &Layout;
-    /// Whether a layer is sealed.
+    /// Whether a layer is sealed: `layers/ID` is a directory, never through a symlink.
     fn is_sealed(&self, id: &LayerId) -> bool {
-        self.layout().layer(id).is_dir()
+        fs::symlink_metadata(self.layout().layer(id)).is_ok_and(|m| m.is_dir())
+    }
+    /// Bytes a sealed layer takes, as [`Backend::seal`] measures them, if the backend can tell
+    /// after sealing (used when a layer's record is rebuilt).
+    fn measure(&self, id: &LayerId) -> Option<u64> {
+        Some(disk_usage(&self.layout().layer(id)))
     }
     /// How full the pool under the store is, for backends that draw from one (`envc ls`).
     fn capacity(&self) -> Option<Capacity> {
@@ -390,9 +410,12 @@ pub trait Backend: Send + Sync {
     fn sweep(&self) -> usize {
         sweep_tmp(self.layout().root())
     }
-    /// Every sealed layer.
+    /// Every sealed layer (what [`Backend::is_sealed`] accepts: a symlink or a file in
+    /// `layers/` is not one).
     fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
-        list_ids(&self.layout().root().join("layers"))
+        let mut ids = list_ids(&self.layout().root().join("layers"))?;
+        ids.retain(|id| self.is_sealed(id));
+        Ok(ids)
     }
     /// Starts building layer `id` on top of `chain` (its sealed ancestors, base first; empty for a
     /// base). The caller holds the layer's lock and has discarded leftovers.
@@ -402,8 +425,10 @@ pub trait Backend: Send + Sync {
         chain: &[LayerId],
         labels: Labels<'_>,
     ) -> Result<Build, BackendError>;
-    /// Makes a finished build durable and publishes it atomically; returns its size in bytes.
-    fn seal(&self, build: Build) -> Result<u64, BackendError>;
+    /// Makes a finished build durable, measures it, calls `record` with its size, and only if
+    /// that succeeds publishes it atomically; returns its size in bytes. So a kill leaves at worst
+    /// a record without a layer (harmless, removed by the next gc), never a layer without one.
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError>;
     /// Removes whatever a build of `id` left in staging.
     fn discard(&self, id: &LayerId) -> Result<(), BackendError>;
     /// Removes a sealed layer (the caller checks that nothing needs it).

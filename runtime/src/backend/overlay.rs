@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use envc_plan::LayerId;
 
 use super::{
-    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
-    delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir, unmount,
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
+    Scratch, delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir,
+    unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
@@ -107,11 +108,16 @@ impl Backend for Overlay {
         })
     }
 
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
+        // Order: sync the upper, measure, record (the caller's meta), publish by one rename.
         let st = self.layout.staging(&build.id);
         let upper = st.join("upper");
         sync_dir(&upper)?;
         let size = disk_usage(&upper);
+        record(size).map_err(|source| BackendError::Record {
+            id: build.id,
+            source,
+        })?;
         let dest = self.layout.layer(&build.id);
         fs::rename(&upper, &dest).map_err(io_err("publish layer", &dest))?;
         remove_dir_if_exists(&st)?;

@@ -40,6 +40,9 @@ pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
     let mut warnings = Vec::new();
     if !policy.dry_run {
         store.backend().sweep();
+        // Records of unpublished layers, record temporaries and throwaway roots of processes
+        // that are gone; entries of the wrong type in layers/ are reported.
+        warnings.extend(super::gc_leftovers(store)?);
         // Old snapshots of working roots whose background removal did not happen.
         // Whatever their records say: reaping needs only the name.
         for name in root_names(store)? {
