@@ -125,21 +125,35 @@ fn io_at(op: &'static str, path: PathBuf) -> impl FnOnce(Errno) -> TreeError {
 /// mount. The path's last component is never followed; the ones before it are resolved as usual
 /// (the store's own directory may be a symlink).
 pub fn remove_tree(sys: &dyn Syscall, path: &Path) -> Result<(), TreeError> {
-    let (parent, name) = split(path)?;
-    let parent = match fs::canonicalize(parent) {
-        Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(TreeError::Io {
-                op: "resolve",
-                path: parent.to_owned(),
-                source,
-            });
-        }
+    let Some((parent, name)) = resolve(path)? else {
+        return Ok(());
     };
-    let path = parent.join(&name);
-    detach_mounts(sys, &path)?;
+    detach_mounts(sys, &parent.join(&name))?;
     remove_unmounted(&parent, &name)
+}
+
+/// Detaches every mount at or under `path` (see [`detach_mounts`]), resolving the path's parent
+/// first as the mount table shows it. For trees removed by other means (`btrfs subvolume
+/// delete`).
+pub fn detach_leftovers(sys: &dyn Syscall, path: &Path) -> Result<(), TreeError> {
+    match resolve(path)? {
+        Some((parent, name)) => detach_mounts(sys, &parent.join(name)),
+        None => Ok(()),
+    }
+}
+
+/// The canonical parent of `path` and its last component; `None` if the parent does not exist.
+fn resolve(path: &Path) -> Result<Option<(PathBuf, OsString)>, TreeError> {
+    let (parent, name) = split(path)?;
+    match fs::canonicalize(parent) {
+        Ok(p) => Ok(Some((p, name))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TreeError::Io {
+            op: "resolve",
+            path: parent.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Detaches every mount at or under `path` (an absolute path without symlinks), deepest first.
@@ -478,5 +492,203 @@ pub fn remove_main(args: &[OsString]) -> i32 {
             eprintln!("envc remove: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Call, RecordingSyscall};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory under the system's temporary directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "envc-tree-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir.canonicalize().unwrap())
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A decoy directory with two files, outside the tree.
+    fn decoy(at: &Path) -> PathBuf {
+        let d = at.join("decoy");
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("keep"), "keep").unwrap();
+        fs::write(d.join("sub/keep"), "keep").unwrap();
+        d
+    }
+
+    fn decoy_intact(d: &Path) -> bool {
+        fs::read_to_string(d.join("keep")).is_ok_and(|s| s == "keep")
+            && fs::read_to_string(d.join("sub/keep")).is_ok_and(|s| s == "keep")
+    }
+
+    #[test]
+    fn mounts_under_a_path_are_found_deepest_and_latest_first() {
+        let info = "\
+22 1 0:21 / /proc rw - proc proc rw
+30 22 0:30 / /s/staging/x/upper rw - tmpfs t rw
+31 30 0:31 / /s/staging/x/upper/dev/shm rw - tmpfs t rw
+32 30 0:32 / /s/staging/x/upper/proc rw - proc proc rw
+33 32 0:33 / /s/staging/x/upper/proc rw - proc proc rw
+34 1 0:34 / /s/staging/xy rw - tmpfs t rw
+35 1 0:35 / /s/staging/x\\040y/a\\134b rw - tmpfs t rw
+";
+        let got = mounts_under(info, Path::new("/s/staging/x"));
+        let want: Vec<PathBuf> = [
+            "/s/staging/x/upper/dev/shm",
+            "/s/staging/x/upper/proc",
+            "/s/staging/x/upper/proc",
+            "/s/staging/x/upper",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(got, want, "a sibling with the same prefix (xy) is not under x");
+        assert_eq!(
+            mounts_under(info, Path::new("/s/staging/x y")),
+            [PathBuf::from("/s/staging/x y/a\\b")],
+            "octal escapes are undone"
+        );
+        assert!(mounts_under(info, Path::new("/nowhere")).is_empty());
+        assert_eq!(unescape("a\\04"), OsString::from("a\\04"), "a short escape is kept");
+        assert_eq!(unescape("\\777"), OsString::from("\\777"), "out of range is kept");
+    }
+
+    #[test]
+    fn detaching_goes_through_the_seam_with_nofollow() {
+        // A path with no mounts makes no call.
+        let fake = RecordingSyscall::default();
+        let s = Scratch::new();
+        detach_mounts(&fake, &s.0).unwrap();
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        // The root is under every path's mounts: detaching `/` would try them all; only check
+        // that each call is a lazy, non-following detach.
+        let fake = RecordingSyscall::default();
+        let _ = detach_mounts(&fake, Path::new("/proc"));
+        assert!(
+            fake.calls().iter().all(|c| matches!(c, Call::Umount2 { flags, .. }
+                if *flags == MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)),
+            "{:?}",
+            fake.calls()
+        );
+    }
+
+    #[test]
+    fn a_symlink_to_a_decoy_is_unlinked_never_followed() {
+        let s = Scratch::new();
+        let d = decoy(&s.0);
+        let t = s.0.join("tree");
+        fs::create_dir_all(t.join("a/b")).unwrap();
+        fs::write(t.join("a/b/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&d, t.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(d.join("keep"), t.join("a/b/filelink")).unwrap();
+        remove_tree(crate::sys::kernel(), &t).unwrap();
+        assert!(!t.exists());
+        assert!(decoy_intact(&d));
+        // The tree itself a symlink: the link goes, its target stays.
+        let link = s.0.join("link");
+        std::os::unix::fs::symlink(&d, &link).unwrap();
+        remove_tree(crate::sys::kernel(), &link).unwrap();
+        assert!(fs::symlink_metadata(&link).is_err());
+        assert!(decoy_intact(&d));
+        // And a missing tree is fine.
+        remove_tree(crate::sys::kernel(), &s.0.join("missing")).unwrap();
+        remove_tree(crate::sys::kernel(), &s.0.join("missing/deeper")).unwrap();
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_open_descriptors_and_path_max_is_removed() {
+        let s = Scratch::new();
+        let t = s.0.join("deep");
+        fs::create_dir(&t).unwrap();
+        // 600 levels: many times MAX_OPEN descriptors, and paths beyond PATH_MAX (4096 bytes).
+        let mut fd = open_dir(CWD, t.as_path()).unwrap();
+        for i in 0..600 {
+            let name = format!("level-{i:04}-of-a-deep-tree");
+            rustix::fs::mkdirat(&fd, name.as_str(), Mode::RWXU).unwrap();
+            if i % 50 == 0 {
+                let f = rustix::fs::openat(
+                    &fd,
+                    "file",
+                    OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::RUSR,
+                )
+                .unwrap();
+                drop(f);
+            }
+            fd = open_dir(&fd, name.as_str()).unwrap();
+        }
+        drop(fd);
+        remove_tree(crate::sys::kernel(), &t).unwrap();
+        assert!(!t.exists());
+    }
+
+    #[test]
+    fn two_removals_of_one_tree_at_once_both_succeed() {
+        let s = Scratch::new();
+        let t = s.0.join("wide");
+        for i in 0..40 {
+            let d = t.join(format!("d{i}/e/f"));
+            fs::create_dir_all(&d).unwrap();
+            for j in 0..25 {
+                fs::write(d.join(format!("f{j}")), "x").unwrap();
+            }
+        }
+        std::thread::scope(|sc| {
+            let a = sc.spawn(|| remove_tree(crate::sys::kernel(), &t));
+            let b = sc.spawn(|| remove_tree(crate::sys::kernel(), &t));
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+        });
+        assert!(!t.exists());
+    }
+
+    #[test]
+    fn paths_without_a_last_component_are_refused() {
+        for p in ["/", "..", "", "/tmp/.."] {
+            assert!(
+                matches!(
+                    remove_tree(crate::sys::kernel(), Path::new(p)),
+                    Err(TreeError::NotATree { .. })
+                ),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn background_removal_only_takes_discarded_trees() {
+        assert!(is_doomed(Path::new("/s/tmp/discard-1-2-3")));
+        assert!(is_doomed(Path::new("/s/tmp/removed-1-2-3")));
+        assert!(!is_doomed(Path::new("/s/tmp/run-1-2-3")));
+        assert!(!is_doomed(Path::new("/s/layers/discard-1")));
+        assert!(!is_doomed(Path::new("/")));
+        let s = Scratch::new();
+        let d = decoy(&s.0);
+        assert_eq!(remove_main(&[d.clone().into_os_string()]), 2);
+        assert_eq!(remove_main(&[OsString::from("tmp/discard-x")]), 2);
+        assert_eq!(remove_main(&[]), 2);
+        assert!(decoy_intact(&d));
+        let doomed = s.0.join("tmp/discard-1");
+        fs::create_dir_all(doomed.join("a")).unwrap();
+        std::os::unix::fs::symlink(&d, doomed.join("a/l")).unwrap();
+        assert_eq!(remove_main(&[doomed.clone().into_os_string()]), 0);
+        assert!(!doomed.exists());
+        assert!(decoy_intact(&d));
     }
 }
