@@ -87,7 +87,12 @@ fn descendants(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < out.len() {
         let cur = out[i];
-        out.extend(parent_of.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     out.remove(0);
@@ -216,9 +221,11 @@ fn a_contained_tool_mounts_privately_and_takes_its_children_along() {
         .trim()
         .parse()
         .unwrap();
-    wait_until("the tool's leftover child dies", Duration::from_secs(1), || {
-        dead(pid)
-    });
+    wait_until(
+        "the tool's leftover child dies",
+        Duration::from_secs(1),
+        || dead(pid),
+    );
 }
 
 /// Set to a directory, [`stand_in_envc`] acts as an envc process running a contained tool that
@@ -335,7 +342,11 @@ fn leftover_binds_are_detached_never_followed(kind: Kind) {
 
     // The next apply cleans staging; gc sweeps tmp/.
     let r = t.apply(&spec);
-    assert!(r.stderr.contains("removed 1 interrupted build"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("removed 1 interrupted build"),
+        "{}",
+        r.stderr
+    );
     assert!(!staging.exists());
     assert_decoy_intact(&d);
     let r = t.envc(&["gc", "--older-than", "1000d"]);
@@ -420,5 +431,9 @@ fn a_tar_base_is_unpacked_contained() {
     assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
     // The apply left no process behind (tar, its containment).
     let store = t.store.to_str().unwrap();
-    assert!(processes_mentioning(store).is_empty(), "{:?}", processes_mentioning(store));
+    assert!(
+        processes_mentioning(store).is_empty(),
+        "{:?}",
+        processes_mentioning(store)
+    );
 }

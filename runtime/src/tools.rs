@@ -18,9 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 use crate::sandbox::protocol::check_report;
-use crate::sandbox::{
-    CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, REPORT_FD_ARG, SandboxError, SandboxOp,
-};
+use crate::sandbox::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, REPORT_FD_ARG, SandboxError, SandboxOp};
 use crate::sys;
 
 /// Where tools are looked up, in order. The caller's PATH is not trusted.
@@ -76,7 +74,7 @@ pub enum ToolError {
         program: PathBuf,
         /// What failed.
         #[source]
-        source: SandboxError,
+        source: Box<SandboxError>,
     },
     /// The program ran and failed.
     #[error("{} failed ({status}): {}{}", render_cmd(program, args), if tail.is_empty() { "" } else { "\n" }, tail.join("\n"))]
@@ -233,7 +231,7 @@ impl Tool {
     fn contain_err(&self, op: SandboxOp, object: &Path, e: &io::Error) -> ToolError {
         ToolError::Contain {
             program: self.program.clone(),
-            source: SandboxError::io(op, object.display().to_string(), e),
+            source: Box::new(SandboxError::io(op, object.display().to_string(), e)),
         }
     }
 
@@ -263,7 +261,7 @@ impl Tool {
             .map_err(|e| self.contain_err(SandboxOp::ReadReport, &envc, &e))?;
         check_report(&buf, &envc.display().to_string()).map_err(|source| ToolError::Contain {
             program: self.program.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 

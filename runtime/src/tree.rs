@@ -178,7 +178,10 @@ pub fn detach_mounts(sys: &dyn Syscall, path: &Path) -> Result<(), TreeError> {
             }
         }
     }
-    match mounts_under(&read_mountinfo(path)?, path).into_iter().next() {
+    match mounts_under(&read_mountinfo(path)?, path)
+        .into_iter()
+        .next()
+    {
         None => Ok(()),
         Some(mount) => Err(TreeError::StillMounted {
             tree: path.to_owned(),
@@ -207,7 +210,7 @@ pub fn mounts_under(mountinfo: &str, path: &Path) -> Vec<PathBuf> {
                 .then(|| (point.components().count(), line, point))
         })
         .collect();
-    found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    found.sort_by_key(|m| std::cmp::Reverse((m.0, m.1)));
     found.into_iter().map(|(_, _, p)| p).collect()
 }
 
@@ -307,9 +310,8 @@ struct Frame {
 /// Removes `parent/name`, which has no mounts under it.
 fn remove_unmounted(parent: &Path, name: &OsStr) -> Result<(), TreeError> {
     let path = parent.join(name);
-    let cname = CString::new(name.as_bytes()).map_err(|_| TreeError::NotATree {
-        path: path.clone(),
-    })?;
+    let cname =
+        CString::new(name.as_bytes()).map_err(|_| TreeError::NotATree { path: path.clone() })?;
     let pfd = match open_dir(CWD, parent) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(()),
@@ -558,15 +560,26 @@ mod tests {
         .iter()
         .map(PathBuf::from)
         .collect();
-        assert_eq!(got, want, "a sibling with the same prefix (xy) is not under x");
+        assert_eq!(
+            got, want,
+            "a sibling with the same prefix (xy) is not under x"
+        );
         assert_eq!(
             mounts_under(info, Path::new("/s/staging/x y")),
             [PathBuf::from("/s/staging/x y/a\\b")],
             "octal escapes are undone"
         );
         assert!(mounts_under(info, Path::new("/nowhere")).is_empty());
-        assert_eq!(unescape("a\\04"), OsString::from("a\\04"), "a short escape is kept");
-        assert_eq!(unescape("\\777"), OsString::from("\\777"), "out of range is kept");
+        assert_eq!(
+            unescape("a\\04"),
+            OsString::from("a\\04"),
+            "a short escape is kept"
+        );
+        assert_eq!(
+            unescape("\\777"),
+            OsString::from("\\777"),
+            "out of range is kept"
+        );
     }
 
     #[test]
@@ -581,7 +594,9 @@ mod tests {
         let fake = RecordingSyscall::default();
         let _ = detach_mounts(&fake, Path::new("/proc"));
         assert!(
-            fake.calls().iter().all(|c| matches!(c, Call::Umount2 { flags, .. }
+            fake.calls()
+                .iter()
+                .all(|c| matches!(c, Call::Umount2 { flags, .. }
                 if *flags == MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)),
             "{:?}",
             fake.calls()

@@ -57,7 +57,9 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
     let mut nosync = false;
     let mut i = 0;
     loop {
-        let a = args.get(i).ok_or_else(|| bad("missing `--` before the program"))?;
+        let a = args
+            .get(i)
+            .ok_or_else(|| bad("missing `--` before the program"))?;
         if a == "--" {
             i += 1;
             break;
@@ -101,8 +103,10 @@ pub fn contain_main(args: &[OsString]) -> i32 {
 
 fn contain(sys: &dyn Syscall, req: &Request<'_>, reporter: &Reporter) -> Result<i32, SandboxError> {
     let shown = Path::new(req.program).display().to_string();
-    sys.set_parent_death_signal(Signal::SIGKILL)
-        .or_fail(SandboxOp::ParentDeathSignal, format!("the containment of {shown}"))?;
+    sys.set_parent_death_signal(Signal::SIGKILL).or_fail(
+        SandboxOp::ParentDeathSignal,
+        format!("the containment of {shown}"),
+    )?;
     // envc died before the signal was set: nobody waits for this tool.
     if req
         .parent
@@ -251,7 +255,10 @@ mod tests {
             (&["--"][..], "missing program"),
             (&["--parent", "x", "--", "/bin/true"][..], "--parent"),
             (&["--parent", "0", "--", "/bin/true"][..], "--parent"),
-            (&["--bogus", "--", "/bin/true"][..], "unknown option --bogus"),
+            (
+                &["--bogus", "--", "/bin/true"][..],
+                "unknown option --bogus",
+            ),
         ] {
             let e = parse(&os(args)).unwrap_err();
             assert_eq!(e.op, SandboxOp::ReadSpec);

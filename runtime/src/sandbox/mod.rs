@@ -35,6 +35,6 @@ pub use contain::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, contain_main};
 pub use files::{copy_into_root, mkdir_in_root, open_in_root};
 pub use helper::helper_main;
 pub use protocol::{
-    Action, Bind, HELPER_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED,
-    SandboxError, SandboxOp, Spec, Stdio3, run_interactive, spawn,
+    Action, Bind, HELPER_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED, SandboxError,
+    SandboxOp, Spec, Stdio3, run_interactive, spawn,
 };
