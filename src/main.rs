@@ -70,12 +70,13 @@ fn helper(args: &[OsString]) -> Option<ExitCode> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if let Some(code) = helper(&args) {
-        return code;
-    }
-    // Host tools run contained through this binary, and discarded trees are removed by it.
+    // Host tools run contained through this binary (in every mode, the background reaper's
+    // included), and discarded trees are removed by it.
     if let Ok(exe) = std::env::current_exe() {
         envc_runtime::tools::set_helper(exe);
+    }
+    if let Some(code) = helper(&args) {
+        return code;
     }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

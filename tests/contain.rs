@@ -339,6 +339,24 @@ fn leftover_binds_are_detached_never_followed(kind: Kind) {
     bind(&d, &discard.join("x"));
     bind(&d, &removed.join("y/z"));
     assert_eq!(t.stray_mounts().len(), 4, "{:?}", t.stray_mounts());
+    // On btrfs, a discarded root whose deletion was interrupted is a subvolume, and a build may
+    // have made subvolumes inside it: other devices, the same mount, removed all the same.
+    let subvolume = t.store.join("tmp/discard-4-5-6");
+    if kind == Kind::Btrfs {
+        for sv in [subvolume.clone(), subvolume.join("nested")] {
+            let out = Command::new("btrfs")
+                .args(["subvolume", "create"])
+                .arg(&sv)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            std::fs::create_dir_all(sv.join("dir")).unwrap();
+            std::fs::write(sv.join("dir/file"), "x").unwrap();
+        }
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(dev(&subvolume), dev(&subvolume.join("nested")));
+    }
 
     // The next apply cleans staging; gc sweeps tmp/.
     let r = t.apply(&spec);
@@ -351,7 +369,7 @@ fn leftover_binds_are_detached_never_followed(kind: Kind) {
     assert_decoy_intact(&d);
     let r = t.envc(&["gc", "--older-than", "1000d"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(!discard.exists() && !removed.exists());
+    assert!(!discard.exists() && !removed.exists() && !subvolume.exists());
     assert_decoy_intact(&d);
     assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
 }

@@ -626,6 +626,74 @@ mod tests {
         remove_tree(crate::sys::kernel(), &s.0.join("missing/deeper")).unwrap();
     }
 
+    /// Whether this test can mount (root); otherwise it is skipped, with a line on stderr, unless
+    /// ENVC_REQUIRE_PRIVILEGED=1 makes that a failure.
+    fn privileged(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        if std::env::var("ENVC_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+            panic!("{test}: needs root, and ENVC_REQUIRE_PRIVILEGED=1");
+        }
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIP {test}: not running as root\n").as_bytes(),
+        );
+        false
+    }
+
+    #[test]
+    fn the_walk_stops_at_a_mount_even_one_not_detached() {
+        if !privileged("the_walk_stops_at_a_mount_even_one_not_detached") {
+            return;
+        }
+        let s = Scratch::new();
+        let d = decoy(&s.0);
+        let t = s.0.join("tree");
+        let target = t.join("upper/dev/shm");
+        fs::create_dir_all(&target).unwrap();
+        fs::write(t.join("upper/before"), "x").unwrap();
+        nix::mount::mount(
+            Some(&d),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        // The same filesystem (a device-number check would walk in): the mount id stops it.
+        let e = remove_unmounted(&s.0, OsStr::new("tree")).unwrap_err();
+        let stopped = matches!(&e, TreeError::OtherMount { path, .. } if *path == target);
+        let intact = decoy_intact(&d);
+        // A bind of the tree's top itself is refused before anything is removed.
+        let top = s.0.join("top");
+        fs::create_dir_all(&top).unwrap();
+        nix::mount::mount(
+            Some(&d),
+            &top,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let top_err = remove_unmounted(&s.0, OsStr::new("top"));
+        let top_intact = decoy_intact(&d);
+        // With the detaching, both go, and the decoy stays.
+        remove_tree(crate::sys::kernel(), &t).unwrap();
+        remove_tree(crate::sys::kernel(), &top).unwrap();
+        assert!(stopped, "{e}");
+        assert!(intact && top_intact);
+        assert!(
+            matches!(&top_err, Err(TreeError::OtherMount { path, .. }) if *path == top),
+            "{top_err:?}"
+        );
+        assert!(!t.exists() && !top.exists());
+        assert!(decoy_intact(&d));
+        assert!(
+            mounts_under(&fs::read_to_string("/proc/self/mountinfo").unwrap(), &s.0).is_empty()
+        );
+    }
+
     #[test]
     fn a_tree_deeper_than_the_open_descriptors_and_path_max_is_removed() {
         let s = Scratch::new();
