@@ -455,3 +455,22 @@ fn a_tar_base_is_unpacked_contained() {
         processes_mentioning(store)
     );
 }
+
+#[test]
+fn sync_suppression_composes_with_containment() {
+    if !privileged("sync_suppression_composes_with_containment") {
+        return;
+    }
+    let seccomp = |nosync: bool| {
+        let out = Tool::at("/bin/sh".into())
+            .via(Path::new(ENVC))
+            .nosync(nosync)
+            .args(["-c", "grep '^Seccomp:' /proc/self/status"])
+            .output()
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    // 2: a filter is installed (inherited by everything the tool starts, `grep` here).
+    assert_eq!(seccomp(true).split_whitespace().nth(1), Some("2"));
+    assert_eq!(seccomp(false).split_whitespace().nth(1), Some("0"));
+}

@@ -109,6 +109,23 @@ fn a_debian_base_build_killed_with_mmdebstrap_mounts_up_leaves_nothing() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // mmdebstrap runs under the sync-suppressing seccomp filter (the default for base builds).
+    let mmdebstrap: Vec<u32> = tree
+        .iter()
+        .copied()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "mmdebstrap")
+        })
+        .collect();
+    assert!(!mmdebstrap.is_empty(), "no mmdebstrap among {tree:?}");
+    for p in &mmdebstrap {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        assert!(
+            status.is_empty() || status.contains("Seccomp:\t2"),
+            "mmdebstrap {p} without the filter"
+        );
+    }
     // Never on the host.
     assert!(
         mounts_under("self", &t.store).is_empty(),
