@@ -51,6 +51,9 @@ impl Btrfs {
 
     fn delete_subvolume(path: &Path) -> Result<(), BackendError> {
         if is_subvolume(path) {
+            // `btrfs subvolume delete` does not enter mounts; what a killed build left mounted
+            // inside is detached first all the same.
+            crate::tree::detach_leftovers(sys::kernel(), path)?;
             btrfs()?.args(["subvolume", "delete"]).arg(path).output()?;
             Ok(())
         } else {

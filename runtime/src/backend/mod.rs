@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::RootSource;
 use crate::sys;
 use crate::tools::ToolError;
+use crate::tree::{self, TreeError};
 use crate::warning::Warning;
 
 mod btrfs;
@@ -91,6 +92,10 @@ pub enum BackendError {
     /// An external tool failed.
     #[error(transparent)]
     Tool(#[from] ToolError),
+    /// A tree could not be removed (a mount under it that cannot be detached, another mount
+    /// inside it, an I/O error).
+    #[error(transparent)]
+    Remove(#[from] TreeError),
     /// The backend cannot work here.
     #[error("the {backend} backend cannot use {}: {reason}", path.display())]
     Unsupported {
@@ -535,28 +540,29 @@ fn list_ids(dir: &Path) -> Result<Vec<LayerId>, BackendError> {
     Ok(out)
 }
 
+/// Removes a tree of the store, if it exists, with [`tree::remove_tree`]: mounts left under it are
+/// detached first, and the removal never follows a symlink or enters another mount.
 fn remove_dir_if_exists(path: &Path) -> Result<(), BackendError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BackendError::Io {
-            op: "remove",
-            path: path.to_owned(),
-            source: e,
-        }),
-    }
+    Ok(tree::remove_tree(sys::kernel(), path)?)
 }
 
-/// Deletes a tree that nothing refers to any more, without waiting for it.
+/// Deletes a tree that nothing refers to any more (`tmp/discard-*`), without waiting for it: a
+/// detached `envc __envc-remove PATH` (the same [`tree::remove_tree`]), in its own process group
+/// so a Ctrl-C of envc does not stop it. Without the envc binary, or if it cannot be started,
+/// the tree is removed here and now. What an interrupted removal leaves is swept by `gc`.
 fn delete_in_background(path: &Path) -> Result<(), BackendError> {
-    let rm = crate::tools::find("rm")?;
-    match std::process::Command::new(rm)
-        .arg("-rf")
-        .arg("--one-file-system")
+    use std::os::unix::process::CommandExt;
+    let Some(envc) = crate::tools::helper() else {
+        return remove_dir_if_exists(path);
+    };
+    match std::process::Command::new(envc)
+        .arg(tree::REMOVE_ARG)
         .arg(path)
+        .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
     {
         Ok(_) => Ok(()),
@@ -572,10 +578,7 @@ pub fn sweep_tmp(store: &Path) -> usize {
         .flatten()
         .flatten()
     {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if (name.starts_with("discard-") || name.starts_with("removed-"))
-            && fs::remove_dir_all(e.path()).is_ok()
-        {
+        if tree::is_doomed(&e.path()) && remove_dir_if_exists(&e.path()).is_ok() {
             n += 1;
         }
     }

@@ -23,10 +23,6 @@ use crate::sys;
 /// The hidden first argument that makes the `envc` binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__envc-sandbox";
 
-/// The hidden first argument that makes the `envc` binary run a host program with sync calls
-/// suppressed by seccomp (for base builds): `envc __envc-nosync PROGRAM ARGS...`.
-pub const NOSYNC_ARG: &str = "__envc-nosync";
-
 /// The helper's option naming the file descriptor it reports a setup failure on.
 pub const REPORT_FD_ARG: &str = "--report-fd";
 
@@ -325,22 +321,28 @@ impl Running {
             .wait()
             .or_fail(SandboxOp::Wait, "the sandbox helper")?;
         read.or_fail(SandboxOp::ReadReport, &helper)?;
-        if !report.is_empty() {
-            return Err(serde_json::from_slice(&report).unwrap_or_else(|e| {
-                SandboxError::new(
-                    SandboxOp::ReadReport,
-                    helper,
-                    format!(
-                        "unreadable report ({e}): {}",
-                        String::from_utf8_lossy(&report)
-                    ),
-                )
-            }));
-        }
+        check_report(&report, &helper)?;
         Ok(status.code().unwrap_or_else(|| {
             128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
         }))
     }
+}
+
+/// The failure a helper reported on its report channel (`report`, all it wrote), if any.
+pub(crate) fn check_report(report: &[u8], helper: &str) -> Result<(), SandboxError> {
+    if report.is_empty() {
+        return Ok(());
+    }
+    Err(serde_json::from_slice(report).unwrap_or_else(|e| {
+        SandboxError::new(
+            SandboxOp::ReadReport,
+            helper,
+            format!(
+                "unreadable report ({e}): {}",
+                String::from_utf8_lossy(report)
+            ),
+        )
+    }))
 }
 
 /// Starts the sandbox helper (`helper`, the envc binary) for `spec`.
