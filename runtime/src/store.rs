@@ -671,16 +671,10 @@ impl Store {
 
     /// Removes the record of a working root (and its directory).
     pub fn remove_root_record(&self, name: &str) -> Result<(), StoreError> {
+        // It holds the root's mount point: removed without crossing a mount left there.
         let dir = self.backend.layout().root_dir(name);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io {
-                op: "remove",
-                path: dir,
-                source: e,
-            }),
-        }
+        crate::tree::remove_tree(crate::sys::kernel(), &dir)
+            .map_err(|e| StoreError::Backend(backend::BackendError::Remove(e)))
     }
 
     /// Every working root. A directory under `roots/` without a record (a root being removed) is

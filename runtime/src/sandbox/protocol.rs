@@ -427,7 +427,9 @@ impl Reporter {
 mod tests {
     use super::*;
 
-    /// Runs `script` (`$0` is the report fd) as if it were the helper.
+    /// Runs `script` (`$0` is the report fd) as if it were the helper. Scripts write to it
+    /// through `/proc/self/fd/$0`: dash's `>&N` takes one digit only, and with other tests
+    /// running the fd may be 10 or more.
     fn running(script: &str) -> Running {
         let (report, writer) = io::pipe().unwrap();
         let mut cmd = Command::new("/bin/sh");
@@ -459,7 +461,7 @@ mod tests {
             detail: "Operation not permitted (os error 1)".into(),
         };
         let json = serde_json::to_string(&e).unwrap();
-        let got = running(&format!("printf '%s' '{json}' >&$0; exit 125")).wait();
+        let got = running(&format!("printf '%s' '{json}' >/proc/self/fd/$0; exit 125")).wait();
         assert_eq!(got, Err(e.clone()));
         assert_eq!(
             got.unwrap_err().to_string(),
@@ -469,7 +471,9 @@ mod tests {
 
     #[test]
     fn a_garbled_report_is_an_error_too() {
-        let e = running("echo nonsense >&$0; exit 0").wait().unwrap_err();
+        let e = running("echo nonsense >/proc/self/fd/$0; exit 0")
+            .wait()
+            .unwrap_err();
         assert_eq!(e.op, SandboxOp::ReadReport);
         assert!(e.detail.contains("nonsense"), "{e}");
     }
