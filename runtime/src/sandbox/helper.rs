@@ -25,13 +25,15 @@ use crate::sys::{self, Syscall};
 /// status: the command's, or [`SETUP_FAILED`] after reporting a failure.
 pub fn helper_main(args: &[OsString]) -> i32 {
     let (reporter, args) = Reporter::from_args(args);
-    let spec: Spec = match args.first().map(|a| serde_json::from_slice(a.as_bytes())) {
-        Some(Ok(spec)) => spec,
-        Some(Err(e)) => {
+    // The spec comes in pieces (see `protocol::spawn`): one argument is at most 128 KiB.
+    if args.is_empty() {
+        return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", "missing"));
+    }
+    let json: Vec<u8> = args.iter().flat_map(|a| a.as_bytes()).copied().collect();
+    let spec: Spec = match serde_json::from_slice(&json) {
+        Ok(spec) => spec,
+        Err(e) => {
             return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", e.to_string()));
-        }
-        None => {
-            return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", "missing"));
         }
     };
     match helper(sys::kernel(), &spec, &reporter) {

@@ -356,7 +356,7 @@ pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> Result<Running, Sandb
     cmd.arg(HELPER_ARG)
         .arg(REPORT_FD_ARG)
         .arg(fd.to_string())
-        .arg(json)
+        .args(spec_pieces(&json))
         .env_clear();
     match stdio {
         Stdio3::Inherit => {}
@@ -373,6 +373,27 @@ pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> Result<Running, Sandb
         report,
         helper: helper.to_owned(),
     })
+}
+
+/// The longest argument the kernel passes to a program is 128 KiB (MAX_ARG_STRLEN): a spec (a
+/// long script) is passed as several arguments the helper joins again, each cut at a character
+/// boundary. All of them together are bounded by a quarter of the stack limit; past that the
+/// helper does not start, an error naming it.
+fn spec_pieces(json: &str) -> Vec<&str> {
+    const PIECE: usize = 64 * 1024;
+    let mut pieces = Vec::with_capacity(json.len() / PIECE + 1);
+    let mut rest = json;
+    while rest.len() > PIECE {
+        let mut cut = PIECE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces.push(rest);
+    pieces
 }
 
 /// Runs `spec` with the caller's stdin, stdout and stderr and waits for it.
@@ -467,6 +488,16 @@ mod tests {
             got.unwrap_err().to_string(),
             "mount proc on /proc: Operation not permitted (os error 1)"
         );
+    }
+
+    #[test]
+    fn a_long_spec_is_cut_into_pieces_at_character_boundaries() {
+        let json = format!("\"{}\"", "é".repeat(100_000));
+        let pieces = spec_pieces(&json);
+        assert!(pieces.len() > 2, "{}", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() <= 64 * 1024));
+        assert_eq!(pieces.concat(), json);
+        assert_eq!(spec_pieces("{}"), ["{}"]);
     }
 
     #[test]
