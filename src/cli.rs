@@ -163,9 +163,10 @@ pub enum Command {
 /// `envc store ...`.
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// Make an LVM thin store: creates the thin pool in VG if it does not exist (and, with
-    /// --loop, the VG itself on a loop file, for trying envc out). On a pool that already holds
-    /// envc's volumes, the store's records are rebuilt from their LV tags.
+    /// Make a store. LVM: creates the thin pool in VG if it does not exist (and, with --loop,
+    /// the VG itself on a loop file, for trying envc out); on a pool that already holds envc's
+    /// volumes, the store's records are rebuilt from their LV tags. overlay, btrfs: makes the
+    /// store's directories and records its backend.
     Init(StoreInit),
     /// Rebuild the store's records from the backend (LVM: from the LV tags): adopt sealed layers
     /// that have no record, forget records whose volume is gone, remove interrupted builds.
@@ -175,13 +176,14 @@ pub enum StoreCommand {
 /// `envc store init`.
 #[derive(Debug, Args)]
 pub struct StoreInit {
-    /// The backend: lvm.
+    /// The backend: lvm, overlay or btrfs (overlay and btrfs stores are also made by the first
+    /// apply; init makes one without building anything).
     // Its own id: the global `--backend` is another argument.
-    #[arg(id = "init_backend", value_name = "BACKEND", value_parser = ["lvm"])]
-    pub kind: String,
-    /// The volume group.
-    #[arg(long, value_name = "VG")]
-    pub vg: String,
+    #[arg(id = "init_backend", value_name = "BACKEND", value_enum)]
+    pub kind: Backend,
+    /// The volume group (lvm).
+    #[arg(long, value_name = "VG", required_if_eq("init_backend", "lvm"))]
+    pub vg: Option<String>,
     /// The thin pool in it.
     #[arg(long, value_name = "POOL", default_value = "envc")]
     pub pool: String,

@@ -81,6 +81,12 @@ impl CliError {
 
     /// An apply (or run) of `compiled` failed: a failed step keeps its place in the spec.
     pub fn apply(error: ApplyError, compiled: &Compiled) -> CliError {
+        // A layer that failed outside its steps (a full disk while sealing): where it starts.
+        if let ApplyError::Layer { index, .. } = &error
+            && let Some(at) = compiled.step_position(*index, 0)
+        {
+            return CliError::failed(format!("{error} (its first step is at {at})"));
+        }
         let at = match &error {
             ApplyError::StepFailed { index, step, .. } => compiled
                 .step_location(*index, *step)

@@ -49,16 +49,19 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
 }
 
 /// The hidden helper modes: envc re-executes itself under these first arguments (a fresh
-/// single-threaded process for namespace and mount work, fsync suppression, LVM snapshot reaping).
+/// single-threaded process for namespace and mount work, contained host tools, LVM snapshot
+/// reaping, background removal of discarded trees).
 fn helper(args: &[OsString]) -> Option<ExitCode> {
-    use envc_runtime::{maintain, sandbox};
+    use envc_runtime::{maintain, sandbox, tree};
     let (first, rest) = args.get(1).map(|a| (a, &args[2..]))?;
     let (code, fallback) = if first == sandbox::HELPER_ARG {
         (sandbox::helper_main(rest), 125)
-    } else if first == sandbox::NOSYNC_ARG {
-        (sandbox::nosync_main(rest), 125)
+    } else if first == sandbox::CONTAIN_ARG {
+        (sandbox::contain_main(rest), 125)
     } else if first == maintain::REAP_ARG {
         (maintain::reap_main(rest), 1)
+    } else if first == tree::REMOVE_ARG {
+        (tree::remove_main(rest), 1)
     } else {
         return None;
     };
@@ -67,6 +70,11 @@ fn helper(args: &[OsString]) -> Option<ExitCode> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // Host tools run contained through this binary (in every mode, the background reaper's
+    // included), and discarded trees are removed by it.
+    if let Ok(exe) = std::env::current_exe() {
+        envc_runtime::tools::set_helper(exe);
+    }
     if let Some(code) = helper(&args) {
         return code;
     }

@@ -20,6 +20,27 @@ pub fn open(store: &Path, backend: Option<Backend>) -> Result<Runtime, CliError>
     Ok(Runtime::new(store, helper))
 }
 
+/// Opens the store at `store` for a command that only reads or cleans it: it must exist already
+/// (a mistyped `--store` is reported, never made into a new store). `None` when there is none.
+pub fn open_existing(store: &Path, backend: Option<Backend>) -> Result<Option<Runtime>, CliError> {
+    match std::fs::symlink_metadata(store.join("store.json")) {
+        Ok(_) => open(store, backend).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CliError::failed(format!(
+            "cannot read {}: {e}",
+            store.join("store.json").display()
+        ))),
+    }
+}
+
+/// The error of a command that needs a store where there is none.
+pub fn no_store(store: &Path) -> CliError {
+    CliError::failed(format!(
+        "no envc store at {} (`envc apply` makes one; check --store and ENVC_STORE)",
+        store.display()
+    ))
+}
+
 fn backend_kind(b: Backend) -> BackendKind {
     match b {
         Backend::Overlay => BackendKind::Overlay,
@@ -28,21 +49,48 @@ fn backend_kind(b: Backend) -> BackendKind {
     }
 }
 
-/// Makes an LVM store at `store` (see `envc store init --help`); what recovery found in an
-/// existing pool comes back with it.
-pub fn init_lvm(store: &Path, init: &StoreInit) -> Result<(Store, Recovered), CliError> {
-    let init = LvmInit {
-        vg: init.vg.clone(),
-        pool: init.pool.clone(),
-        size: init.size.map(|s| s.0),
-        volume_size: init.volume_size.map(|s| s.0),
-        fs: match init.fs {
-            Fs::Ext4 => FsKind::Ext4,
-            Fs::Xfs => FsKind::Xfs,
-        },
-        loop_file: init.loop_file.clone(),
+/// Makes a store at `store` with the backend `init` names (see `envc store init --help`); what
+/// recovery found in an existing LVM pool comes back with it.
+pub fn init(store: &Path, init: &StoreInit) -> Result<(Store, Recovered), CliError> {
+    let lvm_only = [
+        ("--vg", init.vg.is_some()),
+        ("--size", init.size.is_some()),
+        ("--volume-size", init.volume_size.is_some()),
+        ("--fs", init.fs != Fs::Ext4),
+        ("--loop", init.loop_file.is_some()),
+    ];
+    let backend = match init.kind {
+        Backend::Lvm => {
+            let vg = init.vg.clone().unwrap_or_default();
+            if vg.trim().is_empty() {
+                return Err(CliError::failed("--vg needs a volume group name"));
+            }
+            BackendInit::Lvm(LvmInit {
+                vg,
+                pool: init.pool.clone(),
+                size: init.size.map(|s| s.0),
+                volume_size: init.volume_size.map(|s| s.0),
+                fs: match init.fs {
+                    Fs::Ext4 => FsKind::Ext4,
+                    Fs::Xfs => FsKind::Xfs,
+                },
+                loop_file: init.loop_file.clone(),
+            })
+        }
+        other => {
+            if let Some((flag, _)) = lvm_only.iter().find(|(_, set)| *set) {
+                return Err(CliError::failed(format!(
+                    "{flag} is a setting of LVM stores, not of {}",
+                    backend_kind(other)
+                )));
+            }
+            match other {
+                Backend::Btrfs => BackendInit::Btrfs,
+                _ => BackendInit::Overlay,
+            }
+        }
     };
-    let store = Store::init(store, &BackendInit::Lvm(init))?;
+    let store = Store::init(store, &backend)?;
     // A pool that already holds envc's volumes is adopted.
     let recovered = maintain::recover(&store)?;
     Ok((store, recovered))

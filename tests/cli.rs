@@ -254,6 +254,14 @@ fn backend_overlayfs_is_overlay() {
     let dir = scratch("overlayfs");
     for (i, env) in [None, Some("overlayfs")].into_iter().enumerate() {
         let store = dir.join(format!("store{i}"));
+        envc()
+            .env_remove("ENVC_BACKEND")
+            .arg("--store")
+            .arg(&store)
+            .args(["store", "init", "overlay"])
+            .assert()
+            .success();
+        // Opening it as `overlayfs` is opening it as overlay (another name would be refused).
         let mut cmd = envc().env_remove("ENVC_BACKEND").arg("--store").arg(&store);
         cmd = match env {
             Some(v) => cmd.env("ENVC_BACKEND", v),
@@ -263,5 +271,31 @@ fn backend_overlayfs_is_overlay() {
         let ls: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
         assert_eq!(ls["backend"], "overlay", "{ls}");
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Commands that read or clean a store never make one: a mistyped `--store` is reported.
+#[test]
+fn read_only_commands_never_create_a_store() {
+    let dir = scratch("nostore");
+    let store = dir.join("mistyped");
+    for args in [&["ls"][..], &["rm", "x"], &["why", "nothing.kdl"]] {
+        let out = envc()
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .assert()
+            .code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(err.contains("no envc store at"), "{args:?}: {err}");
+    }
+    // A cleanup job on a fresh machine succeeds with nothing to do.
+    envc()
+        .arg("--store")
+        .arg(&store)
+        .arg("gc")
+        .assert()
+        .success();
+    assert!(!store.exists(), "no store was made");
     std::fs::remove_dir_all(dir).unwrap();
 }

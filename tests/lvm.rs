@@ -864,9 +864,9 @@ fn a_store_on_a_loop_file_volume_group() {
 }
 
 /// Fault injection on LVM (tests/crash.rs runs every point on overlay and btrfs): envc killed with
-/// SIGKILL, by pid alone and by process group, at a seal (before publishing, and published
-/// without its meta record), at the working root's creation (made but unrecorded) and in gc (a
-/// volume removed, its record not). After each kill: no builder process and no mount is left
+/// SIGKILL, by pid alone and by process group, at a seal (before it, and with the layer's record
+/// written but the layer not yet published), at the working root's creation (recorded but not
+/// yet made) and in gc (a volume removed, its record not). After each kill: no builder process and no mount is left
 /// (working roots excepted), the next apply succeeds, and the root's tree equals a reference
 /// built without kills. About 9 minutes in the VM (TCG): `cargo test --test lvm crash`.
 fn crash_kill_9_at_seal_root_and_gc() {
@@ -885,8 +885,8 @@ fn crash_kill_9_at_seal_root_and_gc() {
     // (failpoint, whether gc is killed instead of apply)
     let cases = [
         ("seal-before#2", false),
-        ("seal-published#2", false),
-        ("root-made", false),
+        ("seal-recorded#2", false),
+        ("root-recorded", false),
         ("gc-removed#1", true),
     ];
     let mut fails = Vec::new();

@@ -39,5 +39,7 @@ contract!(
     gc_removes_unused_layers_children_first_and_never_one_in_use,
     a_deep_chain_applies,
     shell_reads_commands_from_stdin,
+    an_unmounted_root_is_mounted_again_with_its_changes,
+    gc_removes_nothing_while_a_root_record_is_unreadable,
     gc_leaves_layers_in_use_by_a_running_command_alone,
 );

@@ -16,13 +16,13 @@
 //! | `tool-running` | a streamed tool (a base's tar or mmdebstrap) was started (`tools.rs`) |
 //! | `step-before`, `step-after` | around each step of a layer being built (`apply/layer.rs`) |
 //! | `step-output` | a sandboxed step (run, packages) printed a line (`apply/layer.rs`) |
-//! | `seal-before` | every step succeeded, the layer is not yet published (`apply/layer.rs`) |
-//! | `seal-published` | the layer is published, its `meta/ID.json` not yet written |
-//! | `seal-recorded` | the layer and its record are written, the build log not yet moved |
-//! | `root-before` | the working root is about to be (re)made (`apply/mod.rs`) |
+//! | `seal-before` | every step succeeded; neither the layer nor its record is written yet |
+//! | `seal-recorded` | `meta/ID.json` is written (inside the backend's seal), the layer not yet published |
+//! | `seal-published` | the backend's seal returned: the layer is published and recorded |
+//! | `root-before` | the working root is about to be (re)made, nothing written yet (`apply/mod.rs`) |
+//! | `root-recorded` | `root.json` is written, the root not yet made |
 //! | `root-dropped` | the old working root is dropped, the new one not yet made (backends) |
-//! | `root-made` | the new working root exists (mounted), `root.json` not yet written |
-//! | `root-recorded` | `root.json` is written |
+//! | `root-made` | the new working root exists (mounted) and is recorded |
 //! | `gc-removed` | gc removed a layer's data, not yet its meta record (`maintain/gc.rs`) |
 //! | `gc-between` | gc removed one layer completely, before the next |
 #![forbid(unsafe_code)]

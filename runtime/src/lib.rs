@@ -6,11 +6,13 @@
 //!   that knows nothing of the store's records.
 //! - [`maintain`]: store-level upkeep above any backend: `why`, `gc`, recovery, reaping.
 //! - [`sandbox`]: running a step inside a root, in fresh namespaces.
-//! - [`tools`]: the one runner of external programs; [`aptsrc`]: the host's apt sources.
+//! - [`tools`]: the one runner of external programs (contained: see [`sandbox`]); [`aptsrc`]: the
+//!   host's apt sources.
+//! - [`tree`]: the one way a tree of the store is removed (never through a mount or a symlink).
 //! - [`warning`]: conditions reported as data, printed only by the binary.
 //!
 //! Dependency direction: `apply` -> `maintain` -> `store` -> `backend` -> `sandbox` types,
-//! `tools`, `sys`. Nothing below `store` imports it.
+//! `tools`, `tree`, `sys`. Nothing below `store` imports it.
 //!
 //! `unsafe` lives only in [`sys`]'s real implementation: the crate denies `unsafe_code` (a
 //! crate-level `forbid` could not be lifted for that one module), `sys` allows it for that
@@ -26,6 +28,7 @@ pub mod sandbox;
 pub mod store;
 pub mod sys;
 pub mod tools;
+pub mod tree;
 pub mod warning;
 
 pub use apply::{Applied, ApplyError, Event, Runtime};

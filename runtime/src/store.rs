@@ -7,14 +7,21 @@
 //! STORE/logs/ID.log         the build log of a sealed layer (ID.failed.log for a failed build)
 //! STORE/staging/ID          layers being built; never mistaken for sealed ones
 //! STORE/locks/ID.lock       one lock per layer id, outside the directories it guards
+//! STORE/locks/run-PID.lock  held by `envc run` while its throwaway roots tmp/run-PID-* exist
 //! STORE/roots/NAME/         working roots: root.json and the root itself at NAME/root
 //! STORE/cache/              host-side caches shared by builds (.deb files, apt lists)
 //! STORE/tmp/                throwaway roots of `envc run`
 //! ```
+//!
+//! Records are written durably and read, like lock files, never through a symlink
+//! (`store/record.rs`). A layer's record is written before the layer is published (see
+//! [`crate::backend::Backend::seal`]), so a sealed layer always has one; `layers/ID` counts as
+//! sealed only when it is a real directory the backend recognises ([`Store::check_sealed`]).
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +30,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{self, Backend, BackendConfig, BackendInit, BackendKind};
+
+pub(crate) mod record;
 
 /// The store's default location.
 pub const DEFAULT_STORE: &str = "/var/lib/envc";
@@ -68,6 +77,19 @@ pub enum StoreError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// Something of the wrong type is where the store keeps a layer, a record or a lock (a
+    /// symlink to somewhere else, a file where a directory should be, a FIFO).
+    #[error("{} is {found}, not {expected}: {repair}", path.display())]
+    WrongType {
+        /// Where.
+        path: PathBuf,
+        /// What is there (`a symbolic link`).
+        found: &'static str,
+        /// What should be there.
+        expected: &'static str,
+        /// How to repair it.
+        repair: String,
     },
     /// A name given on the command line is not an environment name.
     #[error(
@@ -296,22 +318,27 @@ impl Store {
         ] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+            // create_dir_all accepts a link to a directory: the store's own directories must
+            // be its own.
+            let m = fs::symlink_metadata(&p).map_err(io_err("inspect", &p))?;
+            if !m.is_dir() {
+                return Err(record::wrong_type(
+                    &p,
+                    "a directory",
+                    format!(
+                        "envc never follows a link in its store; remove it (`rm {}`) and run envc again",
+                        p.display()
+                    ),
+                ));
+            }
         }
         Ok(root)
     }
 
     fn read_config(root: &Path) -> Result<Option<BackendConfig>, StoreError> {
         let path = root.join("store.json");
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(StoreError::Io {
-                    op: "read",
-                    path,
-                    source: e,
-                });
-            }
+        let Some(bytes) = record::read(&path)? else {
+            return Ok(None);
         };
         parse_config(&bytes)
             .map(Some)
@@ -343,12 +370,7 @@ impl Store {
 
     fn lock_file(&self, name: &str, arg: FlockArg) -> Result<Option<Lock>, StoreError> {
         let path = self.root.join("locks").join(name);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open lock", &path))?;
+        let file = record::open_lock(&path)?;
         match Flock::lock(file, arg) {
             Ok(l) => Ok(Some(Lock(l))),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -402,9 +424,105 @@ impl Store {
             .expect("blocking lock"))
     }
 
-    /// Whether a layer is sealed.
+    /// Holds this process's run lock (`locks/run-PID.lock`, shared: processes of the same pid
+    /// in other pid namespaces may hold it too) for as long as the lock lives: while it is held,
+    /// the throwaway roots in `tmp/run-PID-*` are in use, and once it is free (the process
+    /// ended, however) they are leftovers that `gc` and the next apply remove. The file
+    /// may be removed by whoever cleaned up after a dead process of the same pid, so the lock is
+    /// taken again until the file locked is the one at the path.
+    pub fn hold_run_lock(&self) -> Result<Lock, StoreError> {
+        let path = self.run_lock_path(std::process::id());
+        loop {
+            let lock = self
+                .lock_file(
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default(),
+                    FlockArg::LockShared,
+                )?
+                .ok_or_else(|| io_err("lock", &path)(io::ErrorKind::WouldBlock.into()))?;
+            let held = lock.0.metadata().map_err(io_err("inspect", &path))?;
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => return Ok(lock),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("inspect", &path)(e)),
+            }
+        }
+    }
+
+    /// The run lock of process `pid`.
+    pub(crate) fn run_lock_path(&self, pid: u32) -> PathBuf {
+        self.root.join("locks").join(format!("run-{pid}.lock"))
+    }
+
+    /// Takes the run lock of process `pid` if nobody holds it: then no live process of that pid
+    /// uses a throwaway root.
+    pub(crate) fn try_lock_run(&self, pid: u32) -> Result<Option<Lock>, StoreError> {
+        self.lock_file(&format!("run-{pid}.lock"), FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Whether a layer is sealed: `layers/ID` is a real directory (never a symlink) that the
+    /// backend recognises as a layer. Anything else there is an error naming the path and how to
+    /// repair it; a caller must not use it.
+    pub fn check_sealed(&self, id: &LayerId) -> Result<bool, StoreError> {
+        let path = self.backend.layout().layer(id);
+        let m = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("inspect", &path)(e)),
+        };
+        let expected = "a directory holding a sealed layer";
+        if m.is_dir() && self.backend.is_sealed(id) {
+            return Ok(true);
+        }
+        let repair = if m.file_type().is_symlink() {
+            format!(
+                "envc never uses a layer through a link; remove the link (`rm {}`, its target is left alone) and apply again: the layer is rebuilt",
+                path.display()
+            )
+        } else if m.is_dir() {
+            format!(
+                "the {} backend does not recognise it as a layer; remove it and apply again: the layer is rebuilt",
+                self.backend.kind()
+            )
+        } else {
+            format!(
+                "remove it (`rm {}`) and apply again: the layer is rebuilt",
+                path.display()
+            )
+        };
+        Err(StoreError::WrongType {
+            path,
+            found: if m.is_dir() {
+                "a directory that is not a layer"
+            } else {
+                record::type_name(&m)
+            },
+            expected,
+            repair,
+        })
+    }
+
+    /// Whether a layer is sealed (a wrong type in its place counts as not sealed; see
+    /// [`Store::check_sealed`] for the error).
     pub fn is_sealed(&self, id: &LayerId) -> bool {
-        self.backend.is_sealed(id)
+        matches!(self.check_sealed(id), Ok(true))
+    }
+
+    /// The entries under `layers/` that are not layers (a symlink, a file, an unrecognised
+    /// directory), as the errors [`Store::check_sealed`] gives: `ls` and `gc` report them and
+    /// leave them alone.
+    pub fn damaged_layers(&self) -> Result<Vec<StoreError>, StoreError> {
+        let mut out = Vec::new();
+        for (_, name) in record::entries(&self.root.join("layers"))? {
+            if let Ok(id) = name.parse::<LayerId>()
+                && let Err(e) = self.check_sealed(&id)
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// The metadata path of a layer.
@@ -427,12 +545,63 @@ impl Store {
     /// Reads a layer's metadata: `None` if it has none, an error naming the file if it cannot be
     /// read.
     pub fn read_meta(&self, id: &LayerId) -> Result<Option<Meta>, StoreError> {
-        read_record(&self.meta_path(id))
+        let path = self.meta_path(id);
+        let meta: Option<Meta> = read_record(&path)?;
+        if let Some(m) = &meta {
+            let bad = if m.id != *id {
+                Some(format!(
+                    "it records layer {}, not the layer of its name",
+                    m.id
+                ))
+            } else if m.parent == Some(*id) {
+                Some("it names its own layer as its parent".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = bad {
+                return Err(StoreError::Corrupt {
+                    reason: format!(
+                        "{why}; remove it (`rm {}`): the next apply that uses layer {id} rewrites it",
+                        path.display()
+                    ),
+                    path,
+                });
+            }
+        }
+        Ok(meta)
     }
 
     /// Writes a layer's metadata atomically.
     pub fn write_meta(&self, meta: &Meta) -> Result<(), StoreError> {
         write_json(&self.meta_path(&meta.id), meta)
+    }
+
+    /// Writes several layers' metadata, each atomically and durably, with one fsync of `meta/`
+    /// for all; returns each one's result (an error of `meta/` itself fails them all).
+    pub fn write_metas(&self, metas: &[Meta]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let names: Vec<String> = metas.iter().map(|m| format!("{}.json", m.id)).collect();
+        let encoded: Vec<Result<Vec<u8>, StoreError>> = metas
+            .iter()
+            .map(|m| {
+                serde_json::to_vec_pretty(m).map_err(|e| StoreError::Encode {
+                    path: self.meta_path(&m.id),
+                    reason: e.to_string(),
+                })
+            })
+            .collect();
+        let ok: Vec<(&str, &[u8])> = names
+            .iter()
+            .zip(&encoded)
+            .filter_map(|(n, e)| Some((n.as_str(), e.as_deref().ok()?)))
+            .collect();
+        let mut written = record::write_in(&self.root.join("meta"), &ok)?.into_iter();
+        Ok(encoded
+            .into_iter()
+            .map(|e| match e {
+                Ok(_) => written.next().unwrap_or(Ok(())),
+                Err(e) => Err(e),
+            })
+            .collect())
     }
 
     /// Every sealed layer with its metadata (a layer without metadata gets a stub; unreadable
@@ -453,7 +622,38 @@ impl Store {
                 build_secs: 0.0,
             }));
         }
+        self.check_parents(&out)?;
         Ok(out)
+    }
+
+    /// Fails, naming a record, if parent links among `metas` loop (edited records): whatever
+    /// walks parents (ls, gc, why) then never loops.
+    fn check_parents(&self, metas: &[Meta]) -> Result<(), StoreError> {
+        let parent: std::collections::BTreeMap<LayerId, Option<LayerId>> =
+            metas.iter().map(|m| (m.id, m.parent)).collect();
+        let mut acyclic = std::collections::BTreeSet::new();
+        for m in metas {
+            let mut path = std::collections::BTreeSet::new();
+            let mut at = Some(m.id);
+            while let Some(id) = at {
+                if acyclic.contains(&id) {
+                    break;
+                }
+                if !path.insert(id) {
+                    let file = self.meta_path(&id);
+                    return Err(StoreError::Corrupt {
+                        reason: format!(
+                            "its parent links loop back to layer {id}; remove it (`rm {}`): the next apply that uses the layer rewrites it",
+                            file.display()
+                        ),
+                        path: file,
+                    });
+                }
+                at = parent.get(&id).copied().flatten();
+            }
+            acyclic.extend(path);
+        }
+        Ok(())
     }
 
     /// The record of a working root: `None` if it has none, an error naming the file if it
@@ -471,16 +671,10 @@ impl Store {
 
     /// Removes the record of a working root (and its directory).
     pub fn remove_root_record(&self, name: &str) -> Result<(), StoreError> {
+        // It holds the root's mount point: removed without crossing a mount left there.
         let dir = self.backend.layout().root_dir(name);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Io {
-                op: "remove",
-                path: dir,
-                source: e,
-            }),
-        }
+        crate::tree::remove_tree(crate::sys::kernel(), &dir)
+            .map_err(|e| StoreError::Backend(backend::BackendError::Remove(e)))
     }
 
     /// Every working root. A directory under `roots/` without a record (a root being removed) is
@@ -543,16 +737,8 @@ impl Store {
 
 /// Reads a JSON record: `None` if the file does not exist.
 fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(StoreError::Io {
-                op: "read",
-                path: path.to_owned(),
-                source: e,
-            });
-        }
+    let Some(bytes) = record::read(path)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
@@ -562,15 +748,14 @@ fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>,
         })
 }
 
-/// Writes JSON to `path` atomically (temporary file + rename).
+/// Writes JSON to `path` atomically and durably ([`record::write`]: temporary file, fsync,
+/// rename, fsync of the directory).
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Encode {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("publish", path))
+    record::write(path, &bytes)
 }
 
 #[cfg(test)]

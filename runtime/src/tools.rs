@@ -1,13 +1,25 @@
 //! One runner for every external tool (tar, mmdebstrap, btrfs, ...): absolute path, argv (never a
 //! shell string), an explicit environment, and errors that carry program, args, status and the
 //! tail of stderr.
+//!
+//! Every tool runs contained: through the envc binary (`envc __envc-contain`, see
+//! [`crate::sandbox`]) in mount and PID namespaces of its own that die with envc, so a tool's
+//! mounts are never visible on the host and a `kill -9` of envc leaves no tool running. The
+//! binary is named once per process ([`set_helper`]; `envc` does it in `main`) or per tool
+//! ([`Tool::via`]). Only LVM's device-mapper and loop-device changes opt out
+//! ([`Tool::uninterruptible`]). A library user that names no binary runs tools directly.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, PipeReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+
+use crate::sandbox::protocol::check_report;
+use crate::sandbox::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, REPORT_FD_ARG, SandboxError, SandboxOp};
+use crate::sys;
 
 /// Where tools are looked up, in order. The caller's PATH is not trusted.
 const TOOL_DIRS: &[&str] = &[
@@ -18,6 +30,20 @@ const TOOL_DIRS: &[&str] = &[
     "/sbin",
     "/bin",
 ];
+
+/// The envc binary every tool of this process runs contained through, once named.
+static HELPER: OnceLock<PathBuf> = OnceLock::new();
+
+/// Names the envc binary that contains this process's tools and removes discarded trees in the
+/// background (`std::env::current_exe()` in `envc`). The first call wins.
+pub fn set_helper(envc: PathBuf) {
+    let _ = HELPER.set(envc);
+}
+
+/// The envc binary named by [`set_helper`].
+pub fn helper() -> Option<&'static Path> {
+    HELPER.get().map(PathBuf::as_path)
+}
 
 /// How many lines of output an error keeps.
 pub const TAIL_LINES: usize = 20;
@@ -39,6 +65,16 @@ pub enum ToolError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The program's containment could not be set up (namespaces, the envc binary), or the
+    /// program could not be executed inside it.
+    #[error("cannot run {} contained: {source}", program.display())]
+    Contain {
+        /// The program.
+        program: PathBuf,
+        /// What failed.
+        #[source]
+        source: Box<SandboxError>,
     },
     /// The program ran and failed.
     #[error("{} failed ({status}): {}{}", render_cmd(program, args), if tail.is_empty() { "" } else { "\n" }, tail.join("\n"))]
@@ -79,6 +115,9 @@ pub struct Tool {
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    via: Option<PathBuf>,
+    nosync: bool,
+    uninterruptible: bool,
 }
 
 impl fmt::Debug for Tool {
@@ -99,6 +138,42 @@ impl Tool {
             program,
             args: Vec::new(),
             env: Vec::new(),
+            via: None,
+            nosync: false,
+            uninterruptible: false,
+        }
+    }
+
+    /// Runs the tool contained through `envc` (the envc binary) instead of the one named by
+    /// [`set_helper`].
+    pub fn via(mut self, envc: &Path) -> Tool {
+        self.via = Some(envc.to_owned());
+        self
+    }
+
+    /// Runs the tool (and everything it starts) with sync calls suppressed by the seccomp filter
+    /// of `sync=seccomp` steps. Only when contained: a tool run directly is not filtered.
+    pub fn nosync(mut self, on: bool) -> Tool {
+        self.nosync = on;
+        self
+    }
+
+    /// Runs the tool without containment, to its end even if envc is killed: for LVM commands,
+    /// which change device-mapper tables and loop devices (a SIGKILL halfway can leave a device
+    /// suspended, blocking all I/O to it) and never mount anything.
+    pub fn uninterruptible(mut self) -> Tool {
+        self.uninterruptible = true;
+        self
+    }
+
+    /// The envc binary the tool runs contained through, if any.
+    fn containment(&self) -> Option<&Path> {
+        if self.uninterruptible {
+            return None;
+        }
+        match &self.via {
+            Some(envc) => Some(envc),
+            None => helper(),
         }
     }
 
@@ -120,28 +195,88 @@ impl Tool {
         self
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .env_clear()
+    /// The command that runs the tool, and the read end of the containment's report channel.
+    fn command(&self) -> Result<(Command, Option<PipeReader>), ToolError> {
+        let (mut cmd, report) = match self.containment() {
+            None => {
+                let mut cmd = Command::new(&self.program);
+                cmd.args(&self.args);
+                (cmd, None)
+            }
+            Some(envc) => {
+                let fail = |e: io::Error| self.contain_err(SandboxOp::StartHelper, envc, &e);
+                let (report, writer) = io::pipe().map_err(fail)?;
+                let mut cmd = Command::new(envc);
+                let fd = sys::pass_fd(&mut cmd, writer.into()).map_err(fail)?;
+                cmd.arg(CONTAIN_ARG)
+                    .arg(REPORT_FD_ARG)
+                    .arg(fd.to_string())
+                    .arg(PARENT_OPT)
+                    .arg(std::process::id().to_string());
+                if self.nosync {
+                    cmd.arg(NOSYNC_OPT);
+                }
+                cmd.arg("--").arg(&self.program).args(&self.args);
+                (cmd, Some(report))
+            }
+        };
+        cmd.env_clear()
             .env("PATH", TOOL_DIRS.join(":"))
             .env("LANG", "C.UTF-8")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
-        cmd
+        Ok((cmd, report))
+    }
+
+    fn contain_err(&self, op: SandboxOp, object: &Path, e: &io::Error) -> ToolError {
+        ToolError::Contain {
+            program: self.program.clone(),
+            source: Box::new(SandboxError::io(op, object.display().to_string(), e)),
+        }
+    }
+
+    /// Starts `cmd`; its copies of the pipes' write ends close here.
+    fn spawn(&self, mut cmd: Command) -> Result<Child, ToolError> {
+        let child = cmd.spawn();
+        drop(cmd);
+        child.map_err(|source| match self.containment() {
+            Some(envc) => self.contain_err(SandboxOp::StartHelper, envc, &source),
+            None => ToolError::Spawn {
+                program: self.program.clone(),
+                source,
+            },
+        })
+    }
+
+    /// The containment's failure, if it reported one (read once the tool has ended: every
+    /// process that holds the channel is gone then).
+    fn check_contained(&self, report: Option<PipeReader>) -> Result<(), ToolError> {
+        let Some(mut report) = report else {
+            return Ok(());
+        };
+        let envc = self.containment().unwrap_or(&self.program).to_owned();
+        let mut buf = Vec::new();
+        report
+            .read_to_end(&mut buf)
+            .map_err(|e| self.contain_err(SandboxOp::ReadReport, &envc, &e))?;
+        check_report(&buf, &envc.display().to_string()).map_err(|source| ToolError::Contain {
+            program: self.program.clone(),
+            source: Box::new(source),
+        })
     }
 
     /// Runs the tool and returns its stdout; stderr is kept for the error.
     pub fn output(&self) -> Result<Vec<u8>, ToolError> {
+        let (mut cmd, report) = self.command()?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let out = self
-            .command()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
+            .spawn(cmd)?
+            .wait_with_output()
             .map_err(|source| ToolError::Spawn {
                 program: self.program.clone(),
                 source,
             })?;
+        self.check_contained(report)?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -151,17 +286,11 @@ impl Tool {
     /// Runs the tool with `input` on its stdin and returns its stdout; stderr is kept for the
     /// error.
     pub fn output_with_input(&self, input: &[u8]) -> Result<Vec<u8>, ToolError> {
-        let spawn_err = |source| ToolError::Spawn {
-            program: self.program.clone(),
-            source,
-        };
-        let mut child = self
-            .command()
-            .stdin(Stdio::piped())
+        let (mut cmd, report) = self.command()?;
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
+            .stderr(Stdio::piped());
+        let mut child = self.spawn(cmd)?;
         let stdin = child.stdin.take();
         // Written from another thread, so a tool that answers before reading all of its input
         // cannot deadlock against a full pipe.
@@ -173,7 +302,11 @@ impl Tool {
             });
             child.wait_with_output()
         })
-        .map_err(spawn_err)?;
+        .map_err(|source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        })?;
+        self.check_contained(report)?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -182,31 +315,23 @@ impl Tool {
 
     /// Runs the tool, giving each line of its output (stdout and stderr merged) to `on_line`.
     pub fn stream(&self, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
-        let (reader, writer) = std::io::pipe().map_err(|source| ToolError::Spawn {
+        let spawn_err = |source| ToolError::Spawn {
             program: self.program.clone(),
             source,
-        })?;
-        let writer2 = writer.try_clone().map_err(|source| ToolError::Spawn {
-            program: self.program.clone(),
-            source,
-        })?;
-        let mut cmd = self.command();
+        };
+        let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+        let writer2 = writer.try_clone().map_err(spawn_err)?;
+        let (mut cmd, report) = self.command()?;
         cmd.stdout(writer).stderr(writer2);
-        let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
-            program: self.program.clone(),
-            source,
-        })?;
-        drop(cmd);
+        let mut child = self.spawn(cmd)?;
         crate::failpoint::hit("tool-running");
         let mut tail: Vec<String> = Vec::new();
         for_each_line(reader, &mut |line| {
             on_line(line);
             push_tail(&mut tail, line);
         });
-        let status = child.wait().map_err(|source| ToolError::Spawn {
-            program: self.program.clone(),
-            source,
-        })?;
+        let status = child.wait().map_err(spawn_err)?;
+        self.check_contained(report)?;
         if status.success() {
             Ok(())
         } else {

@@ -22,7 +22,15 @@ pub fn gc(
     keep_bytes: Option<Size>,
     dry_run: bool,
 ) -> Result<(), CliError> {
-    let rt = crate::store::open(store, backend)?;
+    let Some(rt) = crate::store::open_existing(store, backend)? else {
+        // Nothing to remove; a cleanup job on a fresh machine succeeds.
+        let _ = writeln!(
+            std::io::stderr(),
+            "envc: no store at {}: nothing to remove",
+            store.display()
+        );
+        return Ok(());
+    };
     let older_than = match (older_than, keep_bytes) {
         (None, None) => Some(DEFAULT_AGE),
         (age, _) => age,

@@ -14,8 +14,14 @@ use crate::human;
 
 /// Prints the store's layers as a tree, or everything about the store as JSON.
 pub fn ls(store: &Path, backend: Option<Backend>, json: bool) -> Result<(), CliError> {
-    let rt = crate::store::open(store, backend)?;
+    let rt = crate::store::open_existing(store, backend)?
+        .ok_or_else(|| crate::store::no_store(store))?;
     let layers = rt.store.layers()?;
+    // Entries of the wrong type in layers/ (a symlink, a file) are never layers: named, not
+    // listed.
+    for e in rt.store.damaged_layers()? {
+        crate::report::warn(&e);
+    }
     let roots = rt.store.roots()?;
     let capacity = crate::store::capacity(&rt.store);
     if json {

@@ -7,7 +7,8 @@ use crate::error::CliError;
 
 /// Removes the working root `name`; it is an error if there is none.
 pub fn rm(store: &Path, backend: Option<Backend>, name: &str) -> Result<(), CliError> {
-    let rt = crate::store::open(store, backend)?;
+    let rt = crate::store::open_existing(store, backend)?
+        .ok_or_else(|| crate::store::no_store(store))?;
     if rt.remove_root(name)? {
         Ok(())
     } else {

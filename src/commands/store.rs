@@ -19,7 +19,7 @@ pub fn store(path: &Path, command: &StoreCommand) -> Result<(), CliError> {
 }
 
 fn init(path: &Path, init: &StoreInit) -> Result<(), CliError> {
-    let (st, recovered) = store::init_lvm(path, init)?;
+    let (st, recovered) = store::init(path, init)?;
     print_recovered(&recovered);
     if let Some(l) = store::lvm_setting(&st) {
         let _ = writeln!(
@@ -33,6 +33,13 @@ fn init(path: &Path, init: &StoreInit) -> Result<(), CliError> {
             store::capacity(&st)
                 .map(|c| store::capacity_line(&c))
                 .unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "envc: store {} uses the {} backend",
+            st.path().display(),
+            st.backend().kind()
         );
     }
     Ok(())

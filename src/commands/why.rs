@@ -17,8 +17,9 @@ pub fn why(
     spec: &Path,
     json: bool,
 ) -> Result<(), CliError> {
+    let rt = crate::store::open_existing(store, backend)?
+        .ok_or_else(|| crate::store::no_store(store))?;
     let compiled = compile_for(spec, store)?;
-    let rt = crate::store::open(store, backend)?;
     let layers = envc_runtime::maintain::why(&rt.store, &compiled.plan)?;
     if json {
         println!(

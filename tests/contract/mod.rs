@@ -580,6 +580,75 @@ pub fn gc_leaves_layers_in_use_by_a_running_command_alone(kind: Kind) {
     );
 }
 
+pub fn an_unmounted_root_is_mounted_again_with_its_changes(kind: Kind) {
+    let t = TestStore::new(kind, "remount");
+    let spec = t.spec(
+        "env.kdl",
+        &format!("name \"m\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n"),
+    );
+    let root = t.apply(&spec).root();
+    std::fs::write(root.join("dirt"), "x").unwrap();
+    // What a reboot does to the store's mounts.
+    crate::common::unmount_below(&t.store.join("roots"));
+    let again = t.apply(&spec);
+    assert_eq!(again.root(), root);
+    assert!(
+        again.stderr.contains("root kept"),
+        "an unchanged apply keeps the root: {}",
+        again.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("dirt")).unwrap(),
+        "x",
+        "the root's changes survive"
+    );
+    assert_eq!(std::fs::read_to_string(root.join("a")).unwrap(), "a\n");
+}
+
+pub fn gc_removes_nothing_while_a_root_record_is_unreadable(kind: Kind) {
+    let t = TestStore::new(kind, "gcrec");
+    let text = format!("name \"g\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\n");
+    let spec = t.spec("env.kdl", &text);
+    t.apply(&spec);
+    // Another root whose layers gc could remove, but for the unreadable record.
+    let other = t.spec(
+        "other.kdl",
+        &text.replace("\"g\"", "\"h\"").replace("echo a", "echo b"),
+    );
+    let other_root = t.apply(&other).root();
+    assert_eq!(t.envc(&["rm", "h"]).code, 0);
+    let record = t.store.join("roots/g/root.json");
+    for (what, damage) in [("garbage", Some("{not json")), ("missing", None)] {
+        match damage {
+            Some(text) => std::fs::write(&record, text).unwrap(),
+            None => std::fs::remove_file(&record).unwrap(),
+        }
+        let r = t.envc(&["gc", "--keep-bytes", "0"]);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert!(
+            r.stdout.is_empty(),
+            "{what} record: gc removed {}",
+            r.stdout
+        );
+        assert!(
+            r.stderr.contains("working root `g`") && r.stderr.contains("root.json"),
+            "{what} record: the warning names the root and its record: {}",
+            r.stderr
+        );
+    }
+    assert!(!other_root.join("b").exists());
+    // Repaired by removing the root: then everything can go.
+    assert_eq!(t.envc(&["rm", "g"]).code, 0);
+    let all = t.envc(&["gc", "--keep-bytes", "0"]);
+    assert_eq!(
+        all.stdout.lines().count(),
+        3,
+        "{}{}",
+        all.stdout,
+        all.stderr
+    );
+}
+
 fn run_ok(cmd: &mut Command) -> Run {
     let r = Run::from(cmd.output().unwrap());
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -634,6 +703,14 @@ pub const ALL: &[(&str, fn(Kind))] = &[
     (
         "shell_reads_commands_from_stdin",
         shell_reads_commands_from_stdin,
+    ),
+    (
+        "an_unmounted_root_is_mounted_again_with_its_changes",
+        an_unmounted_root_is_mounted_again_with_its_changes,
+    ),
+    (
+        "gc_removes_nothing_while_a_root_record_is_unreadable",
+        gc_removes_nothing_while_a_root_record_is_unreadable,
     ),
     (
         "gc_leaves_layers_in_use_by_a_running_command_alone",

@@ -15,7 +15,6 @@ use super::Runtime;
 use super::apt::layer_short;
 use super::inroot::{is_file_at, open_dir, open_in_root};
 use crate::aptsrc;
-use crate::sandbox;
 use crate::tools::{self, Tool, ToolError};
 
 /// A failure to make a base.
@@ -68,6 +67,7 @@ impl Runtime {
             Base::Scratch => Ok(()),
             Base::Tar { path, .. } => {
                 let tar = Tool::new("tar")?
+                    .via(self.exec.helper())
                     .arg("--extract")
                     .arg("--file")
                     .arg(path)
@@ -110,15 +110,12 @@ impl Runtime {
                     source,
                 })?;
                 let mmdebstrap = tools::find("mmdebstrap")?;
-                // With sync suppression, mmdebstrap and everything it starts (dpkg in the new root
-                // included) run under the seccomp filter.
-                let mut t = match sync {
-                    SyncMode::Off => Tool::at(mmdebstrap),
-                    _ => Tool::at(self.exec.helper().to_owned())
-                        .arg(sandbox::NOSYNC_ARG)
-                        .arg(mmdebstrap),
-                };
-                t = t
+                // Contained (its mounts of proc, sys and dev in the new root stay in a mount
+                // namespace of its own, and it dies with envc). With sync suppression, mmdebstrap and
+                // everything it starts (dpkg in the new root included) run under the seccomp filter.
+                let mut t = Tool::at(mmdebstrap)
+                    .via(self.exec.helper())
+                    .nosync(sync != SyncMode::Off)
                     .arg(format!("--variant={variant}"))
                     .arg(format!("--architectures={arch}"))
                     .arg(format!("--components={}", components.join(",")))

@@ -55,6 +55,17 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
+    /// A layer's build failed outside its steps (staging, its log, sealing, its record).
+    #[error("cannot build layer `{layer}`: {source}")]
+    Layer {
+        /// The layer's index in the plan.
+        index: usize,
+        /// The layer's name.
+        layer: String,
+        /// What failed.
+        #[source]
+        source: Box<ApplyError>,
+    },
     /// A build failed and so did its rollback: both are reported.
     #[error("{error}; rolling the build of layer `{layer}` back failed too: {rollback}")]
     Rollback {
@@ -65,4 +76,21 @@ pub enum ApplyError {
         /// What failed the rollback.
         rollback: BackendError,
     },
+}
+
+impl ApplyError {
+    /// `self`, failing the build of layer `index`, named (a failed step and a failed rollback
+    /// already name their layer).
+    pub(super) fn in_layer(self, index: usize, layer: &str) -> ApplyError {
+        match self {
+            e @ (ApplyError::StepFailed { .. }
+            | ApplyError::Layer { .. }
+            | ApplyError::Rollback { .. }) => e,
+            e => ApplyError::Layer {
+                index,
+                layer: layer.to_owned(),
+                source: Box::new(e),
+            },
+        }
+    }
 }

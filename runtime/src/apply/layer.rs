@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,7 +43,14 @@ impl Runtime {
             .path()
             .join("staging")
             .join(format!("{}.log", layer.id));
-        let mut log = match File::create(&log_path) {
+        // Never through a symlink: the log is the store's own file.
+        let mut log = match File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log_path)
+        {
             Ok(f) => f,
             Err(source) => {
                 let e = ApplyError::Io {
@@ -98,27 +106,31 @@ impl Runtime {
             };
             return Err(self.roll_back(&layer.name, &layer.id, e));
         }
-        crate::failpoint::hit("seal-before");
-        let size = match self.backend().seal(build) {
-            Ok(size) => size,
-            Err(e) => return Err(self.roll_back(&layer.name, &layer.id, e.into())),
+        // The record is written (durably) before the layer is published, inside `seal`: a kill
+        // leaves at worst a record without a layer, which the next gc or apply removes, never a
+        // sealed layer without its record.
+        let mut record = |size: u64| {
+            let now = store::now();
+            let mut meta = meta_of(plan, index, size);
+            meta.created = now;
+            meta.last_used = now;
+            meta.build_secs = started.elapsed().as_secs_f64();
+            self.store
+                .write_meta(&meta)
+                .inspect(|()| crate::failpoint::hit("seal-recorded"))
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         };
-        self.forward_warnings(sink);
+        crate::failpoint::hit("seal-before");
+        let sealed = self.backend().seal(build, &mut record);
+        if let Err(e) = sealed {
+            // A record written for a layer that was not published goes with the build.
+            if !self.store.is_sealed(&layer.id) {
+                let _ = fs::remove_file(self.store.meta_path(&layer.id));
+            }
+            return Err(self.roll_back(&layer.name, &layer.id, e.into()));
+        }
         crate::failpoint::hit("seal-published");
-        let now = store::now();
-        self.store.write_meta(&Meta {
-            id: layer.id,
-            parent: layer.parent,
-            key: layer.key().to_json(),
-            name: layer.name.clone(),
-            env: plan.name.clone(),
-            spec: plan.spec.as_ref().map(|p| p.display().to_string()),
-            size,
-            created: now,
-            last_used: now,
-            build_secs: started.elapsed().as_secs_f64(),
-        })?;
-        crate::failpoint::hit("seal-recorded");
+        self.forward_warnings(sink);
         let final_log = self.store.log_path(&layer.id);
         let _ = fs::rename(&log_path, &final_log);
         let _ = fs::remove_file(&failed_log);
@@ -290,6 +302,23 @@ impl Runtime {
                 Err(fail(e.to_string(), None, tail))
             }
         }
+    }
+}
+
+/// The record of layer `index` of `plan` as its build writes it (times zero: the caller sets them).
+pub(super) fn meta_of(plan: &Plan, index: usize, size: u64) -> Meta {
+    let layer = &plan.layers[index];
+    Meta {
+        id: layer.id,
+        parent: layer.parent,
+        key: layer.key().to_json(),
+        name: layer.name.clone(),
+        env: plan.name.clone(),
+        spec: plan.spec.as_ref().map(|p| p.display().to_string()),
+        size,
+        created: 0,
+        last_used: 0,
+        build_secs: 0.0,
     }
 }
 

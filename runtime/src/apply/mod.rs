@@ -17,6 +17,7 @@ use crate::backend::Backend;
 use crate::maintain;
 use crate::sandbox::{Action, RootSource, Spec};
 use crate::store::{self, RootRecord, Store, StoreError};
+use crate::warning::Warning;
 
 mod apt;
 mod base;
@@ -93,13 +94,18 @@ impl Runtime {
         if cleaned > 0 {
             sink(Event::Cleaned { count: cleaned });
         }
+        for w in maintain::clean_leftovers(&self.store).warnings {
+            sink(Event::Warning(w));
+        }
         let (mut built, mut cached) = (0, 0);
         for (index, layer) in plan.layers.iter().enumerate() {
-            if self.store.is_sealed(&layer.id) {
+            // A symlink or a file at layers/ID is an error naming it, never used.
+            if self.store.check_sealed(&layer.id)? {
                 let shared = self.store.share_layer(&layer.id)?;
                 // gc may have removed it between the check and the lock.
-                if self.store.is_sealed(&layer.id) {
+                if self.store.check_sealed(&layer.id)? {
                     held.push(shared);
+                    self.ensure_record(plan, index, sink);
                     cached += 1;
                     sink(Event::Cached { index, layer });
                     continue;
@@ -113,9 +119,10 @@ impl Runtime {
                     self.store.lock_layer(&layer.id)?
                 }
             };
-            if self.store.is_sealed(&layer.id) {
+            if self.store.check_sealed(&layer.id)? {
                 drop(lock);
                 held.push(self.store.share_layer(&layer.id)?);
+                self.ensure_record(plan, index, sink);
                 cached += 1;
                 sink(Event::Cached { index, layer });
                 continue;
@@ -123,7 +130,8 @@ impl Runtime {
             self.backend().discard(&layer.id)?;
             sink(Event::Building { index, layer });
             let started = Instant::now();
-            self.build(plan, index, sink)?;
+            self.build(plan, index, sink)
+                .map_err(|e| e.in_layer(index, &layer.name))?;
             drop(lock);
             held.push(self.store.share_layer(&layer.id)?);
             built += 1;
@@ -148,15 +156,16 @@ impl Runtime {
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let lock = self.store.lock_root(&plan.name)?;
         let rec = self.store.read_root(&plan.name)?;
+        // A layer of the root's own chain had to be built: the root stands on layers that were
+        // gone, and is made again.
         let fresh = reset
+            || built > 0
             || rec.as_ref().is_none_or(|r| r.chain != chain)
-            || !self.backend().root_ready(&plan.name)?;
+            || !self.backend().root_ready(&plan.name, &chain)?;
         let root = if fresh {
             crate::failpoint::hit("root-before");
-            let made = self.backend().create_root(&plan.name, &chain);
-            self.forward_warnings(sink);
-            let made = made?;
-            crate::failpoint::hit("root-made");
+            // The record first: from here on the chain counts as in use for gc, whatever
+            // happens to this process while the root is made.
             self.store.write_root(&RootRecord {
                 name: plan.name.clone(),
                 spec: plan.spec.as_ref().map(|p| p.display().to_string()),
@@ -164,7 +173,11 @@ impl Runtime {
                 created: store::now(),
             })?;
             crate::failpoint::hit("root-recorded");
-            self.touch(&chain);
+            let made = self.backend().create_root(&plan.name, &chain);
+            self.forward_warnings(sink);
+            let made = made?;
+            crate::failpoint::hit("root-made");
+            self.touch(&chain, sink);
             if made.reap {
                 // Waits for the root's lock, so it starts its work once this apply is done.
                 maintain::spawn_reaper(self.helper(), self.store.path(), &plan.name);
@@ -182,16 +195,74 @@ impl Runtime {
         })
     }
 
-    /// Marks layers as used now.
-    fn touch(&self, chain: &[LayerId]) {
+    /// Marks layers as used now. A record that cannot be read or written is a warning naming
+    /// it (a layer's last use only guides gc, so the apply goes on).
+    fn touch<'p>(&self, chain: &[LayerId], sink: Sink<'_, 'p>) {
         let now = store::now();
+        let mut metas = Vec::with_capacity(chain.len());
         for id in chain {
-            // Best effort: a layer's last use only guides gc.
-            if let Ok(Some(mut m)) = self.store.read_meta(id) {
-                m.last_used = now;
-                let _ = self.store.write_meta(&m);
+            match self.store.read_meta(id) {
+                Ok(Some(mut m)) => {
+                    m.last_used = now;
+                    metas.push(m);
+                }
+                // Only a layer gc removed since realize (it then has no record to update).
+                Ok(None) => {}
+                Err(e) => sink(Event::Warning(Warning::RecordNotUpdated {
+                    path: self.store.meta_path(id),
+                    reason: e.to_string(),
+                })),
             }
         }
+        if metas.is_empty() {
+            return;
+        }
+        // One fsync of meta/ for the whole chain.
+        let failed: Vec<(PathBuf, StoreError)> = match self.store.write_metas(&metas) {
+            Ok(results) => metas
+                .iter()
+                .zip(results)
+                .filter_map(|(m, r)| Some((self.store.meta_path(&m.id), r.err()?)))
+                .collect(),
+            Err(e) => vec![(self.store.path().join("meta"), e)],
+        };
+        for (path, e) in failed {
+            sink(Event::Warning(Warning::RecordNotUpdated {
+                path,
+                reason: e.to_string(),
+            }));
+        }
+    }
+
+    /// Makes sure a reused layer has its record: one that is missing (a kill between sealing
+    /// and recording, by an older envc) or unreadable is rewritten from the plan, which defines
+    /// the layer, with a warning. The caller holds a shared lock on the layer.
+    fn ensure_record<'p>(&self, plan: &'p Plan, index: usize, sink: Sink<'_, 'p>) {
+        let layer = &plan.layers[index];
+        let problem = match self.store.read_meta(&layer.id) {
+            Ok(Some(_)) => return,
+            Ok(None) => "no record".to_owned(),
+            Err(e) => format!("an unreadable record ({e})"),
+        };
+        let size = self.backend().measure(&layer.id);
+        let now = store::now();
+        let mut meta = layer::meta_of(plan, index, size.unwrap_or(0));
+        meta.created = now;
+        meta.last_used = now;
+        let path = self.store.meta_path(&layer.id);
+        sink(Event::Warning(match self.store.write_meta(&meta) {
+            Ok(()) => Warning::RecordRepaired {
+                layer: layer.name.clone(),
+                id: layer.id.to_hex(),
+                path,
+                problem,
+                size_known: size.is_some(),
+            },
+            Err(e) => Warning::RecordNotUpdated {
+                path,
+                reason: e.to_string(),
+            },
+        }));
     }
 
     /// Runs `argv` in a throwaway snapshot of the plan's last layer (or in its working root with
@@ -228,6 +299,8 @@ impl Runtime {
             return self.interactive(&spec);
         }
         let (_, _, _in_use) = self.realize(plan, sink)?;
+        // Held until the throwaway root is gone: without it, gc removes the root as a leftover.
+        let _run = self.store.hold_run_lock()?;
         let scratch = self.backend().scratch_root(&chain);
         self.forward_warnings(sink);
         let scratch = scratch?;
@@ -262,8 +335,9 @@ impl Runtime {
             .into());
         }
         let _lock = self.store.lock_root(name)?;
-        // A root with an unreadable record is still removed.
-        let existed = !matches!(self.store.read_root(name), Ok(None));
+        // A root with an unreadable or missing record is still removed.
+        let existed = !matches!(self.store.read_root(name), Ok(None))
+            || self.backend().layout().root_dir(name).exists();
         self.backend().drop_root(name)?;
         self.store.remove_root_record(name)?;
         Ok(existed)

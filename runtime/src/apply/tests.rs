@@ -11,7 +11,8 @@ use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
 
 use super::{ApplyError, Event, Executor, Runtime};
 use crate::backend::{
-    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
+    Scratch,
 };
 use crate::sandbox::{Action, RootSource, SandboxError, Spec};
 use crate::store::Store;
@@ -73,8 +74,27 @@ impl Backend for FakeBackend {
             mountpoint: st,
         })
     }
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
         self.check(format!("seal {}", build.id.short(4)))?;
+        record(7).map_err(|source| BackendError::Record {
+            id: build.id,
+            source,
+        })?;
+        // Every test checks the order: the layer's record exists before the layer is published.
+        let meta = self
+            .layout
+            .root()
+            .join("meta")
+            .join(format!("{}.json", build.id));
+        assert!(meta.is_file(), "layer published before its record");
+        let publish = format!("publish {}", build.id.short(4));
+        if self.fail.lock().unwrap().contains(&publish) {
+            return Err(BackendError::Unsupported {
+                backend: BackendKind::Overlay,
+                path: PathBuf::from(publish),
+                reason: "injected failure".into(),
+            });
+        }
         fs::rename(&build.mountpoint, self.layout.layer(&build.id)).unwrap();
         Ok(7)
     }
@@ -91,7 +111,7 @@ impl Backend for FakeBackend {
         let _ = fs::remove_dir_all(self.layout.layer(id));
         Ok(())
     }
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+    fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         Ok(self.root_path(name).is_dir())
     }
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
@@ -419,7 +439,16 @@ fn a_failed_seal_rolls_back_and_publishes_nothing() {
     let plan = plan();
     f.fail.lock().unwrap().push("seal 0202".into());
     let err = f.apply(&plan).unwrap_err();
-    assert!(matches!(err, ApplyError::Backend(_)), "{err}");
+    let ApplyError::Layer { index, source, .. } = &err else {
+        panic!("a failed seal names its layer: {err}");
+    };
+    assert_eq!(*index, 1);
+    assert!(matches!(**source, ApplyError::Backend(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("layer `{}`", plan.layers[1].name)),
+        "{err}"
+    );
     let calls = f.take();
     assert_eq!(
         &calls[calls.len() - 2..],
@@ -466,4 +495,168 @@ fn a_corrupt_root_record_stops_the_apply_instead_of_replacing_the_root() {
     let err = f.apply(&plan).unwrap_err();
     assert!(err.to_string().contains("root.json"), "{err}");
     assert_eq!(f.take(), Vec::<String>::new(), "the root was left alone");
+}
+
+/// The warnings of an apply, as text.
+fn warnings_of(f: &Fixture, plan: &Plan) -> Vec<String> {
+    let mut warnings = Vec::new();
+    f.rt.apply(plan, false, &mut |e| {
+        if let Event::Warning(w) = e {
+            warnings.push(w.to_string());
+        }
+    })
+    .unwrap();
+    warnings
+}
+
+#[test]
+fn a_record_written_for_a_layer_that_fails_to_publish_goes_with_the_build() {
+    let f = fixture("publish");
+    let plan = plan();
+    f.fail.lock().unwrap().push("publish 0202".into());
+    let err = f.apply(&plan).unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(f.sealed(), [id(1)]);
+    assert!(f.rt.store.read_meta(&id(2)).unwrap().is_none());
+    f.fail.lock().unwrap().clear();
+    f.apply(&plan).unwrap();
+    assert_eq!(f.sealed(), [id(1), id(2), id(3)]);
+}
+
+#[test]
+fn a_reused_layer_without_its_record_gets_it_back_from_the_plan() {
+    let f = fixture("repair");
+    let plan = plan();
+    f.apply(&plan).unwrap();
+    let path = f.rt.store.meta_path(&id(2));
+    fs::remove_file(&path).unwrap();
+    assert_eq!(f.rt.store.layers().unwrap().len(), 3);
+    let warnings = warnings_of(&f, &plan);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("layer `a`")
+            && warnings[0].contains("no record")
+            && warnings[0].contains(&path.display().to_string()),
+        "{warnings:?}"
+    );
+    let meta = f.rt.store.read_meta(&id(2)).unwrap().expect("repaired");
+    assert_eq!(meta, {
+        let mut m = super::layer::meta_of(&plan, 1, meta.size);
+        (m.created, m.last_used) = (meta.created, meta.last_used);
+        m
+    });
+    assert!(meta.created > 0 && meta.key.is_object());
+    // Unreadable: the same.
+    fs::write(&path, b"").unwrap();
+    let warnings = warnings_of(&f, &plan);
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("an unreadable record"),
+        "{warnings:?}"
+    );
+    assert!(f.rt.store.read_meta(&id(2)).unwrap().is_some());
+    // Nothing to repair: no warning.
+    assert_eq!(warnings_of(&f, &plan), Vec::<String>::new());
+}
+
+#[test]
+fn touching_a_corrupt_record_warns_naming_it() {
+    let f = fixture("touch");
+    let plan = plan();
+    f.apply(&plan).unwrap();
+    let path = f.rt.store.meta_path(&id(1));
+    fs::write(&path, b"{ not json").unwrap();
+    let mut warnings = Vec::new();
+    f.rt.touch(&[id(1), id(2)], &mut |e| {
+        if let Event::Warning(w) = e {
+            warnings.push(w);
+        }
+    });
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let crate::warning::Warning::RecordNotUpdated { path: named, .. } = &warnings[0] else {
+        panic!("{warnings:?}");
+    };
+    assert_eq!(named, &path);
+    assert!(warnings[0].to_string().contains("corrupt record"));
+    assert_eq!(fs::read(&path).unwrap(), b"{ not json", "left as it was");
+}
+
+#[test]
+fn a_record_naming_another_layer_or_looping_parents_is_corrupt() {
+    let f = fixture("mismatch");
+    let plan = plan();
+    f.apply(&plan).unwrap();
+    let (p2, p3) = (f.rt.store.meta_path(&id(2)), f.rt.store.meta_path(&id(3)));
+    fs::copy(&p3, &p2).unwrap();
+    let e = f.rt.store.read_meta(&id(2)).unwrap_err().to_string();
+    assert!(
+        e.contains(&p2.display().to_string()) && e.contains("records layer"),
+        "{e}"
+    );
+    assert!(f.rt.store.layers().is_err());
+    // Parents that loop: 1 -> 3 -> 2 -> 1.
+    f.apply(&plan).unwrap(); // repairs 2
+    let mut m1 = f.rt.store.read_meta(&id(1)).unwrap().unwrap();
+    m1.parent = Some(id(3));
+    f.rt.store.write_meta(&m1).unwrap();
+    let e = f.rt.store.layers().unwrap_err().to_string();
+    assert!(e.contains("loop"), "{e}");
+    let e = crate::maintain::gc(
+        &f.rt.store,
+        crate::maintain::GcPolicy {
+            keep_bytes: Some(0),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("loop"), "{e}");
+}
+
+#[test]
+fn orphan_records_and_temporaries_of_dead_writers_go_and_live_ones_stay() {
+    let f = fixture("orphans");
+    let plan = plan();
+    f.apply(&plan).unwrap();
+    let store = &f.rt.store;
+    let mut orphan = store.read_meta(&id(3)).unwrap().unwrap();
+    orphan.id = id(9);
+    orphan.parent = Some(id(3));
+    store.write_meta(&orphan).unwrap();
+    // Being built (its lock held): its record stays.
+    let lock = store.try_lock_layer(&id(9)).unwrap().unwrap();
+    let left = crate::maintain::clean_leftovers(store);
+    assert_eq!(left.records, 0, "{left:?}");
+    assert!(store.meta_path(&id(9)).is_file());
+    drop(lock);
+    let dead = u32::MAX - 1;
+    let meta_dir = store.path().join("meta");
+    let dead_tmp = [
+        meta_dir.join(format!("{}.json.tmp.{dead}.0", id(9))),
+        meta_dir.join(format!("{}.tmp.{dead}", id(8))),
+        store.path().join(format!("store.json.tmp.{dead}.3")),
+        store.path().join(format!("roots/t/root.json.tmp.{dead}.1")),
+    ];
+    for p in &dead_tmp {
+        fs::write(p, b"half").unwrap();
+    }
+    // A temporary whose writer is alive and holds its lock.
+    let live = meta_dir.join(format!("{}.json.tmp.{}.99", id(1), std::process::id()));
+    fs::write(&live, b"half").unwrap();
+    let held = fs::File::open(&live).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let left = crate::maintain::clean_leftovers(store);
+    assert_eq!(
+        (left.records, left.temporaries, left.warnings.len()),
+        (1, 4, 0),
+        "{left:?}"
+    );
+    assert!(!store.meta_path(&id(9)).exists());
+    assert!(dead_tmp.iter().all(|p| !p.exists()));
+    assert!(live.exists(), "a live writer's temporary stays");
+    assert_eq!(f.sealed(), [id(1), id(2), id(3)]);
+    for n in 1..=3 {
+        assert!(
+            store.read_meta(&id(n)).unwrap().is_some(),
+            "sealed layers keep theirs"
+        );
+    }
 }

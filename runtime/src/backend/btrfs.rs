@@ -10,8 +10,8 @@ use std::path::Path;
 use envc_plan::LayerId;
 
 use super::{
-    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
-    disk_usage, io_err, remove_dir_if_exists, sync_dir,
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
+    Scratch, disk_usage, io_err, remove_dir_if_exists, sync_dir,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
@@ -51,6 +51,9 @@ impl Btrfs {
 
     fn delete_subvolume(path: &Path) -> Result<(), BackendError> {
         if is_subvolume(path) {
+            // `btrfs subvolume delete` does not enter mounts; what a killed build left mounted
+            // inside is detached first all the same.
+            crate::tree::detach_leftovers(sys::kernel(), path)?;
             btrfs()?.args(["subvolume", "delete"]).arg(path).output()?;
             Ok(())
         } else {
@@ -81,6 +84,11 @@ impl Backend for Btrfs {
         &self.layout
     }
 
+    /// A layer is a subvolume at `layers/ID` (never a symlink, never a plain directory).
+    fn is_sealed(&self, id: &LayerId) -> bool {
+        is_subvolume(&self.layout.layer(id))
+    }
+
     fn begin(
         &self,
         id: LayerId,
@@ -101,10 +109,15 @@ impl Backend for Btrfs {
         })
     }
 
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
+        // Order: sync, measure, record (the caller's meta), publish by the read-only snapshot.
         let st = self.layout.staging(&build.id);
         sync_dir(&st)?;
         let size = disk_usage(&st);
+        record(size).map_err(|source| BackendError::Record {
+            id: build.id,
+            source,
+        })?;
         // Publishing is the creation of a read-only snapshot: atomic, and a read-only subvolume
         // cannot be renamed into place.
         let dest = self.layout.layer(&build.id);
@@ -125,7 +138,7 @@ impl Backend for Btrfs {
         Self::delete_subvolume(&path)
     }
 
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+    fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         Ok(is_subvolume(&self.root_path(name)))
     }
 

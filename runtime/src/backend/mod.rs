@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::RootSource;
 use crate::sys;
 use crate::tools::ToolError;
+use crate::tree::{self, TreeError};
 use crate::warning::Warning;
 
 mod btrfs;
@@ -91,6 +92,10 @@ pub enum BackendError {
     /// An external tool failed.
     #[error(transparent)]
     Tool(#[from] ToolError),
+    /// A tree could not be removed (a mount under it that cannot be detached, another mount
+    /// inside it, an I/O error).
+    #[error(transparent)]
+    Remove(#[from] TreeError),
     /// The backend cannot work here.
     #[error("the {backend} backend cannot use {}: {reason}", path.display())]
     Unsupported {
@@ -130,6 +135,16 @@ pub enum BackendError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The caller's record of a layer could not be written before the layer was published (the
+    /// layer stays unpublished).
+    #[error("cannot record layer {id} before publishing it: {source}")]
+    Record {
+        /// The layer.
+        id: LayerId,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A tool's report could not be read.
     #[error("cannot read the {report} report of {object}: {reason}")]
@@ -279,6 +294,11 @@ pub struct Labels<'a> {
     pub env: &'a str,
 }
 
+/// What the caller of [`Backend::seal`] does between measuring a finished build (the size it is
+/// given) and publishing it: writing the layer's record, so a published layer always has one.
+pub type RecordHook<'a> =
+    &'a mut dyn FnMut(u64) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
 /// A layer being built.
 #[derive(Debug)]
 pub struct Build {
@@ -374,9 +394,14 @@ pub trait Backend: Send + Sync {
     fn config(&self) -> BackendConfig;
     /// Where it keeps things.
     fn layout(&self) -> &Layout;
-    /// Whether a layer is sealed.
+    /// Whether a layer is sealed: `layers/ID` is a directory, never through a symlink.
     fn is_sealed(&self, id: &LayerId) -> bool {
-        self.layout().layer(id).is_dir()
+        fs::symlink_metadata(self.layout().layer(id)).is_ok_and(|m| m.is_dir())
+    }
+    /// Bytes a sealed layer takes, as [`Backend::seal`] measures them, if the backend can tell
+    /// after sealing (used when a layer's record is rebuilt).
+    fn measure(&self, id: &LayerId) -> Option<u64> {
+        Some(disk_usage(&self.layout().layer(id)))
     }
     /// How full the pool under the store is, for backends that draw from one (`envc ls`).
     fn capacity(&self) -> Option<Capacity> {
@@ -390,9 +415,12 @@ pub trait Backend: Send + Sync {
     fn sweep(&self) -> usize {
         sweep_tmp(self.layout().root())
     }
-    /// Every sealed layer.
+    /// Every sealed layer (what [`Backend::is_sealed`] accepts: a symlink or a file in
+    /// `layers/` is not one).
     fn sealed(&self) -> Result<Vec<LayerId>, BackendError> {
-        list_ids(&self.layout().root().join("layers"))
+        let mut ids = list_ids(&self.layout().root().join("layers"))?;
+        ids.retain(|id| self.is_sealed(id));
+        Ok(ids)
     }
     /// Starts building layer `id` on top of `chain` (its sealed ancestors, base first; empty for a
     /// base). The caller holds the layer's lock and has discarded leftovers.
@@ -402,8 +430,10 @@ pub trait Backend: Send + Sync {
         chain: &[LayerId],
         labels: Labels<'_>,
     ) -> Result<Build, BackendError>;
-    /// Makes a finished build durable and publishes it atomically; returns its size in bytes.
-    fn seal(&self, build: Build) -> Result<u64, BackendError>;
+    /// Makes a finished build durable, measures it, calls `record` with its size, and only if
+    /// that succeeds publishes it atomically; returns its size in bytes. So a kill leaves at worst
+    /// a record without a layer (harmless, removed by the next gc), never a layer without one.
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError>;
     /// Removes whatever a build of `id` left in staging.
     fn discard(&self, id: &LayerId) -> Result<(), BackendError>;
     /// Removes a sealed layer (the caller checks that nothing needs it).
@@ -412,9 +442,10 @@ pub trait Backend: Send + Sync {
     fn root_path(&self, name: &str) -> PathBuf {
         self.layout().root_dir(name).join("root")
     }
-    /// Whether the working root exists and is usable (mounted, for overlay). An error means it
+    /// Whether the working root of `chain` exists and is usable. A root that is still in the store
+    /// but not mounted (after a reboot) is mounted again, with its changes. An error means it
     /// exists but cannot be made usable: the caller must not replace it silently.
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError>;
+    fn root_ready(&self, name: &str, chain: &[LayerId]) -> Result<bool, BackendError>;
     /// (Re)creates the working root as a fresh writable snapshot of `chain`'s last layer.
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError>;
     /// Removes a working root.
@@ -509,28 +540,29 @@ fn list_ids(dir: &Path) -> Result<Vec<LayerId>, BackendError> {
     Ok(out)
 }
 
+/// Removes a tree of the store, if it exists, with [`tree::remove_tree`]: mounts left under it are
+/// detached first, and the removal never follows a symlink or enters another mount.
 fn remove_dir_if_exists(path: &Path) -> Result<(), BackendError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BackendError::Io {
-            op: "remove",
-            path: path.to_owned(),
-            source: e,
-        }),
-    }
+    Ok(tree::remove_tree(sys::kernel(), path)?)
 }
 
-/// Deletes a tree that nothing refers to any more, without waiting for it.
+/// Deletes a tree that nothing refers to any more (`tmp/discard-*`), without waiting for it: a
+/// detached `envc __envc-remove PATH` (the same [`tree::remove_tree`]), in its own process group
+/// so a Ctrl-C of envc does not stop it. Without the envc binary, or if it cannot be started,
+/// the tree is removed here and now. What an interrupted removal leaves is swept by `gc`.
 fn delete_in_background(path: &Path) -> Result<(), BackendError> {
-    let rm = crate::tools::find("rm")?;
-    match std::process::Command::new(rm)
-        .arg("-rf")
-        .arg("--one-file-system")
+    use std::os::unix::process::CommandExt;
+    let Some(envc) = crate::tools::helper() else {
+        return remove_dir_if_exists(path);
+    };
+    match std::process::Command::new(envc)
+        .arg(tree::REMOVE_ARG)
         .arg(path)
+        .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
     {
         Ok(_) => Ok(()),
@@ -546,10 +578,7 @@ pub fn sweep_tmp(store: &Path) -> usize {
         .flatten()
         .flatten()
     {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if (name.starts_with("discard-") || name.starts_with("removed-"))
-            && fs::remove_dir_all(e.path()).is_ok()
-        {
+        if tree::is_doomed(&e.path()) && remove_dir_if_exists(&e.path()).is_ok() {
             n += 1;
         }
     }

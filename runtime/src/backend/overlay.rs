@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use envc_plan::LayerId;
 
 use super::{
-    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RootMade, Scratch,
-    delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir, unmount,
+    Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
+    Scratch, delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir,
+    unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
@@ -31,6 +32,29 @@ impl Overlay {
 
     fn lowers(&self, chain: &[LayerId]) -> Vec<PathBuf> {
         chain.iter().rev().map(|id| self.layout.layer(id)).collect()
+    }
+
+    /// Mounts the working root `name` over `chain`, with its upper directory as it is (created
+    /// if missing). Returns the mount point.
+    fn mount_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
+        let dir = self.layout.root_dir(name);
+        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        Self::mkdirs(&[&upper, &work, &mnt])?;
+        sys::kernel()
+            .mount_overlay(&self.lowers(chain), &upper, &work, &mnt)
+            .map_err(|e| {
+                let (op, path) = match &e.stage {
+                    sys::OverlayStage::Open => ("open overlay context for", &mnt),
+                    sys::OverlayStage::Lower(l) => ("add lower layer", l),
+                    sys::OverlayStage::Upper(_) => ("set upper dir", &upper),
+                    sys::OverlayStage::Work(_) => ("set work dir", &work),
+                    sys::OverlayStage::Create | sys::OverlayStage::Attach => {
+                        ("mount working root at", &mnt)
+                    }
+                };
+                io_err(op, path)(e.source)
+            })?;
+        Ok(mnt)
     }
 
     fn mkdirs(dirs: &[&Path]) -> Result<(), BackendError> {
@@ -84,11 +108,16 @@ impl Backend for Overlay {
         })
     }
 
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
+        // Order: sync the upper, measure, record (the caller's meta), publish by one rename.
         let st = self.layout.staging(&build.id);
         let upper = st.join("upper");
         sync_dir(&upper)?;
         let size = disk_usage(&upper);
+        record(size).map_err(|source| BackendError::Record {
+            id: build.id,
+            source,
+        })?;
         let dest = self.layout.layer(&build.id);
         fs::rename(&upper, &dest).map_err(io_err("publish layer", &dest))?;
         remove_dir_if_exists(&st)?;
@@ -120,30 +149,25 @@ impl Backend for Overlay {
         }
     }
 
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
-        Ok(is_mounted(&self.root_path(name)))
+    fn root_ready(&self, name: &str, chain: &[LayerId]) -> Result<bool, BackendError> {
+        let dir = self.layout.root_dir(name);
+        if is_mounted(&dir.join("root")) {
+            return Ok(true);
+        }
+        // Not mounted (after a reboot): the root's changes are still in its upper directory;
+        // mount it again over the same chain. If that fails, the error stops the apply: the root
+        // is never replaced silently.
+        if !dir.join("upper").is_dir() {
+            return Ok(false);
+        }
+        self.mount_root(name, chain)?;
+        Ok(true)
     }
 
     fn create_root(&self, name: &str, chain: &[LayerId]) -> Result<RootMade, BackendError> {
         self.drop_root(name)?;
         crate::failpoint::hit("root-dropped");
-        let dir = self.layout.root_dir(name);
-        let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
-        Self::mkdirs(&[&upper, &work, &mnt])?;
-        sys::kernel()
-            .mount_overlay(&self.lowers(chain), &upper, &work, &mnt)
-            .map_err(|e| {
-                let (op, path) = match &e.stage {
-                    sys::OverlayStage::Open => ("open overlay context for", &mnt),
-                    sys::OverlayStage::Lower(l) => ("add lower layer", l),
-                    sys::OverlayStage::Upper(_) => ("set upper dir", &upper),
-                    sys::OverlayStage::Work(_) => ("set work dir", &work),
-                    sys::OverlayStage::Create | sys::OverlayStage::Attach => {
-                        ("mount working root at", &mnt)
-                    }
-                };
-                io_err(op, path)(e.source)
-            })?;
+        let mnt = self.mount_root(name, chain)?;
         Ok(RootMade {
             path: mnt,
             reap: false,

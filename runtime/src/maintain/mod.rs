@@ -1,14 +1,16 @@
 //! Store maintenance, above any one backend: why a layer misses the cache, garbage collection,
-//! recovery of the store's records from the backend, and the background reaping of old root
+//! recovery of the store's records from the backend, removal of leftovers of dead processes, and the background reaping of old root
 //! snapshots.
 #![forbid(unsafe_code)]
 
 mod gc;
+mod leftovers;
 mod reap;
 mod recover;
 mod why;
 
 pub use gc::{GcPolicy, GcReport, gc};
+pub use leftovers::{Leftovers, clean_leftovers, gc_leftovers};
 pub use reap::{REAP_ARG, reap_main, spawn_reaper};
 pub use recover::{Recovered, recover};
 pub use why::{FieldDiff, LayerWhy, diff, why};

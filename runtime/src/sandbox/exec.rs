@@ -87,6 +87,13 @@ pub(crate) fn run_command(
             "the command is empty",
         ));
     };
+    if name.is_empty() {
+        return Err(SandboxError::new(
+            SandboxOp::FindProgram,
+            "\"\"",
+            "the program's name is empty",
+        ));
+    }
     let program = resolve_program(name, &env)
         .ok_or_else(|| SandboxError::new(SandboxOp::FindProgram, name, "not found in the root"))?;
     let c_program = CString::new(program.as_os_str().as_bytes()).map_err(|_| {

@@ -7,7 +7,6 @@ use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Command;
 
 use nix::mount::MntFlags;
 use nix::sched::CloneFlags;
@@ -18,7 +17,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::exec;
 use super::files;
 use super::mounts;
-use super::protocol::{Action, OrFail, Reporter, SETUP_FAILED, SandboxError, SandboxOp, Spec};
+use super::protocol::{Action, OrFail, Reporter, SandboxError, SandboxOp, Spec};
 use super::users;
 use crate::sys::{self, Syscall};
 
@@ -26,41 +25,21 @@ use crate::sys::{self, Syscall};
 /// status: the command's, or [`SETUP_FAILED`] after reporting a failure.
 pub fn helper_main(args: &[OsString]) -> i32 {
     let (reporter, args) = Reporter::from_args(args);
-    let spec: Spec = match args.first().map(|a| serde_json::from_slice(a.as_bytes())) {
-        Some(Ok(spec)) => spec,
-        Some(Err(e)) => {
+    // The spec comes in pieces (see `protocol::spawn`): one argument is at most 128 KiB.
+    if args.is_empty() {
+        return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", "missing"));
+    }
+    let json: Vec<u8> = args.iter().flat_map(|a| a.as_bytes()).copied().collect();
+    let spec: Spec = match serde_json::from_slice(&json) {
+        Ok(spec) => spec,
+        Err(e) => {
             return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", e.to_string()));
-        }
-        None => {
-            return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", "missing"));
         }
     };
     match helper(sys::kernel(), &spec, &reporter) {
         Ok(code) => code,
         Err(e) => reporter.report(&e),
     }
-}
-
-/// Entry point of `envc __envc-nosync PROGRAM ARGS...`: installs the sync-suppressing seccomp
-/// filter and executes the program (an absolute path). Returns only on failure, after printing
-/// the [`SandboxError`] on stderr: it runs as an external tool, whose error carries its stderr.
-pub fn nosync_main(args: &[OsString]) -> i32 {
-    let fail = |e: SandboxError| {
-        eprintln!("envc nosync: {e}");
-        SETUP_FAILED
-    };
-    let Some(program) = args.first() else {
-        return fail(SandboxError::new(SandboxOp::Exec, "", "missing program"));
-    };
-    let shown = Path::new(program).display().to_string();
-    if let Err(e) = sys::kernel()
-        .install_seccomp(&sys::seccomp::sync_filter())
-        .or_fail(SandboxOp::Seccomp, &shown)
-    {
-        return fail(e);
-    }
-    let err = std::os::unix::process::CommandExt::exec(Command::new(program).args(&args[1..]));
-    fail(SandboxError::io(SandboxOp::Exec, shown, &err))
 }
 
 /// The helper: new namespaces, then init (PID 1 in the new PID namespace) does the work.

@@ -13,12 +13,15 @@
 //!
 //! - [`protocol`]: what passes between envc and the helper (the spec, the typed error).
 //! - `helper`: the order of the helper's work.
+//! - `contain`: host tools (mmdebstrap, tar, ...) in mount and PID namespaces of their own
+//!   (`envc __envc-contain`), so they never leave a mount on the host or outlive envc.
 //! - `mounts`: the mount sequence.
 //! - `files`: paths resolved inside the root.
 //! - `users`: who a name is in the root.
 //! - `exec`: the command itself.
 #![forbid(unsafe_code)]
 
+mod contain;
 mod exec;
 mod files;
 mod helper;
@@ -28,9 +31,10 @@ pub mod protocol;
 mod tests;
 mod users;
 
+pub use contain::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, contain_main};
 pub use files::{copy_into_root, mkdir_in_root, open_in_root};
-pub use helper::{helper_main, nosync_main};
+pub use helper::helper_main;
 pub use protocol::{
-    Action, Bind, HELPER_ARG, NOSYNC_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED,
-    SandboxError, SandboxOp, Spec, Stdio3, run_interactive, spawn,
+    Action, Bind, HELPER_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED, SandboxError,
+    SandboxOp, Spec, Stdio3, run_interactive, spawn,
 };

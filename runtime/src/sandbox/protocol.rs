@@ -23,10 +23,6 @@ use crate::sys;
 /// The hidden first argument that makes the `envc` binary act as the sandbox helper.
 pub const HELPER_ARG: &str = "__envc-sandbox";
 
-/// The hidden first argument that makes the `envc` binary run a host program with sync calls
-/// suppressed by seccomp (for base builds): `envc __envc-nosync PROGRAM ARGS...`.
-pub const NOSYNC_ARG: &str = "__envc-nosync";
-
 /// The helper's option naming the file descriptor it reports a setup failure on.
 pub const REPORT_FD_ARG: &str = "--report-fd";
 
@@ -325,22 +321,28 @@ impl Running {
             .wait()
             .or_fail(SandboxOp::Wait, "the sandbox helper")?;
         read.or_fail(SandboxOp::ReadReport, &helper)?;
-        if !report.is_empty() {
-            return Err(serde_json::from_slice(&report).unwrap_or_else(|e| {
-                SandboxError::new(
-                    SandboxOp::ReadReport,
-                    helper,
-                    format!(
-                        "unreadable report ({e}): {}",
-                        String::from_utf8_lossy(&report)
-                    ),
-                )
-            }));
-        }
+        check_report(&report, &helper)?;
         Ok(status.code().unwrap_or_else(|| {
             128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
         }))
     }
+}
+
+/// The failure a helper reported on its report channel (`report`, all it wrote), if any.
+pub(crate) fn check_report(report: &[u8], helper: &str) -> Result<(), SandboxError> {
+    if report.is_empty() {
+        return Ok(());
+    }
+    Err(serde_json::from_slice(report).unwrap_or_else(|e| {
+        SandboxError::new(
+            SandboxOp::ReadReport,
+            helper,
+            format!(
+                "unreadable report ({e}): {}",
+                String::from_utf8_lossy(report)
+            ),
+        )
+    }))
 }
 
 /// Starts the sandbox helper (`helper`, the envc binary) for `spec`.
@@ -354,7 +356,7 @@ pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> Result<Running, Sandb
     cmd.arg(HELPER_ARG)
         .arg(REPORT_FD_ARG)
         .arg(fd.to_string())
-        .arg(json)
+        .args(spec_pieces(&json))
         .env_clear();
     match stdio {
         Stdio3::Inherit => {}
@@ -371,6 +373,27 @@ pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> Result<Running, Sandb
         report,
         helper: helper.to_owned(),
     })
+}
+
+/// The longest argument the kernel passes to a program is 128 KiB (MAX_ARG_STRLEN): a spec (a
+/// long script) is passed as several arguments the helper joins again, each cut at a character
+/// boundary. All of them together are bounded by a quarter of the stack limit; past that the
+/// helper does not start, an error naming it.
+fn spec_pieces(json: &str) -> Vec<&str> {
+    const PIECE: usize = 64 * 1024;
+    let mut pieces = Vec::with_capacity(json.len() / PIECE + 1);
+    let mut rest = json;
+    while rest.len() > PIECE {
+        let mut cut = PIECE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces.push(rest);
+    pieces
 }
 
 /// Runs `spec` with the caller's stdin, stdout and stderr and waits for it.
@@ -425,7 +448,9 @@ impl Reporter {
 mod tests {
     use super::*;
 
-    /// Runs `script` (`$0` is the report fd) as if it were the helper.
+    /// Runs `script` (`$0` is the report fd) as if it were the helper. Scripts write to it
+    /// through `/proc/self/fd/$0`: dash's `>&N` takes one digit only, and with other tests
+    /// running the fd may be 10 or more.
     fn running(script: &str) -> Running {
         let (report, writer) = io::pipe().unwrap();
         let mut cmd = Command::new("/bin/sh");
@@ -457,7 +482,7 @@ mod tests {
             detail: "Operation not permitted (os error 1)".into(),
         };
         let json = serde_json::to_string(&e).unwrap();
-        let got = running(&format!("printf '%s' '{json}' >&$0; exit 125")).wait();
+        let got = running(&format!("printf '%s' '{json}' >/proc/self/fd/$0; exit 125")).wait();
         assert_eq!(got, Err(e.clone()));
         assert_eq!(
             got.unwrap_err().to_string(),
@@ -466,8 +491,20 @@ mod tests {
     }
 
     #[test]
+    fn a_long_spec_is_cut_into_pieces_at_character_boundaries() {
+        let json = format!("\"{}\"", "é".repeat(100_000));
+        let pieces = spec_pieces(&json);
+        assert!(pieces.len() > 2, "{}", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() <= 64 * 1024));
+        assert_eq!(pieces.concat(), json);
+        assert_eq!(spec_pieces("{}"), ["{}"]);
+    }
+
+    #[test]
     fn a_garbled_report_is_an_error_too() {
-        let e = running("echo nonsense >&$0; exit 0").wait().unwrap_err();
+        let e = running("echo nonsense >/proc/self/fd/$0; exit 0")
+            .wait()
+            .unwrap_err();
         assert_eq!(e.op, SandboxOp::ReadReport);
         assert!(e.detail.contains("nonsense"), "{e}");
     }

@@ -22,6 +22,7 @@ fn udev_running() -> bool {
 /// An LVM command (`lvm SUB ...`), told not to wait for udev when there is none.
 pub(super) fn lvm_cmd(sub: &str) -> Result<Tool, ToolError> {
     let mut t = Tool::new("lvm")?
+        .uninterruptible()
         .arg(sub)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1");
     if !udev_running() {

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Backend, BackendConfig, BackendError, BackendKind, Build, Capacity, Inventory, Labels, Layout,
-    RootAdoption, RootMade, Scratch, VolumeBuild, VolumeLayer, VolumeRoot, io_err, is_mounted,
-    remove_dir_if_exists, sweep_tmp, sync_dir, unmount,
+    RecordHook, RootAdoption, RootMade, Scratch, VolumeBuild, VolumeLayer, VolumeRoot, io_err,
+    is_mounted, remove_dir_if_exists, sweep_tmp, sync_dir, unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
@@ -142,6 +142,11 @@ impl Backend for Lvm {
         &self.layout
     }
 
+    /// `layers/ID` is only a marker: a layer's size is known when it is sealed, not after.
+    fn measure(&self, _id: &LayerId) -> Option<u64> {
+        None
+    }
+
     fn config(&self) -> BackendConfig {
         BackendConfig::Lvm(self.cfg.clone())
     }
@@ -207,7 +212,7 @@ impl Backend for Lvm {
         })
     }
 
-    fn seal(&self, build: Build) -> Result<u64, BackendError> {
+    fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
         let st = self.layout.staging(&build.id);
         sync_dir(&st)?;
         let stat = nix::sys::statvfs::statvfs(&st).map_err(|e| BackendError::Io {
@@ -229,6 +234,12 @@ impl Backend for Lvm {
                 path: st.clone(),
                 source,
             })?;
+        // Order: sync, measure, trim, unmount, record (the caller's meta), then seal the volume
+        // (read-only + tag, the truth `store recover` reads) and publish the marker.
+        record(size).map_err(|source| BackendError::Record {
+            id: build.id,
+            source,
+        })?;
         let lv = self.layer_lv(&build.id);
         run(lvm_cmd("lvchange")?
             .args(["-q", "-p", "r", "--addtag", SEALED_TAG])
@@ -269,7 +280,7 @@ impl Backend for Lvm {
         remove_dir_if_exists(&doomed)
     }
 
-    fn root_ready(&self, name: &str) -> Result<bool, BackendError> {
+    fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         let mnt = self.root_path(name);
         if is_mounted(&mnt) {
             return Ok(true);

@@ -63,6 +63,7 @@ pub fn prepare(init: &LvmInit) -> Result<LvmConfig, BackendError> {
         }
         drop(f);
         let dev = Tool::new("losetup")?
+            .uninterruptible()
             .args(["--find", "--show"])
             .arg(file)
             .output()?;
