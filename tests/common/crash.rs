@@ -179,9 +179,9 @@ pub fn kill_at(mut cmd: Command, trigger: Trigger, mode: Mode) -> Result<Killed,
 
 /// Processes that are still there after the kill (waiting up to `grace` for them to go): those
 /// of the killed process group, and any whose command line or working directory is in the
-/// store. envc's designed background work (the `rm -rf --one-file-system` of a discarded tree,
-/// the root reaper) is not a builder and is left alone. Whatever is found is then killed, so that
-/// the next case starts clean.
+/// store. envc's designed background work (the removal of a discarded tree, `envc
+/// __envc-remove` or `rm -rf --one-file-system`, and the root reaper) is not a builder and is
+/// left alone. Whatever is found is then killed, so that the next case starts clean.
 pub fn leftover_processes(store: &Path, pgid: i32, grace: Duration) -> Vec<String> {
     let store_s = store.to_string_lossy().into_owned();
     let me = std::process::id() as i32;
@@ -195,7 +195,8 @@ pub fn leftover_processes(store: &Path, pgid: i32, grace: Duration) -> Vec<Strin
                 let cmd = cmdline(pid);
                 let background_rm = (cmd.starts_with("/usr/bin/rm ") || cmd.starts_with("rm "))
                     && cmd.contains("--one-file-system");
-                if cmd.contains("__envc-reap") || background_rm {
+                let designed = ["__envc-reap", "__envc-remove"];
+                if designed.iter().any(|d| cmd.contains(d)) || background_rm {
                     return false;
                 }
                 let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
