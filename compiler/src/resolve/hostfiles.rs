@@ -116,21 +116,8 @@ impl Lower<'_> {
                 ),
             );
         }
-        let kind = match fs::metadata(&canonical) {
-            Ok(m) if m.is_dir() => CopyKind::Directory,
-            Ok(_) => CopyKind::File,
-            Err(e) => {
-                self.errors.push(SpecError::CopySourceUnreadable {
-                    src: f.src.clone(),
-                    span: source.span,
-                    path: source.value.clone(),
-                    reason: e.to_string(),
-                });
-                return None;
-            }
-        };
         match digest::tree(&canonical, self.cache) {
-            Ok(tree) => Some((canonical, kind, tree)),
+            Ok(tree) => Some((canonical, tree.kind, tree)),
             Err(e) => {
                 let reason = match &e {
                     digest::DigestError::Unsupported { path, kind } => {
