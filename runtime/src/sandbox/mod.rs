@@ -15,10 +15,12 @@
 //! - `helper`: the order of the helper's work.
 //! - `mounts`: the mount sequence.
 //! - `files`: paths resolved inside the root.
+//! - `copy`: a host source copied into the root, checked against the plan's digest.
 //! - `users`: who a name is in the root.
 //! - `exec`: the command itself.
 #![forbid(unsafe_code)]
 
+mod copy;
 mod exec;
 mod files;
 mod helper;
@@ -28,7 +30,8 @@ pub mod protocol;
 mod tests;
 mod users;
 
-pub use files::{copy_into_root, mkdir_in_root, open_in_root};
+pub use copy::copy_into_root;
+pub use files::{mkdir_in_root, open_in_root};
 pub use helper::{helper_main, nosync_main};
 pub use protocol::{
     Action, Bind, HELPER_ARG, NOSYNC_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED,

@@ -90,6 +90,8 @@ pub enum Action {
         mode: Option<u32>,
         /// `USER[:GROUP]` resolved in the root; `None` is root.
         owner: Option<String>,
+        /// The tree digest the plan has for the source: what is copied must have it.
+        digest: envc_plan::Digest,
     },
 }
 
@@ -175,6 +177,8 @@ pub enum SandboxOp {
     Unmount,
     /// Copy a host file or tree into the root.
     Copy,
+    /// Check that a copied source is the one the spec was compiled from.
+    VerifyCopySource,
     /// Look a user up in the root.
     FindUser,
     /// Look a group up in the root.
@@ -225,6 +229,7 @@ impl fmt::Display for SandboxOp {
             SandboxOp::PivotRoot => "pivot_root into",
             SandboxOp::Unmount => "unmount",
             SandboxOp::Copy => "copy",
+            SandboxOp::VerifyCopySource => "verify copy source",
             SandboxOp::FindUser => "find user",
             SandboxOp::FindGroup => "find group",
             SandboxOp::CreateWorkdir => "create working directory",
