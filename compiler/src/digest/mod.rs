@@ -136,7 +136,11 @@ enum Opened {
 
 /// Opens `name` in `dir` (or the path itself when `dir` is `None`; a symlink there is followed)
 /// as a regular file or directory, or reads it as a symlink. Nothing else is ever opened.
-fn open_entry(dir: Option<BorrowedFd<'_>>, name: &OsStr, path: &Path) -> Result<Opened, DigestError> {
+fn open_entry(
+    dir: Option<BorrowedFd<'_>>,
+    name: &OsStr,
+    path: &Path,
+) -> Result<Opened, DigestError> {
     let (at, follow) = match dir {
         Some(fd) => (fd, false),
         None => (rustix::fs::CWD, true),
@@ -150,7 +154,8 @@ fn open_entry(dir: Option<BorrowedFd<'_>>, name: &OsStr, path: &Path) -> Result<
     let ft = FileType::from_raw_mode(st.st_mode);
     match ft {
         FileType::Symlink => {
-            let target = rustix::fs::readlinkat(at, name, Vec::new()).map_err(io_err("read link", path))?;
+            let target =
+                rustix::fs::readlinkat(at, name, Vec::new()).map_err(io_err("read link", path))?;
             return Ok(Opened::Symlink(target.into_bytes()));
         }
         FileType::RegularFile | FileType::Directory => {}
@@ -587,7 +592,10 @@ mod tests {
         }
         let f = fifo.clone();
         let err = promptly(move || file(&f, None)).unwrap_err();
-        assert!(matches!(err, DigestError::Unsupported { kind: "fifo", .. }), "{err}");
+        assert!(
+            matches!(err, DigestError::Unsupported { kind: "fifo", .. }),
+            "{err}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -604,4 +612,3 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 }
-

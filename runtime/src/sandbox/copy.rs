@@ -177,8 +177,12 @@ fn open_source(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path, top: bool) -> Re
         other => return changed(&format!("is now a {}", kind_name(other))),
     }
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd = match rustix::fs::openat(dir, name, flags | OFlags::CLOEXEC, rustix::fs::Mode::empty())
-    {
+    let fd = match rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::LOOP) => return changed("is now a symbolic link"),
         Err(Errno::NOENT) => return changed("no longer exists"),
@@ -186,7 +190,9 @@ fn open_source(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path, top: bool) -> Re
         Err(e) => return ctx(Err(e), || format!("open {}", shown.display())),
     };
     // What was opened decides, not what the stat before saw: it may have been swapped meanwhile.
-    let st = ctx(rustix::fs::fstat(&fd), || format!("stat {}", shown.display()))?;
+    let st = ctx(rustix::fs::fstat(&fd), || {
+        format!("stat {}", shown.display())
+    })?;
     let mode = st.st_mode & 0o7777;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => Ok(Source::File(fs::File::from(fd), mode)),
@@ -250,7 +256,15 @@ fn copy(
     let pfd = ctx(mkdir_in_root(root, parent, 0o755), || {
         format!("create /{parent}")
     })?;
-    copy_entry(&pfd, OsStr::new(name), top, source, Vec::new(), attrs, hasher)
+    copy_entry(
+        &pfd,
+        OsStr::new(name),
+        top,
+        source,
+        Vec::new(),
+        attrs,
+        hasher,
+    )
 }
 
 fn chown_at(dir: &OwnedFd, name: &OsStr, owner: Option<(u32, u32)>) -> Result<(), Fail> {
@@ -458,7 +472,10 @@ mod tests {
         /// Copies `source` to `dest` in the root as the calling user (no privileges needed).
         fn copy(&self, source: &Path, dest: &str, digest: &Digest) -> Result<(), SandboxError> {
             let root = super::super::files::open_dir(&self.root()).unwrap();
-            let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+            let me = (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            );
             copy_into_root(&root, source, dest, None, Some(me), digest)
         }
     }
@@ -520,7 +537,8 @@ mod tests {
         assert_eq!(e.object, source.display().to_string());
         assert!(e.detail.contains(detail), "{e}");
         assert!(
-            e.to_string().contains("changed since the spec was compiled")
+            e.to_string()
+                .contains("changed since the spec was compiled")
                 && e.to_string().contains("run the apply again"),
             "{e}"
         );
@@ -536,10 +554,20 @@ mod tests {
         assert_eq!(fs::read(got.join("a/b/x")).unwrap(), b"one");
         assert_eq!(fs::read(got.join("a.c/y")).unwrap(), b"two");
         assert_eq!(fs::read_link(got.join("a/l")).unwrap(), Path::new("a/b/x"));
-        let mode = |p: &str| fs::symlink_metadata(got.join(p)).unwrap().permissions().mode() & 0o7777;
-        assert_eq!((mode("a/b"), mode("a.c/y"), mode("a0")), (0o700, 0o4755, 0o600));
+        let mode = |p: &str| {
+            fs::symlink_metadata(got.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(
+            (mode("a/b"), mode("a.c/y"), mode("a0")),
+            (0o700, 0o4755, 0o600)
+        );
         // A single file, and a tree merged onto `/`.
-        s.copy(&t.join("a/b/x"), "/x", &pinned(PINNED_FILE)).unwrap();
+        s.copy(&t.join("a/b/x"), "/x", &pinned(PINNED_FILE))
+            .unwrap();
         assert_eq!(fs::read(s.root().join("x")).unwrap(), b"one");
         s.copy(&t, "/", &pinned(PINNED_TREE)).unwrap();
         assert_eq!(fs::read(s.root().join("a.c/y")).unwrap(), b"two");
@@ -597,7 +625,11 @@ mod tests {
         assert_changed(s.copy(&t, "/opt/t", &pinned(PINNED_TREE)), &t, "digest");
         let b = s.root().join("opt/t/a/b");
         assert!(fs::symlink_metadata(&b).unwrap().file_type().is_symlink());
-        assert_eq!(fs::read_dir(s.outside()).unwrap().count(), 1, "nothing written outside");
+        assert_eq!(
+            fs::read_dir(s.outside()).unwrap().count(),
+            1,
+            "nothing written outside"
+        );
         assert!(
             !regular_files(&s.root()).iter().any(|c| c == b"host secret"),
             "the walk did not follow the link"
