@@ -73,10 +73,10 @@ fn apply_swapping(t: &TestStore, spec: &Path, swap: impl FnOnce()) -> Run {
         let left = HANG.saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                if line.starts_with("[slow] building") {
-                    if let Some(swap) = swap.take() {
-                        swap();
-                    }
+                if line.starts_with("[slow] building")
+                    && let Some(swap) = swap.take()
+                {
+                    swap();
                 }
                 lines.push(line);
             }
