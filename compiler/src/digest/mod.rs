@@ -83,6 +83,12 @@ pub enum DigestError {
         #[source]
         source: io::Error,
     },
+    /// A path that was just resolved reaches a symlink now: it was swapped meanwhile.
+    #[error("{} was replaced by a symbolic link (or a directory on its path was) while it was read", path.display())]
+    Swapped {
+        /// The path.
+        path: PathBuf,
+    },
     /// The tree holds something that cannot be copied.
     #[error("{} is a {kind}: only regular files, directories and symbolic links can be copied", path.display())]
     Unsupported {
@@ -97,7 +103,9 @@ impl DigestError {
     /// The path the error is about.
     pub fn path(&self) -> &Path {
         match self {
-            DigestError::Io { path, .. } | DigestError::Unsupported { path, .. } => path,
+            DigestError::Io { path, .. }
+            | DigestError::Swapped { path }
+            | DigestError::Unsupported { path, .. } => path,
         }
     }
 }
@@ -361,6 +369,47 @@ fn list(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<std::ffi::OsString>, Dig
 /// Big files' digests are remembered in `cache` when one is given.
 pub fn tree(path: &Path, cache: Option<&Cache>) -> Result<TreeDigest, DigestError> {
     let opened = open_entry(None, path.as_os_str(), path)?;
+    digest_of(path, opened, cache)
+}
+
+/// The digest of the file or directory at `path`, a path just resolved (canonical): a symlink
+/// anywhere on it is refused, since one there now was swapped in after resolving. This is what a
+/// `copy` source is hashed with, and what the runtime's copy checks it against.
+pub fn resolved_tree(path: &Path, cache: Option<&Cache>) -> Result<TreeDigest, DigestError> {
+    let swapped = || DigestError::Swapped {
+        path: path.to_owned(),
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        // `/` itself: nothing on the way.
+        return tree(path, cache);
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = rustix::fs::openat2(
+        rustix::fs::CWD,
+        parent,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::NO_SYMLINKS | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => swapped(),
+        e => io_err("open", parent)(e),
+    })?;
+    match open_entry(Some(dir.as_fd()), name, path)? {
+        Opened::Symlink(_) => Err(swapped()),
+        opened => digest_of(path, opened, cache),
+    }
+}
+
+fn digest_of(
+    path: &Path,
+    opened: Opened,
+    cache: Option<&Cache>,
+) -> Result<TreeDigest, DigestError> {
     let kind = match opened {
         Opened::Dir(..) => CopyKind::Directory,
         _ => CopyKind::File,
@@ -543,6 +592,24 @@ mod tests {
         // A symlink at the top is followed; the same tree behind it has the same digest.
         symlink(&t, dir.join("via-link")).unwrap();
         assert_eq!(tree(&dir.join("via-link"), None).unwrap().digest, d.digest);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_resolved_path_reaching_a_symlink_is_refused() {
+        let dir = scratch("resolved");
+        let t = dir.join("t");
+        pinned_tree(&t);
+        let d = tree(&t, None).unwrap().digest;
+        assert_eq!(resolved_tree(&t, None).unwrap().digest, d);
+        symlink(&t, dir.join("link")).unwrap();
+        for p in [dir.join("link"), dir.join("link/a/b/x")] {
+            let err = resolved_tree(&p, None).unwrap_err();
+            assert!(
+                matches!(err, DigestError::Swapped { ref path } if *path == p),
+                "{err}"
+            );
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -116,7 +116,7 @@ impl Lower<'_> {
                 ),
             );
         }
-        match digest::tree(&canonical, self.cache) {
+        match digest::resolved_tree(&canonical, self.cache) {
             Ok(tree) => Some((canonical, tree.kind, tree)),
             Err(e) => {
                 let reason = match &e {
@@ -124,7 +124,9 @@ impl Lower<'_> {
                         let shown = path.strip_prefix(&spec_dir).unwrap_or(path);
                         format!("`{}` is a {kind}", shown.display())
                     }
-                    digest::DigestError::Io { .. } => e.to_string(),
+                    digest::DigestError::Io { .. } | digest::DigestError::Swapped { .. } => {
+                        e.to_string()
+                    }
                 };
                 self.errors.push(SpecError::CopySourceUnreadable {
                     src: f.src.clone(),
