@@ -636,6 +636,60 @@ mod tests {
         );
     }
 
+    /// A subdirectory swapped for a symlink to a host directory over and over (an atomic
+    /// exchange) while the tree is copied: every copy is refused, and none ever reads through
+    /// the link, whatever point of the walk the swap hits.
+    #[test]
+    fn a_directory_swapped_mid_copy_never_redirects_the_walk() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let s = Scratch::new();
+        let t = s.src().join("t");
+        pinned_tree(&t);
+        // A name on both sides, walked first: a walk by path would find the host's file.
+        fs::write(t.join("a/b/secret"), b"inside").unwrap();
+        for i in 0..20 {
+            fs::write(t.join(format!("a/b/z{i}")), b"inside").unwrap();
+        }
+        symlink(s.outside(), t.join("a/b~")).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (stop, a) = (stop.clone(), t.join("a"));
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        a.join("b"),
+                        rustix::fs::CWD,
+                        a.join("b~"),
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                    swaps += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                swaps
+            })
+        };
+        for i in 0..60 {
+            let r = s.copy(&t, &format!("/opt/t{i}"), &pinned(PINNED_TREE));
+            let e = r.expect_err("the tree has more entries than the plan's");
+            assert_eq!(e.op, SandboxOp::VerifyCopySource, "{e}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(swapper.join().unwrap() > 0);
+        assert!(
+            !regular_files(&s.root()).iter().any(|c| c == b"host secret"),
+            "a copy read through the swapped-in link"
+        );
+        assert_eq!(
+            fs::read_dir(s.outside()).unwrap().count(),
+            1,
+            "nothing written outside"
+        );
+    }
+
     /// Runs `f` on another thread; fails if it takes more than 30 s (reading a FIFO opened
     /// without O_NONBLOCK blocks until a writer comes, here never).
     fn promptly<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
