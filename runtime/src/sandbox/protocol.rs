@@ -430,7 +430,8 @@ impl Reporter {
 mod tests {
     use super::*;
 
-    /// Runs `script` (`$0` is the report fd) as if it were the helper.
+    /// Runs `script` (`$0` is the report fd) as if it were the helper. Scripts write to it as
+    /// `/dev/fd/$0`: dash's `>&N` takes one digit only, and tests running in parallel hold fds.
     fn running(script: &str) -> Running {
         let (report, writer) = io::pipe().unwrap();
         let mut cmd = Command::new("/bin/sh");
@@ -462,7 +463,7 @@ mod tests {
             detail: "Operation not permitted (os error 1)".into(),
         };
         let json = serde_json::to_string(&e).unwrap();
-        let got = running(&format!("printf '%s' '{json}' >&$0; exit 125")).wait();
+        let got = running(&format!("printf '%s' '{json}' >/dev/fd/$0; exit 125")).wait();
         assert_eq!(got, Err(e.clone()));
         assert_eq!(
             got.unwrap_err().to_string(),
@@ -472,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_garbled_report_is_an_error_too() {
-        let e = running("echo nonsense >&$0; exit 0").wait().unwrap_err();
+        let e = running("echo nonsense >/dev/fd/$0; exit 0").wait().unwrap_err();
         assert_eq!(e.op, SandboxOp::ReadReport);
         assert!(e.detail.contains("nonsense"), "{e}");
     }
