@@ -473,7 +473,9 @@ mod tests {
 
     #[test]
     fn a_garbled_report_is_an_error_too() {
-        let e = running("echo nonsense >/dev/fd/$0; exit 0").wait().unwrap_err();
+        let e = running("echo nonsense >/dev/fd/$0; exit 0")
+            .wait()
+            .unwrap_err();
         assert_eq!(e.op, SandboxOp::ReadReport);
         assert!(e.detail.contains("nonsense"), "{e}");
     }
