@@ -222,6 +222,7 @@ impl Runtime {
                 dest,
                 mode,
                 owner,
+                digest,
                 ..
             } => Spec {
                 source: build.source.clone(),
@@ -234,6 +235,7 @@ impl Runtime {
                     dest: dest.clone(),
                     mode: mode.map(|m| m.0),
                     owner: owner.clone(),
+                    digest: *digest,
                 },
             },
             Step::Packages { packages, sync } => {
