@@ -327,3 +327,65 @@ fn check_reports_a_fifo_source_promptly() {
         r.stderr
     );
 }
+
+/// A base tarball is unpacked from the bytes envc reads and hashes: when they are not what the
+/// layer id was computed from (here: the compiler's digest cache says otherwise, as it would
+/// for a tarball rewritten in place within a timestamp tick), the base is refused and nothing is
+/// sealed.
+#[test]
+fn a_base_tarball_that_is_not_what_was_compiled_is_refused() {
+    if !privileged("a_base_tarball_that_is_not_what_was_compiled_is_refused") {
+        return;
+    }
+    let t = TestStore::new(Kind::Overlay, "tarbase");
+    // Uncompressed, so it is big enough (1 MiB) for the digest cache.
+    let tarball = t.specs.join("base.tar");
+    let gz = std::fs::read(t.specs.join("busybox.tar.gz")).unwrap();
+    let mut raw = Vec::new();
+    gunzip(&gz, &mut raw);
+    assert!(raw.len() >= 1 << 20, "{}", raw.len());
+    std::fs::write(&tarball, &raw).unwrap();
+    // Older than the cache's racy window, so its digest is remembered.
+    std::thread::sleep(Duration::from_millis(2500));
+    let spec = t.spec("env.kdl", "name \"tb\"\nbase \"tar\" \"base.tar\"\n");
+    t.apply(&spec);
+    assert_eq!(t.envc(&["rm", "tb"]).code, 0);
+    assert_eq!(t.envc(&["gc", "--keep-bytes", "0"]).code, 0);
+    let cache = t.store.join("cache/digests");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert!(!entries.is_empty(), "the tarball's digest was cached");
+    for e in &entries {
+        std::fs::write(e.path(), "11".repeat(32)).unwrap();
+    }
+    let r = t.envc(&["apply", spec.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("changed since the spec was compiled") && r.stderr.contains("base.tar"),
+        "{}",
+        r.stderr
+    );
+    let ls: serde_json::Value = serde_json::from_str(&t.envc(&["ls", "--json"]).stdout).unwrap();
+    assert!(
+        ls["layers"].as_array().unwrap().is_empty(),
+        "nothing sealed: {ls}"
+    );
+    // With the cache gone, the tarball is hashed again and the base builds.
+    std::fs::remove_dir_all(&cache).unwrap();
+    t.apply(&spec);
+}
+
+/// Decompresses `gz` with the host's gzip.
+fn gunzip(gz: &[u8], out: &mut Vec<u8>) {
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = gz.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    child.stdout.take().unwrap().read_to_end(out).unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(child.wait().unwrap().success());
+}
