@@ -344,6 +344,51 @@ impl Tool {
         }
     }
 
+    /// Runs the tool with the bytes of `input` on its stdin (copied by a thread until `input`
+    /// ends or the tool stops reading), giving each line of its output to `on_line`.
+    pub fn stream_from(
+        &self,
+        input: &mut (dyn Read + Send),
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(), ToolError> {
+        let spawn_err = |source| ToolError::Spawn {
+            program: self.program.clone(),
+            source,
+        };
+        let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
+        let writer2 = writer.try_clone().map_err(spawn_err)?;
+        let (mut cmd, report) = self.command()?;
+        cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
+        let mut child = self.spawn(cmd)?;
+        let stdin = child.stdin.take();
+        let mut tail: Vec<String> = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                if let Some(mut stdin) = stdin {
+                    // A tool that stops reading (it failed) ends the copy with EPIPE; its
+                    // status says why.
+                    let _ = std::io::copy(input, &mut stdin);
+                }
+            });
+            for_each_line(reader, &mut |line| {
+                on_line(line);
+                push_tail(&mut tail, line);
+            });
+        });
+        let status = child.wait().map_err(spawn_err)?;
+        self.check_contained(report)?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(ToolError::Failed {
+                program: self.program.clone(),
+                args: self.args.clone(),
+                status,
+                tail,
+            })
+        }
+    }
+
     fn failed(&self, status: ExitStatus, stderr: &[u8]) -> ToolError {
         let mut tail = Vec::new();
         for line in String::from_utf8_lossy(stderr).lines() {

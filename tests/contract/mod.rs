@@ -302,7 +302,10 @@ pub fn concurrent_applies_build_each_layer_once(kind: Kind) {
 
 pub fn kill_9_mid_step_then_apply_succeeds(kind: Kind) {
     let t = TestStore::new(kind, "kill");
-    let spec = t.spec("env.kdl", &format!("name \"k\"\n{BASE}layer \"slow\" {{ run \"echo start; sleep 3; echo done > /done\" }}\n"));
+    // The script names this test's backend: the check for survivors below must not see the
+    // same test of another backend running at the same time.
+    let tag = format!("{kind:?}").to_lowercase();
+    let spec = t.spec("env.kdl", &format!("name \"k\"\n{BASE}layer \"slow\" {{ run \"echo start; sleep 3; echo done {tag} > /done\" }}\n"));
     let mut child = t
         .cmd()
         .arg("apply")
@@ -344,7 +347,7 @@ pub fn kill_9_mid_step_then_apply_succeeds(kind: Kind) {
     assert_eq!(r.built(), ["slow"]);
     assert_eq!(
         std::fs::read_to_string(r.root().join("done")).unwrap(),
-        "done\n"
+        format!("done {tag}\n")
     );
     assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
     // No process of the killed build is left running.
@@ -352,7 +355,7 @@ pub fn kill_9_mid_step_then_apply_succeeds(kind: Kind) {
     assert!(
         !String::from_utf8_lossy(&ps.stdout)
             .lines()
-            .any(|l| l.contains("sleep 3; echo done")),
+            .any(|l| l.contains(&format!("sleep 3; echo done {tag}"))),
         "orphaned step processes survived"
     );
 }

@@ -116,28 +116,17 @@ impl Lower<'_> {
                 ),
             );
         }
-        let kind = match fs::metadata(&canonical) {
-            Ok(m) if m.is_dir() => CopyKind::Directory,
-            Ok(_) => CopyKind::File,
-            Err(e) => {
-                self.errors.push(SpecError::CopySourceUnreadable {
-                    src: f.src.clone(),
-                    span: source.span,
-                    path: source.value.clone(),
-                    reason: e.to_string(),
-                });
-                return None;
-            }
-        };
-        match digest::tree(&canonical, self.cache) {
-            Ok(tree) => Some((canonical, kind, tree)),
+        match digest::resolved_tree(&canonical, self.cache) {
+            Ok(tree) => Some((canonical, tree.kind, tree)),
             Err(e) => {
                 let reason = match &e {
                     digest::DigestError::Unsupported { path, kind } => {
                         let shown = path.strip_prefix(&spec_dir).unwrap_or(path);
                         format!("`{}` is a {kind}", shown.display())
                     }
-                    digest::DigestError::Io { .. } => e.to_string(),
+                    digest::DigestError::Io { .. } | digest::DigestError::Swapped { .. } => {
+                        e.to_string()
+                    }
                 };
                 self.errors.push(SpecError::CopySourceUnreadable {
                     src: f.src.clone(),

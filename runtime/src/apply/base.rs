@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use envc_plan::digest::ContentHasher;
 use envc_plan::{Base, Plan, SyncMode};
 use nix::fcntl::OFlag;
 use nix::unistd::UnlinkatFlags;
@@ -31,6 +32,28 @@ pub(super) enum BaseError {
         /// The base's suite.
         suite: String,
     },
+    /// A base tarball could not be read.
+    #[error("cannot read base tarball {}: {source}", path.display())]
+    Read {
+        /// The tarball.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A base tarball is not what the spec was compiled with.
+    #[error(
+        "base tarball {} changed since the spec was compiled (read {read}, the plan has {planned}); nothing was sealed, run the apply again",
+        path.display()
+    )]
+    Changed {
+        /// The tarball.
+        path: PathBuf,
+        /// The digest of what was read.
+        read: envc_plan::Digest,
+        /// The digest the layer id was computed from.
+        planned: envc_plan::Digest,
+    },
     /// A file envc writes for the build could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -40,6 +63,59 @@ pub(super) enum BaseError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Opens a base tarball: a regular file (never a FIFO or a device, which could block or never
+/// end), following the path as the compiler did.
+fn open_tarball(path: &Path) -> Result<fs::File, BaseError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| BaseError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::options()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(err)?;
+    if !file.metadata().map_err(err)?.is_file() {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    Ok(file)
+}
+
+/// tar's option for the compression whose magic number starts `head` (none for a plain tar).
+fn compression(head: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (&[0x1f, 0x8b], "--gzip"),
+        (b"BZh", "--bzip2"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "--xz"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "--zstd"),
+        (b"LZIP", "--lzip"),
+        (&[0x89, b'L', b'Z', b'O'], "--lzop"),
+        (&[0x1f, 0x9d], "--uncompress"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|(_, opt)| *opt)
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: ContentHasher,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// dpkg options of `exclude-docs`: written by mmdebstrap into the root's dpkg configuration, so
@@ -65,12 +141,36 @@ impl Runtime {
     ) -> Result<(), BaseError> {
         match base {
             Base::Scratch => Ok(()),
-            Base::Tar { path, .. } => {
+            Base::Tar { path, digest } => {
+                // tar reads the bytes envc reads and hashes, so what is unpacked is what the id
+                // names: a tarball changed since the spec was compiled is refused.
+                let file = open_tarball(path)?;
+                let mut input = Hashing {
+                    inner: file,
+                    hasher: ContentHasher::new(),
+                };
+                // tar recognises compression only in files it opens itself: the first bytes say.
+                let mut head = [0u8; 6];
+                let mut got = 0;
+                while got < head.len() {
+                    match io::Read::read(&mut input, &mut head[got..]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(source) => {
+                            return Err(BaseError::Read {
+                                path: path.clone(),
+                                source,
+                            });
+                        }
+                    }
+                }
                 let tar = Tool::new("tar")?
                     .via(self.exec.helper())
+                    .args(compression(&head[..got]))
                     .arg("--extract")
                     .arg("--file")
-                    .arg(path)
+                    .arg("-")
                     .arg("--directory")
                     .arg(dir)
                     .args([
@@ -80,7 +180,22 @@ impl Runtime {
                         "--xattrs",
                         "--xattrs-include=*",
                     ]);
-                Ok(self.exec.tool(&tar, on_line)?)
+                let mut stream = io::Read::chain(&head[..got], &mut input);
+                self.exec.tool_from(&tar, &mut stream, on_line)?;
+                // tar may stop before the end (the zero blocks after the last entry).
+                io::copy(&mut input, &mut io::sink()).map_err(|source| BaseError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let read = input.hasher.finish();
+                if read != *digest {
+                    return Err(BaseError::Changed {
+                        path: path.clone(),
+                        read,
+                        planned: *digest,
+                    });
+                }
+                Ok(())
             }
             Base::Debian {
                 suite,
@@ -162,5 +277,32 @@ fn remove_host_files(dir: &Path) {
         if is_file_at(&etc, name) {
             let _ = nix::unistd::unlinkat(&etc, name, UnlinkatFlags::NoRemoveDir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compression;
+
+    /// The magic numbers are those the real compressors write (each one that is installed).
+    #[test]
+    fn compressed_tarballs_are_recognised_by_their_first_bytes() {
+        for (tool, opt) in [
+            ("gzip", "--gzip"),
+            ("bzip2", "--bzip2"),
+            ("xz", "--xz"),
+            ("zstd", "--zstd"),
+        ] {
+            let Ok(out) = std::process::Command::new(tool)
+                .args(["-c", "/etc/passwd"])
+                .output()
+            else {
+                continue;
+            };
+            assert!(out.status.success(), "{tool}");
+            assert_eq!(compression(&out.stdout[..6]), Some(opt), "{tool}");
+        }
+        assert_eq!(compression(b"./\0\0\0\0"), None);
+        assert_eq!(compression(b""), None);
     }
 }

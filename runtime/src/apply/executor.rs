@@ -3,7 +3,7 @@
 //! without privileges.
 #![forbid(unsafe_code)]
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::sandbox::{self, SandboxError, SandboxOp, Spec, Stdio3};
@@ -20,6 +20,17 @@ pub trait Executor: Send + Sync {
     fn interactive(&self, spec: &Spec) -> Result<i32, SandboxError>;
     /// Runs a host tool, giving each line of its output to `on_line`.
     fn tool(&self, tool: &Tool, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError>;
+    /// Runs a host tool with `input` on its stdin, giving each line of its output to
+    /// `on_line`. By default `input` is read to its end and the tool run as [`Executor::tool`].
+    fn tool_from(
+        &self,
+        tool: &Tool,
+        input: &mut (dyn Read + Send),
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(), ToolError> {
+        let _ = io::copy(input, &mut io::sink());
+        self.tool(tool, on_line)
+    }
 }
 
 /// The real executor: the envc binary as sandbox helper.
@@ -59,5 +70,14 @@ impl Executor for HelperExecutor {
 
     fn tool(&self, tool: &Tool, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
         tool.stream(on_line)
+    }
+
+    fn tool_from(
+        &self,
+        tool: &Tool,
+        input: &mut (dyn Read + Send),
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(), ToolError> {
+        tool.stream_from(input, on_line)
     }
 }

@@ -227,6 +227,7 @@ impl Runtime {
                 dest,
                 mode,
                 owner,
+                digest,
                 ..
             } => Spec {
                 source: build.source.clone(),
@@ -239,6 +240,7 @@ impl Runtime {
                     dest: dest.clone(),
                     mode: mode.map(|m| m.0),
                     owner: owner.clone(),
+                    digest: *digest,
                 },
             },
             Step::Packages { packages, sync } => {

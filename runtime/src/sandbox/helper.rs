@@ -14,6 +14,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
+use super::copy;
 use super::exec;
 use super::files;
 use super::mounts;
@@ -93,13 +94,14 @@ fn init(sys: &dyn Syscall, spec: &Spec, reporter: &Reporter) -> Result<i32, Sand
             dest,
             mode,
             owner,
+            digest,
         } => {
             let root = enter_root(sys, spec)?;
             let owner = match owner {
                 Some(o) => Some(users::resolve_owner(&root, o)?),
                 None => None,
             };
-            files::copy_into_root(&root, source, dest, *mode, owner)?;
+            copy::copy_into_root(&root, source, dest, *mode, owner, digest)?;
             let _ = sys.syncfs(root.as_fd());
             Ok(0)
         }

@@ -17,11 +17,13 @@
 //!   (`envc __envc-contain`), so they never leave a mount on the host or outlive envc.
 //! - `mounts`: the mount sequence.
 //! - `files`: paths resolved inside the root.
+//! - `copy`: a host source copied into the root, checked against the plan's digest.
 //! - `users`: who a name is in the root.
 //! - `exec`: the command itself.
 #![forbid(unsafe_code)]
 
 mod contain;
+mod copy;
 mod exec;
 mod files;
 mod helper;
@@ -32,7 +34,8 @@ mod tests;
 mod users;
 
 pub use contain::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, contain_main};
-pub use files::{copy_into_root, mkdir_in_root, open_in_root};
+pub use copy::copy_into_root;
+pub use files::{mkdir_in_root, open_in_root};
 pub use helper::helper_main;
 pub use protocol::{
     Action, Bind, HELPER_ARG, REPORT_FD_ARG, RootSource, Running, SETUP_FAILED, SandboxError,

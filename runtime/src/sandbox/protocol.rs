@@ -86,6 +86,8 @@ pub enum Action {
         mode: Option<u32>,
         /// `USER[:GROUP]` resolved in the root; `None` is root.
         owner: Option<String>,
+        /// The tree digest the plan has for the source: what is copied must have it.
+        digest: envc_plan::Digest,
     },
 }
 
@@ -171,6 +173,8 @@ pub enum SandboxOp {
     Unmount,
     /// Copy a host file or tree into the root.
     Copy,
+    /// Check that a copied source is the one the spec was compiled from.
+    VerifyCopySource,
     /// Look a user up in the root.
     FindUser,
     /// Look a group up in the root.
@@ -221,6 +225,7 @@ impl fmt::Display for SandboxOp {
             SandboxOp::PivotRoot => "pivot_root into",
             SandboxOp::Unmount => "unmount",
             SandboxOp::Copy => "copy",
+            SandboxOp::VerifyCopySource => "verify copy source",
             SandboxOp::FindUser => "find user",
             SandboxOp::FindGroup => "find group",
             SandboxOp::CreateWorkdir => "create working directory",
@@ -448,9 +453,8 @@ impl Reporter {
 mod tests {
     use super::*;
 
-    /// Runs `script` (`$0` is the report fd) as if it were the helper. Scripts write to it
-    /// through `/proc/self/fd/$0`: dash's `>&N` takes one digit only, and with other tests
-    /// running the fd may be 10 or more.
+    /// Runs `script` (`$0` is the report fd) as if it were the helper. Scripts write to it as
+    /// `/dev/fd/$0`: dash's `>&N` takes one digit only, and tests running in parallel hold fds.
     fn running(script: &str) -> Running {
         let (report, writer) = io::pipe().unwrap();
         let mut cmd = Command::new("/bin/sh");
@@ -482,7 +486,7 @@ mod tests {
             detail: "Operation not permitted (os error 1)".into(),
         };
         let json = serde_json::to_string(&e).unwrap();
-        let got = running(&format!("printf '%s' '{json}' >/proc/self/fd/$0; exit 125")).wait();
+        let got = running(&format!("printf '%s' '{json}' >/dev/fd/$0; exit 125")).wait();
         assert_eq!(got, Err(e.clone()));
         assert_eq!(
             got.unwrap_err().to_string(),
@@ -502,7 +506,7 @@ mod tests {
 
     #[test]
     fn a_garbled_report_is_an_error_too() {
-        let e = running("echo nonsense >/proc/self/fd/$0; exit 0")
+        let e = running("echo nonsense >/dev/fd/$0; exit 0")
             .wait()
             .unwrap_err();
         assert_eq!(e.op, SandboxOp::ReadReport);
