@@ -13,7 +13,7 @@
 //!
 //! | point | where |
 //! |---|---|
-//! | `tool-running` | a streamed tool (a base's tar or mmdebstrap) was started (`tools.rs`) |
+//! | `tool-running` | a streamed tool (a base's tar or mmdebstrap) was started (`tools.rs`: `stream`, `stream_from`) |
 //! | `step-before`, `step-after` | around each step of a layer being built (`apply/layer.rs`) |
 //! | `step-output` | a sandboxed step (run, packages) printed a line (`apply/layer.rs`) |
 //! | `seal-before` | every step succeeded; neither the layer nor its record is written yet |

@@ -360,6 +360,7 @@ impl Tool {
         let (mut cmd, report) = self.command()?;
         cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
         let mut child = self.spawn(cmd)?;
+        crate::failpoint::hit("tool-running");
         let stdin = child.stdin.take();
         let mut tail: Vec<String> = Vec::new();
         std::thread::scope(|s| {
