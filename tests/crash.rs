@@ -38,7 +38,8 @@ use common::{Kind, TestStore, privileged};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// How long a killed envc's processes may take to go: enough to die, too short for the 320 MiB
-/// tar base (about 3 s) or mmdebstrap to finish.
+/// tar base (about 3 s when tar reads the tarball itself; stalled when envc, stopped, feeds it)
+/// or mmdebstrap to finish.
 const GRACE: Duration = Duration::from_secs(1);
 
 const BASE: &str = "base \"tar\" \"busybox.tar.gz\"\n";

@@ -148,6 +148,14 @@ pub fn kill_at(mut cmd: Command, trigger: Trigger, mode: Mode) -> Result<Killed,
             }
         };
         if reached {
+            // The failpoint's line was written before the stop: let the reader thread catch up.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(trigger, Trigger::Failpoint(_))
+                && !stderr.lock().unwrap().contains("envc: stopped at ")
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
