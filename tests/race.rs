@@ -7,7 +7,7 @@
 //! - gc against `envc run`: the command always sees its full root;
 //! - two gcs at once: both succeed, and the store stays consistent.
 //!
-//! Each race runs a few seconds (`ENVC_RACE_SECS`, default 6) so that gc's window (it decides
+//! Each race runs a few seconds (`ENVC_RACE_SECS`, default 10) so that gc's window (it decides
 //! what is in use, then removes layer after layer) is hit. Failures name the backend, the race
 //! and what was wrong.
 
@@ -36,7 +36,7 @@ fn race_time() -> Duration {
         std::env::var("ENVC_RACE_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(6),
+            .unwrap_or(10),
     )
 }
 
