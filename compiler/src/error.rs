@@ -18,6 +18,130 @@ pub enum SpecError {
     )]
     Unreadable { path: String, reason: String },
 
+    /// The spec (not a file it extends) is not a regular file: a FIFO, a device, a directory.
+    #[error("spec `{path}` is {kind}, not a regular file")]
+    #[diagnostic(
+        code(envc::spec::not_a_file),
+        help(
+            "envc reads specs only from regular files; write the spec to a file and give its path"
+        )
+    )]
+    NotAFile { path: String, kind: &'static str },
+
+    /// The spec (not a file it extends) is larger than envc reads.
+    #[error("spec `{path}` is larger than the limit of {limit} bytes")]
+    #[diagnostic(
+        code(envc::spec::too_large),
+        help(
+            "a spec is read only up to {limit} bytes (16 MiB); split it with `extends`, or move data into files that `copy` reads"
+        )
+    )]
+    TooLarge { path: String, limit: u64 },
+
+    /// A file that a spec extends is not a regular file.
+    #[error("cannot extend `{path}`: it is {kind}, not a regular file")]
+    #[diagnostic(
+        code(envc::spec::extends_not_a_file),
+        help("`extends` reads only regular files")
+    )]
+    ExtendsNotAFile {
+        #[source_code]
+        src: Src,
+        #[label("{kind}")]
+        span: SourceSpan,
+        path: String,
+        kind: &'static str,
+    },
+
+    /// A file that a spec extends is larger than envc reads.
+    #[error(
+        "cannot extend `{path}`: the specs of the chain are larger than the limit of {limit} bytes together"
+    )]
+    #[diagnostic(
+        code(envc::spec::extends_too_large),
+        help(
+            "a spec and the specs it extends are read only up to {limit} bytes (16 MiB) together"
+        )
+    )]
+    ExtendsTooLarge {
+        #[source_code]
+        src: Src,
+        #[label("larger than {limit} bytes")]
+        span: SourceSpan,
+        path: String,
+        limit: u64,
+    },
+
+    /// A spec file that is not UTF-8 text.
+    #[error("spec is not valid UTF-8: byte 0x{byte:02x} at line {line}, column {column}")]
+    #[diagnostic(
+        code(envc::spec::invalid_utf8),
+        help("KDL documents are UTF-8 text; save the file as UTF-8")
+    )]
+    InvalidUtf8 {
+        #[source_code]
+        src: Src,
+        #[label("invalid UTF-8")]
+        span: SourceSpan,
+        byte: u8,
+        line: usize,
+        column: usize,
+    },
+
+    /// Children blocks (or block comments) nested deeper than the parser allows.
+    #[error("{what} nested more than {limit} levels deep")]
+    #[diagnostic(
+        code(envc::spec::nesting_too_deep),
+        help("envc reads at most {limit} levels of nested blocks and comments; a spec needs 2")
+    )]
+    NestingTooDeep {
+        #[source_code]
+        src: Src,
+        #[label("one level too deep")]
+        span: SourceSpan,
+        what: &'static str,
+        limit: usize,
+    },
+
+    /// Text after a lexical error that cannot be read safely.
+    #[error("cannot read the spec past {reason}")]
+    #[diagnostic(
+        code(envc::spec::unreadable_text),
+        help(
+            "fix this first: what follows it is too long or too nested to be read while it is wrong"
+        )
+    )]
+    UnreadableText {
+        #[source_code]
+        src: Src,
+        #[label("{reason}")]
+        span: SourceSpan,
+        reason: &'static str,
+    },
+
+    /// A chain of layers longer than the backends can mount.
+    #[error("the environment has {layers} layers, more than the {limit} a root can stack")]
+    #[diagnostic(code(envc::spec::chain_too_deep))]
+    ChainTooDeep {
+        #[source_code]
+        src: Src,
+        #[label("layer {position}, one past the limit")]
+        span: SourceSpan,
+        layers: usize,
+        position: usize,
+        limit: usize,
+        #[help]
+        help: String,
+    },
+
+    /// More errors than are worth showing; the first ones are shown.
+    #[error("{omitted} more errors not shown")]
+    #[diagnostic(
+        code(envc::spec::too_many_errors),
+        help("envc shows the first {shown} errors; fix them and check again")
+    )]
+    TooManyErrors { shown: usize, omitted: usize },
+
     /// The text is not valid KDL v2.
     #[error("{message}")]
     #[diagnostic(code(envc::spec::syntax))]
@@ -467,6 +591,20 @@ pub enum SpecError {
         reason: String,
     },
 
+    /// An `extends` chain longer than envc follows.
+    #[error("`extends` chains more than {limit} specs")]
+    #[diagnostic(
+        code(envc::spec::extends_too_deep),
+        help("envc follows at most {limit} specs along `extends`; merge some of them")
+    )]
+    ExtendsTooDeep {
+        #[source_code]
+        src: Src,
+        #[label("spec {limit} extends one more")]
+        span: SourceSpan,
+        limit: usize,
+    },
+
     /// Specs that extend each other in a loop.
     #[error("`extends` forms a cycle: {chain}")]
     #[diagnostic(
@@ -495,4 +633,56 @@ pub enum SpecError {
         path: String,
         reason: String,
     },
+}
+
+impl SpecError {
+    /// The text the error points into, if it points into one.
+    pub fn src(&self) -> Option<&Src> {
+        match self {
+            SpecError::ExtendsTooLarge { src, .. }
+            | SpecError::InvalidUtf8 { src, .. }
+            | SpecError::NestingTooDeep { src, .. }
+            | SpecError::UnreadableText { src, .. }
+            | SpecError::ChainTooDeep { src, .. }
+            | SpecError::UnknownNode { src, .. }
+            | SpecError::UnknownProperty { src, .. }
+            | SpecError::DuplicateProperty { src, .. }
+            | SpecError::MissingArgument { src, .. }
+            | SpecError::TooManyArguments { src, .. }
+            | SpecError::WrongType { src, .. }
+            | SpecError::UnexpectedBlock { src, .. }
+            | SpecError::MissingName { src, .. }
+            | SpecError::DuplicateNode { src, .. }
+            | SpecError::MissingBase { src, .. }
+            | SpecError::MultipleBases { src, .. }
+            | SpecError::InvalidName { src, .. }
+            | SpecError::ReservedLayerName { src, .. }
+            | SpecError::DuplicateLayer { src, .. }
+            | SpecError::EmptyLayer { src, .. }
+            | SpecError::UnknownBase { src, .. }
+            | SpecError::MissingProperty { src, .. }
+            | SpecError::InvalidValue { src, .. }
+            | SpecError::InvalidPackage { src, .. }
+            | SpecError::DuplicatePackage { src, .. }
+            | SpecError::CopySourceMissing { src, .. }
+            | SpecError::CopySourceEscapes { src, .. }
+            | SpecError::CopySourceUnreadable { src, .. }
+            | SpecError::RelativeDestination { src, .. }
+            | SpecError::InvalidPath { src, .. }
+            | SpecError::InvalidMode { src, .. }
+            | SpecError::InvalidUser { src, .. }
+            | SpecError::InvalidEnvName { src, .. }
+            | SpecError::BadExpansion { src, .. }
+            | SpecError::ExtendsMissing { src, .. }
+            | SpecError::ExtendsTooDeep { src, .. }
+            | SpecError::ExtendsCycle { src, .. }
+            | SpecError::BaseFileUnreadable { src, .. }
+            | SpecError::ExtendsNotAFile { src, .. }
+            | SpecError::Syntax { src, .. } => Some(src),
+            SpecError::Unreadable { .. }
+            | SpecError::NotAFile { .. }
+            | SpecError::TooLarge { .. }
+            | SpecError::TooManyErrors { .. } => None,
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod decode;
 pub mod digest;
 mod error;
 mod fastkdl;
+mod guard;
 pub mod resolve;
 mod suggest;
 
@@ -20,8 +21,9 @@ use std::path::Path;
 
 pub use envc_plan as plan;
 pub use error::{SpecError, Src};
+pub use guard::MAX_NESTING;
 use miette::SourceSpan;
-pub use resolve::host_arch;
+pub use resolve::{MAX_ERRORS, MAX_EXTENDS, MAX_SPEC_BYTES, host_arch};
 
 /// Where a plan step was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use envc_plan::{Base, CopyKind, Mode, Name, Plan, Step, SyncMode, env};
+use envc_plan::{Base, CopyKind, MAX_LAYERS, Mode, Name, Plan, Step, SyncMode, env};
 use miette::SourceSpan;
 
 use super::load::{File, at};
@@ -100,8 +100,25 @@ impl Lower<'_> {
         let mut locations = Vec::new();
         let mut seen: HashMap<&str, (usize, SourceSpan)> = HashMap::new();
         let mut vars = env::defaults();
+        // The base is layer 1.
+        let total = 1 + files.iter().map(|f| f.ast.layers.len()).sum::<usize>();
+        let mut position = 1;
         for (fi, f) in files.iter().enumerate() {
             for layer in &f.ast.layers {
+                position += 1;
+                if position == MAX_LAYERS + 1 {
+                    self.errors.push(SpecError::ChainTooDeep {
+                        src: f.src.clone(),
+                        span: layer.span,
+                        layers: total,
+                        position,
+                        limit: MAX_LAYERS,
+                        help: format!(
+                            "a root stacks every layer of its environment, and overlayfs stacks at most {MAX_LAYERS} (the base included); merge layers (a layer may hold many steps) to have at most {} after the base",
+                            MAX_LAYERS - 1
+                        ),
+                    });
+                }
                 let lname = &layer.name;
                 if lname.value == envc_plan::BASE_LAYER_NAME {
                     self.errors.push(SpecError::ReservedLayerName {

@@ -8,6 +8,7 @@ mod lower;
 mod values;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::Compiled;
 use crate::digest;
@@ -17,6 +18,11 @@ use load::{File, load_chain};
 use lower::Lower;
 
 pub(crate) use load::line_col;
+pub use load::{MAX_EXTENDS, MAX_SPEC_BYTES};
+
+/// The most errors one compile reports (like clang's `-ferror-limit`, whose default is 20): past
+/// a few dozen, more errors help nobody, and rendering each one costs a scan of its file.
+pub const MAX_ERRORS: usize = 50;
 pub use values::{ARCHES, DEFAULT_VARIANT, SYNC_MODES, VARIANTS, host_arch};
 
 /// Where the root spec's text comes from.
@@ -33,6 +39,7 @@ pub(crate) fn compile(
     let mut errors = Vec::new();
     let chain = load_chain(path, root_text, &mut errors);
     if chain.is_empty() {
+        errors.truncate(MAX_ERRORS);
         return Err(errors);
     }
     let cache = options.digest_cache.as_ref().map(digest::Cache::new);
@@ -43,6 +50,14 @@ pub(crate) fn compile(
     };
     let lowered = cx.lower();
     sort_errors(&chain, &mut errors);
+    if errors.len() > MAX_ERRORS {
+        let omitted = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(SpecError::TooManyErrors {
+            shown: MAX_ERRORS,
+            omitted,
+        });
+    }
     match lowered {
         Some((plan, locations)) if errors.is_empty() => {
             let mut plan = plan;
@@ -65,12 +80,16 @@ fn sort_errors(chain: &[File], errors: &mut [SpecError]) {
         let Some(span) = e.labels().and_then(|mut l| l.next()).map(|l| *l.inner()) else {
             return (0, 0);
         };
-        let name = e
-            .source_code()
-            .and_then(|s| s.read_span(&span, 0, 0).ok())
-            .and_then(|c| c.name().map(str::to_owned));
-        let rank = name
-            .and_then(|n| chain.iter().rev().position(|f| f.src.name() == n))
+        // Which file: the one whose text the error shows (compared by address, as reading the
+        // span would scan the text up to it for every error).
+        let rank = e
+            .src()
+            .and_then(|src| {
+                chain
+                    .iter()
+                    .rev()
+                    .position(|f| Arc::ptr_eq(f.src.inner(), src.inner()))
+            })
             .unwrap_or(usize::MAX);
         (rank, span.offset())
     };
