@@ -398,7 +398,7 @@ impl Decoder<'_> {
             "the layer's name",
             "layer \"toolchain\" { packages \"gcc\" }",
         )?;
-        let mut steps = Vec::new();
+        let mut steps = Vec::with_capacity(node.children().map_or(0, |c| c.nodes().len()));
         if let Some(children) = node.children() {
             for child in children.nodes() {
                 if let Some(step) = self.step(child) {
@@ -508,7 +508,9 @@ impl Decoder<'_> {
                     });
                     return None;
                 }
-                let mut vars = Vec::new();
+                // Exactly as many as written: a spec of many one-variable `env` lines would
+                // otherwise hold four slots per line.
+                let mut vars = Vec::with_capacity(r.props.len());
                 for (key, entry) in &r.props {
                     let value = match entry.value() {
                         KdlValue::String(s) => s.clone(),

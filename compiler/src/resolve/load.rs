@@ -118,6 +118,10 @@ pub(super) fn read_spec(path: &Path, limit: u64) -> Result<String, ReadFailure> 
     if bytes.len() as u64 > limit {
         return Err(ReadFailure::TooLarge);
     }
+    utf8(bytes)
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, ReadFailure> {
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         ReadFailure::NotUtf8(e.into_bytes(), at)
@@ -230,8 +234,8 @@ pub(super) fn load_chain(
         }
         let limit = MAX_SPEC_BYTES - used.min(MAX_SPEC_BYTES);
         let text = match text {
-            RootText::Given(t) if t.len() as u64 > limit => Err(ReadFailure::TooLarge),
-            RootText::Given(t) => Ok(t),
+            RootText::Given(bytes) if bytes.len() as u64 > limit => Err(ReadFailure::TooLarge),
+            RootText::Given(bytes) => utf8(bytes),
             RootText::Read => read_spec(&path, limit),
         };
         if let Ok(t) = &text {

@@ -148,8 +148,8 @@ impl Lower<'_> {
                 } else {
                     seen.insert(&lname.value, (fi, lname.span));
                 }
-                let mut steps = Vec::new();
-                let mut locs = Vec::new();
+                let mut steps = Vec::with_capacity(layer.steps.len());
+                let mut locs = Vec::with_capacity(layer.steps.len());
                 for step in &layer.steps {
                     if let Some(s) = self.step(f, step, &mut vars) {
                         steps.push(s);
@@ -408,7 +408,9 @@ impl Lower<'_> {
                         });
                         continue;
                     }
-                    match self.expand(f, value, vars) {
+                    // `NAME=value` and a NUL must fit in one argument string.
+                    let limit = env::MAX_ENTRY_BYTES.saturating_sub(key.value.len() + 2);
+                    match self.expand(f, value, vars, limit) {
                         Some(v) => {
                             out.insert(key.value.clone(), v);
                         }

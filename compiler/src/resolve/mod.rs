@@ -28,7 +28,8 @@ pub use values::{ARCHES, DEFAULT_VARIANT, SYNC_MODES, VARIANTS, host_arch};
 /// Where the root spec's text comes from.
 pub(crate) enum RootText {
     Read,
-    Given(String),
+    /// Bytes as if read from the file: the size limit and the UTF-8 check apply.
+    Given(Vec<u8>),
 }
 
 pub(crate) fn compile(

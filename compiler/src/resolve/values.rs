@@ -180,8 +180,9 @@ impl Lower<'_> {
         f: &File,
         value: &Spanned<String>,
         vars: &BTreeMap<String, String>,
+        limit: usize,
     ) -> Option<String> {
-        match env::expand(&value.value, vars) {
+        match env::expand_within(&value.value, vars, limit) {
             Ok(v) => Some(v),
             Err(e) => {
                 let help = match &e {
@@ -194,6 +195,7 @@ impl Lower<'_> {
                             _ => "variables come from envc's defaults (PATH, HOME, LANG, DEBIAN_FRONTEND) and earlier `env` steps; write `$$` for a literal `$`".into(),
                         }
                     }
+                    env::ExpandError::TooLong { .. } => "a step is given each variable as one `NAME=value` string of at most 128 KiB (Linux's MAX_ARG_STRLEN); shorten the value".into(),
                     _ => "write `$NAME` or `${NAME}`; write `$$` for a literal `$`".into(),
                 };
                 self.errors.push(SpecError::BadExpansion {
@@ -215,7 +217,7 @@ impl Lower<'_> {
         what: &str,
         vars: &BTreeMap<String, String>,
     ) -> Option<String> {
-        let expanded = self.expand(f, p, vars)?;
+        let expanded = self.expand(f, p, vars, env::MAX_ENTRY_BYTES)?;
         let p = &Spanned::new(expanded, p.span);
         if !p.value.starts_with('/') {
             self.errors.push(SpecError::RelativeDestination {
