@@ -56,12 +56,16 @@ fn position(e: &SpecError) -> (usize, usize) {
     (line, col)
 }
 
+/// The stack `bounded` runs compiles on: Rust's default for spawned threads. At the nesting limit
+/// the parsers recurse 64 levels; this must be plenty for that, in debug builds too.
+const STACK: usize = 2 << 20;
+
 /// Runs `f` on a thread with a small stack and fails if it takes longer than `limit`: recursion
 /// that depends on the input would overflow, and a blocked read would time out.
 fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
-        .stack_size(512 << 10)
+        .stack_size(STACK)
         .spawn(move || {
             let _ = tx.send(f());
         })
@@ -209,10 +213,10 @@ fn invalid_utf8_is_located_at_its_line_and_column() {
     let errs = errors(compile_bytes(Path::new(SPEC), bytes));
     assert_eq!(errs.len(), 1);
     assert_eq!(code(&errs[0]), "envc::spec::invalid_utf8");
-    assert_eq!(position(&errs[0]), (3, 20));
+    assert_eq!(position(&errs[0]), (3, 21));
     let text = errs[0].to_string();
     assert!(
-        text.contains("0xff") && text.contains("line 3, column 20"),
+        text.contains("0xff") && text.contains("line 3, column 21"),
         "{text}"
     );
 }
