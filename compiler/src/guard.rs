@@ -22,13 +22,20 @@ use std::borrow::Cow;
 pub const MAX_NESTING: usize = 64;
 
 /// How many `{`, `/` and `*` may follow a lexical error for `kdl` still to be asked about it.
-pub(crate) const UNCERTAIN_BUDGET: usize = 4096;
+/// Measured: a debug build of `kdl` needs up to 32 KiB of stack per nesting level, so this is
+/// 32 MiB at most, an eighth of the stack it is given.
+pub(crate) const UNCERTAIN_BUDGET: usize = 1024;
 
 /// What the scan found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict<'a> {
     /// Nothing hostile; `for_kdl` is the text to give `kdl` if the fast parser declines it.
-    Fine { for_kdl: Cow<'a, str> },
+    /// `certain`: the whole text lexed cleanly, so `kdl` recurses at most [`MAX_NESTING`] levels
+    /// on it; otherwise it may recurse up to [`UNCERTAIN_BUDGET`] levels.
+    Fine {
+        for_kdl: Cow<'a, str>,
+        certain: bool,
+    },
     /// A children block (`comment` false) or block comment (`comment` true) at `offset` is nested
     /// one level deeper than [`MAX_NESTING`].
     TooDeep { offset: usize, comment: bool },
@@ -81,8 +88,8 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
         pos: 0,
         comments: Vec::new(),
     };
-    match s.certain() {
-        Ok(()) => {}
+    let certain = match s.certain() {
+        Ok(()) => true,
         Err(Stop::TooDeep { offset, comment }) => return Verdict::TooDeep { offset, comment },
         Err(Stop::Lexical { offset, reason }) => {
             let risky = text
@@ -94,11 +101,13 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
             if risky > UNCERTAIN_BUDGET {
                 return Verdict::Unreadable { offset, reason };
             }
+            false
         }
-    }
+    };
     if s.comments.is_empty() {
         return Verdict::Fine {
             for_kdl: Cow::Borrowed(text),
+            certain,
         };
     }
     let mut bytes = text.as_bytes().to_vec();
@@ -112,9 +121,11 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
     match String::from_utf8(bytes) {
         Ok(t) => Verdict::Fine {
             for_kdl: Cow::Owned(t),
+            certain,
         },
         Err(_) => Verdict::Fine {
             for_kdl: Cow::Borrowed(text),
+            certain,
         },
     }
 }
@@ -448,7 +459,7 @@ mod tests {
     fn block_comments_are_blanked_for_kdl() {
         let text = "a /* x { /* y */ } */ b \"/* no */\"";
         match scan(text) {
-            Verdict::Fine { for_kdl } => {
+            Verdict::Fine { for_kdl, .. } => {
                 let comment = "/* x { /* y */ } */".len();
                 assert_eq!(for_kdl, format!("a {} b \"/* no */\"", " ".repeat(comment)));
                 assert_eq!(for_kdl.len(), text.len());

@@ -279,3 +279,19 @@ fn a_big_legal_spec_compiles() {
     let compiled = compile_bytes(Path::new(SPEC), text.into_bytes()).expect("compiles");
     assert_eq!(compiled.plan.layers[1].steps.len(), i);
 }
+
+#[test]
+fn braces_after_a_lexical_error_within_the_budget_are_left_to_kdl_safely() {
+    // kdl recovers from the bad escape at the next space and then reads thousands of nested
+    // blocks: it does so on its own large stack, not this small one.
+    let text = format!(
+        "name \"x\"\nbase \"scratch\"\nlayer \"l\" {{\n    run \"echo \\q {}{}\"\n}}\n",
+        "a{".repeat(1000),
+        "}".repeat(1000)
+    );
+    let errs = bounded(Duration::from_secs(120), move || {
+        errors(compile_bytes(Path::new(SPEC), text.into_bytes()))
+    });
+    assert_eq!(code(&errs[0]), "envc::spec::syntax", "{errs:?}");
+    assert!((3..=5).contains(&position(&errs[0]).0));
+}

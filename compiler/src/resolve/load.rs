@@ -128,9 +128,9 @@ fn utf8(bytes: Vec<u8>) -> Result<String, ReadFailure> {
     })
 }
 
-/// The stack of the thread `kdl` parses on: it recurses per nesting level and per piece of a
-/// block comment, which [`crate::guard`] bounds; this leaves a wide margin over that bound. Only
-/// the pages touched are ever mapped.
+/// The stack of the thread `kdl` parses text on that did not lex cleanly: it may recurse up to
+/// [`crate::guard::UNCERTAIN_BUDGET`] levels there; this leaves a wide margin over that bound.
+/// Only the pages touched are ever mapped.
 const KDL_STACK: usize = 256 << 20;
 
 /// Parses with `kdl` on a thread with a large stack.
@@ -151,8 +151,8 @@ fn kdl_parse(text: &str) -> Result<KdlDocument, kdl::KdlError> {
 }
 
 fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
-    let for_kdl = match crate::guard::scan(text) {
-        crate::guard::Verdict::Fine { for_kdl } => for_kdl,
+    let (for_kdl, certain) = match crate::guard::scan(text) {
+        crate::guard::Verdict::Fine { for_kdl, certain } => (for_kdl, certain),
         crate::guard::Verdict::TooDeep { offset, comment } => {
             errors.push(SpecError::NestingTooDeep {
                 src: src.clone(),
@@ -179,7 +179,13 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
     if let Some(doc) = crate::fastkdl::parse(text) {
         return Some(doc);
     }
-    match kdl_parse(&for_kdl) {
+    // Text that lexed cleanly nests at most MAX_NESTING levels for kdl too: parse it here.
+    let parsed = if certain {
+        KdlDocument::parse_v2(&for_kdl)
+    } else {
+        kdl_parse(&for_kdl)
+    };
+    match parsed {
         Ok(doc) => Some(doc),
         Err(err) => {
             for d in err.diagnostics {
