@@ -21,6 +21,9 @@ use std::borrow::Cow;
 /// How many children blocks (and how many block comments) may be nested inside each other.
 pub const MAX_NESTING: usize = 64;
 
+/// Nesting (of blocks or block comments) that any stack `kdl` may run on can take: specs need 2.
+pub(crate) const SHALLOW: usize = 8;
+
 /// How many `{`, `/` and `*` may follow a lexical error for `kdl` still to be asked about it.
 /// Measured: a debug build of `kdl` needs up to 32 KiB of stack per nesting level, so this is
 /// 32 MiB at most, an eighth of the stack it is given.
@@ -30,11 +33,12 @@ pub(crate) const UNCERTAIN_BUDGET: usize = 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict<'a> {
     /// Nothing hostile; `for_kdl` is the text to give `kdl` if the fast parser declines it.
-    /// `certain`: the whole text lexed cleanly, so `kdl` recurses at most [`MAX_NESTING`] levels
-    /// on it; otherwise it may recurse up to [`UNCERTAIN_BUDGET`] levels.
+    /// `shallow`: the whole text lexed cleanly and nests at most [`SHALLOW`] levels, so `kdl`
+    /// needs little stack for it; otherwise it may recurse up to [`MAX_NESTING`] levels (or
+    /// [`UNCERTAIN_BUDGET`], after a lexical error) and wants a large stack.
     Fine {
         for_kdl: Cow<'a, str>,
-        certain: bool,
+        shallow: bool,
     },
     /// A children block (`comment` false) or block comment (`comment` true) at `offset` is nested
     /// one level deeper than [`MAX_NESTING`].
@@ -79,6 +83,8 @@ struct Scan<'a> {
     pos: usize,
     /// Block comments found, to blank for `kdl`.
     comments: Vec<(usize, usize)>,
+    /// The deepest nesting of blocks or block comments seen.
+    deepest: usize,
 }
 
 /// Scans `text`.
@@ -87,6 +93,7 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
         text,
         pos: 0,
         comments: Vec::new(),
+        deepest: 0,
     };
     let certain = match s.certain() {
         Ok(()) => true,
@@ -104,10 +111,11 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
             false
         }
     };
+    let shallow = certain && s.deepest <= SHALLOW;
     if s.comments.is_empty() {
         return Verdict::Fine {
             for_kdl: Cow::Borrowed(text),
-            certain,
+            shallow,
         };
     }
     let mut bytes = text.as_bytes().to_vec();
@@ -121,11 +129,11 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
     match String::from_utf8(bytes) {
         Ok(t) => Verdict::Fine {
             for_kdl: Cow::Owned(t),
-            certain,
+            shallow,
         },
         Err(_) => Verdict::Fine {
             for_kdl: Cow::Borrowed(text),
-            certain,
+            shallow,
         },
     }
 }
@@ -194,6 +202,7 @@ impl Scan<'_> {
                 }
                 '{' => {
                     depth += 1;
+                    self.deepest = self.deepest.max(depth);
                     if depth > MAX_NESTING {
                         return Err(Stop::TooDeep {
                             offset: start,
@@ -230,6 +239,7 @@ impl Scan<'_> {
             let rest = self.rest();
             if rest.starts_with("/*") {
                 depth += 1;
+                self.deepest = self.deepest.max(depth);
                 if depth > MAX_NESTING {
                     return Err(Stop::TooDeep {
                         offset: self.pos,

@@ -128,7 +128,7 @@ fn utf8(bytes: Vec<u8>) -> Result<String, ReadFailure> {
     })
 }
 
-/// The stack of the thread `kdl` parses text on that did not lex cleanly: it may recurse up to
+/// The stack of the thread `kdl` parses text on that is not shallow: it may recurse up to
 /// [`crate::guard::UNCERTAIN_BUDGET`] levels there; this leaves a wide margin over that bound.
 /// Only the pages touched are ever mapped.
 const KDL_STACK: usize = 256 << 20;
@@ -151,8 +151,8 @@ fn kdl_parse(text: &str) -> Result<KdlDocument, kdl::KdlError> {
 }
 
 fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
-    let (for_kdl, certain) = match crate::guard::scan(text) {
-        crate::guard::Verdict::Fine { for_kdl, certain } => (for_kdl, certain),
+    let (for_kdl, shallow) = match crate::guard::scan(text) {
+        crate::guard::Verdict::Fine { for_kdl, shallow } => (for_kdl, shallow),
         crate::guard::Verdict::TooDeep { offset, comment } => {
             errors.push(SpecError::NestingTooDeep {
                 src: src.clone(),
@@ -179,8 +179,8 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
     if let Some(doc) = crate::fastkdl::parse(text) {
         return Some(doc);
     }
-    // Text that lexed cleanly nests at most MAX_NESTING levels for kdl too: parse it here.
-    let parsed = if certain {
+    // Shallow text that lexed cleanly is shallow for kdl too: parse it here, on any stack.
+    let parsed = if shallow {
         KdlDocument::parse_v2(&for_kdl)
     } else {
         kdl_parse(&for_kdl)
