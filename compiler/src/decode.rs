@@ -5,7 +5,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use crate::ast::{BaseDecl, BaseKind, LayerDecl, Spanned, SpecFile, StepDecl, StepKind};
-use crate::error::{SpecError, Src};
+use crate::error::{Errors, SpecError, Src};
 use crate::suggest;
 
 /// Nodes allowed at the top level of a spec.
@@ -16,14 +16,14 @@ pub const STEP_NODES: &[&str] = &["packages", "run", "copy", "env", "workdir"];
 pub const BASE_KINDS: &[&str] = &["debian", "tar", "scratch"];
 
 /// Decodes a parsed document, appending every error found to `errors`.
-pub fn decode(doc: &KdlDocument, src: &Src, errors: &mut Vec<SpecError>) -> SpecFile {
+pub fn decode(doc: &KdlDocument, src: &Src, errors: &mut Errors) -> SpecFile {
     let mut d = Decoder { src, errors };
     d.file(doc)
 }
 
 struct Decoder<'a> {
     src: &'a Src,
-    errors: &'a mut Vec<SpecError>,
+    errors: &'a mut Errors,
 }
 
 fn type_name(v: &KdlValue) -> &'static str {

@@ -21,6 +21,12 @@ use std::borrow::Cow;
 /// How many children blocks (and how many block comments) may be nested inside each other.
 pub const MAX_NESTING: usize = 64;
 
+/// How many words (node names, arguments, properties) one spec file may have. Each becomes a
+/// parsed node or entry of several hundred bytes, so this bounds the parse's memory for text of
+/// tiny nodes (`x` on a million lines) where the size limit alone would allow gigabytes. A real
+/// spec has hundreds; 16 MiB of one-variable `env` lines has about 900,000.
+pub const MAX_WORDS: usize = 1_000_000;
+
 /// Nesting (of blocks or block comments) that any stack `kdl` may run on can take: specs need 2.
 pub(crate) const SHALLOW: usize = 8;
 
@@ -45,6 +51,8 @@ pub(crate) enum Verdict<'a> {
     TooDeep { offset: usize, comment: bool },
     /// A lexical error at `offset`, followed by too much for `kdl` to be trusted with.
     Unreadable { offset: usize, reason: &'static str },
+    /// Word number [`MAX_WORDS`] + 1 starts at `offset`.
+    TooManyWords { offset: usize },
 }
 
 /// KDL v2 newlines (CRLF is CR then LF, which is two newlines here; that only matters for
@@ -85,6 +93,8 @@ struct Scan<'a> {
     comments: Vec<(usize, usize)>,
     /// The deepest nesting of blocks or block comments seen.
     deepest: usize,
+    /// Words seen (an upper bound of the nodes and entries a parser builds).
+    words: usize,
 }
 
 /// Scans `text`.
@@ -94,18 +104,24 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
         pos: 0,
         comments: Vec::new(),
         deepest: 0,
+        words: 0,
     };
     let certain = match s.certain() {
         Ok(()) => true,
         Err(Stop::TooDeep { offset, comment }) => return Verdict::TooDeep { offset, comment },
+        Err(Stop::TooManyWords { offset }) => return Verdict::TooManyWords { offset },
         Err(Stop::Lexical { offset, reason }) => {
-            let risky = text
-                .get(offset..)
-                .unwrap_or("")
-                .bytes()
+            let rest = text.get(offset..).unwrap_or("").as_bytes();
+            let risky = rest
+                .iter()
                 .filter(|b| matches!(b, b'{' | b'/' | b'*'))
                 .count();
-            if risky > UNCERTAIN_BUDGET {
+            // Any byte after a separating one may start a node or an entry for kdl's recovery.
+            let words = rest
+                .windows(2)
+                .filter(|w| !is_separator_byte(w[1]) && is_separator_byte(w[0]))
+                .count();
+            if risky > UNCERTAIN_BUDGET || s.words + words >= MAX_WORDS {
                 return Verdict::Unreadable { offset, reason };
             }
             false
@@ -138,8 +154,17 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
     }
 }
 
+/// An ASCII byte that separates words, as far as counting them goes.
+fn is_separator_byte(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | b'{' | b'}' | b';' | b'=' | b'(' | b')'
+    )
+}
+
 enum Stop {
     TooDeep { offset: usize, comment: bool },
+    TooManyWords { offset: usize },
     Lexical { offset: usize, reason: &'static str },
 }
 
@@ -185,6 +210,15 @@ impl Scan<'_> {
                 may_start = true;
                 continue;
             }
+            let separator =
+                is_space(c) || is_newline(c) || matches!(c, '{' | '}' | ';' | '=' | '(' | ')');
+            if !separator && may_start {
+                self.words += 1;
+                if self.words > MAX_WORDS {
+                    return Err(Stop::TooManyWords { offset: start });
+                }
+            }
+            let rest = self.rest();
             match c {
                 '"' => {
                     if !may_start {

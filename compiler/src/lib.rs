@@ -20,8 +20,8 @@ mod suggest;
 use std::path::Path;
 
 pub use envc_plan as plan;
-pub use error::{SpecError, Src};
-pub use guard::MAX_NESTING;
+pub use error::{Errors, SpecError, Src};
+pub use guard::{MAX_NESTING, MAX_WORDS};
 use miette::SourceSpan;
 pub use resolve::{MAX_ERRORS, MAX_EXTENDS, MAX_SPEC_BYTES, host_arch};
 

@@ -10,7 +10,7 @@ use miette::{NamedSource, SourceSpan};
 use super::RootText;
 use crate::ast::SpecFile;
 use crate::decode;
-use crate::error::{SpecError, Src};
+use crate::error::{Errors, SpecError, Src};
 
 /// One loaded spec file.
 pub(super) struct File {
@@ -150,7 +150,7 @@ fn kdl_parse(text: &str) -> Result<KdlDocument, kdl::KdlError> {
     })
 }
 
-fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
+fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Errors) -> Option<KdlDocument> {
     let (for_kdl, shallow) = match crate::guard::scan(text) {
         crate::guard::Verdict::Fine { for_kdl, shallow } => (for_kdl, shallow),
         crate::guard::Verdict::TooDeep { offset, comment } => {
@@ -163,6 +163,14 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
                     "children blocks are"
                 },
                 limit: crate::guard::MAX_NESTING,
+            });
+            return None;
+        }
+        crate::guard::Verdict::TooManyWords { offset } => {
+            errors.push(SpecError::TooManyWords {
+                src: src.clone(),
+                span: (offset, 1).into(),
+                limit: crate::guard::MAX_WORDS,
             });
             return None;
         }
@@ -220,7 +228,7 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
 pub(super) fn load_chain(
     root: &Path,
     root_text: RootText,
-    errors: &mut Vec<SpecError>,
+    errors: &mut Errors,
 ) -> Vec<File> {
     let mut chain: Vec<File> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();

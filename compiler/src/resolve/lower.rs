@@ -10,18 +10,34 @@ use super::values::{ARCHES, DEFAULT_VARIANT, VARIANTS, check_package, host_arch}
 use crate::Location;
 use crate::ast::{BaseDecl, BaseKind, StepDecl, StepKind};
 use crate::digest;
-use crate::error::SpecError;
+use crate::error::{Errors, SpecError};
 use crate::suggest;
+
+/// A plan before its ids are computed.
+pub(super) struct Lowered {
+    name: String,
+    base: Base,
+    base_sync: SyncMode,
+    layers: Vec<(String, Vec<Step>)>,
+}
+
+impl Lowered {
+    pub(super) fn into_plan(self) -> Plan {
+        Plan::with_base_sync(self.name, self.base, self.base_sync, self.layers)
+    }
+}
 
 pub(super) struct Lower<'a> {
     pub(super) files: &'a [File],
-    pub(super) errors: &'a mut Vec<SpecError>,
+    pub(super) errors: &'a mut Errors,
     /// Where big files' digests are remembered, if anywhere.
     pub(super) cache: Option<&'a digest::Cache>,
 }
 
 impl Lower<'_> {
-    pub(super) fn lower(&mut self) -> Option<(Plan, Vec<Vec<Location>>)> {
+    /// The plan's parts (its ids are computed later, once the syntax trees are freed) and where
+    /// each step was written.
+    pub(super) fn lower(&mut self) -> Option<(Lowered, Vec<Vec<Location>>)> {
         let files = self.files;
         let top = files.last().expect("chain is not empty");
 
@@ -169,7 +185,12 @@ impl Lower<'_> {
         let mut all_locations = vec![vec![base_loc]];
         all_locations.extend(locations);
         Some((
-            Plan::with_base_sync(name, base, base_sync, layers),
+            Lowered {
+                name,
+                base,
+                base_sync,
+                layers,
+            },
             all_locations,
         ))
     }

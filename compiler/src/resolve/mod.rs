@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::Compiled;
 use crate::digest;
-use crate::error::SpecError;
+use crate::error::{Errors, SpecError};
 
 use load::{File, load_chain};
 use lower::Lower;
@@ -37,31 +37,31 @@ pub(crate) fn compile(
     root_text: RootText,
     options: &crate::Options,
 ) -> Result<Compiled, Vec<SpecError>> {
-    let mut errors = Vec::new();
-    let chain = load_chain(path, root_text, &mut errors);
+    let mut found = Errors::default();
+    let mut chain = load_chain(path, root_text, &mut found);
     if chain.is_empty() {
-        errors.truncate(MAX_ERRORS);
+        let (mut errors, dropped) = found.into_parts();
+        cap(&mut errors, dropped);
         return Err(errors);
     }
     let cache = options.digest_cache.as_ref().map(digest::Cache::new);
     let mut cx = Lower {
         files: &chain,
-        errors: &mut errors,
+        errors: &mut found,
         cache: cache.as_ref(),
     };
     let lowered = cx.lower();
+    let (mut errors, dropped) = found.into_parts();
     sort_errors(&chain, &mut errors);
-    if errors.len() > MAX_ERRORS {
-        let omitted = errors.len() - MAX_ERRORS;
-        errors.truncate(MAX_ERRORS);
-        errors.push(SpecError::TooManyErrors {
-            shown: MAX_ERRORS,
-            omitted,
-        });
-    }
+    cap(&mut errors, dropped);
     match lowered {
-        Some((plan, locations)) if errors.is_empty() => {
-            let mut plan = plan;
+        Some((lowered, locations)) if errors.is_empty() => {
+            // The syntax trees are not needed past here: free them before the ids are computed,
+            // which is when memory peaks.
+            for file in &mut chain {
+                file.ast = crate::ast::SpecFile::default();
+            }
+            let mut plan = lowered.into_plan();
             plan.spec = Some(path.to_owned());
             Ok(Compiled {
                 plan,
@@ -70,6 +70,19 @@ pub(crate) fn compile(
             })
         }
         _ => Err(errors),
+    }
+}
+
+/// Keeps the first [`MAX_ERRORS`] errors, and says how many more there were (`dropped` were
+/// counted and never kept).
+fn cap(errors: &mut Vec<SpecError>, dropped: usize) {
+    if errors.len() + dropped > MAX_ERRORS {
+        let omitted = errors.len() + dropped - MAX_ERRORS.min(errors.len());
+        errors.truncate(MAX_ERRORS);
+        errors.push(SpecError::TooManyErrors {
+            shown: MAX_ERRORS,
+            omitted,
+        });
     }
 }
 
