@@ -187,6 +187,24 @@ fn runtime_cases() -> Vec<Case> {
         tmp: Some(tmp),
     });
 
+    // More words than envc parses: one more than the limit, each a tiny unknown node.
+    let text = format!(
+        "name \"words\"\nbase \"scratch\"\n{}",
+        "x\n".repeat(envc_compiler::MAX_WORDS - 3)
+    );
+    cases.push(Case {
+        name: "too_many_words".into(),
+        origin: Origin::Runtime(format!(
+            "`name \"words\"`, `base \"scratch\"` and {} lines of `x`",
+            envc_compiler::MAX_WORDS - 3
+        )),
+        errors: errors_of(
+            "a spec of too many words",
+            compile_source(Path::new("tests/fixtures/words.kdl"), text),
+        ),
+        tmp: None,
+    });
+
     // An `extends` chain one spec longer than envc follows.
     let tmp = TempDir::new("chain");
     let n = envc_compiler::MAX_EXTENDS + 1;

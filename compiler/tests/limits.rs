@@ -295,3 +295,23 @@ fn braces_after_a_lexical_error_within_the_budget_are_left_to_kdl_safely() {
     assert_eq!(code(&errs[0]), "envc::spec::syntax", "{errs:?}");
     assert!((3..=5).contains(&position(&errs[0]).0));
 }
+
+#[test]
+fn words_past_the_limit_are_refused_before_parsing() {
+    let words = envc_compiler::MAX_WORDS;
+    // `name "x"` and `base "scratch"` are four words.
+    let text = |lines: usize| format!("name \"x\"\nbase \"scratch\"\n{}", "x\n".repeat(lines));
+    let errs = errors(compile_bytes(Path::new(SPEC), text(words - 3).into_bytes()));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(code(&errs[0]), "envc::spec::too_many_words");
+    assert_eq!(position(&errs[0]), (words - 4 + 3, 1));
+    // At the limit, every word is parsed (and each `x` is an unknown node, counted not kept).
+    let errs = errors(compile_bytes(Path::new(SPEC), text(words - 4).into_bytes()));
+    assert_eq!(code(&errs[0]), "envc::spec::unknown_node");
+    assert_eq!(errs.len(), MAX_ERRORS + 1);
+    assert!(
+        errs[MAX_ERRORS]
+            .to_string()
+            .starts_with(&format!("{} more", words - 4 - MAX_ERRORS))
+    );
+}

@@ -225,11 +225,7 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Errors) -> Option<KdlD
 }
 
 /// Loads the spec and everything it extends, returned base-most first.
-pub(super) fn load_chain(
-    root: &Path,
-    root_text: RootText,
-    errors: &mut Errors,
-) -> Vec<File> {
+pub(super) fn load_chain(root: &Path, root_text: RootText, errors: &mut Errors) -> Vec<File> {
     let mut chain: Vec<File> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut next = Some((root.to_owned(), root_text));
