@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn streamed_ids_are_the_hash_of_the_whole_key() {
-        let steps = vec![
+        let steps = [
             Step::Run {
                 command: "true".into(),
                 network: true,
@@ -523,10 +523,13 @@ mod tests {
             },
             Step::Workdir { path: "/w".into() },
         ];
-        let base = Layer::compute_id(None, &[Step::Base {
-            base: Base::Scratch,
-            sync: SyncMode::Off,
-        }]);
+        let base = Layer::compute_id(
+            None,
+            &[Step::Base {
+                base: Base::Scratch,
+                sync: SyncMode::Off,
+            }],
+        );
         for parent in [None, Some(base)] {
             for n in 0..=steps.len() {
                 assert_eq!(
