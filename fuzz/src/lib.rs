@@ -42,17 +42,30 @@ pub fn check(bytes: Vec<u8>) {
                 .with_width(100);
             for e in &errors {
                 let mut out = String::new();
-                handler.render_report(&mut out, e).expect("rendering a diagnostic");
+                handler
+                    .render_report(&mut out, e)
+                    .expect("rendering a diagnostic");
             }
         }
     }
 }
 
-/// A spec: top-level nodes.
+/// A spec: an optional usual beginning, then any nodes.
 #[derive(Arbitrary, Debug)]
 pub struct Spec {
+    prelude: u8,
     nodes: Vec<Node>,
 }
+
+/// Beginnings that get a spec past "no name" and "no base", so the generated nodes reach the
+/// later stages.
+const PRELUDES: &[&str] = &[
+    "",
+    "name \"fuzz\"\nbase \"scratch\"\n",
+    "name \"fuzz\"\nbase \"debian\" suite=\"bookworm\"\n",
+    "name \"fuzz\"\nextends \"team/common.kdl\"\n",
+    "name \"fuzz\"\nbase \"tar\" \"files/gitconfig\"\n",
+];
 
 #[derive(Arbitrary, Debug)]
 struct Node {
@@ -94,14 +107,67 @@ enum Word {
 }
 
 const WORDS: &[&str] = &[
-    "name", "base", "extends", "layer", "packages", "run", "copy", "env", "workdir", "debian",
-    "tar", "scratch", "suite", "variant", "arch", "components", "include", "mirror",
-    "exclude-docs", "sync", "network", "user", "mode", "owner", "bookworm", "minbase", "amd64",
-    "main contrib", "off", "shim", "seccomp", "hello", "build-essential", "hello=2.10-3",
-    "files/gitconfig", "files", "site/public", "team/common.kdl", "team/python.kdl",
-    "/etc/gitconfig", "/srv/", "/home/builder", "0644", "0o755", "root:root", "1000", "PATH",
-    "LANG", "HOME", "$PATH", "${HOME}/bin", "$$", "${", "C.UTF-8", "make install", "base.tar",
-    "../escape", "/dev/zero", "http://deb.debian.org/debian", "fuzzed.kdl", "x",
+    "name",
+    "base",
+    "extends",
+    "layer",
+    "packages",
+    "run",
+    "copy",
+    "env",
+    "workdir",
+    "debian",
+    "tar",
+    "scratch",
+    "suite",
+    "variant",
+    "arch",
+    "components",
+    "include",
+    "mirror",
+    "exclude-docs",
+    "sync",
+    "network",
+    "user",
+    "mode",
+    "owner",
+    "bookworm",
+    "minbase",
+    "amd64",
+    "main contrib",
+    "off",
+    "shim",
+    "seccomp",
+    "hello",
+    "build-essential",
+    "hello=2.10-3",
+    "files/gitconfig",
+    "files",
+    "site/public",
+    "team/common.kdl",
+    "team/python.kdl",
+    "/etc/gitconfig",
+    "/srv/",
+    "/home/builder",
+    "0644",
+    "0o755",
+    "root:root",
+    "1000",
+    "PATH",
+    "LANG",
+    "HOME",
+    "$PATH",
+    "${HOME}/bin",
+    "$$",
+    "${",
+    "C.UTF-8",
+    "make install",
+    "base.tar",
+    "../escape",
+    "/dev/zero",
+    "http://deb.debian.org/debian",
+    "fuzzed.kdl",
+    "x",
 ];
 
 impl Word {
@@ -117,7 +183,8 @@ impl Word {
         let t = self.text();
         let bare = !t.is_empty()
             && !t.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'))
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
             && !matches!(t, "true" | "false" | "null" | "inf" | "nan");
         if bare {
             out.push_str(t);
@@ -222,7 +289,7 @@ impl Node {
 impl Spec {
     /// The spec as KDL text.
     pub fn render(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::from(PRELUDES[usize::from(self.prelude) % PRELUDES.len()]);
         for n in &self.nodes {
             n.render(0, &mut out);
         }
