@@ -1,6 +1,8 @@
 //! KDL document -> spanned syntax tree. Checks the shape of every node (names, arguments,
 //! properties, types); what those values mean is checked later, in `resolve`.
 
+use std::collections::HashMap;
+
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
@@ -58,12 +60,14 @@ impl Decoder<'_> {
     fn reader<'n>(&mut self, node: &'n KdlNode, takes_block: bool) -> Reader<'n> {
         let mut args = Vec::new();
         let mut props: Vec<(&'n str, &'n KdlEntry)> = Vec::new();
+        // Where each property is in `props` (a node may have very many: `env` with thousands).
+        let mut index: HashMap<&'n str, usize> = HashMap::new();
         for entry in node.entries() {
             match entry.name() {
                 None => args.push(entry),
                 Some(key) => {
                     let key = key.value();
-                    if let Some(pos) = props.iter().position(|(k, _)| *k == key) {
+                    if let Some(&pos) = index.get(key) {
                         self.errors.push(SpecError::DuplicateProperty {
                             src: self.src(),
                             span: entry.span(),
@@ -72,6 +76,7 @@ impl Decoder<'_> {
                         });
                         props[pos] = (key, entry);
                     } else {
+                        index.insert(key, props.len());
                         props.push((key, entry));
                     }
                 }

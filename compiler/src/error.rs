@@ -9,7 +9,7 @@ pub type Src = NamedSource<Arc<String>>;
 
 /// How many errors are kept as they are found; the rest are only counted. The report shows the
 /// first [`crate::MAX_ERRORS`] of those kept, by position, so this is a margin for sorting.
-const KEEP: usize = 10 * crate::MAX_ERRORS;
+const KEEP: usize = 4 * crate::MAX_ERRORS;
 
 /// Errors as they are found: the first [`KEEP`] are kept, the others counted, so a spec of a
 /// million mistakes costs a counter, not a million diagnostics.
@@ -27,6 +27,12 @@ impl Errors {
         } else {
             self.dropped += 1;
         }
+    }
+
+    /// Whether further errors would only be counted: work that only makes an error's text (a
+    /// "did you mean", a position in another file) can be skipped then.
+    pub fn is_full(&self) -> bool {
+        self.kept.len() >= KEEP
     }
 
     /// Whether no error was found.

@@ -315,3 +315,32 @@ fn words_past_the_limit_are_refused_before_parsing() {
             .starts_with(&format!("{} more", words - 4 - MAX_ERRORS))
     );
 }
+
+#[test]
+fn shapes_that_were_quadratic_finish() {
+    // One node with very many properties (duplicates were found by a linear search per property).
+    let mut one_line = String::from("name \"x\"\nbase \"scratch\"\nlayer \"l\" {\n    env");
+    for i in 0..300_000 {
+        one_line.push_str(&format!(" V{i}=\"\""));
+    }
+    one_line.push_str("\n}\n");
+    let compiled = bounded(Duration::from_secs(120), move || {
+        compile_bytes(Path::new(SPEC), one_line.into_bytes()).map(|c| c.plan.layers.len())
+    });
+    assert_eq!(compiled.expect("compiles"), 2);
+    // Very many variables, and very many references to undefined ones (each looked for a "did
+    // you mean" among all the variables).
+    let mut text = String::from("name \"x\"\nbase \"scratch\"\nlayer \"l\" {\n");
+    for i in 0..50_000 {
+        text.push_str(&format!("    env V{i}=\"\"\n"));
+    }
+    for i in 0..50_000 {
+        text.push_str(&format!("    env W{i}=\"$NOPE{i}\"\n"));
+    }
+    text.push_str("}\n");
+    let errs = bounded(Duration::from_secs(120), move || {
+        errors(compile_bytes(Path::new(SPEC), text.into_bytes()))
+    });
+    assert_eq!(code(&errs[0]), "envc::spec::bad_expansion");
+    assert_eq!(errs.len(), MAX_ERRORS + 1);
+}

@@ -155,7 +155,10 @@ impl Lower<'_> {
                         span: lname.span,
                         first: same.then_some(fspan),
                         name: lname.value.clone(),
-                        help: if same {
+                        help: if self.errors.is_full() {
+                            // Only counted: skip finding the first one's line in its file.
+                            String::new()
+                        } else if same {
                             "layer names are unique within an environment; rename one of them".into()
                         } else {
                             format!("the first is at {}, in a spec this one extends; layer names are unique within an environment", at(&files[ffi], fspan))

@@ -33,6 +33,9 @@ pub const ARCHES: &[&str] = &[
     "s390x",
 ];
 
+/// Up to how many variables a "did you mean `$X`?" is searched among.
+const SUGGEST_AMONG: usize = 4096;
+
 /// Values of `sync=`.
 pub const SYNC_MODES: &[&str] = &["off", "shim", "seccomp"];
 
@@ -186,6 +189,12 @@ impl Lower<'_> {
             Ok(v) => Some(v),
             Err(e) => {
                 let help = match &e {
+                    // Nobody will read this one's help, or there are too many variables to
+                    // search for every error: no "did you mean".
+                    _ if self.errors.is_full() => String::new(),
+                    env::ExpandError::Undefined { .. } if vars.len() > SUGGEST_AMONG => {
+                        "variables come from envc's defaults and earlier `env` steps; write `$$` for a literal `$`".into()
+                    }
                     env::ExpandError::Undefined { name } => {
                         let known: Vec<&str> = vars.keys().map(String::as_str).collect();
                         match suggest::closest(name, &known) {
