@@ -48,6 +48,10 @@ pub struct BaseDecl {
 
 /// The kinds of base.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a spec has one base: its size does not add up"
+)]
 pub enum BaseKind {
     /// `base "debian" suite=... [variant= arch= components= include= mirror=]`.
     Debian {

@@ -1,11 +1,13 @@
 //! KDL document -> spanned syntax tree. Checks the shape of every node (names, arguments,
 //! properties, types); what those values mean is checked later, in `resolve`.
 
+use std::collections::HashMap;
+
 use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use crate::ast::{BaseDecl, BaseKind, LayerDecl, Spanned, SpecFile, StepDecl, StepKind};
-use crate::error::{SpecError, Src};
+use crate::error::{Errors, SpecError, Src};
 use crate::suggest;
 
 /// Nodes allowed at the top level of a spec.
@@ -16,14 +18,14 @@ pub const STEP_NODES: &[&str] = &["packages", "run", "copy", "env", "workdir"];
 pub const BASE_KINDS: &[&str] = &["debian", "tar", "scratch"];
 
 /// Decodes a parsed document, appending every error found to `errors`.
-pub fn decode(doc: &KdlDocument, src: &Src, errors: &mut Vec<SpecError>) -> SpecFile {
+pub fn decode(doc: &KdlDocument, src: &Src, errors: &mut Errors) -> SpecFile {
     let mut d = Decoder { src, errors };
     d.file(doc)
 }
 
 struct Decoder<'a> {
     src: &'a Src,
-    errors: &'a mut Vec<SpecError>,
+    errors: &'a mut Errors,
 }
 
 fn type_name(v: &KdlValue) -> &'static str {
@@ -58,12 +60,14 @@ impl Decoder<'_> {
     fn reader<'n>(&mut self, node: &'n KdlNode, takes_block: bool) -> Reader<'n> {
         let mut args = Vec::new();
         let mut props: Vec<(&'n str, &'n KdlEntry)> = Vec::new();
+        // Where each property is in `props` (a node may have very many: `env` with thousands).
+        let mut index: HashMap<&'n str, usize> = HashMap::new();
         for entry in node.entries() {
             match entry.name() {
                 None => args.push(entry),
                 Some(key) => {
                     let key = key.value();
-                    if let Some(pos) = props.iter().position(|(k, _)| *k == key) {
+                    if let Some(&pos) = index.get(key) {
                         self.errors.push(SpecError::DuplicateProperty {
                             src: self.src(),
                             span: entry.span(),
@@ -72,6 +76,7 @@ impl Decoder<'_> {
                         });
                         props[pos] = (key, entry);
                     } else {
+                        index.insert(key, props.len());
                         props.push((key, entry));
                     }
                 }
@@ -398,7 +403,7 @@ impl Decoder<'_> {
             "the layer's name",
             "layer \"toolchain\" { packages \"gcc\" }",
         )?;
-        let mut steps = Vec::new();
+        let mut steps = Vec::with_capacity(node.children().map_or(0, |c| c.nodes().len()));
         if let Some(children) = node.children() {
             for child in children.nodes() {
                 if let Some(step) = self.step(child) {
@@ -508,7 +513,9 @@ impl Decoder<'_> {
                     });
                     return None;
                 }
-                let mut vars = Vec::new();
+                // Exactly as many as written: a spec of many one-variable `env` lines would
+                // otherwise hold four slots per line.
+                let mut vars = Vec::with_capacity(r.props.len());
                 for (key, entry) in &r.props {
                     let value = match entry.value() {
                         KdlValue::String(s) => s.clone(),

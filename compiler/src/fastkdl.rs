@@ -38,11 +38,12 @@ struct Parser<'a> {
     src: &'a str,
     b: &'a [u8],
     pos: usize,
-    /// Stacks of the nodes and entries being collected, moved into vectors of exactly their size
-    /// once complete (a `KdlEntry` is ~400 bytes; growing vectors one push at a time wasted more
-    /// time in the allocator than the parsing took).
-    nodes: Vec<KdlNode>,
-    entries: Vec<KdlEntry>,
+    /// Stacks of the nodes and entries being collected, one per depth (only one block and one
+    /// node are open at each depth), moved into vectors of exactly their size once complete (a
+    /// `KdlEntry` is ~400 bytes; growing vectors one push at a time wasted more time in the
+    /// allocator than the parsing took). See [`take`].
+    nodes: Vec<Vec<KdlNode>>,
+    entries: Vec<Vec<KdlEntry>>,
 }
 
 /// A value as written.
@@ -73,6 +74,30 @@ fn is_allowed_string_char(c: char) -> bool {
         | '\u{2066}'..='\u{2069}'
         | '\u{feff}'
     )
+}
+
+/// From this many items on, a completed block or node takes its stack's buffer itself (shrunk in
+/// place) instead of a copy: copying a big block would hold it twice, and the stack would keep
+/// its doubled capacity to the end of the parse.
+const TAKE_BUFFER: usize = 64;
+
+/// The items of `stack` from `mark` on, in a vector of exactly their size.
+fn take<T>(stack: &mut Vec<T>, mark: usize) -> Vec<T> {
+    if mark == 0 && stack.len() >= TAKE_BUFFER {
+        let mut all = std::mem::take(stack);
+        all.shrink_to_fit();
+        all
+    } else {
+        stack.drain(mark..).collect()
+    }
+}
+
+/// The stack for `depth`, created on first use.
+fn level<T>(stacks: &mut Vec<Vec<T>>, depth: usize) -> &mut Vec<T> {
+    if stacks.len() <= depth {
+        stacks.resize_with(depth + 1, Vec::new);
+    }
+    &mut stacks[depth]
 }
 
 fn span(start: usize, end: usize) -> miette::SourceSpan {
@@ -222,7 +247,7 @@ impl Parser<'_> {
     /// `nodes`: the nodes of the document (`depth` 0) or of a children block (up to its `}`).
     fn nodes(&mut self, depth: usize) -> Option<KdlDocument> {
         let mut doc = KdlDocument::new();
-        let mark = self.nodes.len();
+        let mark = level(&mut self.nodes, depth).len();
         self.leading(depth)?;
         let start = self.pos;
         let mut end = start;
@@ -235,7 +260,7 @@ impl Parser<'_> {
             }
             let node = self.node(depth)?;
             end = self.pos;
-            self.nodes.push(node);
+            level(&mut self.nodes, depth).push(node);
             match self.peek() {
                 Some(b';') => self.pos += 1,
                 Some(b'\n' | b'\r') => self.newline(),
@@ -246,7 +271,7 @@ impl Parser<'_> {
             self.leading(depth)?;
         }
         doc.set_span(span(start, end));
-        *doc.nodes_mut() = self.nodes.drain(mark..).collect();
+        *doc.nodes_mut() = take(level(&mut self.nodes, depth), mark);
         Some(doc)
     }
 
@@ -261,7 +286,7 @@ impl Parser<'_> {
         self.value_end(false)?;
         let mut node = KdlNode::new(ident);
         node.clear_format();
-        let mark = self.entries.len();
+        let mark = level(&mut self.entries, depth).len();
         // 0: entries; 1: after slashdashed children; 2: after the children block.
         let mut phase = 0u8;
         loop {
@@ -300,11 +325,11 @@ impl Parser<'_> {
                         return None;
                     }
                     let entry = self.entry()?;
-                    self.entries.push(entry);
+                    level(&mut self.entries, depth).push(entry);
                 }
             }
         }
-        *node.entries_mut() = self.entries.drain(mark..).collect();
+        *node.entries_mut() = take(level(&mut self.entries, depth), mark);
         node.set_span(span(start, self.pos));
         Some(node)
     }

@@ -13,15 +13,17 @@ pub mod decode;
 pub mod digest;
 mod error;
 mod fastkdl;
+mod guard;
 pub mod resolve;
 mod suggest;
 
 use std::path::Path;
 
 pub use envc_plan as plan;
-pub use error::{SpecError, Src};
+pub use error::{Errors, SpecError, Src};
+pub use guard::{MAX_NESTING, MAX_WORDS};
 use miette::SourceSpan;
-pub use resolve::host_arch;
+pub use resolve::{MAX_ERRORS, MAX_EXTENDS, MAX_SPEC_BYTES, host_arch};
 
 /// Where a plan step was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +83,14 @@ pub fn compile_with(path: &Path, options: &Options) -> Result<Compiled, Vec<Spec
 /// Compiles spec text as if it were the file at `path` (which need not exist; specs it extends and
 /// files it copies are read relative to `path`'s directory).
 pub fn compile_source(path: &Path, text: impl Into<String>) -> Result<Compiled, Vec<SpecError>> {
-    resolve::compile(
-        path,
-        resolve::RootText::Given(text.into()),
-        &Options::default(),
-    )
+    compile_bytes(path, text.into().into_bytes())
+}
+
+/// Compiles the bytes of a spec as if they were the contents of the file at `path`: exactly what
+/// [`compile`] does after reading the file (the size limit, the UTF-8 check, parsing, and reading
+/// what the spec extends and copies relative to `path`'s directory). The fuzzers' entry point.
+pub fn compile_bytes(path: &Path, bytes: Vec<u8>) -> Result<Compiled, Vec<SpecError>> {
+    resolve::compile(path, resolve::RootText::Given(bytes), &Options::default())
 }
 
 /// The fast KDL parser, exposed for its differential tests only.

@@ -151,10 +151,84 @@ fn runtime_cases() -> Vec<Case> {
         tmp: None,
     });
     cases.push(Case {
-        name: "unreadable_directory".into(),
+        name: "not_a_file_directory".into(),
         origin: Origin::Runtime(format!("compile `{FIXTURES}`, a directory")),
         errors: errors_of("a directory", compile(Path::new(FIXTURES))),
         tmp: None,
+    });
+
+    // Specs too large to read, alone or along `extends` (sparse files: nothing is written).
+    let sparse = |tmp: &TempDir| {
+        let big = fs::File::create(tmp.path.join("big.kdl")).unwrap();
+        big.set_len(envc_compiler::MAX_SPEC_BYTES + 1).unwrap();
+    };
+    let tmp = TempDir::new("large");
+    sparse(&tmp);
+    cases.push(Case {
+        name: "too_large".into(),
+        origin: Origin::Runtime(format!(
+            "[TMP]/big.kdl is {} bytes (sparse)",
+            envc_compiler::MAX_SPEC_BYTES + 1
+        )),
+        errors: errors_of("a big spec", compile(&tmp.path.join("big.kdl"))),
+        tmp: Some(tmp),
+    });
+    let tmp = TempDir::new("large-parent");
+    sparse(&tmp);
+    let child = tmp.path.join("child.kdl");
+    fs::write(&child, "name \"child\"\nextends \"big.kdl\"\n").unwrap();
+    cases.push(Case {
+        name: "extends_too_large".into(),
+        origin: Origin::Runtime(format!(
+            "[TMP]/child.kdl extends [TMP]/big.kdl, {} bytes (sparse)",
+            envc_compiler::MAX_SPEC_BYTES + 1
+        )),
+        errors: errors_of("a spec extending a big one", compile(&child)),
+        tmp: Some(tmp),
+    });
+
+    // More words than envc parses: one more than the limit, each a tiny unknown node.
+    let text = format!(
+        "name \"words\"\nbase \"scratch\"\n{}",
+        "x\n".repeat(envc_compiler::MAX_WORDS - 3)
+    );
+    cases.push(Case {
+        name: "too_many_words".into(),
+        origin: Origin::Runtime(format!(
+            "`name \"words\"`, `base \"scratch\"` and {} lines of `x`",
+            envc_compiler::MAX_WORDS - 3
+        )),
+        errors: errors_of(
+            "a spec of too many words",
+            compile_source(Path::new("tests/fixtures/words.kdl"), text),
+        ),
+        tmp: None,
+    });
+
+    // An `extends` chain one spec longer than envc follows.
+    let tmp = TempDir::new("chain");
+    let n = envc_compiler::MAX_EXTENDS + 1;
+    for i in 0..n {
+        let text = if i + 1 == n {
+            "base \"scratch\"\n".to_owned()
+        } else {
+            format!("extends \"s{}.kdl\"\n", i + 1)
+        };
+        fs::write(tmp.path.join(format!("s{i}.kdl")), text).unwrap();
+    }
+    fs::write(
+        tmp.path.join("s0.kdl"),
+        "name \"chain\"\nextends \"s1.kdl\"\n",
+    )
+    .unwrap();
+    cases.push(Case {
+        name: "extends_too_deep".into(),
+        origin: Origin::Runtime(format!(
+            "[TMP]/s0.kdl extends s1.kdl, which extends s2.kdl, ... up to s{}.kdl",
+            n - 1
+        )),
+        errors: errors_of("a long extends chain", compile(&tmp.path.join("s0.kdl"))),
+        tmp: Some(tmp),
     });
 
     // Copy sources that are, or hold, special files (git stores neither fifos nor sockets).
@@ -166,6 +240,18 @@ fn runtime_cases() -> Vec<Case> {
         .status()
         .expect("running mkfifo");
     assert!(status.success(), "mkfifo failed");
+    let fifo_tmp = TempDir::new("fifo-spec");
+    let status = Command::new("mkfifo")
+        .arg(fifo_tmp.path.join("spec.kdl"))
+        .status()
+        .expect("running mkfifo");
+    assert!(status.success(), "mkfifo failed");
+    cases.push(Case {
+        name: "not_a_file_fifo".into(),
+        origin: Origin::Runtime("compile [TMP]/spec.kdl, a fifo with no writer".into()),
+        errors: errors_of("a fifo spec", compile(&fifo_tmp.path.join("spec.kdl"))),
+        tmp: Some(fifo_tmp),
+    });
     let text = SPECIAL_FILE_SPEC.replace("SOURCE", "files/pipe");
     let errors = errors_of(
         "a fifo copy source",

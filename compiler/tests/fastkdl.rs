@@ -180,7 +180,13 @@ fn repo_specs() -> Vec<(PathBuf, String)> {
     kdl_files(&root.join("../specs"), &mut files);
     kdl_files(&root.join("tests/fixtures"), &mut files);
     files.sort();
-    // Files that are not UTF-8 never reach a parser.
+    // Files that are not UTF-8 never reach a parser; nor do the fixtures nested (or, after an
+    // error, braced) past what the compiler's pre-scan lets through: they are its test cases, and
+    // `kdl` alone would recurse through them on this thread's small stack.
+    files.retain(|p| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        !(stem.starts_with("nesting_too_deep") || stem.starts_with("unreadable_text"))
+    });
     files
         .into_iter()
         .filter_map(|p| fs::read_to_string(&p).ok().map(|t| (p, t)))

@@ -41,6 +41,12 @@ pub enum ExpandError {
     /// `${` without its `}`.
     #[error("`${{` is not closed by `}}`")]
     Unclosed,
+    /// The expanded value would be longer than the limit.
+    #[error("the expanded value is longer than {limit} bytes")]
+    TooLong {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// `${}` or `${not a name}`.
     #[error("`${{{inner}}}` is not a variable name")]
     BadName {
@@ -49,16 +55,34 @@ pub enum ExpandError {
     },
 }
 
+/// The longest `NAME=value` string a step can be given, with its terminating NUL: Linux's
+/// `MAX_ARG_STRLEN` (32 pages); `execve` fails with `E2BIG` on a longer one.
+pub const MAX_ENTRY_BYTES: usize = 32 * 4096;
+
 /// Expands `$NAME` and `${NAME}` against `vars`; `$$` is a literal `$`, and a `$` not followed by a
 /// name or `{` stays as it is.
 pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> Result<String, ExpandError> {
-    let mut out = String::with_capacity(value.len());
+    expand_within(value, vars, usize::MAX)
+}
+
+/// [`expand`], refusing a result longer than `limit` bytes before building it (so `A="$A$A"`
+/// repeated cannot double memory at every step).
+pub fn expand_within(
+    value: &str,
+    vars: &BTreeMap<String, String>,
+    limit: usize,
+) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(value.len().min(limit));
+    let mut out = Bounded {
+        out: &mut out,
+        limit,
+    };
     let mut rest = value;
     while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
+        out.push_str(&rest[..pos])?;
         let after = &rest[pos + 1..];
         if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
+            out.push_str("$")?;
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('{') {
             let end = tail.find('}').ok_or(ExpandError::Unclosed)?;
@@ -68,7 +92,7 @@ pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> Result<String, Ex
                     inner: name.to_owned(),
                 });
             }
-            out.push_str(lookup(name, vars)?);
+            out.push_str(lookup(name, vars)?)?;
             rest = &tail[end + 1..];
         } else {
             let len = after
@@ -78,15 +102,31 @@ pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> Result<String, Ex
                 })
                 .map_or(after.len(), |(i, _)| i);
             if len == 0 {
-                out.push('$');
+                out.push_str("$")?;
             } else {
-                out.push_str(lookup(&after[..len], vars)?);
+                out.push_str(lookup(&after[..len], vars)?)?;
             }
             rest = &after[len..];
         }
     }
-    out.push_str(rest);
-    Ok(out)
+    out.push_str(rest)?;
+    Ok(std::mem::take(out.out))
+}
+
+/// A string that refuses to grow past its limit.
+struct Bounded<'a> {
+    out: &'a mut String,
+    limit: usize,
+}
+
+impl Bounded<'_> {
+    fn push_str(&mut self, s: &str) -> Result<(), ExpandError> {
+        if self.out.len().saturating_add(s.len()) > self.limit {
+            return Err(ExpandError::TooLong { limit: self.limit });
+        }
+        self.out.push_str(s);
+        Ok(())
+    }
 }
 
 fn lookup<'a>(name: &str, vars: &'a BTreeMap<String, String>) -> Result<&'a str, ExpandError> {
@@ -132,6 +172,17 @@ mod tests {
                 inner: String::new()
             })
         );
+    }
+
+    #[test]
+    fn a_limit_stops_growth_before_it_happens() {
+        let mut vars = defaults();
+        vars.insert("A".into(), "x".repeat(1000));
+        assert_eq!(
+            expand_within("$A$A$A", &vars, 2999),
+            Err(ExpandError::TooLong { limit: 2999 })
+        );
+        assert_eq!(expand_within("$A$A$A", &vars, 3000).unwrap().len(), 3000);
     }
 
     #[test]

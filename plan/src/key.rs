@@ -16,6 +16,12 @@ use crate::id::{ID_LEN, hex};
 /// version here, so that old and new ids can never collide.
 pub const LAYER_ID_CONTEXT: &str = "envc 2026-11-25 layer id v1";
 
+/// A length-prefixed byte string.
+fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
 /// A node of a canonical key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
@@ -67,11 +73,26 @@ impl Key {
         out
     }
 
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            out.extend_from_slice(b);
-        }
+    /// The head of a record's encoding: what [`Key::encode`] writes for `Record(tag, fields)`
+    /// before its fields, for encoders that write the fields one at a time.
+    pub(crate) fn write_record_head(tag: &str, fields: usize, out: &mut Vec<u8>) {
+        out.push(8);
+        bytes(out, tag.as_bytes());
+        out.extend_from_slice(&(fields as u64).to_le_bytes());
+    }
+
+    /// A record field's name, before its value.
+    pub(crate) fn write_field_name(name: &str, out: &mut Vec<u8>) {
+        bytes(out, name.as_bytes());
+    }
+
+    /// The head of a list of `len` items, before the items.
+    pub(crate) fn write_list_head(len: usize, out: &mut Vec<u8>) {
+        out.push(6);
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+    }
+
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Key::None => out.push(0),
             Key::Bool(b) => {
@@ -95,8 +116,7 @@ impl Key {
                 out.extend_from_slice(d);
             }
             Key::List(items) => {
-                out.push(6);
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                Key::write_list_head(items.len(), out);
                 for item in items {
                     item.encode_into(out);
                 }
@@ -110,11 +130,9 @@ impl Key {
                 }
             }
             Key::Record(tag, fields) => {
-                out.push(8);
-                bytes(out, tag.as_bytes());
-                out.extend_from_slice(&(fields.len() as u64).to_le_bytes());
+                Key::write_record_head(tag, fields.len(), out);
                 for (name, value) in fields {
-                    bytes(out, name.as_bytes());
+                    Key::write_field_name(name, out);
                     value.encode_into(out);
                 }
             }

@@ -23,3 +23,9 @@ pub use id::{IdParseError, LayerId};
 pub use key::Key;
 pub use model::{BASE_LAYER_NAME, Base, CopyKind, Layer, Mode, Plan, Step, SyncMode};
 pub use name::{Name, NameError};
+
+/// The most layers one environment may have, its base included: a working root stacks all of them
+/// (overlayfs mounts at most 500 lower layers, `FILESYSTEM_MAX_STACK_DEPTH`'s cousin
+/// `OVL_MAX_STACK`), and building layer N stacks the N-1 below it. The compiler refuses longer
+/// chains at `check` time; a backend may use this to refuse a plan it was handed directly.
+pub const MAX_LAYERS: usize = 500;

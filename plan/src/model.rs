@@ -349,7 +349,27 @@ impl Layer {
 
     /// Computes the id of a layer with this parent and these steps.
     pub fn compute_id(parent: Option<LayerId>, steps: &[Step]) -> LayerId {
-        LayerId(Self::key_of(parent, steps).hash(LAYER_ID_CONTEXT))
+        if let (None, [Step::Base { .. }]) = (parent, steps) {
+            return LayerId(Self::key_of(parent, steps).hash(LAYER_ID_CONTEXT));
+        }
+        // Exactly the bytes of `key_of(parent, steps).encode()`, written one step's key at a
+        // time, so that the key tree of a layer with many steps never exists whole.
+        let mut hasher = blake3::Hasher::new_derive_key(LAYER_ID_CONTEXT);
+        let mut buf = Vec::with_capacity(256);
+        Key::write_record_head("layer", 2, &mut buf);
+        Key::write_field_name("parent", &mut buf);
+        parent
+            .map_or(Key::None, |p| Key::Digest(p.0))
+            .encode_into(&mut buf);
+        Key::write_field_name("steps", &mut buf);
+        Key::write_list_head(steps.len(), &mut buf);
+        hasher.update(&buf);
+        for step in steps {
+            buf.clear();
+            step.key().encode_into(&mut buf);
+            hasher.update(&buf);
+        }
+        LayerId(*hasher.finalize().as_bytes())
     }
 
     /// Whether this layer is the base.
@@ -488,6 +508,38 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_ids_are_the_hash_of_the_whole_key() {
+        let steps = [
+            Step::Run {
+                command: "true".into(),
+                network: true,
+                user: Some("builder".into()),
+                sync: SyncMode::Off,
+            },
+            Step::Env {
+                vars: [("A".to_owned(), "b".to_owned())].into_iter().collect(),
+            },
+            Step::Workdir { path: "/w".into() },
+        ];
+        let base = Layer::compute_id(
+            None,
+            &[Step::Base {
+                base: Base::Scratch,
+                sync: SyncMode::Off,
+            }],
+        );
+        for parent in [None, Some(base)] {
+            for n in 0..=steps.len() {
+                assert_eq!(
+                    Layer::compute_id(parent, &steps[..n]).0,
+                    Layer::key_of(parent, &steps[..n]).hash(LAYER_ID_CONTEXT),
+                    "parent {parent:?}, {n} steps"
+                );
+            }
+        }
+    }
 
     fn sample() -> Plan {
         Plan::new(

@@ -10,7 +10,7 @@ use miette::{NamedSource, SourceSpan};
 use super::RootText;
 use crate::ast::SpecFile;
 use crate::decode;
-use crate::error::{SpecError, Src};
+use crate::error::{Errors, SpecError, Src};
 
 /// One loaded spec file.
 pub(super) struct File {
@@ -49,12 +49,151 @@ pub(crate) fn normalize_lexically(path: &Path) -> PathBuf {
     }
 }
 
-fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Option<KdlDocument> {
+/// The most envc reads of a spec and the specs it extends together, in bytes (16 MiB). A spec is text a person writes; this is
+/// some thousand times the largest real one, and keeps a file such as `/dev/zero` or a runaway
+/// generator from growing memory without bound.
+pub const MAX_SPEC_BYTES: u64 = 16 << 20;
+
+/// The most spec files one `extends` chain may have, the compiled spec included.
+pub const MAX_EXTENDS: usize = 64;
+
+/// Why a spec file could not be read.
+pub(super) enum ReadFailure {
+    /// The operating system's error.
+    Io(String),
+    /// Not a regular file: what it is.
+    NotAFile(&'static str),
+    /// Larger than what is left of [`MAX_SPEC_BYTES`].
+    TooLarge,
+    /// Not UTF-8: the bytes, and where the first invalid byte is.
+    NotUtf8(Vec<u8>, usize),
+}
+
+/// What a file that is not a regular file is, in words.
+fn kind_of(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads a spec file: only a regular file, only up to `limit` bytes, only UTF-8.
+///
+/// The path is looked at first (so a device is never opened), then opened without blocking (a
+/// FIFO swapped in after the look does not hang the open), and the opened file is looked at again
+/// (that answer is the one that counts). At most one byte more than the limit is read.
+pub(super) fn read_spec(path: &Path, limit: u64) -> Result<String, ReadFailure> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| ReadFailure::Io(e.to_string());
+    let meta = fs::metadata(path).map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(ReadFailure::NotAFile(kind_of(meta.file_type())));
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(ReadFailure::NotAFile(kind_of(meta.file_type())));
+    }
+    if meta.len() > limit {
+        return Err(ReadFailure::TooLarge);
+    }
+    // The size may change while reading: trust only what is read, never more than limit + 1.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0) + 1);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadFailure::TooLarge);
+    }
+    utf8(bytes)
+}
+
+fn utf8(bytes: Vec<u8>) -> Result<String, ReadFailure> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        ReadFailure::NotUtf8(e.into_bytes(), at)
+    })
+}
+
+/// The stack of the thread `kdl` parses text on that is not shallow: it may recurse up to
+/// [`crate::guard::UNCERTAIN_BUDGET`] levels there; this leaves a wide margin over that bound.
+/// Only the pages touched are ever mapped.
+const KDL_STACK: usize = 256 << 20;
+
+/// Parses with `kdl` on a thread with a large stack.
+fn kdl_parse(text: &str) -> Result<KdlDocument, kdl::KdlError> {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("envc-kdl".into())
+            .stack_size(KDL_STACK)
+            .spawn_scoped(scope, || KdlDocument::parse_v2(text));
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread could be started: parse here.
+            Err(_) => KdlDocument::parse_v2(text),
+        }
+    })
+}
+
+fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Errors) -> Option<KdlDocument> {
+    let (for_kdl, shallow) = match crate::guard::scan(text) {
+        crate::guard::Verdict::Fine { for_kdl, shallow } => (for_kdl, shallow),
+        crate::guard::Verdict::TooDeep { offset, comment } => {
+            errors.push(SpecError::NestingTooDeep {
+                src: src.clone(),
+                span: (offset, if comment { 2 } else { 1 }).into(),
+                what: if comment {
+                    "block comments are"
+                } else {
+                    "children blocks are"
+                },
+                limit: crate::guard::MAX_NESTING,
+            });
+            return None;
+        }
+        crate::guard::Verdict::TooManyWords { offset } => {
+            errors.push(SpecError::TooManyWords {
+                src: src.clone(),
+                span: (offset, 1).into(),
+                limit: crate::guard::MAX_WORDS,
+            });
+            return None;
+        }
+        crate::guard::Verdict::Unreadable { offset, reason } => {
+            errors.push(SpecError::UnreadableText {
+                src: src.clone(),
+                span: (offset, 1).into(),
+                reason,
+            });
+            return None;
+        }
+    };
     // The fast path handles the common subset exactly; kdl handles the rest and reports errors.
     if let Some(doc) = crate::fastkdl::parse(text) {
         return Some(doc);
     }
-    match KdlDocument::parse_v2(text) {
+    // Shallow text that lexed cleanly is shallow for kdl too: parse it here, on any stack.
+    let parsed = if shallow {
+        KdlDocument::parse_v2(&for_kdl)
+    } else {
+        kdl_parse(&for_kdl)
+    };
+    match parsed {
         Ok(doc) => Some(doc),
         Err(err) => {
             for d in err.diagnostics {
@@ -86,41 +225,90 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Vec<SpecError>) -> Opt
 }
 
 /// Loads the spec and everything it extends, returned base-most first.
-pub(super) fn load_chain(
-    root: &Path,
-    root_text: RootText,
-    errors: &mut Vec<SpecError>,
-) -> Vec<File> {
+pub(super) fn load_chain(root: &Path, root_text: RootText, errors: &mut Errors) -> Vec<File> {
     let mut chain: Vec<File> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut next = Some((root.to_owned(), root_text));
+    let mut used: u64 = 0;
     while let Some((path, text)) = next.take() {
+        if chain.len() >= MAX_EXTENDS
+            && let Some(child) = chain.last()
+            && let Some(ext) = &child.ast.extends
+        {
+            errors.push(SpecError::ExtendsTooDeep {
+                src: child.src.clone(),
+                span: ext.span,
+                limit: MAX_EXTENDS,
+            });
+            break;
+        }
+        let limit = MAX_SPEC_BYTES - used.min(MAX_SPEC_BYTES);
         let text = match text {
-            RootText::Given(t) => Ok(t),
-            RootText::Read => fs::read_to_string(&path).map_err(|e| e.to_string()),
+            RootText::Given(bytes) if bytes.len() as u64 > limit => Err(ReadFailure::TooLarge),
+            RootText::Given(bytes) => utf8(bytes),
+            RootText::Read => read_spec(&path, limit),
         };
+        if let Ok(t) = &text {
+            used += t.len() as u64;
+        }
         let text = match text {
             Ok(t) => Arc::new(t),
-            Err(reason) => {
-                match chain.last() {
-                    None => errors.push(SpecError::Unreadable {
+            Err(ReadFailure::NotUtf8(bytes, at)) => {
+                let byte = bytes.get(at).copied().unwrap_or(0);
+                let lossy = String::from_utf8_lossy(&bytes).into_owned();
+                // Everything before `at` is valid, so `at` is the same offset in the lossy text,
+                // where the invalid byte became U+FFFD.
+                let (line, column) = line_col(&lossy, at);
+                let src: Src =
+                    NamedSource::new(display(&path), Arc::new(lossy)).with_language("kdl");
+                errors.push(SpecError::InvalidUtf8 {
+                    src,
+                    span: (at, char::REPLACEMENT_CHARACTER.len_utf8()).into(),
+                    byte,
+                    line,
+                    column,
+                });
+                break;
+            }
+            Err(failure) => {
+                let limit = MAX_SPEC_BYTES;
+                let child = chain
+                    .last()
+                    .and_then(|c| Some((c, c.ast.extends.as_ref()?)));
+                errors.push(match (child, failure) {
+                    (None, ReadFailure::Io(reason)) => SpecError::Unreadable {
                         path: display(&path),
                         reason,
-                    }),
-                    Some(child) => {
-                        let ext = child
-                            .ast
-                            .extends
-                            .as_ref()
-                            .expect("a child names its parent");
-                        errors.push(SpecError::ExtendsMissing {
+                    },
+                    (None, ReadFailure::NotAFile(kind)) => SpecError::NotAFile {
+                        path: display(&path),
+                        kind,
+                    },
+                    (None, _) => SpecError::TooLarge {
+                        path: display(&path),
+                        limit,
+                    },
+                    (Some((child, ext)), ReadFailure::Io(reason)) => SpecError::ExtendsMissing {
+                        src: child.src.clone(),
+                        span: ext.span,
+                        path: ext.value.clone(),
+                        reason,
+                    },
+                    (Some((child, ext)), ReadFailure::NotAFile(kind)) => {
+                        SpecError::ExtendsNotAFile {
                             src: child.src.clone(),
                             span: ext.span,
                             path: ext.value.clone(),
-                            reason,
-                        });
+                            kind,
+                        }
                     }
-                }
+                    (Some((child, ext)), _) => SpecError::ExtendsTooLarge {
+                        src: child.src.clone(),
+                        span: ext.span,
+                        path: ext.value.clone(),
+                        limit,
+                    },
+                });
                 break;
             }
         };

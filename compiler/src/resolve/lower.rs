@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use envc_plan::{Base, CopyKind, Mode, Name, Plan, Step, SyncMode, env};
+use envc_plan::{Base, CopyKind, MAX_LAYERS, Mode, Name, Plan, Step, SyncMode, env};
 use miette::SourceSpan;
 
 use super::load::{File, at};
@@ -10,18 +10,34 @@ use super::values::{ARCHES, DEFAULT_VARIANT, VARIANTS, check_package, host_arch}
 use crate::Location;
 use crate::ast::{BaseDecl, BaseKind, StepDecl, StepKind};
 use crate::digest;
-use crate::error::SpecError;
+use crate::error::{Errors, SpecError};
 use crate::suggest;
+
+/// A plan before its ids are computed.
+pub(super) struct Lowered {
+    name: String,
+    base: Base,
+    base_sync: SyncMode,
+    layers: Vec<(String, Vec<Step>)>,
+}
+
+impl Lowered {
+    pub(super) fn into_plan(self) -> Plan {
+        Plan::with_base_sync(self.name, self.base, self.base_sync, self.layers)
+    }
+}
 
 pub(super) struct Lower<'a> {
     pub(super) files: &'a [File],
-    pub(super) errors: &'a mut Vec<SpecError>,
+    pub(super) errors: &'a mut Errors,
     /// Where big files' digests are remembered, if anywhere.
     pub(super) cache: Option<&'a digest::Cache>,
 }
 
 impl Lower<'_> {
-    pub(super) fn lower(&mut self) -> Option<(Plan, Vec<Vec<Location>>)> {
+    /// The plan's parts (its ids are computed later, once the syntax trees are freed) and where
+    /// each step was written.
+    pub(super) fn lower(&mut self) -> Option<(Lowered, Vec<Vec<Location>>)> {
         let files = self.files;
         let top = files.last().expect("chain is not empty");
 
@@ -100,8 +116,25 @@ impl Lower<'_> {
         let mut locations = Vec::new();
         let mut seen: HashMap<&str, (usize, SourceSpan)> = HashMap::new();
         let mut vars = env::defaults();
+        // The base is layer 1.
+        let total = 1 + files.iter().map(|f| f.ast.layers.len()).sum::<usize>();
+        let mut position = 1;
         for (fi, f) in files.iter().enumerate() {
             for layer in &f.ast.layers {
+                position += 1;
+                if position == MAX_LAYERS + 1 {
+                    self.errors.push(SpecError::ChainTooDeep {
+                        src: f.src.clone(),
+                        span: layer.span,
+                        layers: total,
+                        position,
+                        limit: MAX_LAYERS,
+                        help: format!(
+                            "a root stacks every layer of its environment, and overlayfs stacks at most {MAX_LAYERS} (the base included); merge layers (a layer may hold many steps) to have at most {} after the base",
+                            MAX_LAYERS - 1
+                        ),
+                    });
+                }
                 let lname = &layer.name;
                 if lname.value == envc_plan::BASE_LAYER_NAME {
                     self.errors.push(SpecError::ReservedLayerName {
@@ -122,7 +155,10 @@ impl Lower<'_> {
                         span: lname.span,
                         first: same.then_some(fspan),
                         name: lname.value.clone(),
-                        help: if same {
+                        help: if self.errors.is_full() {
+                            // Only counted: skip finding the first one's line in its file.
+                            String::new()
+                        } else if same {
                             "layer names are unique within an environment; rename one of them".into()
                         } else {
                             format!("the first is at {}, in a spec this one extends; layer names are unique within an environment", at(&files[ffi], fspan))
@@ -131,8 +167,8 @@ impl Lower<'_> {
                 } else {
                     seen.insert(&lname.value, (fi, lname.span));
                 }
-                let mut steps = Vec::new();
-                let mut locs = Vec::new();
+                let mut steps = Vec::with_capacity(layer.steps.len());
+                let mut locs = Vec::with_capacity(layer.steps.len());
                 for step in &layer.steps {
                     if let Some(s) = self.step(f, step, &mut vars) {
                         steps.push(s);
@@ -152,7 +188,12 @@ impl Lower<'_> {
         let mut all_locations = vec![vec![base_loc]];
         all_locations.extend(locations);
         Some((
-            Plan::with_base_sync(name, base, base_sync, layers),
+            Lowered {
+                name,
+                base,
+                base_sync,
+                layers,
+            },
             all_locations,
         ))
     }
@@ -391,7 +432,9 @@ impl Lower<'_> {
                         });
                         continue;
                     }
-                    match self.expand(f, value, vars) {
+                    // `NAME=value` and a NUL must fit in one argument string.
+                    let limit = env::MAX_ENTRY_BYTES.saturating_sub(key.value.len() + 2);
+                    match self.expand(f, value, vars, limit) {
                         Some(v) => {
                             out.insert(key.value.clone(), v);
                         }

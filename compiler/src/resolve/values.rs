@@ -33,6 +33,9 @@ pub const ARCHES: &[&str] = &[
     "s390x",
 ];
 
+/// Up to how many variables a "did you mean `$X`?" is searched among.
+const SUGGEST_AMONG: usize = 4096;
+
 /// Values of `sync=`.
 pub const SYNC_MODES: &[&str] = &["off", "shim", "seccomp"];
 
@@ -180,11 +183,18 @@ impl Lower<'_> {
         f: &File,
         value: &Spanned<String>,
         vars: &BTreeMap<String, String>,
+        limit: usize,
     ) -> Option<String> {
-        match env::expand(&value.value, vars) {
+        match env::expand_within(&value.value, vars, limit) {
             Ok(v) => Some(v),
             Err(e) => {
                 let help = match &e {
+                    // Nobody will read this one's help, or there are too many variables to
+                    // search for every error: no "did you mean".
+                    _ if self.errors.is_full() => String::new(),
+                    env::ExpandError::Undefined { .. } if vars.len() > SUGGEST_AMONG => {
+                        "variables come from envc's defaults and earlier `env` steps; write `$$` for a literal `$`".into()
+                    }
                     env::ExpandError::Undefined { name } => {
                         let known: Vec<&str> = vars.keys().map(String::as_str).collect();
                         match suggest::closest(name, &known) {
@@ -194,6 +204,7 @@ impl Lower<'_> {
                             _ => "variables come from envc's defaults (PATH, HOME, LANG, DEBIAN_FRONTEND) and earlier `env` steps; write `$$` for a literal `$`".into(),
                         }
                     }
+                    env::ExpandError::TooLong { .. } => "a step is given each variable as one `NAME=value` string of at most 128 KiB (Linux's MAX_ARG_STRLEN); shorten the value".into(),
                     _ => "write `$NAME` or `${NAME}`; write `$$` for a literal `$`".into(),
                 };
                 self.errors.push(SpecError::BadExpansion {
@@ -215,7 +226,7 @@ impl Lower<'_> {
         what: &str,
         vars: &BTreeMap<String, String>,
     ) -> Option<String> {
-        let expanded = self.expand(f, p, vars)?;
+        let expanded = self.expand(f, p, vars, env::MAX_ENTRY_BYTES)?;
         let p = &Spanned::new(expanded, p.span);
         if !p.value.starts_with('/') {
             self.errors.push(SpecError::RelativeDestination {
