@@ -658,8 +658,11 @@ fn run_ok(cmd: &mut Command) -> Run {
     r
 }
 
+/// A contract test and its name.
+pub type Named = (&'static str, fn(Kind));
+
 /// Every contract test, by name.
-pub const ALL: &[(&str, fn(Kind))] = &[
+pub const ALL: &[Named] = &[
     (
         "every_step_kind_builds_and_caches",
         every_step_kind_builds_and_caches,
