@@ -537,8 +537,28 @@ impl Store {
 
     /// A shared cache directory (created).
     pub fn cache_dir(&self, name: &str) -> Result<PathBuf, StoreError> {
-        let p = self.root.join("cache").join(name);
-        fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        // Cache directories are bind-mounted into builds: never through a symlink to elsewhere.
+        let mut p = self.root.join("cache");
+        for part in std::iter::once("").chain(name.split('/')) {
+            if !part.is_empty() {
+                p.push(part);
+            }
+            // Made here, or by another apply at the same time: either way it must be a directory.
+            match fs::create_dir(&p) {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &p)(e)),
+            }
+            let m = fs::symlink_metadata(&p).map_err(io_err("inspect", &p))?;
+            if !m.is_dir() {
+                return Err(StoreError::WrongType {
+                    path: p,
+                    found: record::type_name(&m),
+                    expected: "a directory",
+                    repair: "remove it; envc makes the cache again".into(),
+                });
+            }
+        }
         Ok(p)
     }
 

@@ -660,3 +660,23 @@ fn orphan_records_and_temporaries_of_dead_writers_go_and_live_ones_stay() {
         );
     }
 }
+
+#[test]
+fn a_cache_directory_is_never_reached_through_a_symlink() {
+    let f = fixture("cachelink");
+    let store = f.rt.store.path().to_owned();
+    let made = f.rt.store.cache_dir("apt-lists/k").unwrap();
+    assert_eq!(made, store.join("cache/apt-lists/k"));
+    assert!(made.is_dir());
+    // A cache that became a symlink to a host directory is refused by name, never followed.
+    let decoy = store.join("decoy");
+    mkdir(&decoy);
+    fs::write(decoy.join("keep"), "x").unwrap();
+    std::os::unix::fs::symlink(&decoy, store.join("cache/debs")).unwrap();
+    let err = f.rt.store.cache_dir("debs").unwrap_err().to_string();
+    assert!(err.contains("cache/debs"), "{err}");
+    let err = f.rt.store.cache_dir("debs/sub").unwrap_err().to_string();
+    assert!(err.contains("cache/debs"), "{err}");
+    assert!(!decoy.join("sub").exists());
+    assert_eq!(fs::read_to_string(decoy.join("keep")).unwrap(), "x");
+}
