@@ -322,6 +322,20 @@ impl Lower<'_> {
     }
 }
 
+/// `text` for a message: whole when short, else its beginning and its length (a 200 KiB value
+/// is not repeated into a diagnostic).
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 60;
+    if text.len() <= SHOWN + 20 {
+        return text.to_owned();
+    }
+    let mut cut = SHOWN;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,18 +352,4 @@ mod tests {
         assert!(check_package("hello=abc").is_err());
         assert!(check_package("hello:").is_err());
     }
-}
-
-/// `text` for a message: whole when short, else its beginning and its length (a 200 KiB value
-/// is not repeated into a diagnostic).
-fn shorten(text: &str) -> String {
-    const SHOWN: usize = 60;
-    if text.len() <= SHOWN + 20 {
-        return text.to_owned();
-    }
-    let mut cut = SHOWN;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..cut], text.len())
 }
