@@ -119,6 +119,8 @@ pub(crate) fn run_command(
                         .or_fail(SandboxOp::SetUid, u.uid.to_string())?;
                 }
                 sys.chdir(Path::new(cwd)).or_fail(SandboxOp::Chdir, cwd)?;
+                sys.default_signals()
+                    .or_fail(SandboxOp::Exec, "default signal dispositions")?;
                 nix::unistd::execve(&c_program, &c_argv, &c_env)
                     .or_fail(SandboxOp::Exec, program.display().to_string())
             })();

@@ -59,6 +59,7 @@ pub enum Call {
     Unshare {
         flags: CloneFlags,
     },
+    DefaultSignals,
     SetParentDeathSignal {
         signal: Signal,
     },
@@ -303,6 +304,10 @@ impl Syscall for RecordingSyscall {
 
     fn set_parent_death_signal(&self, signal: Signal) -> io::Result<()> {
         self.record(Call::SetParentDeathSignal { signal }, None)
+    }
+
+    fn default_signals(&self) -> io::Result<()> {
+        self.record(Call::DefaultSignals, None)
     }
 
     fn sethostname(&self, name: &str) -> io::Result<()> {

@@ -136,6 +136,15 @@ impl Syscall for LinuxSyscall {
         Ok(nix::sys::prctl::set_pdeathsig(signal)?)
     }
 
+    fn default_signals(&self) -> io::Result<()> {
+        use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, signal, sigprocmask};
+        // SAFETY: installing the default disposition runs no handler code in this process;
+        // it is called between fork and execve of a single-threaded child.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }?;
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        Ok(())
+    }
+
     fn sethostname(&self, name: &str) -> io::Result<()> {
         Ok(nix::unistd::sethostname(name)?)
     }

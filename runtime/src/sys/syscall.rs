@@ -73,6 +73,11 @@ pub trait Syscall {
     /// `prctl(PR_SET_PDEATHSIG)`.
     fn set_parent_death_signal(&self, signal: Signal) -> io::Result<()>;
 
+    /// Gives a program about to be executed the signal state programs expect: SIGPIPE back to
+    /// its default action (the Rust runtime ignores it, and an ignored disposition survives
+    /// execve: `yes | head` would then spin on EPIPE forever) and no signal blocked.
+    fn default_signals(&self) -> io::Result<()>;
+
     /// `sethostname(2)`.
     fn sethostname(&self, name: &str) -> io::Result<()>;
 
