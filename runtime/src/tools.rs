@@ -412,15 +412,66 @@ pub fn push_tail(tail: &mut Vec<String>, line: &str) {
     tail.push(line.to_owned());
 }
 
-/// Calls `f` with every line read from `r` (lossy UTF-8, without the line ending) until EOF.
+/// The longest line [`for_each_line`] gives whole: a longer one comes in pieces of this size, so
+/// a command that prints gigabytes without a newline costs bounded memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Calls `f` with every line read from `r` (lossy UTF-8, without the line ending) until EOF; a
+/// line longer than [`MAX_LINE`] bytes is given in pieces of at most that size.
 pub fn for_each_line(r: impl Read, f: &mut dyn FnMut(&str)) {
     let mut reader = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r'])),
+        let available = match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = MAX_LINE - buf.len();
+        let (take, ends_line) = match available.iter().take(room).position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len().min(room), false),
+        };
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if ends_line || buf.len() == MAX_LINE {
+            f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+            buf.clear();
         }
+    }
+    if !buf.is_empty() {
+        f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for_each_line(input, &mut |l| out.push(l.to_owned()));
+        out
+    }
+
+    #[test]
+    fn lines_come_whole_and_long_ones_in_bounded_pieces() {
+        assert_eq!(lines(b"a\r\n\nb\nlast"), ["a", "", "b", "last"]);
+        assert!(lines(b"").is_empty());
+        // 200 KiB without a newline, then a short line: pieces of at most MAX_LINE bytes, and
+        // nothing is lost.
+        let mut input = vec![b'x'; 200 * 1024];
+        input.extend_from_slice(b"\nend\n");
+        let got = lines(&input);
+        assert_eq!(
+            got.len(),
+            5,
+            "{:?}",
+            got.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(got.iter().all(|l| l.len() <= MAX_LINE));
+        assert_eq!(got[..4].iter().map(String::len).sum::<usize>(), 200 * 1024);
+        assert_eq!(got[4], "end");
     }
 }
