@@ -324,9 +324,14 @@ pub(super) fn meta_of(plan: &Plan, index: usize, size: u64) -> Meta {
     }
 }
 
+/// How a step ended, from its status. 128 + N is what a shell reports for a command killed by
+/// signal N, but a command may also exit with that code itself: both are said.
 fn exit_reason(code: i32) -> String {
     match code {
-        c if c > 128 => format!("killed by signal {}", c - 128),
+        c @ 129..=192 => format!(
+            "exit status {c} (killed by signal {}, or its own exit code)",
+            c - 128
+        ),
         c => format!("exit status {c}"),
     }
 }
