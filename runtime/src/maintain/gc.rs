@@ -105,8 +105,18 @@ pub fn gc(store: &Store, policy: GcPolicy) -> Result<GcReport, StoreError> {
         let m = candidates[i];
         removed.insert(m.id);
         if !policy.dry_run {
-            let Some(_lock) = store.try_lock_layer(&m.id)? else {
-                continue; // being built or used right now: skip it
+            let _lock = match store.try_lock_layer(&m.id) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue, // being built or used right now: skip it
+                // A lock that cannot be taken (a symlink put in its place): this layer stays,
+                // the others are still collected.
+                Err(e) => {
+                    report.warnings.push(Warning::Damaged {
+                        path: store.path().join("locks").join(format!("{}.lock", m.id)),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
             };
             // Decided again under the lock: another gc may have removed it, an apply may have
             // given a working root or a child to it since gc started.
