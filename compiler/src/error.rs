@@ -142,6 +142,22 @@ pub enum SpecError {
         limit: usize,
     },
 
+    /// Slashdashed children blocks nested deeper than envc reads.
+    #[error("slashdashed children blocks are nested more than {limit} levels deep")]
+    #[diagnostic(
+        code(envc::spec::slashdash_too_deep),
+        help(
+            "envc reads at most {limit} slashdashed (`/-`) children blocks inside each other; slashdash the outermost block only, or delete the commented-out text"
+        )
+    )]
+    SlashdashTooDeep {
+        #[source_code]
+        src: Src,
+        #[label("one slashdashed block too deep")]
+        span: SourceSpan,
+        limit: usize,
+    },
+
     /// More words (nodes, arguments, properties) than envc parses in one spec.
     #[error("the spec has more than {limit} words (nodes, arguments and properties)")]
     #[diagnostic(
@@ -732,6 +748,7 @@ impl SpecError {
             SpecError::ExtendsTooLarge { src, .. }
             | SpecError::InvalidUtf8 { src, .. }
             | SpecError::NestingTooDeep { src, .. }
+            | SpecError::SlashdashTooDeep { src, .. }
             | SpecError::UnreadableText { src, .. }
             | SpecError::TooManyWords { src, .. }
             | SpecError::ChainTooDeep { src, .. }

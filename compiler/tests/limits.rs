@@ -399,3 +399,28 @@ fn a_chained_environment_past_its_budget_is_refused_at_its_entry() {
         .collect();
     assert_eq!(codes, ["envc::spec::expansions_too_large"]);
 }
+
+/// A fuzzer timeout (`fuzz/regressions/timeout-slashdash-recovery.kdl`, 3 KB: 11 s in a debug
+/// build): `kdl`'s error recovery parses what follows a slashdashed children block twice per
+/// nested one, so errors inside 14 nested `/-a {` took seconds and 20 took minutes. The pass
+/// criterion is a located diagnostic; the time is only printed (timing goals live in benchmarks).
+#[test]
+fn nested_slashdashed_blocks_with_errors_are_refused_before_kdl_recovers() {
+    let regression = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/timeout-slashdash-recovery.kdl");
+    let mut cases = vec![fs::read(regression).unwrap()];
+    for line in ["/-a { =\n", "a /-{ =\n", "/-a { b\n"] {
+        cases.push(format!("name \"x\"\n{}=\n", line.repeat(40)).into_bytes());
+    }
+    // Within the limit, kdl still explains the error.
+    cases.push(format!("name \"x\"\n{}", "/-a { =\n".repeat(3)).into_bytes());
+    for bytes in cases {
+        let started = Instant::now();
+        let errs = bounded(Duration::from_secs(300), move || {
+            errors(compile_bytes(Path::new(SPEC), bytes))
+        });
+        eprintln!("{:?}: {:?}", errs.first().map(code), started.elapsed());
+        assert!(!errs.is_empty());
+        assert!(errs.len() <= MAX_ERRORS + 1);
+    }
+}
