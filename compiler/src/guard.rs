@@ -5,7 +5,9 @@
 //! The scan lexes what decides nesting: quoted, multi-line and raw strings (strictly, as `kdl`
 //! would accept them), line and (nested) block comments, and braces outside them. It refuses:
 //! - children blocks nested deeper than [`MAX_NESTING`], at the `{` that goes one level too deep;
-//! - block comments nested deeper than [`MAX_NESTING`], at the `/*` that goes one level too deep.
+//! - block comments nested deeper than [`MAX_NESTING`], at the `/*` that goes one level too deep;
+//! - slashdashed children blocks nested deeper than [`MAX_SLASHDASH_NESTING`], at the `{` that
+//!   goes one level too deep (`kdl`'s error recovery is exponential in them).
 //!
 //! `kdl` is then given the text with every block comment blanked to spaces (same byte length, so
 //! spans stay right; a block comment is whitespace in KDL, so the meaning stays too).
