@@ -75,11 +75,72 @@ impl Ui {
 
     fn diagnostic(&self, diag: &dyn miette::Diagnostic) {
         let mut out = String::new();
-        if self.handler.render_report(&mut out, diag).is_err() {
-            out = format!("error: {diag}\n");
+        if !snippet_is_safe(diag) || self.handler.render_report(&mut out, diag).is_err() {
+            out = plain(diag);
         }
         let _ = writeln!(std::io::stderr().lock(), "{out}");
     }
+}
+
+/// The furthest column (and the longest label) the graphical handler is given: miette 7.6 pads
+/// to a label's column with `{:width$}`, and a width past 65,535 panics ("Formatting argument out
+/// of range"). Well below that, whether columns count bytes or characters.
+const MAX_SNIPPET_COLUMN: usize = 60_000;
+
+/// Whether every label of `diag` starts within [`MAX_SNIPPET_COLUMN`] bytes of its line's start
+/// and is shorter than that, so the graphical handler can draw it. A label whose source cannot be
+/// read is not drawn by the handler either, so it is safe.
+fn snippet_is_safe(diag: &dyn miette::Diagnostic) -> bool {
+    let Some(labels) = diag.labels() else {
+        return true;
+    };
+    let Some(src) = diag.source_code() else {
+        return true;
+    };
+    for label in labels {
+        let span = *label.inner();
+        if span.len() > MAX_SNIPPET_COLUMN
+            || label.label().is_some_and(|t| t.len() > MAX_SNIPPET_COLUMN)
+        {
+            return false;
+        }
+        // With no context lines, miette counts the column in bytes from the line's start.
+        if let Ok(contents) = src.read_span(&span, 0, 0)
+            && contents.column() > MAX_SNIPPET_COLUMN
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// A diagnostic without its source snippet: message, code, every label as `file:line:col`, help.
+fn plain(diag: &dyn miette::Diagnostic) -> String {
+    let mut out = match diag.code() {
+        Some(code) => format!("error[{code}]: {diag}\n"),
+        None => format!("error: {diag}\n"),
+    };
+    if let (Some(labels), Some(src)) = (diag.labels(), diag.source_code()) {
+        for label in labels {
+            let Ok(contents) = src.read_span(label.inner(), 0, 0) else {
+                continue;
+            };
+            let name = contents.name().unwrap_or("<spec>");
+            out.push_str(&format!(
+                "  at {name}:{}:{}",
+                contents.line() + 1,
+                contents.column() + 1
+            ));
+            if let Some(text) = label.label() {
+                out.push_str(&format!(": {text}"));
+            }
+            out.push('\n');
+        }
+    }
+    if let Some(help) = diag.help() {
+        out.push_str(&format!("  help: {help}\n"));
+    }
+    out
 }
 
 /// `error: ...` on one line.

@@ -299,3 +299,58 @@ fn read_only_commands_never_create_a_store() {
     assert!(!store.exists(), "no store was made");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A label past column 65,535 of its line made miette 7.6 panic while padding to it ("Formatting
+/// argument out of range"): such a report is written without its snippet, still naming
+/// `file:line:col` and the help.
+#[test]
+fn labels_far_along_a_line_are_reported_without_a_panic() {
+    let dir = scratch("longline");
+    let cases = [
+        (
+            "spaces.kdl",
+            format!(
+                "name \"x\"; base \"scratch\"; {}bogus 1\n",
+                " ".repeat(70_000)
+            ),
+            "spaces.kdl:1:70027",
+        ),
+        (
+            "brackets.kdl",
+            format!(
+                "name \"x\"\nbase \"scratch\"\nlayer \"a\" {{\n  run \"{}\" bogus=1\n}}\n",
+                "[".repeat(100_000)
+            ),
+            "brackets.kdl:4:",
+        ),
+        (
+            "env.kdl",
+            format!(
+                "name \"x\"\nbase \"scratch\"\nlayer \"a\" {{\n  env {}\n}}\n",
+                (0..999_000)
+                    .map(|i| format!("A{i}=1"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            "env.kdl:4:",
+        ),
+        (
+            // A long line with the label near its start is drawn as usual.
+            "start.kdl",
+            format!(
+                "name \"x\"; base \"scratch\"\nbogus \"{}\"\n",
+                "x".repeat(100_000)
+            ),
+            "start.kdl:2:1",
+        ),
+    ];
+    for (name, text, at) in cases {
+        let spec = dir.join(name);
+        std::fs::write(&spec, text).unwrap();
+        let out = envc().arg("check").arg(&spec).assert().code(3);
+        let stderr = stderr_of(&out);
+        assert!(!stderr.contains("panicked"), "{name}: {stderr:.2000}");
+        assert!(stderr.contains(at), "{name}: {stderr:.2000}");
+        assert!(stderr.contains("help:"), "{name}: {stderr:.2000}");
+    }
+}

@@ -142,6 +142,22 @@ pub enum SpecError {
         limit: usize,
     },
 
+    /// Slashdashed children blocks nested deeper than envc reads.
+    #[error("slashdashed children blocks are nested more than {limit} levels deep")]
+    #[diagnostic(
+        code(envc::spec::slashdash_too_deep),
+        help(
+            "envc reads at most {limit} slashdashed (`/-`) children blocks inside each other; slashdash the outermost block only, or delete the commented-out text"
+        )
+    )]
+    SlashdashTooDeep {
+        #[source_code]
+        src: Src,
+        #[label("one slashdashed block too deep")]
+        span: SourceSpan,
+        limit: usize,
+    },
+
     /// More words (nodes, arguments, properties) than envc parses in one spec.
     #[error("the spec has more than {limit} words (nodes, arguments and properties)")]
     #[diagnostic(
@@ -617,6 +633,41 @@ pub enum SpecError {
         name: String,
     },
 
+    /// An `env` entry that makes the environment in effect larger than [`env::MAX_ENV_BYTES`].
+    #[error("the environment grows to {total} bytes at `{name}`, more than {limit} bytes")]
+    #[diagnostic(
+        code(envc::spec::env_too_large),
+        help(
+            "every step is given the whole environment (each variable as `NAME=value` and a NUL), and Linux passes it with the arguments in at most 2 MiB; envc allows 1 MiB (1048576 bytes) in all: shorten the values, or stop copying a large value into many variables"
+        )
+    )]
+    EnvTooLarge {
+        #[source_code]
+        src: Src,
+        #[label("the environment passes {limit} bytes here")]
+        span: SourceSpan,
+        name: String,
+        total: usize,
+        limit: usize,
+    },
+
+    /// An expansion that makes the plan's expanded values larger than
+    /// [`env::MAX_EXPANDED_BYTES`] in all.
+    #[error("the expanded values of this spec pass {limit} bytes in all")]
+    #[diagnostic(
+        code(envc::spec::expansions_too_large),
+        help(
+            "each `env`, `workdir` and `copy` step keeps its own expanded copy of every `$VAR` it uses; envc allows 16 MiB (16777216 bytes) of them per spec: stop copying a large value over and over"
+        )
+    )]
+    ExpansionsTooLarge {
+        #[source_code]
+        src: Src,
+        #[label("the expanded values pass {limit} bytes here")]
+        span: SourceSpan,
+        limit: usize,
+    },
+
     /// A `$VAR` in an `env` value that cannot be expanded.
     #[error("cannot expand `{value}`: {reason}")]
     #[diagnostic(code(envc::spec::bad_expansion))]
@@ -697,6 +748,7 @@ impl SpecError {
             SpecError::ExtendsTooLarge { src, .. }
             | SpecError::InvalidUtf8 { src, .. }
             | SpecError::NestingTooDeep { src, .. }
+            | SpecError::SlashdashTooDeep { src, .. }
             | SpecError::UnreadableText { src, .. }
             | SpecError::TooManyWords { src, .. }
             | SpecError::ChainTooDeep { src, .. }
@@ -729,6 +781,8 @@ impl SpecError {
             | SpecError::InvalidUser { src, .. }
             | SpecError::InvalidEnvName { src, .. }
             | SpecError::BadExpansion { src, .. }
+            | SpecError::EnvTooLarge { src, .. }
+            | SpecError::ExpansionsTooLarge { src, .. }
             | SpecError::ExtendsMissing { src, .. }
             | SpecError::ExtendsTooDeep { src, .. }
             | SpecError::ExtendsCycle { src, .. }

@@ -5,7 +5,9 @@
 //! The scan lexes what decides nesting: quoted, multi-line and raw strings (strictly, as `kdl`
 //! would accept them), line and (nested) block comments, and braces outside them. It refuses:
 //! - children blocks nested deeper than [`MAX_NESTING`], at the `{` that goes one level too deep;
-//! - block comments nested deeper than [`MAX_NESTING`], at the `/*` that goes one level too deep.
+//! - block comments nested deeper than [`MAX_NESTING`], at the `/*` that goes one level too deep;
+//! - slashdashed children blocks nested deeper than [`MAX_SLASHDASH_NESTING`], at the `{` that
+//!   goes one level too deep (`kdl`'s error recovery is exponential in them).
 //!
 //! `kdl` is then given the text with every block comment blanked to spaces (same byte length, so
 //! spans stay right; a block comment is whitespace in KDL, so the meaning stays too).
@@ -20,6 +22,13 @@ use std::borrow::Cow;
 
 /// How many children blocks (and how many block comments) may be nested inside each other.
 pub const MAX_NESTING: usize = 64;
+
+/// How many slashdashed children blocks (`/-a { ... }`, `a /-{ ... }`) may be nested inside each
+/// other. Measured: when such blocks hold an error, `kdl`'s recovery parses the text after them
+/// twice per level, so 14 levels in 126 bytes took 8 s (debug) and 20 took minutes. A spec
+/// comments out a block, not blocks inside commented-out blocks: 3 levels cost `kdl` at most 4
+/// times its usual time.
+pub const MAX_SLASHDASH_NESTING: usize = 3;
 
 /// How many words (node names, arguments, properties) one spec file may have. Each becomes a
 /// parsed node or entry of several hundred bytes, so this bounds the parse's memory for text of
@@ -53,6 +62,9 @@ pub(crate) enum Verdict<'a> {
     Unreadable { offset: usize, reason: &'static str },
     /// Word number [`MAX_WORDS`] + 1 starts at `offset`.
     TooManyWords { offset: usize },
+    /// A slashdashed children block at `offset` (its `{`) is nested one level deeper than
+    /// [`MAX_SLASHDASH_NESTING`].
+    SlashdashTooDeep { offset: usize },
 }
 
 /// KDL v2 newlines (CRLF is CR then LF, which is two newlines here; that only matters for
@@ -95,6 +107,8 @@ struct Scan<'a> {
     deepest: usize,
     /// Words seen (an upper bound of the nodes and entries a parser builds).
     words: usize,
+    /// Open slashdashed children blocks (see [`MAX_SLASHDASH_NESTING`]).
+    slashdashed: usize,
 }
 
 /// Scans `text`.
@@ -105,11 +119,13 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
         comments: Vec::new(),
         deepest: 0,
         words: 0,
+        slashdashed: 0,
     };
     let certain = match s.certain() {
         Ok(()) => true,
         Err(Stop::TooDeep { offset, comment }) => return Verdict::TooDeep { offset, comment },
         Err(Stop::TooManyWords { offset }) => return Verdict::TooManyWords { offset },
+        Err(Stop::SlashdashTooDeep { offset }) => return Verdict::SlashdashTooDeep { offset },
         Err(Stop::Lexical { offset, reason }) => {
             let rest = text.get(offset..).unwrap_or("").as_bytes();
             let risky = rest
@@ -121,7 +137,12 @@ pub(crate) fn scan(text: &str) -> Verdict<'_> {
                 .windows(2)
                 .filter(|w| !is_separator_byte(w[1]) && is_separator_byte(w[0]))
                 .count();
-            if risky > UNCERTAIN_BUDGET || s.words + words >= MAX_WORDS {
+            // Any `/-` after the error may open a slashdashed block for kdl's recovery.
+            let slashdashes = rest.windows(2).filter(|w| w == b"/-").count();
+            if risky > UNCERTAIN_BUDGET
+                || s.words + words >= MAX_WORDS
+                || s.slashdashed + slashdashes > MAX_SLASHDASH_NESTING
+            {
                 return Verdict::Unreadable { offset, reason };
             }
             false
@@ -164,6 +185,7 @@ fn is_separator_byte(b: u8) -> bool {
 
 enum Stop {
     TooDeep { offset: usize, comment: bool },
+    SlashdashTooDeep { offset: usize },
     TooManyWords { offset: usize },
     Lexical { offset: usize, reason: &'static str },
 }
@@ -192,9 +214,27 @@ impl Scan<'_> {
         let mut depth = 0usize;
         // Whether a string may start here (after a separator, not glued to a value).
         let mut may_start = true;
+        // Whether each open block is slashdashed, while there are few enough to matter.
+        let mut blocks: Vec<bool> = Vec::new();
+        // A `/-` since the node (or block) before ended: the next `{` opens a slashdashed block.
+        // Only `;`, `{`, `}` and a newline not continued by `\` end that (a line comment does
+        // not: counting one block too many is the safe mistake).
+        let mut slashdash = false;
+        let mut continued = false;
         while let Some(c) = self.peek() {
             let start = self.pos;
             let rest = self.rest();
+            if rest.starts_with("/-") {
+                slashdash = true;
+            }
+            if is_newline(c) && !continued {
+                slashdash = false;
+            }
+            if c == '\\' {
+                continued = true;
+            } else if !(is_space(c) || is_newline(c)) {
+                continued = false;
+            }
             if rest.starts_with("/*") {
                 self.block_comment()?;
                 self.comments.push((start, self.pos));
@@ -243,11 +283,30 @@ impl Scan<'_> {
                             comment: false,
                         });
                     }
+                    if blocks.len() < MAX_NESTING {
+                        blocks.push(slashdash);
+                    }
+                    if slashdash {
+                        self.slashdashed += 1;
+                        if self.slashdashed > MAX_SLASHDASH_NESTING {
+                            return Err(Stop::SlashdashTooDeep { offset: start });
+                        }
+                    }
+                    slashdash = false;
                     self.bump();
                     may_start = true;
                 }
                 '}' => {
                     depth = depth.saturating_sub(1);
+                    if blocks.pop() == Some(true) {
+                        self.slashdashed -= 1;
+                    }
+                    slashdash = false;
+                    self.bump();
+                    may_start = true;
+                }
+                ';' => {
+                    slashdash = false;
                     self.bump();
                     may_start = true;
                 }
@@ -541,5 +600,34 @@ mod tests {
         assert!(matches!(scan(&text), Verdict::Unreadable { offset: 0, .. }));
         // A small error is left to kdl, which explains it better.
         assert!(matches!(scan("n \"\\q\""), Verdict::Fine { .. }));
+    }
+
+    #[test]
+    fn slashdashed_blocks_nest_at_most_three_deep() {
+        let nested = |n: usize| "/-a {".repeat(n) + &"}".repeat(n);
+        assert!(matches!(
+            scan(&nested(MAX_SLASHDASH_NESTING)),
+            Verdict::Fine { .. }
+        ));
+        assert_eq!(
+            scan(&nested(MAX_SLASHDASH_NESTING + 1)),
+            Verdict::SlashdashTooDeep {
+                offset: 5 * MAX_SLASHDASH_NESTING + 4
+            }
+        );
+        // Slashdashed children, too; blocks closed or ended by `;` or a newline do not count.
+        let text = "a /-{ b /-{ c /-{ d /-{ }}}}";
+        assert!(matches!(scan(text), Verdict::SlashdashTooDeep { .. }));
+        let text = "/-a 1\n/-b;c {\n/-d {}\n/-e {}\n/-f {}\n/-g {}\n}";
+        assert!(matches!(scan(text), Verdict::Fine { .. }), "{text}");
+        // A line continued by `\` still belongs to the slashdashed node.
+        let text = "/-a \\\n{ /-b \\\n{ /-c \\\n{ /-d \\\n{ }}}}";
+        assert!(
+            matches!(scan(text), Verdict::SlashdashTooDeep { .. }),
+            "{text}"
+        );
+        // After a lexical error, every later `/-` may open one for kdl's recovery.
+        let text = format!("n \"\\q\" {}", "/-a { = ".repeat(MAX_SLASHDASH_NESTING + 1));
+        assert!(matches!(scan(&text), Verdict::Unreadable { offset: 3, .. }));
     }
 }

@@ -270,8 +270,10 @@ fn a_big_legal_spec_compiles() {
     let mut text = String::from("name \"big\"\nbase \"scratch\"\nlayer \"l\" {\n");
     let mut i = 0;
     while text.len() < 4 << 20 {
+        // 1,000 variables set over and over: the environment in effect stays under its limit.
         text.push_str(&format!(
-            "    env VAR{i}=\"value-{i}-abcdefghijklmnopqrstuvwxyz\"\n"
+            "    env VAR{}=\"value-{i}-abcdefghijklmnopqrstuvwxyz\"\n",
+            i % 1000
         ));
         i += 1;
     }
@@ -324,10 +326,13 @@ fn shapes_that_were_quadratic_finish() {
         one_line.push_str(&format!(" V{i}=\"\""));
     }
     one_line.push_str("\n}\n");
-    let compiled = bounded(Duration::from_secs(120), move || {
-        compile_bytes(Path::new(SPEC), one_line.into_bytes()).map(|c| c.plan.layers.len())
+    // (2.7 MB of `NAME=` strings is more environment than a step can be given: refused, once
+    // every property has been decoded.)
+    let errs = bounded(Duration::from_secs(120), move || {
+        errors(compile_bytes(Path::new(SPEC), one_line.into_bytes()))
     });
-    assert_eq!(compiled.expect("compiles"), 2);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(code(&errs[0]), "envc::spec::env_too_large");
     // Very many variables, and very many references to undefined ones (each looked for a "did
     // you mean" among all the variables).
     let mut text = String::from("name \"x\"\nbase \"scratch\"\nlayer \"l\" {\n");
@@ -343,4 +348,78 @@ fn shapes_that_were_quadratic_finish() {
     });
     assert_eq!(code(&errs[0]), "envc::spec::bad_expansion");
     assert_eq!(errs.len(), MAX_ERRORS + 1);
+}
+
+/// Chained `env` values: every variable holds its own expanded copy, so the environment in
+/// effect is bounded as a whole (it is what every step's exec is given), at the entry that
+/// passes the bound, and the compile stays small and quick.
+#[test]
+fn a_chained_environment_past_its_budget_is_refused_at_its_entry() {
+    let mut text = format!(
+        "name \"x\"\nbase \"scratch\"\nlayer \"a\" {{\n  env A0=\"{}\"\n",
+        "x".repeat(65_536)
+    );
+    for i in 0..20_000 {
+        text.push_str(&format!("  env A{}=\"$A{i}\"\n", i + 1));
+    }
+    text.push_str("  run \"true\"\n}\n");
+    let errors = errors(compile_bytes(
+        Path::new("env.kdl"),
+        text.clone().into_bytes(),
+    ));
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|e| e.code().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["envc::spec::env_too_large"]);
+    let span = errors[0].labels().unwrap().next().unwrap();
+    // 15 copies of 64 KiB (and the defaults) fit in 1 MiB; the 16th (`A15`) does not.
+    assert!(
+        text[span.offset()..].starts_with("A15=\"$A14\""),
+        "{}",
+        &text[span.offset()..span.offset() + 20]
+    );
+    assert_eq!(envc_plan::env::MAX_ENV_BYTES, 1 << 20);
+
+    // One variable copied into itself over and over: the environment stays small, the plan's
+    // expanded values do not.
+    let mut text = format!(
+        "name \"x\"\nbase \"scratch\"\nlayer \"a\" {{\n  env A=\"{}\"\n",
+        "x".repeat(65_536)
+    );
+    for _ in 0..20_000 {
+        text.push_str("  env A=\"$A\"\n  workdir \"/$A\"\n");
+    }
+    text.push_str("}\n");
+    let errors = self::errors(compile_bytes(Path::new("env.kdl"), text.into_bytes()));
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|e| e.code().unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["envc::spec::expansions_too_large"]);
+}
+
+/// A fuzzer timeout (`fuzz/regressions/timeout-slashdash-recovery.kdl`, 3 KB: 11 s in a debug
+/// build): `kdl`'s error recovery parses what follows a slashdashed children block twice per
+/// nested one, so errors inside 14 nested `/-a {` took seconds and 20 took minutes. The pass
+/// criterion is a located diagnostic; the time is only printed (timing goals live in benchmarks).
+#[test]
+fn nested_slashdashed_blocks_with_errors_are_refused_before_kdl_recovers() {
+    let regression = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/timeout-slashdash-recovery.kdl");
+    let mut cases = vec![fs::read(regression).unwrap()];
+    for line in ["/-a { =\n", "a /-{ =\n", "/-a { b\n"] {
+        cases.push(format!("name \"x\"\n{}=\n", line.repeat(40)).into_bytes());
+    }
+    // Within the limit, kdl still explains the error.
+    cases.push(format!("name \"x\"\n{}", "/-a { =\n".repeat(3)).into_bytes());
+    for bytes in cases {
+        let started = Instant::now();
+        let errs = bounded(Duration::from_secs(300), move || {
+            errors(compile_bytes(Path::new(SPEC), bytes))
+        });
+        eprintln!("{:?}: {:?}", errs.first().map(code), started.elapsed());
+        assert!(!errs.is_empty());
+        assert!(errs.len() <= MAX_ERRORS + 1);
+    }
 }

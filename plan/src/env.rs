@@ -59,6 +59,25 @@ pub enum ExpandError {
 /// `MAX_ARG_STRLEN` (32 pages); `execve` fails with `E2BIG` on a longer one.
 pub const MAX_ENTRY_BYTES: usize = 32 * 4096;
 
+/// The most bytes a step's whole environment may take: the sum, over every variable in effect,
+/// of its `NAME=value` string and NUL (1 MiB). Linux passes every step's arguments and
+/// environment together in at most a quarter of its stack limit (2 MiB with the usual 8 MiB
+/// `ulimit -s`); half of that leaves room for the arguments. It also bounds the compiler's
+/// memory: every variable holds its own expanded copy, so chained `A1="$A0"` ... could otherwise
+/// copy a 128 KiB value once per line.
+pub const MAX_ENV_BYTES: usize = 1 << 20;
+
+/// The most bytes of expanded values (`env` values, `workdir` and `copy` destinations) one plan
+/// may hold in total (16 MiB, the size limit of spec text): each step holds its own expanded
+/// copy, so `env A="$A"` repeated could otherwise copy a 128 KiB value once per line, while the
+/// environment in effect stays small.
+pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
+
+/// What one variable adds to a step's environment: `NAME=value` and its NUL.
+pub fn entry_bytes(name: &str, value: &str) -> usize {
+    name.len() + value.len() + 2
+}
+
 /// Expands `$NAME` and `${NAME}` against `vars`; `$$` is a literal `$`, and a `$` not followed by a
 /// name or `{` stays as it is.
 pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> Result<String, ExpandError> {

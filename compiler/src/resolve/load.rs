@@ -166,6 +166,14 @@ fn parse_file(src: &Src, text: &Arc<String>, errors: &mut Errors) -> Option<KdlD
             });
             return None;
         }
+        crate::guard::Verdict::SlashdashTooDeep { offset } => {
+            errors.push(SpecError::SlashdashTooDeep {
+                src: src.clone(),
+                span: (offset, 1).into(),
+                limit: crate::guard::MAX_SLASHDASH_NESTING,
+            });
+            return None;
+        }
         crate::guard::Verdict::TooManyWords { offset } => {
             errors.push(SpecError::TooManyWords {
                 src: src.clone(),

@@ -32,6 +32,12 @@ pub(super) struct Lower<'a> {
     pub(super) errors: &'a mut Errors,
     /// Where big files' digests are remembered, if anywhere.
     pub(super) cache: Option<&'a digest::Cache>,
+    /// The bytes of the environment in effect (see [`env::MAX_ENV_BYTES`]).
+    pub(super) env_bytes: usize,
+    /// The bytes of every value expanded so far (see [`env::MAX_EXPANDED_BYTES`]); past the
+    /// limit, or past [`env::MAX_ENV_BYTES`], `usize::MAX` (reported once; nothing more is
+    /// expanded).
+    pub(super) expanded: usize,
 }
 
 impl Lower<'_> {
@@ -116,6 +122,7 @@ impl Lower<'_> {
         let mut locations = Vec::new();
         let mut seen: HashMap<&str, (usize, SourceSpan)> = HashMap::new();
         let mut vars = env::defaults();
+        self.env_bytes = vars.iter().map(|(k, v)| env::entry_bytes(k, v)).sum();
         // The base is layer 1.
         let total = 1 + files.iter().map(|f| f.ast.layers.len()).sum::<usize>();
         let mut position = 1;
@@ -420,8 +427,9 @@ impl Lower<'_> {
                 })
             }
             StepKind::Env(pairs) => {
-                let mut out = BTreeMap::new();
+                let mut out: BTreeMap<String, String> = BTreeMap::new();
                 let mut ok = true;
+                let mut total = self.env_bytes;
                 for (key, value) in pairs {
                     if !env::is_valid_name(&key.value) {
                         ok = false;
@@ -436,11 +444,33 @@ impl Lower<'_> {
                     let limit = env::MAX_ENTRY_BYTES.saturating_sub(key.value.len() + 2);
                     match self.expand(f, value, vars, limit) {
                         Some(v) => {
+                            let old = out
+                                .get(&key.value)
+                                .or_else(|| vars.get(&key.value))
+                                .map_or(0, |old| env::entry_bytes(&key.value, old));
+                            let grown = total - old + env::entry_bytes(&key.value, &v);
+                            if grown > env::MAX_ENV_BYTES {
+                                ok = false;
+                                let start = key.span.offset();
+                                let end = value.span.offset() + value.span.len();
+                                self.errors.push(SpecError::EnvTooLarge {
+                                    src: f.src.clone(),
+                                    span: (start, end.saturating_sub(start)).into(),
+                                    name: key.value.clone(),
+                                    total: grown,
+                                    limit: env::MAX_ENV_BYTES,
+                                });
+                                // Later values would name variables never set: expand no more.
+                                self.expanded = usize::MAX;
+                                continue;
+                            }
+                            total = grown;
                             out.insert(key.value.clone(), v);
                         }
                         None => ok = false,
                     }
                 }
+                self.env_bytes = total;
                 vars.extend(out.iter().map(|(k, v)| (k.clone(), v.clone())));
                 (ok && !out.is_empty()).then_some(Step::Env { vars: out })
             }

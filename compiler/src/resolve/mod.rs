@@ -49,6 +49,8 @@ pub(crate) fn compile(
         files: &chain,
         errors: &mut found,
         cache: cache.as_ref(),
+        env_bytes: 0,
+        expanded: 0,
     };
     let lowered = cx.lower();
     let (mut errors, dropped) = found.into_parts();

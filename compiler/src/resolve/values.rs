@@ -185,8 +185,24 @@ impl Lower<'_> {
         vars: &BTreeMap<String, String>,
         limit: usize,
     ) -> Option<String> {
+        if self.expanded == usize::MAX {
+            // Past the plan's limit, already reported: expand nothing more.
+            return None;
+        }
         match env::expand_within(&value.value, vars, limit) {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                self.expanded += v.len();
+                if self.expanded > env::MAX_EXPANDED_BYTES {
+                    self.expanded = usize::MAX;
+                    self.errors.push(SpecError::ExpansionsTooLarge {
+                        src: f.src.clone(),
+                        span: value.span,
+                        limit: env::MAX_EXPANDED_BYTES,
+                    });
+                    return None;
+                }
+                Some(v)
+            }
             Err(e) => {
                 let help = match &e {
                     // Nobody will read this one's help, or there are too many variables to
