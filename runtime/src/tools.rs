@@ -315,33 +315,7 @@ impl Tool {
 
     /// Runs the tool, giving each line of its output (stdout and stderr merged) to `on_line`.
     pub fn stream(&self, on_line: &mut dyn FnMut(&str)) -> Result<(), ToolError> {
-        let spawn_err = |source| ToolError::Spawn {
-            program: self.program.clone(),
-            source,
-        };
-        let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
-        let writer2 = writer.try_clone().map_err(spawn_err)?;
-        let (mut cmd, report) = self.command()?;
-        cmd.stdout(writer).stderr(writer2);
-        let mut child = self.spawn(cmd)?;
-        crate::failpoint::hit("tool-running");
-        let mut tail: Vec<String> = Vec::new();
-        for_each_line(reader, &mut |line| {
-            on_line(line);
-            push_tail(&mut tail, line);
-        });
-        let status = child.wait().map_err(spawn_err)?;
-        self.check_contained(report)?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(ToolError::Failed {
-                program: self.program.clone(),
-                args: self.args.clone(),
-                status,
-                tail,
-            })
-        }
+        self.stream_with(None, on_line)
     }
 
     /// Runs the tool with the bytes of `input` on its stdin (copied by a thread until `input`
@@ -351,6 +325,14 @@ impl Tool {
         input: &mut (dyn Read + Send),
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), ToolError> {
+        self.stream_with(Some(input), on_line)
+    }
+
+    fn stream_with(
+        &self,
+        input: Option<&mut (dyn Read + Send)>,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(), ToolError> {
         let spawn_err = |source| ToolError::Spawn {
             program: self.program.clone(),
             source,
@@ -358,19 +340,22 @@ impl Tool {
         let (reader, writer) = std::io::pipe().map_err(spawn_err)?;
         let writer2 = writer.try_clone().map_err(spawn_err)?;
         let (mut cmd, report) = self.command()?;
-        cmd.stdin(Stdio::piped()).stdout(writer).stderr(writer2);
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        cmd.stdout(writer).stderr(writer2);
         let mut child = self.spawn(cmd)?;
         crate::failpoint::hit("tool-running");
         let stdin = child.stdin.take();
         let mut tail: Vec<String> = Vec::new();
         std::thread::scope(|s| {
-            s.spawn(move || {
-                if let Some(mut stdin) = stdin {
-                    // A tool that stops reading (it failed) ends the copy with EPIPE; its
-                    // status says why.
+            if let (Some(input), Some(mut stdin)) = (input, stdin) {
+                // A tool that stops reading (it failed) ends the copy with EPIPE; its status
+                // says why.
+                s.spawn(move || {
                     let _ = std::io::copy(input, &mut stdin);
-                }
-            });
+                });
+            }
             for_each_line(reader, &mut |line| {
                 on_line(line);
                 push_tail(&mut tail, line);
