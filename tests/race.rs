@@ -5,7 +5,9 @@
 //!   several environments sharing a prefix: afterwards every root is there (mounted, for overlay)
 //!   and its tree equals a reference built without gc, and a plain apply keeps it so;
 //! - gc against `envc run`: the command always sees its full root;
-//! - two gcs at once: both succeed, and the store stays consistent.
+//! - two gcs at once: both succeed, and the store stays consistent;
+//! - gc while an apply is stopped right after building a layer (failpoint `layer-held`): the
+//!   layer stays, and the apply makes its root on it.
 //!
 //! Each race runs a few seconds (`ENVC_RACE_SECS`, default 10) so that gc's window (it decides
 //! what is in use, then removes layer after layer) is hit. Failures name the backend, the race
@@ -299,6 +301,60 @@ fn race_two_gcs(kind: Kind) {
     );
 }
 
+/// Stops an apply once its last layer, just built, is held (the failpoint `layer-held`, hit once
+/// per layer), runs gc meanwhile, then lets the apply go on: the layer is not removed under it.
+fn race_gc_while_built_layer_waits(kind: Kind) {
+    use std::process::Stdio;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let refs = references(kind);
+    let (t, specs) = fixture(kind, "race-held");
+    let mut cmd = t.cmd();
+    cmd.args(["apply", s(&specs[0])])
+        .env("ENVC_TEST_STOP_AT", "layer-held#3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let started = Instant::now();
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(false)
+    };
+    while !stopped() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "[{kind:?}] the apply did not stop at layer-held#3"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let gc = envc(&t, &["gc", "--keep-bytes", "0"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if let Err(e) = gc {
+        panic!("[{kind:?}] gc during the apply: {e}");
+    }
+    assert!(
+        out.status.success(),
+        "[{kind:?}] the apply, after gc ran while it held its layers: {stderr}"
+    );
+    assert!(
+        stderr.contains("stopped at layer-held"),
+        "[{kind:?}] the apply never stopped: {stderr}"
+    );
+    let root = t.store.join("roots/r0/root");
+    if let Some(d) = tree_diff(&refs[0], &tree(&root)) {
+        panic!("[{kind:?}] r0's root after gc ran during its apply: {d}");
+    }
+}
+
 macro_rules! on_each_backend {
     ($($name:ident => $body:ident),* $(,)?) => {
         mod overlay {
@@ -314,4 +370,5 @@ on_each_backend!(
     gc_against_applies_creating_roots => race_gc_against_applies,
     gc_against_run => race_gc_against_run,
     two_gcs_at_once => race_two_gcs,
+    gc_while_a_built_layer_waits_for_its_root => race_gc_while_built_layer_waits,
 );

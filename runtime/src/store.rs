@@ -99,6 +99,17 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// A layer was removed by a concurrent `gc` each time it was about to be used.
+    #[error(
+        "layer {} was removed by a concurrent gc {attempts} times while it was being taken into use; run again once that gc is done",
+        path.display()
+    )]
+    Vanished {
+        /// The layer.
+        path: PathBuf,
+        /// How many times it was looked for.
+        attempts: u32,
+    },
     /// A backend operation failed.
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
@@ -220,7 +231,26 @@ pub struct Store {
 }
 
 /// A held lock; released when dropped.
-pub struct Lock(#[allow(dead_code)] Flock<File>);
+pub struct Lock {
+    flock: Flock<File>,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Turns a held exclusive lock into a shared one on the same open file, so the object is
+    /// never unlocked in between by this process (flock(2) may still let a waiting exclusive
+    /// lock in during the change: re-check what the lock protects afterwards).
+    pub fn downgrade(self) -> Result<Lock, StoreError> {
+        match self.flock.relock(FlockArg::LockShared) {
+            Ok(()) => Ok(self),
+            Err(e) => Err(StoreError::Io {
+                op: "downgrade the lock",
+                path: self.path,
+                source: e.into(),
+            }),
+        }
+    }
+}
 
 impl Store {
     /// Opens (creating if needed) the store at `root`. `choice` picks the backend of a new store;
@@ -372,7 +402,7 @@ impl Store {
         let path = self.root.join("locks").join(name);
         let file = record::open_lock(&path)?;
         match Flock::lock(file, arg) {
-            Ok(l) => Ok(Some(Lock(l))),
+            Ok(flock) => Ok(Some(Lock { flock, path })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(StoreError::Io {
                 op: "lock",
@@ -441,7 +471,7 @@ impl Store {
                     FlockArg::LockShared,
                 )?
                 .ok_or_else(|| io_err("lock", &path)(io::ErrorKind::WouldBlock.into()))?;
-            let held = lock.0.metadata().map_err(io_err("inspect", &path))?;
+            let held = lock.flock.metadata().map_err(io_err("inspect", &path))?;
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => return Ok(lock),
                 Ok(_) => {}

@@ -19,6 +19,9 @@ use crate::sandbox::{Action, RootSource, Spec};
 use crate::store::{self, RootRecord, Store, StoreError};
 use crate::warning::Warning;
 
+/// How many times a layer is looked for, built or taken, when a concurrent gc keeps removing it.
+const MAX_ATTEMPTS: u32 = 5;
+
 mod apt;
 mod base;
 mod error;
@@ -99,47 +102,64 @@ impl Runtime {
         }
         let (mut built, mut cached) = (0, 0);
         for (index, layer) in plan.layers.iter().enumerate() {
-            // A symlink or a file at layers/ID is an error naming it, never used.
-            if self.store.check_sealed(&layer.id)? {
-                let shared = self.store.share_layer(&layer.id)?;
-                // gc may have removed it between the check and the lock.
+            // Every way to a shared lock ends with the layer checked sealed while the lock is
+            // held: gc removes a layer only under its exclusive lock, so a layer seen sealed
+            // under a shared lock stays. A layer gc took between a look and a lock is built
+            // again; a store whose gc keeps winning that race is an error, not a loop.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                if attempts > MAX_ATTEMPTS {
+                    return Err(ApplyError::Store(StoreError::Vanished {
+                        path: self.store.path().join("layers").join(layer.id.to_string()),
+                        attempts: MAX_ATTEMPTS,
+                    }));
+                }
+                // A symlink or a file at layers/ID is an error naming it, never used.
                 if self.store.check_sealed(&layer.id)? {
-                    held.push(shared);
-                    self.ensure_record(plan, index, sink);
-                    cached += 1;
-                    sink(Event::Cached { index, layer });
+                    let shared = self.store.share_layer(&layer.id)?;
+                    if self.store.check_sealed(&layer.id)? {
+                        held.push(shared);
+                        crate::failpoint::hit("layer-held");
+                        self.ensure_record(plan, index, sink);
+                        cached += 1;
+                        sink(Event::Cached { index, layer });
+                        break;
+                    }
                     continue;
                 }
-                drop(shared);
-            }
-            let lock = match self.store.try_lock_layer(&layer.id)? {
-                Some(l) => l,
-                None => {
-                    sink(Event::Waiting { index, layer });
-                    self.store.lock_layer(&layer.id)?
+                let lock = match self.store.try_lock_layer(&layer.id)? {
+                    Some(l) => l,
+                    None => {
+                        sink(Event::Waiting { index, layer });
+                        self.store.lock_layer(&layer.id)?
+                    }
+                };
+                if self.store.check_sealed(&layer.id)? {
+                    // Sealed by the one we waited for: taken as cached, above.
+                    continue;
                 }
-            };
-            if self.store.check_sealed(&layer.id)? {
-                drop(lock);
-                held.push(self.store.share_layer(&layer.id)?);
-                self.ensure_record(plan, index, sink);
-                cached += 1;
-                sink(Event::Cached { index, layer });
-                continue;
+                self.backend().discard(&layer.id)?;
+                sink(Event::Building { index, layer });
+                let started = Instant::now();
+                self.build(plan, index, sink)
+                    .map_err(|e| e.in_layer(index, &layer.name))?;
+                // Kept locked from the seal on: the exclusive lock becomes a shared one in place.
+                let shared = lock.downgrade()?;
+                built += 1;
+                sink(Event::Built {
+                    index,
+                    layer,
+                    secs: started.elapsed().as_secs_f64(),
+                });
+                // The kernel may let a waiting exclusive lock in between the two (flock(2)); a
+                // gc that took it and removed the layer meanwhile makes us build it again.
+                if self.store.check_sealed(&layer.id)? {
+                    held.push(shared);
+                    crate::failpoint::hit("layer-held");
+                    break;
+                }
             }
-            self.backend().discard(&layer.id)?;
-            sink(Event::Building { index, layer });
-            let started = Instant::now();
-            self.build(plan, index, sink)
-                .map_err(|e| e.in_layer(index, &layer.name))?;
-            drop(lock);
-            held.push(self.store.share_layer(&layer.id)?);
-            built += 1;
-            sink(Event::Built {
-                index,
-                layer,
-                secs: started.elapsed().as_secs_f64(),
-            });
         }
         sink(Event::Realized);
         Ok((built, cached, held))
