@@ -70,6 +70,10 @@ fn helper(args: &[OsString]) -> Option<ExitCode> {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // Descriptors inherited from whoever started envc (a shell's `7</`, a CI runner's) reach
+    // nothing envc executes: not a host tool, not mmdebstrap's maintainer scripts, not a step.
+    // Descriptors envc hands to its own helpers are claimed by them before anything is executed.
+    let _ = envc_runtime::sys::kernel().close_fds_on_exec(3);
     // Host tools run contained through this binary (in every mode, the background reaper's
     // included), and discarded trees are removed by it.
     if let Ok(exe) = std::env::current_exe() {

@@ -13,6 +13,7 @@ use nix::fcntl::OFlag;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid};
 
+use super::confine;
 use super::files::open_in_root;
 use super::protocol::{OrFail, Reporter, SandboxError, SandboxOp};
 use super::users;
@@ -50,18 +51,36 @@ fn c_strings(
         .map_err(|_| SandboxError::new(SandboxOp::Encode, what, "contains a NUL byte"))
 }
 
+/// A command to run, as the spec and the root's preparation give it.
+#[derive(Clone, Copy)]
+pub(crate) struct Invocation<'a> {
+    pub argv: &'a [String],
+    /// The environment (with the shim's LD_PRELOAD, if any).
+    pub env: &'a [(String, String)],
+    pub cwd: &'a str,
+    /// A user name or number of the root, or root.
+    pub user: Option<&'a str>,
+    pub sync: envc_plan::SyncMode,
+    /// Whether the step has the host's network (and keeps CAP_NET_RAW).
+    pub network: bool,
+}
+
 /// Runs the command in the current (pivoted) root and waits for it, reaping every other process
 /// that ends meanwhile (this process is PID 1). Returns its exit status (128 + N for signal N).
 /// A failure before the program starts is reported by its own process through `reporter`.
 pub(crate) fn run_command(
     sys: &dyn Syscall,
     reporter: &Reporter,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &str,
-    user: Option<&str>,
-    sync: envc_plan::SyncMode,
+    cmd: &Invocation<'_>,
 ) -> Result<i32, SandboxError> {
+    let Invocation {
+        argv,
+        env,
+        cwd,
+        user,
+        sync,
+        network,
+    } = *cmd;
     let user = user.map(users::find_user).transpose()?;
     let mut env: Vec<(String, String)> = env.to_vec();
     if let Some(home) = user.as_ref().and_then(|u| u.home.clone()) {
@@ -110,6 +129,8 @@ pub(crate) fn run_command(
                     sys.install_seccomp(&sys::seccomp::sync_filter())
                         .or_fail(SandboxOp::Seccomp, "the command")?;
                 }
+                // After the sync filter: installing one needs the CAP_SYS_ADMIN this drops.
+                confine::confine(sys, network)?;
                 if let Some(u) = &user {
                     sys.setgroups(&[u.gid])
                         .or_fail(SandboxOp::SetGroups, u.gid.to_string())?;

@@ -5,7 +5,6 @@
 use std::ffi::OsString;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::mount::MntFlags;
@@ -22,15 +21,14 @@ use super::protocol::{Action, OrFail, Reporter, SandboxError, SandboxOp, Spec};
 use super::users;
 use crate::sys::{self, Syscall};
 
-/// Entry point of the helper process: `envc __envc-sandbox [--report-fd N] JSON`. Returns the exit
+/// Entry point of the helper process: `envc __envc-sandbox [--report-fd N] --spec-fd M`. Returns the exit
 /// status: the command's, or [`SETUP_FAILED`] after reporting a failure.
 pub fn helper_main(args: &[OsString]) -> i32 {
     let (reporter, args) = Reporter::from_args(args);
-    // The spec comes in pieces (see `protocol::spawn`): one argument is at most 128 KiB.
-    if args.is_empty() {
-        return reporter.report(&SandboxError::new(SandboxOp::ReadSpec, "", "missing"));
-    }
-    let json: Vec<u8> = args.iter().flat_map(|a| a.as_bytes()).copied().collect();
+    let json = match super::protocol::read_spec(args) {
+        Ok(json) => json,
+        Err(e) => return reporter.report(&e),
+    };
     let spec: Spec = match serde_json::from_slice(&json) {
         Ok(spec) => spec,
         Err(e) => {
@@ -116,11 +114,14 @@ fn init(sys: &dyn Syscall, spec: &Spec, reporter: &Reporter) -> Result<i32, Sand
             let code = exec::run_command(
                 sys,
                 reporter,
-                argv,
-                &prepared.env,
-                cwd,
-                user.as_deref(),
-                *sync,
+                &exec::Invocation {
+                    argv,
+                    env: &prepared.env,
+                    cwd,
+                    user: user.as_deref(),
+                    sync: *sync,
+                    network: spec.network,
+                },
             )?;
             for c in prepared.cleanups {
                 c.undo(sys);
@@ -165,14 +166,14 @@ pub(crate) fn prepare(sys: &dyn Syscall, spec: &Spec) -> Result<Prepared, Sandbo
         ));
     };
     let root = enter_root(sys, spec)?;
-    mounts::mount_system(sys, &root, &spec.binds)?;
+    mounts::mount_system(sys, &root, &spec.binds, !spec.network)?;
     let mut env = env.clone();
     if *sync == envc_plan::SyncMode::Shim {
         env = exec::install_shim(&root, env)?;
     }
     let mut cleanups = Vec::new();
     if spec.network
-        && let Some(c) = mounts::bind_resolv_conf(sys, &root)?
+        && let Some(c) = mounts::provide_resolv_conf(sys, &root)?
     {
         cleanups.push(c);
     }

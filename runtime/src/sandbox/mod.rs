@@ -13,6 +13,7 @@
 //!
 //! - [`protocol`]: what passes between envc and the helper (the spec, the typed error).
 //! - `helper`: the order of the helper's work.
+//! - `confine`: what the step's command may do (capabilities, seccomp, descriptors, keyring).
 //! - `contain`: host tools (mmdebstrap, tar, ...) in mount and PID namespaces of their own
 //!   (`envc __envc-contain`), so they never leave a mount on the host or outlive envc.
 //! - `mounts`: the mount sequence.
@@ -22,6 +23,7 @@
 //! - `exec`: the command itself.
 #![forbid(unsafe_code)]
 
+mod confine;
 mod contain;
 mod copy;
 mod exec;

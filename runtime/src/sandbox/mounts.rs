@@ -7,6 +7,7 @@
 //! symlinks.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
@@ -95,16 +96,51 @@ const LINKS: &[(&str, &str)] = &[
     ("stderr", "/proc/self/fd/2"),
 ];
 
+/// Paths of `/proc` a step may read but not change (Docker's read-only paths).
+const PROC_READ_ONLY: &[&str] = &[
+    "proc/sys",
+    "proc/sysrq-trigger",
+    "proc/irq",
+    "proc/bus",
+    "proc/fs",
+];
+
+/// Paths of `/proc` and `/sys` a step does not see: files read as `/dev/null`, directories as an
+/// empty read-only tmpfs (Docker's masked paths).
+const MASKED: &[&str] = &[
+    "proc/kcore",
+    "proc/keys",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/latency_stats",
+    "proc/acpi",
+    "proc/asound",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+
+/// Who may open ICMP echo ("ping") sockets: every group. Written in the step's own network
+/// namespace only, so `ping` works on loopback without CAP_NET_RAW.
+const PING_GROUP_RANGE: &str = "proc/sys/net/ipv4/ping_group_range";
+
 /// Mounts what a command expects inside the root: `/proc`, read-only `/sys`, a tmpfs `/tmp`, a
-/// tmpfs `/dev` with the usual nodes, links, `devpts` and `/dev/shm`; then the binds.
+/// tmpfs `/dev` with the usual nodes, links, `devpts` and `/dev/shm`; then the binds; then
+/// `/proc`'s and `/sys`'s sensitive paths made read-only or masked. `own_network`: the step runs
+/// in a network namespace of its own, whose ping sockets are opened to every group.
 pub(crate) fn mount_system(
     sys: &dyn Syscall,
     root: &OwnedFd,
     binds: &[Bind],
+    own_network: bool,
 ) -> Result<(), SandboxError> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let src = |s: &'static str| Some(Path::new(s));
     mount_on(sys, root, "proc", src("proc"), Some("proc"), nodev, None)?;
+    if own_network {
+        open_ping_sockets(root)?;
+    }
     mount_on(
         sys,
         root,
@@ -183,24 +219,118 @@ pub(crate) fn mount_system(
             .or_fail(SandboxOp::RemountReadOnly, &b.target)?;
         }
     }
+    protect_proc_and_sys(sys, root)
+}
+
+/// Writes [`PING_GROUP_RANGE`]; a kernel without it is left alone.
+fn open_ping_sockets(root: &OwnedFd) -> Result<(), SandboxError> {
+    let shown = format!("/{PING_GROUP_RANGE}");
+    let file = match open_in_root(root, PING_GROUP_RANGE, OFlag::O_WRONLY | OFlag::O_TRUNC) {
+        Ok(f) => f,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e).or_fail(SandboxOp::PingGroupRange, shown),
+    };
+    std::fs::File::from(file)
+        .write_all(b"0 2147483647\n")
+        .or_fail(SandboxOp::PingGroupRange, shown)
+}
+
+/// Makes [`PROC_READ_ONLY`] read-only and hides [`MASKED`] (paths the kernel does not have are
+/// skipped). Without CAP_SYS_ADMIN and with mount calls refused, the step cannot undo either.
+fn protect_proc_and_sys(sys: &dyn Syscall, root: &OwnedFd) -> Result<(), SandboxError> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let open = |path: &str| match open_in_root(root, path, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e).or_fail(SandboxOp::Open, format!("/{path}")),
+    };
+    for path in PROC_READ_ONLY {
+        let Some(fd) = open(path)? else { continue };
+        let at = fd_path(&fd);
+        sys.mount(
+            Some(Path::new(&at)),
+            Path::new(&at),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .or_fail(SandboxOp::RemountReadOnly, format!("/{path}"))?;
+        // The bind is a new mount on the path: reopened, it is what gets remounted.
+        let Some(fd) = open(path)? else { continue };
+        sys.mount(
+            None,
+            Path::new(&fd_path(&fd)),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev,
+            None,
+        )
+        .or_fail(SandboxOp::RemountReadOnly, format!("/{path}"))?;
+    }
+    let null = open("dev/null")?;
+    for path in MASKED {
+        let Some(fd) = open(path)? else { continue };
+        let is_dir = nix::sys::stat::fstat(&fd)
+            .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+            .or_fail(SandboxOp::Mask, format!("/{path}"))?;
+        let at = fd_path(&fd);
+        let done = if is_dir {
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                Path::new(&at),
+                Some("tmpfs"),
+                nodev | MsFlags::MS_RDONLY,
+                Some("mode=0555,size=4k"),
+            )
+        } else {
+            let Some(null) = &null else {
+                return Err(SandboxError::new(
+                    SandboxOp::Mask,
+                    format!("/{path}"),
+                    "/dev/null is missing",
+                ));
+            };
+            sys.mount(
+                Some(Path::new(&fd_path(null))),
+                Path::new(&at),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
+        };
+        done.or_fail(SandboxOp::Mask, format!("/{path}"))?;
+    }
     Ok(())
 }
 
 /// The root's resolver configuration.
 pub(crate) const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// Bind-mounts the host's resolv.conf onto the root's for the step. A root whose resolv.conf is a
+/// The longest host resolver configuration copied into a step.
+const MAX_RESOLV_CONF: u64 = 64 * 1024;
+
+/// Where the copy is made before it is mounted: the step's own `/dev` tmpfs; the name is removed
+/// again once the copy is mounted.
+const RESOLV_COPY: &str = ".envc-resolv.conf";
+
+/// Gives a step with network a read-only copy of the host's resolv.conf (never the host's file
+/// itself) at the root's `/etc/resolv.conf`, for the step only. A root whose resolv.conf is a
 /// symlink (e.g. to a resolver stub) is left alone.
-pub(crate) fn bind_resolv_conf(
+pub(crate) fn provide_resolv_conf(
     sys: &dyn Syscall,
     root: &OwnedFd,
 ) -> Result<Option<Cleanup>, SandboxError> {
-    let host = Path::new(RESOLV_CONF);
-    if !host.exists() {
-        return Ok(None);
-    }
     let fail = |e: nix::errno::Errno| {
         SandboxError::io(SandboxOp::ProvideResolvConf, RESOLV_CONF, &e.into())
+    };
+    let content = match std::fs::File::open(RESOLV_CONF) {
+        Ok(f) => {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_RESOLV_CONF), &mut content)
+                .or_fail(SandboxOp::ProvideResolvConf, RESOLV_CONF)?;
+            content
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).or_fail(SandboxOp::ProvideResolvConf, RESOLV_CONF),
     };
     let etc = mkdir_in_root(root, "etc", 0o755).map_err(fail)?;
     let created = match nix::sys::stat::fstatat(
@@ -222,18 +352,38 @@ pub(crate) fn bind_resolv_conf(
         }
         Err(e) => return Err(fail(e)),
     };
-    let fd = nix::fcntl::openat(
+    let dev = open_in_root(root, "dev", OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+        .or_fail(SandboxOp::Open, "/dev")?;
+    let copy = nix::fcntl::openat(
+        &dev,
+        RESOLV_COPY,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(fail)?;
+    std::fs::File::from(copy)
+        .write_all(&content)
+        .or_fail(SandboxOp::ProvideResolvConf, RESOLV_CONF)?;
+    let copy = nix::fcntl::openat(
+        &dev,
+        RESOLV_COPY,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    let target = nix::fcntl::openat(
         &etc,
         "resolv.conf",
         OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
     .map_err(fail)?;
+    let bind = MsFlags::MS_BIND;
     sys.mount(
-        Some(host),
-        Path::new(&fd_path(&fd)),
+        Some(Path::new(&fd_path(&copy))),
+        Path::new(&fd_path(&target)),
         None,
-        MsFlags::MS_BIND,
+        bind,
         None,
     )
     .or_fail(
@@ -242,6 +392,23 @@ pub(crate) fn bind_resolv_conf(
         },
         RESOLV_CONF,
     )?;
+    let mounted = nix::fcntl::openat(
+        &etc,
+        "resolv.conf",
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    sys.mount(
+        None,
+        Path::new(&fd_path(&mounted)),
+        None,
+        bind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
+    .or_fail(SandboxOp::RemountReadOnly, RESOLV_CONF)?;
+    nix::unistd::unlinkat(&dev, RESOLV_COPY, nix::unistd::UnlinkatFlags::NoRemoveDir)
+        .map_err(fail)?;
     Ok(Some(Cleanup {
         unmount: Some(RESOLV_CONF),
         remove: created.then_some(RESOLV_CONF),

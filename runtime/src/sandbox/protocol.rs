@@ -1,7 +1,8 @@
 //! The contract between envc and its sandbox helper: the spec that goes in, the exit status or
 //! typed error that comes back.
 //!
-//! envc starts the helper as `envc __envc-sandbox --report-fd N JSON`. File descriptor N is the
+//! envc starts the helper as `envc __envc-sandbox --report-fd N --spec-fd M`. Descriptor M is a
+//! sealed memory file holding the JSON [`Spec`]. File descriptor N is the
 //! write end of a pipe only the helper and its own processes hold: the helper marks it
 //! close-on-exec, so the command never inherits it. A setup failure is written there as one
 //! JSON [`SandboxError`]; an empty pipe means the exit status is the command's, whatever it is
@@ -11,11 +12,13 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use nix::sys::stat::SFlag;
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
@@ -25,6 +28,14 @@ pub const HELPER_ARG: &str = "__envc-sandbox";
 
 /// The helper's option naming the file descriptor it reports a setup failure on.
 pub const REPORT_FD_ARG: &str = "--report-fd";
+
+/// The helper's option naming the file descriptor it reads its spec from: a sealed memory file,
+/// so the spec is neither in the helper's (or the sandbox init's) command line nor bounded by
+/// the kernel's argument limits.
+pub const SPEC_FD_ARG: &str = "--spec-fd";
+
+/// The longest spec the helper reads.
+pub const MAX_SPEC_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Exit status of the helper when it fails (the report says why; without a report channel,
 /// its stderr does).
@@ -195,6 +206,18 @@ pub enum SandboxOp {
     SetUid,
     /// Execute the program.
     Exec,
+    /// Install the confinement seccomp filter.
+    Confine,
+    /// Lower the capability sets.
+    DropCapabilities,
+    /// Start a session keyring of the command's own.
+    SessionKeyring,
+    /// Keep inherited descriptors from the command.
+    CloseDescriptors,
+    /// Hide a path of /proc or /sys.
+    Mask,
+    /// Open ICMP echo sockets to every group in the step's network namespace.
+    PingGroupRange,
 }
 
 impl fmt::Display for SandboxOp {
@@ -236,6 +259,12 @@ impl fmt::Display for SandboxOp {
             SandboxOp::SetGid => "set gid to",
             SandboxOp::SetUid => "set uid to",
             SandboxOp::Exec => "execute",
+            SandboxOp::Confine => "install the confinement seccomp filter for",
+            SandboxOp::DropCapabilities => "lower the capabilities of",
+            SandboxOp::SessionKeyring => "start a session keyring for",
+            SandboxOp::CloseDescriptors => "close the inherited descriptors of",
+            SandboxOp::Mask => "mask",
+            SandboxOp::PingGroupRange => "allow ping sockets in",
         };
         f.write_str(s)
     }
@@ -356,12 +385,15 @@ pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> Result<Running, Sandb
     let json = serde_json::to_string(spec)
         .map_err(|e| SandboxError::new(SandboxOp::StartHelper, &object, e.to_string()))?;
     let (report, writer) = io::pipe().or_fail(SandboxOp::StartHelper, &object)?;
+    let spec_file = spec_file(&json).or_fail(SandboxOp::StartHelper, "the sandbox spec")?;
     let mut cmd = Command::new(helper);
     let fd = sys::pass_fd(&mut cmd, writer.into()).or_fail(SandboxOp::StartHelper, &object)?;
+    let spec_fd = sys::pass_fd(&mut cmd, spec_file).or_fail(SandboxOp::StartHelper, &object)?;
     cmd.arg(HELPER_ARG)
         .arg(REPORT_FD_ARG)
         .arg(fd.to_string())
-        .args(spec_pieces(&json))
+        .arg(SPEC_FD_ARG)
+        .arg(spec_fd.to_string())
         .env_clear();
     match stdio {
         Stdio3::Inherit => {}
@@ -380,25 +412,43 @@ pub fn spawn(helper: &Path, spec: &Spec, stdio: Stdio3) -> Result<Running, Sandb
     })
 }
 
-/// The longest argument the kernel passes to a program is 128 KiB (MAX_ARG_STRLEN): a spec (a
-/// long script) is passed as several arguments the helper joins again, each cut at a character
-/// boundary. All of them together are bounded by a quarter of the stack limit; past that the
-/// helper does not start, an error naming it.
-fn spec_pieces(json: &str) -> Vec<&str> {
-    const PIECE: usize = 64 * 1024;
-    let mut pieces = Vec::with_capacity(json.len() / PIECE + 1);
-    let mut rest = json;
-    while rest.len() > PIECE {
-        let mut cut = PIECE;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let (piece, tail) = rest.split_at(cut);
-        pieces.push(piece);
-        rest = tail;
+/// A memory file holding `json`, sealed against change, read from its start.
+fn spec_file(json: &str) -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "envc-sandbox-spec",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut file = File::from(fd);
+    file.write_all(json.as_bytes())?;
+    file.seek(io::SeekFrom::Start(0))?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )?;
+    Ok(file.into())
+}
+
+/// Reads the spec from the descriptor named by `--spec-fd N` at the start of `args`.
+pub(crate) fn read_spec(args: &[OsString]) -> Result<Vec<u8>, SandboxError> {
+    let fail = |why: &str| SandboxError::new(SandboxOp::ReadSpec, SPEC_FD_ARG, why);
+    if args.first().is_none_or(|a| a != SPEC_FD_ARG) {
+        return Err(fail("missing"));
     }
-    pieces.push(rest);
-    pieces
+    let fd = args
+        .get(1)
+        .and_then(|n| std::str::from_utf8(n.as_bytes()).ok()?.parse().ok())
+        .and_then(|fd| sys::take_fd(fd, SFlag::S_IFREG))
+        .ok_or_else(|| fail("not a file descriptor of a spec file"))?;
+    let mut json = Vec::new();
+    File::from(fd)
+        .take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut json)
+        .or_fail(SandboxOp::ReadSpec, SPEC_FD_ARG)?;
+    if json.len() as u64 > MAX_SPEC_BYTES {
+        return Err(fail("longer than 64 MiB"));
+    }
+    Ok(json)
 }
 
 /// Runs `spec` with the caller's stdin, stdout and stderr and waits for it.
@@ -420,7 +470,7 @@ impl Reporter {
             let channel = args
                 .get(1)
                 .and_then(|n| std::str::from_utf8(n.as_bytes()).ok()?.parse().ok())
-                .and_then(sys::take_fd)
+                .and_then(|fd| sys::take_fd(fd, SFlag::S_IFIFO))
                 .map(File::from);
             return (Reporter { channel }, args.get(2..).unwrap_or_default());
         }
@@ -495,13 +545,14 @@ mod tests {
     }
 
     #[test]
-    fn a_long_spec_is_cut_into_pieces_at_character_boundaries() {
+    fn the_spec_file_holds_the_spec_and_cannot_change() {
         let json = format!("\"{}\"", "é".repeat(100_000));
-        let pieces = spec_pieces(&json);
-        assert!(pieces.len() > 2, "{}", pieces.len());
-        assert!(pieces.iter().all(|p| p.len() <= 64 * 1024));
-        assert_eq!(pieces.concat(), json);
-        assert_eq!(spec_pieces("{}"), ["{}"]);
+        let mut file = File::from(spec_file(&json).unwrap());
+        let mut back = String::new();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, json);
+        assert!(file.write_all(b"x").is_err(), "the spec file is sealed");
+        assert!(file.set_len(0).is_err(), "the spec file is sealed");
     }
 
     #[test]

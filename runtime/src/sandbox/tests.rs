@@ -309,7 +309,7 @@ fn a_dir_root_is_bind_mounted_onto_itself() {
 }
 
 #[test]
-fn with_network_the_hosts_resolv_conf_is_bound_and_loopback_left_alone() {
+fn with_network_a_read_only_copy_of_resolv_conf_is_bound_and_loopback_left_alone() {
     if !Path::new("/etc/resolv.conf").exists() {
         eprintln!("skipped: this host has no /etc/resolv.conf");
         return;
@@ -320,21 +320,40 @@ fn with_network_the_hosts_resolv_conf_is_bound_and_loopback_left_alone() {
     prepare(&fake, &spec(RootSource::Dir, &root, true)).unwrap();
     let calls = normalized(&fake, &root);
     assert!(!calls.contains(&Call::LoopbackUp));
-    let resolv = mount(
-        Some("/etc/resolv.conf"),
-        "@/etc/resolv.conf",
-        None,
-        MsFlags::MS_BIND,
-        None,
-    );
     let at = calls
         .iter()
-        .position(|c| *c == resolv)
+        .position(|c| {
+            matches!(c, Call::Mount { target, flags, .. }
+                if target == "@/etc/resolv.conf" && *flags == MsFlags::MS_BIND)
+        })
         .expect("resolv.conf bind");
+    // The source is the step's own copy (named by a descriptor), never the host's file.
+    let Call::Mount { source, .. } = &calls[at] else {
+        unreachable!()
+    };
+    let source = source.as_deref().unwrap();
+    assert!(source.starts_with("/proc/self/fd/"), "{source}");
+    assert_eq!(
+        calls[at + 1],
+        mount(
+            None,
+            "@/etc/resolv.conf",
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None
+        ),
+        "made read-only"
+    );
+    // The copy's name is gone once it is mounted.
+    assert!(!root.join("dev/.envc-resolv.conf").exists());
     let hostname = Call::Sethostname {
         name: "envc".into(),
     };
-    assert_eq!(calls[at + 1], hostname, "bound before the pivot");
+    assert_eq!(calls[at + 2], hostname, "bound before the pivot");
 }
 
 #[test]

@@ -98,6 +98,10 @@ pub enum Call {
         cap: u32,
     },
     ClearAmbientCapabilities,
+    CloseFdsOnExec {
+        from: u32,
+    },
+    JoinNewSessionKeyring,
 }
 
 /// A recorded call and, when its target was a `/proc/self/fd/N` path, what that path named when
@@ -387,6 +391,14 @@ impl Syscall for RecordingSyscall {
 
     fn clear_ambient_capabilities(&self) -> io::Result<()> {
         self.record(Call::ClearAmbientCapabilities, None)
+    }
+
+    fn close_fds_on_exec(&self, from: u32) -> io::Result<()> {
+        self.record(Call::CloseFdsOnExec { from }, None)
+    }
+
+    fn join_new_session_keyring(&self) -> io::Result<()> {
+        self.record(Call::JoinNewSessionKeyring, None)
     }
 }
 

@@ -10,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
@@ -301,6 +300,59 @@ impl Syscall for LinuxSyscall {
     fn clear_ambient_capabilities(&self) -> io::Result<()> {
         Ok(rustix::thread::clear_ambient_capability_set()?)
     }
+
+    fn close_fds_on_exec(&self, from: u32) -> io::Result<()> {
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        // SAFETY: close_range takes three integers and touches no memory of ours; with
+        // CLOSE_RANGE_CLOEXEC it closes nothing, so no descriptor an owner still uses goes away.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                libc::c_uint::from(from),
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+            return Err(err);
+        }
+        // Kernels before 5.11: every open descriptor, one by one.
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd: &i32| u32::try_from(fd).is_ok_and(|fd| fd >= from))
+            .collect();
+        for fd in fds {
+            // SAFETY: F_SETFD on a number changes only that descriptor's flags; a number closed
+            // meanwhile (the directory listing's own) gives EBADF, which is ignored.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        Ok(())
+    }
+
+    fn join_new_session_keyring(&self) -> io::Result<()> {
+        const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+        // SAFETY: a NULL name asks for a new anonymous keyring; the kernel reads no memory.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            )
+        };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            // A kernel without keys has no keyring to share either.
+            if err.raw_os_error() == Some(libc::ENOSYS) {
+                return Ok(());
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
 }
 
 /// Hands `fd` to the process `cmd` starts, at the same number, which this returns: the hook run
@@ -333,21 +385,25 @@ pub fn pass_fd(cmd: &mut Command, fd: OwnedFd) -> io::Result<RawFd> {
     Ok(at)
 }
 
-static TAKEN: AtomicBool = AtomicBool::new(false);
+/// The descriptors [`take_fd`] gave away.
+static TAKEN: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
 
-/// Takes ownership of the pipe this process was given as file descriptor `fd` (see [`pass_fd`])
-/// and marks it close-on-exec, so nothing this process executes inherits it. `None` if it is not
-/// open, not a pipe, or was already taken.
-pub fn take_fd(fd: RawFd) -> Option<OwnedFd> {
-    if TAKEN.swap(true, Ordering::SeqCst) {
+/// Takes ownership of the descriptor this process was given as `fd` (see [`pass_fd`]), which
+/// must be of type `kind` (`S_IFIFO` for a pipe, `S_IFREG` for a file), and marks it
+/// close-on-exec, so nothing this process executes inherits it. `None` if it is not open, of
+/// another type, or was already taken.
+pub fn take_fd(fd: RawFd, kind: SFlag) -> Option<OwnedFd> {
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&fd) {
         return None;
     }
     // SAFETY: `fd` is only borrowed for the duration of the fstat; fstat fails cleanly (EBADF)
     // if it is not open.
     let st = nix::sys::stat::fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != kind {
         return None;
     }
+    taken.push(fd);
     // SAFETY: `fd` is open (fstat succeeded) and reserved by the protocol between this process and
     // its parent for this one use; TAKEN makes sure it is claimed only once, so no other owner
     // exists in this process.

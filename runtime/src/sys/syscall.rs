@@ -125,6 +125,14 @@ pub trait Syscall {
 
     /// `prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)`.
     fn clear_ambient_capabilities(&self) -> io::Result<()>;
+
+    /// Marks every descriptor from `from` on close-on-exec (`close_range(2)` with
+    /// `CLOSE_RANGE_CLOEXEC`), so that an exec keeps only those below it.
+    fn close_fds_on_exec(&self, from: u32) -> io::Result<()>;
+
+    /// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session keyring for the
+    /// calling process.
+    fn join_new_session_keyring(&self) -> io::Result<()>;
 }
 
 /// A thread's capability sets, one bit per capability number (`1 << CAP_SYS_ADMIN`, ...).
