@@ -2,8 +2,11 @@
 //!
 //! A fresh single-threaded helper process (`envc __envc-sandbox`) makes new mount, PID, UTS and
 //! IPC namespaces (and a network namespace with only loopback unless the step allows network),
-//! mounts the root, and forks an init (PID 1) that sets up `/proc`, a minimal `/dev`, read-only
-//! `/sys` and a tmpfs `/tmp`, pivots into the root and runs the command as PID 2.
+//! mounts the root, and forks an init (PID 1) that sets up `/proc` (its sensitive paths read-only
+//! or masked), a minimal `/dev`, read-only `/sys` and a tmpfs `/tmp`, pivots into the root and runs
+//! the command as PID 2, confined: a reduced capability set, a seccomp filter, no inherited
+//! descriptor, a keyring of its own (`confine`). The spec comes through a sealed memory file,
+//! never the command line.
 //!
 //! Every mount lives in the helper's mount namespace and disappears with it, so a killed build
 //! leaves no mount behind on the host. Every path inside the root is resolved inside the root

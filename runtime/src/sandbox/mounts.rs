@@ -1,6 +1,7 @@
 //! The mount sequence that makes a directory the step's root: private propagation, the root
 //! itself (an overlay or a bind mount), `/proc`, `/sys`, `/tmp`, a minimal `/dev`, the spec's
-//! binds, the host's resolv.conf, then the pivot into it.
+//! binds, `/proc`'s and `/sys`'s sensitive paths read-only or masked, a read-only copy of the
+//! host's resolv.conf for steps with network, then the pivot into it.
 //!
 //! Every target inside the root is a directory resolved inside the root and named to the kernel
 //! as `/proc/self/fd/N`, never a host path joined from strings: build steps control the root's
