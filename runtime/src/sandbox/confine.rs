@@ -8,23 +8,21 @@
 use super::protocol::{OrFail, SandboxError, SandboxOp};
 use crate::sys::{self, Caps, Syscall};
 
-/// CAP_NET_RAW: kept only by steps with network.
-pub(crate) const CAP_NET_RAW: u32 = 13;
-
-/// The capabilities a step keeps (Docker's default set without MKNOD and NET_RAW): CHOWN,
-/// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT,
+/// The capabilities a step keeps (Docker's default set without MKNOD): CHOWN, DAC_OVERRIDE,
+/// FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT,
 /// AUDIT_WRITE, SETFCAP. Package managers and builds need these: dpkg changes owners and modes,
 /// apt and su change users, postinst scripts set file capabilities. Device nodes cannot be made:
 /// a step's `/dev` is a fresh tmpfs with the usual nodes, and a layer never holds one.
-pub(crate) const KEPT: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31];
+///
+/// NET_RAW is kept in every step, with network or not: the kernel refuses to execute a program
+/// whose file capabilities are outside the bounding set (Debian's `ping` carries
+/// `cap_net_raw=ep`), so without it such programs cannot even start. A step without network
+/// reaches only the loopback of its own network namespace with it.
+pub(crate) const KEPT: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31];
 
-/// The capability mask a step keeps, with or without network.
-pub(crate) fn kept_mask(network: bool) -> u64 {
-    let mut mask = KEPT.iter().fold(0u64, |m, c| m | 1 << c);
-    if network {
-        mask |= 1 << CAP_NET_RAW;
-    }
-    mask
+/// The capability mask a step keeps.
+pub(crate) fn kept_mask() -> u64 {
+    KEPT.iter().fold(0u64, |m, c| m | 1 << c)
 }
 
 /// The highest capability number tried when the bounding set is lowered (the kernel answers
@@ -32,14 +30,14 @@ pub(crate) fn kept_mask(network: bool) -> u64 {
 const MAX_CAP: u32 = 63;
 
 /// Confines the calling process (the command's, about to exec).
-pub(crate) fn confine(sys: &dyn Syscall, network: bool) -> Result<(), SandboxError> {
+pub(crate) fn confine(sys: &dyn Syscall) -> Result<(), SandboxError> {
     sys.join_new_session_keyring()
         .or_fail(SandboxOp::SessionKeyring, "the command")?;
     sys.close_fds_on_exec(3)
         .or_fail(SandboxOp::CloseDescriptors, "the command")?;
     sys.install_seccomp(&sys::seccomp::confine_filter())
         .or_fail(SandboxOp::Confine, "the command")?;
-    let keep = kept_mask(network);
+    let keep = kept_mask();
     for cap in 0..=MAX_CAP {
         if keep & (1 << cap) != 0 {
             continue;

@@ -61,8 +61,6 @@ pub(crate) struct Invocation<'a> {
     /// A user name or number of the root, or root.
     pub user: Option<&'a str>,
     pub sync: envc_plan::SyncMode,
-    /// Whether the step has the host's network (and keeps CAP_NET_RAW).
-    pub network: bool,
 }
 
 /// Runs the command in the current (pivoted) root and waits for it, reaping every other process
@@ -79,7 +77,6 @@ pub(crate) fn run_command(
         cwd,
         user,
         sync,
-        network,
     } = *cmd;
     let user = user.map(users::find_user).transpose()?;
     let mut env: Vec<(String, String)> = env.to_vec();
@@ -130,7 +127,7 @@ pub(crate) fn run_command(
                         .or_fail(SandboxOp::Seccomp, "the command")?;
                 }
                 // After the sync filter: installing one needs the CAP_SYS_ADMIN this drops.
-                confine::confine(sys, network)?;
+                confine::confine(sys)?;
                 if let Some(u) = &user {
                     sys.setgroups(&[u.gid])
                         .or_fail(SandboxOp::SetGroups, u.gid.to_string())?;

@@ -120,7 +120,6 @@ fn init(sys: &dyn Syscall, spec: &Spec, reporter: &Reporter) -> Result<i32, Sand
                     cwd,
                     user: user.as_deref(),
                     sync: *sync,
-                    network: spec.network,
                 },
             )?;
             for c in prepared.cleanups {
