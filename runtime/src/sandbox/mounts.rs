@@ -54,6 +54,16 @@ pub(crate) fn mount_root(sys: &dyn Syscall, spec: &Spec) -> Result<OwnedFd, Sand
             .mount(Some(mp), mp, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
             .or_fail(SandboxOp::BindRoot, mp.display().to_string())?,
     }
+    // Device nodes in the root (a tar base may carry any) open nothing: the step's devices are
+    // those of its own `/dev`. Setuid programs keep working.
+    sys.mount(
+        None,
+        mp,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+        None,
+    )
+    .or_fail(SandboxOp::RemountNoDev, mp.display().to_string())?;
     open_dir(mp).or_fail(SandboxOp::Open, mp.display().to_string())
 }
 

@@ -208,6 +208,8 @@ pub enum SandboxOp {
     Exec,
     /// Install the confinement seccomp filter.
     Confine,
+    /// Make the root's device nodes unusable.
+    RemountNoDev,
     /// Lower the capability sets.
     DropCapabilities,
     /// Start a session keyring of the command's own.
@@ -264,6 +266,7 @@ impl fmt::Display for SandboxOp {
             SandboxOp::SessionKeyring => "start a session keyring for",
             SandboxOp::CloseDescriptors => "close the inherited descriptors of",
             SandboxOp::Mask => "mask",
+            SandboxOp::RemountNoDev => "ignore device nodes in the root at",
             SandboxOp::PingGroupRange => "allow ping sockets in",
         };
         f.write_str(s)

@@ -281,6 +281,13 @@ fn an_overlay_root_gets_the_whole_mount_sequence_through_in_root_paths() {
             work: "/store/work".into(),
             target: mp.into(),
         },
+        mount(
+            None,
+            mp,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+            None,
+        ),
         Call::LoopbackUp,
     ];
     want.extend(system_and_pivot(mp));
@@ -302,6 +309,13 @@ fn a_dir_root_is_bind_mounted_onto_itself() {
     let mut want = vec![
         private(),
         mount(Some(mp), mp, None, MsFlags::MS_BIND | MsFlags::MS_REC, None),
+        mount(
+            None,
+            mp,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+            None,
+        ),
         Call::LoopbackUp,
     ];
     want.extend(system_and_pivot(mp));
@@ -417,7 +431,7 @@ fn a_failed_read_only_remount_names_the_bind() {
     let t = TempDir::new();
     let root = t.root();
     let fake = RecordingSyscall::failing(
-        |c| matches!(c, Call::Mount { flags, .. } if flags.contains(MsFlags::MS_REMOUNT)),
+        |c| matches!(c, Call::Mount { flags, .. } if flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)),
         libc::EACCES,
     );
     let e = prepare(&fake, &spec(RootSource::Dir, &root, false)).unwrap_err();
