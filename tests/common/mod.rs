@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod hostile;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
