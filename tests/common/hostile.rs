@@ -25,12 +25,10 @@ pub const PROBE32: &str = "/usr/bin/envc-probe32";
 /// The architectures the probe is built for, as it names them in its output.
 pub const ARCHS: [&str; 2] = ["x86_64", "i386"];
 
-/// The capabilities a step keeps (as root): the set container runtimes give (Docker's default
-/// without MKNOD and NET_RAW).
-pub const STEP_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31];
-
-/// CAP_NET_RAW: kept only by steps with the host's network.
-pub const CAP_NET_RAW: u32 = 13;
+/// The capabilities a step keeps (as root): Docker's default set without MKNOD. NET_RAW is kept
+/// with or without network: the kernel refuses to execute a program whose file capabilities
+/// exceed the bounding set (Debian's ping carries cap_net_raw=ep).
+pub const STEP_CAPS: &[u32] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 29, 31];
 
 /// Capability names by number (linux/capability.h).
 pub const CAP_NAMES: [&str; 41] = [
@@ -77,14 +75,10 @@ pub const CAP_NAMES: [&str; 41] = [
     "CHECKPOINT_RESTORE",
 ];
 
-/// The bounding, permitted and effective set of a root step: [`STEP_CAPS`], plus NET_RAW with
-/// network.
-pub fn expected_caps(network: bool) -> u64 {
-    let mut mask = STEP_CAPS.iter().fold(0u64, |m, c| m | 1 << c);
-    if network {
-        mask |= 1 << CAP_NET_RAW;
-    }
-    mask
+/// The bounding, permitted and effective set of a root step: [`STEP_CAPS`], with network or
+/// without.
+pub fn expected_caps() -> u64 {
+    STEP_CAPS.iter().fold(0u64, |m, c| m | 1 << c)
 }
 
 /// The names of the capabilities in `mask`.
@@ -243,7 +237,7 @@ pub fn judge(output: &str, network: bool, host_resolv: Option<&[u8]>) -> Vec<Str
             ));
         }
     }
-    let caps = expected_caps(network);
+    let caps = expected_caps();
     for arch in ARCHS {
         let fact = |k: &str| facts.get(&format!("{arch}.status.{k}")).map(String::as_str);
         // Sets with the same wrong value are one failure: "CapBnd/CapPrm/CapEff".

@@ -212,9 +212,9 @@ impl Runtime {
                 mountpoint: build.mountpoint.clone(),
                 network: *network,
                 binds: vec![],
-                tmp_files: vec![],
+                tmp_files: long_command_file(command),
                 action: Action::Exec {
-                    argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+                    argv: shell_argv(command),
                     env,
                     cwd,
                     user: user.clone(),
@@ -333,5 +333,31 @@ fn exit_reason(code: i32) -> String {
             c - 128
         ),
         c => format!("exit status {c}"),
+    }
+}
+
+/// Commands up to this long are given to `sh -c` as they are; longer ones would pass the kernel's
+/// limit for one argument (128 KiB, E2BIG at exec).
+const MAX_INLINE_COMMAND: usize = 64 * 1024;
+
+/// Where a longer command is written: the step's own `/tmp` (a fresh tmpfs), then sourced.
+const LONG_COMMAND_FILE: &str = ".envc-run";
+
+/// The shell's arguments for a `run` command.
+fn shell_argv(command: &str) -> Vec<String> {
+    let script = if command.len() > MAX_INLINE_COMMAND {
+        format!(". /tmp/{LONG_COMMAND_FILE}")
+    } else {
+        command.to_owned()
+    };
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// The file in `/tmp` that holds a long `run` command, if it is one.
+fn long_command_file(command: &str) -> Vec<(String, String)> {
+    if command.len() > MAX_INLINE_COMMAND {
+        vec![(LONG_COMMAND_FILE.to_owned(), command.to_owned())]
+    } else {
+        vec![]
     }
 }
