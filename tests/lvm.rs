@@ -64,7 +64,15 @@ const LVM_TESTS: &[Test] = &[
         "a_store_on_a_loop_file_volume_group",
         a_store_on_a_loop_file_volume_group,
     ),
+    ("hostile_steps_are_confined", hostile_steps_are_confined),
 ];
+
+/// The hostile-step suite of tests/confine.rs (issue 11) on LVM: the same attacks as `run`
+/// steps and through `envc run`, and the host side (the store 0700, working roots mounted
+/// nosuid,nodev, a setuid file in a root not executable by an unprivileged user).
+fn hostile_steps_are_confined() {
+    common::hostile::hostile_steps(Kind::Lvm);
+}
 
 fn tests() -> Vec<(String, Box<dyn Fn()>)> {
     let mut all: Vec<(String, Box<dyn Fn()>)> = Vec::new();

@@ -17,6 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use super::crash::{Tree, tree, tree_diff};
+use super::{Kind, Run, TestStore};
 
 /// Where the probes are inside a root.
 pub const PROBE: &str = "/usr/bin/envc-probe";
@@ -528,4 +529,260 @@ impl HostFile {
         }
         (!what.is_empty()).then(|| format!("{}: {}", self.path.display(), what.join("; ")))
     }
+}
+
+// The whole suite, per backend (tests/confine.rs; tests/lvm.rs in the VM).
+
+pub const BASE: &str = "base \"tar\" \"busybox.tar.gz\"\n";
+
+/// The setuid-root file a step leaves in the root.
+const SUID: &str = "suid";
+
+pub fn backend(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Overlay => "overlay",
+        Kind::Btrfs => "btrfs",
+        Kind::Lvm => "lvm",
+    }
+}
+
+/// The layers of a spec in order: (name, id), from `envc plan --json`.
+fn plan(t: &TestStore, spec: &Path) -> Vec<(String, String)> {
+    let r = t.envc(&["plan", "--json", spec.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "plan: {}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The last `n` bytes of `s` (at a character boundary).
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// The tools every hostile step uses: the probes, and a setuid-root copy of the probe that a
+/// `run` step leaves at `/suid`.
+fn tools_layer() -> String {
+    format!(
+        "layer \"tools\" {{\n{}  run \"cp {} /{SUID} && chmod 4755 /{SUID}\"\n}}\n",
+        probe_copy_steps(),
+        PROBE
+    )
+}
+
+/// Where a hostile command runs: the store, and what must not change.
+struct Scene<'a> {
+    t: &'a TestStore,
+    /// Opened as descriptor 7 of envc: a sealed layer's directory.
+    fd7: PathBuf,
+    /// The trees of the sealed layers, as they were before the command.
+    sealed: BTreeMap<String, Tree>,
+    fails: Fails,
+}
+
+impl Scene<'_> {
+    /// Runs `cmd` (envc) with descriptor 7 open, under [`HOST_RESOLV`] (the other backend's
+    /// test must not see this one's changes): the host's resolv.conf must not change, nor any
+    /// sealed layer.
+    fn run(&mut self, cmd: &std::process::Command, place: &str) -> Run {
+        let lock = HOST_RESOLV.lock().unwrap_or_else(|e| e.into_inner());
+        let resolv = HostFile::read(Path::new("/etc/resolv.conf"));
+        let r = Run::from(with_fd7(cmd, &self.fd7).output().unwrap());
+        if let Some(c) = resolv.changed() {
+            self.fails.push(place, format!("the host's {c}"));
+        }
+        drop(lock);
+        // Compared with the trees before this command; the next one is compared with now.
+        let now = layer_trees(&self.t.store);
+        for c in layers_changed(&self.sealed, &now) {
+            self.fails.push(place, c);
+        }
+        for (id, tree) in self.sealed.iter_mut() {
+            if let Some(t) = now.get(id) {
+                *tree = t.clone();
+            }
+        }
+        r
+    }
+}
+
+/// Every check against one backend: the hostile `run` steps, the hostile `envc run` commands,
+/// the sealed layers and the host side.
+pub fn hostile_steps(kind: Kind) {
+    let t = TestStore::new(kind, "confine");
+    let b = backend(kind);
+    probes(&t.specs);
+    let host_resolv = std::fs::read("/etc/resolv.conf").ok();
+
+    // The tools, built by an ordinary apply; their layers are sealed before any attack.
+    let pre = t.spec("pre.kdl", &format!("name \"pre\"\n{BASE}{}", tools_layer()));
+    t.apply(&pre);
+    let sealed = layer_trees(&t.store);
+    // On LVM a layer is a read-only thin volume and `layers/ID` its record: the trees are not
+    // in the store's directory, and descriptor 7 is the layers directory itself.
+    let fd7 = if kind == Kind::Lvm {
+        t.store.join("layers")
+    } else {
+        assert_eq!(sealed.len(), 2, "{:?}", sealed.keys());
+        t.store.join("layers").join(&plan(&t, &pre)[0].1)
+    };
+    let mut scene = Scene {
+        t: &t,
+        fd7,
+        sealed,
+        fails: Fails::default(),
+    };
+
+    // The attacks as `run` steps, their results written into the root; and a setuid-root
+    // program run by `builder`, which must get euid 0.
+    let marker = marker();
+    let step = |network: bool, out: &str| kdl_string(&script(network, &marker, Some(out)));
+    let spec = t.spec(
+        "hostile.kdl",
+        &format!(
+            "name \"hostile\"\n{BASE}{}layer \"hostile\" {{\n  run {}\n  run {} network=#true\n  run \"/{SUID} euid > /home/builder/suid.out 2>&1; true\" user=\"builder\"\n}}\n",
+            tools_layer(),
+            step(false, "/hostile-nonet.out"),
+            step(true, "/hostile-net.out"),
+        ),
+    );
+    let mut apply = t.cmd();
+    apply.arg("apply").arg(&spec);
+    let r = scene.run(&apply, "run steps");
+    let fails = &mut scene.fails;
+    if r.code != 0 {
+        fails.push(
+            "run steps",
+            format!("the apply failed ({}): {}", r.code, tail(&r.stderr, 3000)),
+        );
+    } else {
+        let root = r.root();
+        for (network, file, place) in [
+            (false, "hostile-nonet.out", "run step"),
+            (true, "hostile-net.out", "run step, network=#true"),
+        ] {
+            let out = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+            for f in judge(&out, network, host_resolv.as_deref()) {
+                fails.push(place, f);
+            }
+        }
+        let euid = std::fs::read_to_string(root.join("home/builder/suid.out")).unwrap_or_default();
+        if euid.trim() != "euid 0" {
+            fails.push(
+                "run step, user=builder",
+                format!(
+                    "a setuid-root program said {:?}, want \"euid 0\" (setuid programs must \
+                     work: NoNewPrivs 0, no nosuid inside the step)",
+                    euid.trim()
+                ),
+            );
+        }
+        // The root had no resolv.conf: neither the sealed layer of the network step nor the
+        // working root keeps one.
+        let id = &plan(&t, &spec)[2].1;
+        for dir in [t.store.join("layers").join(id), root.clone()] {
+            let p = dir.join("etc/resolv.conf");
+            if std::fs::symlink_metadata(&p).is_ok() {
+                fails.push(
+                    "run step, network=#true",
+                    format!("{} exists after the step; the root had none", p.display()),
+                );
+            }
+        }
+    }
+
+    // The same attacks through `envc run`, with the host's network (the default) and without.
+    for network in [true, false] {
+        let place = if network {
+            "envc run"
+        } else {
+            "envc run --no-network"
+        };
+        let mut cmd = t.cmd();
+        cmd.arg("run");
+        if !network {
+            cmd.arg("--no-network");
+        }
+        cmd.arg(&pre)
+            .args(["--", "sh", "-c", &script(network, &marker, None)]);
+        let r = scene.run(&cmd, place);
+        let fails = &mut scene.fails;
+        if r.code != 0 {
+            fails.push(
+                place,
+                format!("exited with {}: {}", r.code, tail(&r.stderr, 2000)),
+            );
+        }
+        for f in judge(&r.stdout, network, host_resolv.as_deref()) {
+            fails.push(place, f);
+        }
+    }
+
+    // The host side.
+    let fails = &mut scene.fails;
+    let mode = std::fs::metadata(&t.store).unwrap().permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        fails.push(
+            "host",
+            format!(
+                "the store {} has mode {mode:04o}, want 0700",
+                t.store.display()
+            ),
+        );
+    }
+    let mounts = mounts_below(&t.store.join("roots"));
+    if kind == Kind::Overlay {
+        for name in ["pre", "hostile"] {
+            let root = t.store.join("roots").join(name).join("root");
+            if !mounts.iter().any(|(m, _)| Path::new(m) == root) {
+                fails.push("host", format!("{} is not mounted", root.display()));
+            }
+        }
+    }
+    for (m, options) in &mounts {
+        let opts: Vec<&str> = options.split(',').collect();
+        let missing: Vec<&str> = ["nosuid", "nodev"]
+            .into_iter()
+            .filter(|o| !opts.contains(o))
+            .collect();
+        if !missing.is_empty() {
+            fails.push(
+                "host",
+                format!(
+                    "the working root {m} is mounted without {} ({options})",
+                    missing.join(", ")
+                ),
+            );
+        }
+    }
+    let suid: Vec<PathBuf> = setuid_files(&t.store, SUID);
+    let holder = if kind == Kind::Lvm { "roots" } else { "layers" };
+    if !suid.iter().any(|p| p.starts_with(t.store.join(holder))) {
+        fails.push(
+            "host",
+            format!(
+                "no setuid-root /{SUID} under {holder}/ (found {suid:?}): the test's own setup \
+                 failed"
+            ),
+        );
+    }
+    for p in &suid {
+        if let Err(e) = exec_as_nobody(p) {
+            fails.push("host", format!("{}: {e}", p.display()));
+        }
+    }
+    scene.fails.assert_none(b);
 }
