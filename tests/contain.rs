@@ -596,3 +596,35 @@ fn a_tool_reaches_the_directory_it_works_on_through_a_tmp_of_its_own() {
         target.to_str().unwrap()
     );
 }
+
+#[test]
+fn a_tar_base_with_a_device_node_is_refused_by_name() {
+    if !privileged("a_tar_base_with_a_device_node_is_refused_by_name") {
+        return;
+    }
+    let t = TestStore::new(Kind::Overlay, "contained-tar-dev");
+    let tree = t.specs.join("tree");
+    std::fs::create_dir_all(tree.join("dev")).unwrap();
+    let sh = |script: &str| {
+        let out = Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .arg(&tree)
+            .arg(&t.specs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    sh(
+        "tar -xzf \"$2/busybox.tar.gz\" -C \"$1\" && mknod \"$1/dev/null\" c 1 3 && tar -czf \"$2/dev.tar.gz\" -C \"$1\" .",
+    );
+    let spec = t.spec("env.kdl", "name \"dev\"\nbase \"tar\" \"dev.tar.gz\"\n");
+    let r = t.envc(&["apply", spec.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("./dev/null: Cannot mknod: Operation not permitted"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.built().is_empty());
+}
