@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{ENVC, Kind, TempDir, TestStore, privileged};
+use envc_runtime::sandbox::{EXPOSED_ROOT, TOOL_CAPABILITIES};
 use envc_runtime::tools::{Tool, ToolError};
 use nix::mount::{MsFlags, mount};
 
@@ -473,4 +474,157 @@ fn sync_suppression_composes_with_containment() {
     // 2: a filter is installed (inherited by everything the tool starts, `grep` here).
     assert_eq!(seccomp(true).split_whitespace().nth(1), Some("2"));
     assert_eq!(seccomp(false).split_whitespace().nth(1), Some("0"));
+}
+
+/// The capability sets of a contained process, as `/proc/self/status` shows them: (name, mask).
+fn capability_sets(status: &str) -> Vec<(String, u64)> {
+    status
+        .lines()
+        .filter_map(|l| {
+            let (name, hex) = l.strip_prefix("Cap")?.split_once(':')?;
+            Some((name.to_owned(), u64::from_str_radix(hex.trim(), 16).ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_contained_tool_keeps_only_the_capabilities_of_tools() {
+    if !privileged("a_contained_tool_keeps_only_the_capabilities_of_tools") {
+        return;
+    }
+    let dir = TempDir::new("contain-caps");
+    // `cat` is a program the tool executes: what it has, everything the tool starts has.
+    let out = Tool::at("/bin/sh".into())
+        .via(Path::new(ENVC))
+        .args(["-c", "cat /proc/self/status"])
+        .output()
+        .unwrap();
+    let sets = capability_sets(&String::from_utf8(out).unwrap());
+    let want = TOOL_CAPABILITIES;
+    assert_eq!(
+        sets,
+        [
+            ("Inh".to_owned(), 0),
+            ("Prm".to_owned(), want),
+            ("Eff".to_owned(), want),
+            ("Bnd".to_owned(), want),
+            ("Amb".to_owned(), 0),
+        ],
+        "expected {want:016x}"
+    );
+    // No device node can be made (MKNOD is gone); mounting still works (SYS_ADMIN is kept).
+    let node = dir.path().join("null");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = Tool::at("/bin/sh".into())
+        .via(Path::new(ENVC))
+        .args([
+            "-c",
+            "mknod \"$1\" c 1 3 2>&1; echo mknod=$?; mount -t tmpfs envc-test \"$2\" && echo mounted",
+            "sh",
+        ])
+        .arg(&node)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("Operation not permitted") && text.contains("mknod=1"),
+        "{text}"
+    );
+    assert!(text.ends_with("mounted\n"), "{text}");
+    assert!(!node.exists());
+    assert!(mounts_below(dir.path()).is_empty());
+}
+
+#[test]
+fn a_tool_reaches_the_directory_it_works_on_through_a_tmp_of_its_own() {
+    if !privileged("a_tool_reaches_the_directory_it_works_on_through_a_tmp_of_its_own") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("contain-root");
+    // As in the store: a directory only root may enter, holding the one the tool works on.
+    let private = dir.path().join("private");
+    let target = private.join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(target.join("hello"), "hello\n").unwrap();
+    let nobody = |path: &Path| {
+        Command::new("/bin/cat")
+            .arg(path)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert!(!nobody(&target.join("hello")).status.success());
+    let marker = format!("envc-test-private-tmp-{}", std::process::id());
+    let script = format!(
+        "echo \"$1\"; cat \"$1/hello\"; setpriv --reuid=65534 --regid=65534 --clear-groups cat \"$1/hello\"; \
+         echo written > \"$1/written\"; touch /tmp/{marker}"
+    );
+    let out = Tool::at("/bin/sh".into())
+        .via(Path::new(ENVC))
+        .args(["-c", &script, "sh"])
+        .root_arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("{EXPOSED_ROOT}\nhello\nhello\n"),
+        "the tool, and a user it switches to, reach the directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("written")).unwrap(),
+        "written\n"
+    );
+    assert!(
+        !Path::new("/tmp").join(&marker).exists(),
+        "the tool's /tmp is its own"
+    );
+    assert!(mounts_below(dir.path()).is_empty());
+    // Run directly (no containment), the tool gets the directory itself.
+    let out = Tool::at("/bin/sh".into())
+        .args(["-c", "echo \"$1\"", "sh"])
+        .root_arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap().trim_end(),
+        target.to_str().unwrap()
+    );
+}
+
+#[test]
+fn a_tar_base_with_a_device_node_is_refused_by_name() {
+    if !privileged("a_tar_base_with_a_device_node_is_refused_by_name") {
+        return;
+    }
+    let t = TestStore::new(Kind::Overlay, "contained-tar-dev");
+    let tree = t.specs.join("tree");
+    std::fs::create_dir_all(tree.join("dev")).unwrap();
+    let sh = |script: &str| {
+        let out = Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .arg(&tree)
+            .arg(&t.specs)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    sh(
+        "tar -xzf \"$2/busybox.tar.gz\" -C \"$1\" && mknod \"$1/dev/null\" c 1 3 && tar -czf \"$2/dev.tar.gz\" -C \"$1\" .",
+    );
+    let spec = t.spec("env.kdl", "name \"dev\"\nbase \"tar\" \"dev.tar.gz\"\n");
+    let r = t.envc(&["apply", spec.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("./dev/null: Cannot mknod: Operation not permitted"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.built().is_empty());
 }

@@ -42,4 +42,5 @@ contract!(
     an_unmounted_root_is_mounted_again_with_its_changes,
     gc_removes_nothing_while_a_root_record_is_unreadable,
     gc_leaves_layers_in_use_by_a_running_command_alone,
+    setuid_programs_work_inside_and_not_from_the_host,
 );

@@ -17,6 +17,10 @@
 //! (`store/record.rs`). A layer's record is written before the layer is published (see
 //! [`crate::backend::Backend::seal`]), so a sealed layer always has one; `layers/ID` counts as
 //! sealed only when it is a real directory the backend recognises ([`Store::check_sealed`]).
+//!
+//! The store and each of the directories above are root's alone (mode 0700, [`STORE_MODE`]),
+//! and are set so again whenever a store is opened: what steps leave in roots and layers
+//! (setuid-root programs, any file) is out of every other host user's reach.
 #![forbid(unsafe_code)]
 
 use std::fs::{self, File};
@@ -340,16 +344,23 @@ impl Store {
         Ok(Store { root, backend })
     }
 
+    /// Makes the store's directories (or checks those that exist), each of them root's alone
+    /// ([`STORE_MODE`]).
     fn make_dirs(root: &Path) -> Result<PathBuf, StoreError> {
-        fs::create_dir_all(root).map_err(io_err("create store", root))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(io_err("create store", root))?;
+        }
+        make_private_dir(root, "create store")?;
         let root = fs::canonicalize(root).map_err(io_err("resolve store", root))?;
+        let m = fs::metadata(&root).map_err(io_err("inspect", &root))?;
+        restrict(&root, &m)?;
         for d in [
             "layers", "meta", "logs", "staging", "locks", "roots", "cache", "tmp",
         ] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
-            // create_dir_all accepts a link to a directory: the store's own directories must
-            // be its own.
+            make_private_dir(&p, "create")?;
+            // Whatever was there already is accepted above, a link to a directory too: the
+            // store's own directories must be its own.
             let m = fs::symlink_metadata(&p).map_err(io_err("inspect", &p))?;
             if !m.is_dir() {
                 return Err(record::wrong_type(
@@ -361,6 +372,7 @@ impl Store {
                     ),
                 ));
             }
+            restrict(&p, &m)?;
         }
         Ok(root)
     }
@@ -785,6 +797,33 @@ impl Store {
     }
 }
 
+/// The mode of the store's directory and of its own directories: an unprivileged host user
+/// cannot reach a root or a layer, where a step may have left a setuid-root program or a device
+/// node.
+pub const STORE_MODE: u32 = 0o700;
+
+/// Makes the directory `path` with [`STORE_MODE`]; one that exists is left to [`restrict`].
+fn make_private_dir(path: &Path, op: &'static str) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(STORE_MODE).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(op, path)(e)),
+    }
+}
+
+/// Sets the directory `path` (its metadata `m`, never that of a symlink) to [`STORE_MODE`] if
+/// others may enter or read it: a store made by an older envc, or opened up by hand, is closed
+/// again by the next command that opens it.
+fn restrict(path: &Path, m: &fs::Metadata) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    if m.is_dir() && m.mode() & 0o7777 != STORE_MODE {
+        fs::set_permissions(path, fs::Permissions::from_mode(STORE_MODE))
+            .map_err(io_err("restrict the permissions of", path))?;
+    }
+    Ok(())
+}
+
 /// Reads a JSON record: `None` if the file does not exist.
 fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
     let Some(bytes) = record::read(path)? else {
@@ -811,6 +850,53 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// The store and each of its own directories, as `make_dirs` lists them.
+    fn store_dirs(store: &Path) -> Vec<PathBuf> {
+        let mut dirs = vec![store.to_owned()];
+        for d in [
+            "layers", "meta", "logs", "staging", "locks", "roots", "cache", "tmp",
+        ] {
+            dirs.push(store.join(d));
+        }
+        dirs
+    }
+
+    #[test]
+    fn the_store_is_roots_alone_when_made_and_when_opened_up_before() {
+        let dir = std::env::temp_dir().join(format!("envc-store-mode-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // A new store, with parents made on the way.
+        let fresh = dir.join("parent/fresh");
+        let s = Store::open(&fresh, Some(BackendKind::Overlay)).unwrap();
+        for d in store_dirs(s.path()) {
+            assert_eq!(mode(&d), STORE_MODE, "{}", d.display());
+        }
+        // A store made world-readable (by an older envc, or by hand) is closed on open, and so
+        // is each of its directories.
+        let old = dir.join("old");
+        drop(Store::open(&old, Some(BackendKind::Overlay)).unwrap());
+        for d in store_dirs(&old) {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o4777)).unwrap();
+        let s = Store::open(&old, None).unwrap();
+        for d in store_dirs(s.path()) {
+            assert_eq!(mode(&d), STORE_MODE, "{}", d.display());
+        }
+        // The store's own path may be a link; the directory it leads to is closed.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&old, &link).unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+        drop(Store::open(&link, None).unwrap());
+        assert_eq!(mode(&old), STORE_MODE);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn store_json_of_either_version_is_read_and_bad_fields_are_named() {

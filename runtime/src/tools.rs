@@ -18,7 +18,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 
 use crate::sandbox::protocol::check_report;
-use crate::sandbox::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, REPORT_FD_ARG, SandboxError, SandboxOp};
+use crate::sandbox::{
+    CONTAIN_ARG, EXPOSED_ROOT, NOSYNC_OPT, PARENT_OPT, REPORT_FD_ARG, ROOT_OPT, SandboxError,
+    SandboxOp,
+};
 use crate::sys;
 
 /// Where tools are looked up, in order. The caller's PATH is not trusted.
@@ -118,6 +121,8 @@ pub struct Tool {
     via: Option<PathBuf>,
     nosync: bool,
     uninterruptible: bool,
+    /// The argument (by index) that names the directory the tool works on ([`Tool::root_arg`]).
+    root: Option<usize>,
 }
 
 impl fmt::Debug for Tool {
@@ -141,6 +146,7 @@ impl Tool {
             via: None,
             nosync: false,
             uninterruptible: false,
+            root: None,
         }
     }
 
@@ -189,6 +195,16 @@ impl Tool {
         self
     }
 
+    /// Appends the directory the tool works on (mmdebstrap's target). Contained, the tool gets
+    /// [`EXPOSED_ROOT`] instead, where the directory is bound in a `/tmp` of its own: the store is
+    /// root's alone, and users the tool switches to (apt's `_apt`) could not enter it by its path
+    /// there. At most one per tool; errors name the directory itself.
+    pub fn root_arg(mut self, dir: &Path) -> Tool {
+        self.root = Some(self.args.len());
+        self.args.push(dir.into());
+        self
+    }
+
     /// Sets an environment variable (on top of a minimal PATH/LANG environment).
     pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Tool {
         self.env.push((k.into(), v.into()));
@@ -216,7 +232,12 @@ impl Tool {
                 if self.nosync {
                     cmd.arg(NOSYNC_OPT);
                 }
-                cmd.arg("--").arg(&self.program).args(&self.args);
+                let mut args = self.args.clone();
+                if let Some(dir) = self.root.and_then(|i| args.get_mut(i)) {
+                    cmd.arg(ROOT_OPT).arg(&*dir);
+                    *dir = EXPOSED_ROOT.into();
+                }
+                cmd.arg("--").arg(&self.program).args(&args);
                 (cmd, Some(report))
             }
         };

@@ -368,6 +368,23 @@ impl Run {
     }
 }
 
+/// Compiles tests/common/euid.c (static, so it runs in the busybox root) to `dir/euid`.
+pub fn euid_probe(dir: &Path) -> PathBuf {
+    let out = dir.join("euid");
+    let o = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/euid.c"))
+        .output()
+        .expect("gcc");
+    assert!(
+        o.status.success(),
+        "gcc euid: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 /// Compiles tests/common/synccheck.c into `dir` (static or dynamic); returns the binary.
 pub fn synccheck(dir: &Path, static_link: bool) -> PathBuf {
     synccheck_with(dir, static_link, false)

@@ -652,6 +652,139 @@ pub fn gc_removes_nothing_while_a_root_record_is_unreadable(kind: Kind) {
     );
 }
 
+/// Setuid-root programs that a step leaves in a root work inside envc's sandbox, for a user of
+/// the root, and grant nothing to an unprivileged host user: the store is root's alone, and a
+/// working root mounted on the host (overlay, LVM) is mounted nosuid,nodev.
+pub fn setuid_programs_work_inside_and_not_from_the_host(kind: Kind) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let t = TestStore::new(kind, "setuid");
+    common::euid_probe(&t.specs);
+    let text = format!(
+        "name \"s\"\n{BASE}layer \"suid\" {{\n  copy \"euid\" \"/usr/local/bin/euid\" mode=\"4755\"\n  \
+         run \"cp /bin/busybox /bin/suidbox && chmod 4755 /bin/suidbox\"\n  \
+         run #\"e=$(/usr/local/bin/euid); echo \"euid $e\"; test \"$e\" = 0\"# user=\"builder\"\n}}\n"
+    );
+    // The last step checks that setuid works in a build step run by a user of the root.
+    let spec = t.spec("env.kdl", &text);
+    let root = t.apply(&spec).root();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&t.store), 0o700);
+    let mut programs = vec![root.join("usr/local/bin/euid"), root.join("bin/suidbox")];
+    // Sealed layers are files on the host too, but on LVM (volumes not mounted once sealed).
+    if kind != Kind::Lvm {
+        let layer = std::fs::read_dir(t.store.join("layers"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|l| l.join("usr/local/bin/euid").exists())
+            .expect("the layer holding the programs");
+        programs.extend([layer.join("usr/local/bin/euid"), layer.join("bin/suidbox")]);
+    }
+    let as_nobody = |p: &std::path::Path| {
+        Command::new(p)
+            .arg0("busybox")
+            .arg("id")
+            .uid(65534)
+            .gid(65534)
+            .output()
+    };
+    for p in &programs {
+        assert_eq!(mode(p), 0o4755, "{}", p.display());
+        match as_nobody(p) {
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{}: {e}",
+                p.display()
+            ),
+            Ok(o) => panic!(
+                "an unprivileged user ran {}: {}",
+                p.display(),
+                String::from_utf8_lossy(&o.stdout)
+            ),
+        }
+    }
+    // A working root mounted on the host is mounted nosuid,nodev: with the store opened up (by
+    // hand), the program runs, but not as root. A btrfs root is a subvolume, no mount of its
+    // own: there the store's mode alone keeps users out.
+    if kind != Kind::Btrfs {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let want = root.to_str().unwrap();
+        let options = info
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.get(4) == Some(&want))
+            .map(|f| f[5].to_owned())
+            .expect("the working root is a mount");
+        let options: Vec<&str> = options.split(',').collect();
+        assert!(
+            options.contains(&"nosuid") && options.contains(&"nodev"),
+            "{options:?}"
+        );
+        for d in [t.store.clone(), t.store.join("roots")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let o = as_nobody(&root.join("usr/local/bin/euid")).unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "65534\n");
+        // The next command that opens the store closes it again.
+        run_ok(t.cmd().arg("ls"));
+        assert_eq!(mode(&t.store), 0o700);
+        assert_eq!(mode(&t.store.join("roots")), 0o700);
+    }
+    // Inside the sandbox, a user of the root gets euid 0 from the setuid program: in a throwaway
+    // snapshot and in the working root.
+    for keep in [false, true] {
+        let mut cmd = t.cmd();
+        cmd.arg("run");
+        if keep {
+            cmd.arg("--keep");
+        }
+        cmd.arg(&spec)
+            .args(["--", "su", "builder", "-c", "/usr/local/bin/euid"]);
+        let r = run_ok(&mut cmd);
+        assert_eq!(r.stdout, "0\n", "keep: {keep}: {}", r.stderr);
+    }
+    assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
+    assert_eq!(
+        std::fs::read_dir(t.store.join("tmp")).unwrap().count(),
+        0,
+        "the view of the working root is gone"
+    );
+    // The view a killed `run --keep` leaves is removed by the next apply like a throwaway root,
+    // and the root behind it keeps its files (a btrfs root, no mount, needs no view).
+    if kind == Kind::Btrfs {
+        return;
+    }
+    let mut child = t
+        .cmd()
+        .args(["run", "--keep"])
+        .arg(&spec)
+        .args(["--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while t.stray_mounts().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no view mounted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert_eq!(t.stray_mounts().len(), 1, "the killed run's view is left");
+    t.apply(&spec);
+    assert!(t.stray_mounts().is_empty(), "{:?}", t.stray_mounts());
+    assert_eq!(std::fs::read_dir(t.store.join("tmp")).unwrap().count(), 0);
+    assert_eq!(mode(&root.join("usr/local/bin/euid")), 0o4755);
+}
+
 fn run_ok(cmd: &mut Command) -> Run {
     let r = Run::from(cmd.output().unwrap());
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -721,5 +854,9 @@ pub const ALL: &[Named] = &[
     (
         "gc_leaves_layers_in_use_by_a_running_command_alone",
         gc_leaves_layers_in_use_by_a_running_command_alone,
+    ),
+    (
+        "setuid_programs_work_inside_and_not_from_the_host",
+        setuid_programs_work_inside_and_not_from_the_host,
     ),
 ];

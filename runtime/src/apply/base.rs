@@ -226,8 +226,10 @@ impl Runtime {
                 })?;
                 let mmdebstrap = tools::find("mmdebstrap")?;
                 // Contained (its mounts of proc, sys and dev in the new root stay in a mount
-                // namespace of its own, and it dies with envc). With sync suppression, mmdebstrap and
-                // everything it starts (dpkg in the new root included) run under the seccomp filter.
+                // namespace of its own, and it dies with envc), with the capabilities of contained
+                // tools only. With sync suppression, mmdebstrap and everything it starts (dpkg in
+                // the new root included) run under the seccomp filter. It reaches the new root
+                // through a /tmp of its own (`root_arg`), so apt still downloads as `_apt`.
                 let mut t = Tool::at(mmdebstrap)
                     .via(self.exec.helper())
                     .nosync(sync != SyncMode::Off)
@@ -249,7 +251,7 @@ impl Runtime {
                         t = t.arg(format!("--dpkgopt={opt}"));
                     }
                 }
-                let t = t.arg(suite).arg(dir).arg(&sources_file);
+                let t = t.arg(suite).root_arg(dir).arg(&sources_file);
                 let r = self.exec.tool(&t, on_line);
                 let _ = fs::remove_file(&sources_file);
                 r?;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use envc_plan::{LayerId, Plan, SyncMode};
 
-use crate::backend::Backend;
+use crate::backend::{self, Backend};
 use crate::maintain;
 use crate::sandbox::{Action, RootSource, Spec};
 use crate::store::{self, RootRecord, Store, StoreError};
@@ -308,15 +308,22 @@ impl Runtime {
         };
         if keep {
             let applied = self.apply(plan, false, sink)?;
+            // Held while the view exists: without it, gc removes the view as a leftover.
+            let _run = self.store.hold_run_lock()?;
+            let view = backend::root_view(self.backend().layout(), &applied.root)?;
             let spec = Spec {
                 source: RootSource::Dir,
-                mountpoint: applied.root,
+                mountpoint: view.as_ref().map_or(applied.root, |v| v.mountpoint.clone()),
                 network,
                 binds: vec![],
                 tmp_files: vec![],
                 action,
             };
-            return self.interactive(&spec);
+            let result = self.interactive(&spec);
+            if let Some(view) = view {
+                backend::drop_root_view(view)?;
+            }
+            return result;
         }
         let (_, _, _in_use) = self.realize(plan, sink)?;
         // Held until the throwaway root is gone: without it, gc removes the root as a leftover.

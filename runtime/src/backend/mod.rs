@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use envc_plan::LayerId;
+use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::RootSource;
@@ -634,6 +635,77 @@ pub fn is_mounted(path: &Path) -> bool {
     let want = path.to_string_lossy().replace(' ', "\\040");
     info.lines()
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// The flags of a working root's mount on the host (overlay, LVM): a setuid-root program or a
+/// device node that a step left in the root grants nothing to whoever reaches it there. Inside the
+/// sandbox a root is mounted afresh, or seen through [`root_view`], without them.
+pub(crate) const HOST_ROOT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// Sets [`HOST_ROOT_FLAGS`] on the mount at `path`, as a working root just mounted or mounted by an
+/// older envc.
+pub(crate) fn restrict_root_mount(path: &Path) -> Result<(), BackendError> {
+    sys::kernel()
+        .mount(
+            None,
+            path,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | HOST_ROOT_FLAGS,
+            None,
+        )
+        .map_err(io_err("mount nosuid,nodev", path))
+}
+
+/// The working root at `root` as a command in the sandbox gets it (`envc run --keep`, `envc
+/// shell --keep`): the sandbox bind-mounts a root that is a directory, and a bind keeps the flags
+/// of its source, so a root mounted on the host with [`HOST_ROOT_FLAGS`] is first bound without
+/// them at a throwaway `tmp/run-PID-*` (so setuid programs work inside). `None` for a root that is
+/// no mount of its own (btrfs): the sandbox takes it as it is. The caller holds its run lock while
+/// the view exists (a leftover of a killed run is then removed like a throwaway root) and drops it
+/// with [`drop_root_view`].
+pub fn root_view(layout: &Layout, root: &Path) -> Result<Option<Scratch>, BackendError> {
+    if !is_mounted(root) {
+        return Ok(None);
+    }
+    let dir = layout.tmp("run");
+    fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+    let k = sys::kernel();
+    let bound = k
+        .mount(
+            Some(root),
+            &dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .and_then(|()| {
+            k.mount(
+                None,
+                &dir,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                None,
+            )
+        })
+        .map_err(|source| BackendError::Mount {
+            device: root.to_owned(),
+            target: dir.clone(),
+            fstype: "bind",
+            source,
+        });
+    let view = Scratch::new(RootSource::Dir, dir.clone(), dir);
+    match bound {
+        Ok(()) => Ok(Some(view)),
+        Err(e) => {
+            let _ = drop_root_view(view);
+            Err(e)
+        }
+    }
+}
+
+/// Removes a view made by [`root_view`]: the bind is detached, the root behind it is left alone.
+pub fn drop_root_view(view: Scratch) -> Result<(), BackendError> {
+    remove_dir_if_exists(view.dir())
 }
 
 fn unmount(path: &Path) -> Result<(), BackendError> {

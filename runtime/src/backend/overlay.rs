@@ -1,8 +1,8 @@
 //! The overlayfs backend: a layer is a directory holding its diff. Building a layer mounts an
 //! overlay of its ancestors with a fresh upper directory (inside the build's own mount namespace);
 //! sealing renames the upper to `layers/ID`. A working root is an overlay of the chain mounted at a
-//! stable path. Mounts use `fsconfig(lowerdir+)`, so chain depth is not limited by the one-page
-//! mount option string.
+//! stable path, nosuid and nodev. Mounts use `fsconfig(lowerdir+)`, so chain depth is not limited
+//! by the one-page mount option string.
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -13,8 +13,8 @@ use envc_plan::LayerId;
 
 use super::{
     Backend, BackendConfig, BackendError, BackendKind, Build, Labels, Layout, RecordHook, RootMade,
-    Scratch, delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists, sync_dir,
-    unmount,
+    Scratch, delete_in_background, disk_usage, io_err, is_mounted, remove_dir_if_exists,
+    restrict_root_mount, sync_dir, unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
@@ -35,7 +35,7 @@ impl Overlay {
     }
 
     /// Mounts the working root `name` over `chain`, with its upper directory as it is (created
-    /// if missing). Returns the mount point.
+    /// if missing), nosuid and nodev ([`super::HOST_ROOT_FLAGS`]). Returns the mount point.
     fn mount_root(&self, name: &str, chain: &[LayerId]) -> Result<PathBuf, BackendError> {
         let dir = self.layout.root_dir(name);
         let (upper, work, mnt) = (dir.join("upper"), dir.join("work"), dir.join("root"));
@@ -54,6 +54,7 @@ impl Overlay {
                 };
                 io_err(op, path)(e.source)
             })?;
+        restrict_root_mount(&mnt)?;
         Ok(mnt)
     }
 
@@ -152,6 +153,8 @@ impl Backend for Overlay {
     fn root_ready(&self, name: &str, chain: &[LayerId]) -> Result<bool, BackendError> {
         let dir = self.layout.root_dir(name);
         if is_mounted(&dir.join("root")) {
+            // Mounted by an older envc perhaps, without the flags.
+            restrict_root_mount(&dir.join("root"))?;
             return Ok(true);
         }
         // Not mounted (after a reboot): the root's changes are still in its upper directory;

@@ -11,6 +11,13 @@
 //! (its pid alone) takes the containing process, init, the tool and its children with it, and
 //! every mount the tool made.
 //!
+//! The tool keeps only the capabilities host tools need ([`TOOL_CAPABILITIES`]): they are dropped
+//! from its bounding set, the ambient and inheritable sets are cleared, and the tool starts with
+//! exactly those in its permitted and effective sets. A tool that works on a directory (mmdebstrap
+//! on the base being built) can reach it through [`EXPOSED_ROOT`], in a `/tmp` of its own
+//! (`--root DIR`): the store is root's alone, and apt's downloads run as the `_apt` user, who
+//! could not enter the directory by its path in the store.
+//!
 //! Standard streams pass through. A failure to set this up is reported on the report channel
 //! (`--report-fd N`, as for the sandbox helper), so envc tells it from the tool's own failure.
 #![forbid(unsafe_code)]
@@ -28,10 +35,10 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use super::protocol::{OrFail, Reporter, SETUP_FAILED, SandboxError, SandboxOp};
-use crate::sys::{self, Syscall};
+use crate::sys::{self, Caps, Syscall};
 
 /// The hidden first argument under which envc runs a host tool contained:
-/// `envc __envc-contain [--report-fd N] --parent PID [--nosync] -- PROGRAM ARGS...`.
+/// `envc __envc-contain [--report-fd N] --parent PID [--nosync] [--root DIR] -- PROGRAM ARGS...`.
 pub const CONTAIN_ARG: &str = "__envc-contain";
 
 /// The option naming envc's pid: the containing process ends at once if its parent is another
@@ -42,11 +49,70 @@ pub const PARENT_OPT: &str = "--parent";
 /// steps; for base builds).
 pub const NOSYNC_OPT: &str = "--nosync";
 
+/// The option naming the directory the tool works on, which it reaches as [`EXPOSED_ROOT`].
+pub const ROOT_OPT: &str = "--root";
+
+/// Where a tool run with `--root DIR` reaches DIR: a bind mount in a tmpfs `/tmp` of the tool's
+/// own mount namespace, reachable by every user the tool switches to (`_apt`).
+pub const EXPOSED_ROOT: &str = "/tmp/envc-root";
+
+/// The capabilities a contained tool keeps, by number and name: Docker's default set without
+/// MKNOD and NET_RAW, plus SYS_ADMIN. Every contained tool gets the same set; together they need
+/// all of it and none of them more:
+///
+/// - SYS_ADMIN: mmdebstrap (`--mode=root`) mounts `/proc`, `/sys` and the host's device files
+///   into the new root; `btrfs subvolume delete`; `dmsetup`'s device-mapper ioctls; tar restoring
+///   `trusted.*` and `security.*` extended attributes.
+/// - CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETFCAP: unpacking files with their owners, modes,
+///   setuid bits and file capabilities (tar, dpkg; postinst scripts run `setcap`).
+/// - SETUID, SETGID: apt's downloads as `_apt`, maintainer scripts that switch users.
+/// - SYS_CHROOT: mmdebstrap runs dpkg and the maintainer scripts chrooted into the new root.
+/// - KILL, SETPCAP, NET_BIND_SERVICE, AUDIT_WRITE: what Docker keeps and package scripts may use.
+///
+/// Not kept: MKNOD (no device node is ever made in a layer; mmdebstrap bind-mounts the host's
+/// device files into the new root for the build instead, and a tar base holding a device node is
+/// refused by tar), NET_RAW and NET_ADMIN (tools share the host's network), DAC_READ_SEARCH
+/// (`open_by_handle_at`), SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_BOOT, SYS_TIME, SYS_NICE,
+/// SYS_RESOURCE, SYS_PACCT, SYS_TTY_CONFIG, IPC_LOCK, IPC_OWNER, LINUX_IMMUTABLE, LEASE,
+/// NET_BROADCAST, AUDIT_CONTROL, AUDIT_READ, MAC_ADMIN, MAC_OVERRIDE, SYSLOG, WAKE_ALARM,
+/// BLOCK_SUSPEND, PERFMON, BPF, CHECKPOINT_RESTORE and whatever later kernels add.
+pub const TOOL_CAPABILITY_NAMES: &[(u32, &str)] = &[
+    (0, "CHOWN"),
+    (1, "DAC_OVERRIDE"),
+    (3, "FOWNER"),
+    (4, "FSETID"),
+    (5, "KILL"),
+    (6, "SETGID"),
+    (7, "SETUID"),
+    (8, "SETPCAP"),
+    (10, "NET_BIND_SERVICE"),
+    (18, "SYS_CHROOT"),
+    (21, "SYS_ADMIN"),
+    (29, "AUDIT_WRITE"),
+    (31, "SETFCAP"),
+];
+
+/// [`TOOL_CAPABILITY_NAMES`] as a mask (bit N for capability N), as `/proc/PID/status` shows it.
+pub const TOOL_CAPABILITIES: u64 = {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < TOOL_CAPABILITY_NAMES.len() {
+        mask |= 1 << TOOL_CAPABILITY_NAMES[i].0;
+        i += 1;
+    }
+    mask
+};
+
+/// The highest capability number tried when the bounding set is lowered: the kernel answers
+/// EINVAL past its last one, which ends the loop.
+const MAX_CAP: u32 = 63;
+
 /// What to run.
 #[derive(Debug, PartialEq, Eq)]
 struct Request<'a> {
     parent: Option<i32>,
     nosync: bool,
+    root: Option<&'a OsString>,
     program: &'a OsString,
     args: &'a [OsString],
 }
@@ -55,6 +121,7 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
     let bad = |what: &str| SandboxError::new(SandboxOp::ReadSpec, "", what);
     let mut parent = None;
     let mut nosync = false;
+    let mut root = None;
     let mut i = 0;
     loop {
         let a = args
@@ -66,6 +133,13 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
         } else if a == NOSYNC_OPT {
             nosync = true;
             i += 1;
+        } else if a == ROOT_OPT {
+            let dir = args
+                .get(i + 1)
+                .filter(|d| Path::new(d).is_absolute())
+                .ok_or_else(|| bad("--root wants an absolute path"))?;
+            root = Some(dir);
+            i += 2;
         } else if a == PARENT_OPT {
             let pid = args
                 .get(i + 1)
@@ -82,6 +156,7 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
     Ok(Request {
         parent,
         nosync,
+        root,
         program,
         args: &args[i + 1..],
     })
@@ -132,6 +207,9 @@ fn contain(sys: &dyn Syscall, req: &Request<'_>, reporter: &Reporter) -> Result<
         None,
     )
     .or_fail(SandboxOp::MakePrivate, "/")?;
+    if let Some(root) = req.root {
+        expose_root(sys, Path::new(root))?;
+    }
     // Init learns from this pipe whether this process is still there once init's own
     // parent-death signal is set: its write end closes when this process dies.
     let (alive, alive_w) = io::pipe().or_fail(SandboxOp::Fork, format!("the init of {shown}"))?;
@@ -154,6 +232,72 @@ fn contain(sys: &dyn Syscall, req: &Request<'_>, reporter: &Reporter) -> Result<
             code
         }
     }
+}
+
+/// Mounts a tmpfs of the tool's own on `/tmp` and binds `root` at [`EXPOSED_ROOT`] in it.
+fn expose_root(sys: &dyn Syscall, root: &Path) -> Result<(), SandboxError> {
+    let tmp = Path::new("/tmp");
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .or_fail(
+        SandboxOp::Mount {
+            fstype: "tmpfs".into(),
+        },
+        "/tmp",
+    )?;
+    let at = Path::new(EXPOSED_ROOT);
+    // In the fresh tmpfs: nothing there to follow.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o755)
+        .create(at)
+        .or_fail(SandboxOp::CreateMountPoint, EXPOSED_ROOT)?;
+    sys.mount(
+        Some(root),
+        at,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .or_fail(
+        SandboxOp::Mount {
+            fstype: "bind".into(),
+        },
+        format!("{} at {EXPOSED_ROOT}", root.display()),
+    )
+}
+
+/// Lowers the calling process's capabilities to [`TOOL_CAPABILITIES`]: the bounding set (what it
+/// and everything it executes can ever have), then the ambient set, then its own sets (with an
+/// empty inheritable set; a root process's next exec gets its bounding set).
+fn restrict_capabilities(sys: &dyn Syscall, shown: &str) -> Result<(), SandboxError> {
+    // Reported as part of executing the tool: the sandbox's own operations name the command.
+    let fail = |what: String, e: io::Error| {
+        let mut err = SandboxError::io(SandboxOp::Exec, shown, &e);
+        err.detail = format!("lower its capabilities ({what}): {}", err.detail);
+        err
+    };
+    for cap in 0..=MAX_CAP {
+        if TOOL_CAPABILITIES & (1 << cap) != 0 {
+            continue;
+        }
+        match sys.drop_bounding_capability(cap) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => break,
+            Err(e) => return Err(fail(format!("bounding set, capability {cap}"), e)),
+        }
+    }
+    sys.clear_ambient_capabilities()
+        .map_err(|e| fail("ambient set".into(), e))?;
+    sys.set_capabilities(Caps {
+        effective: TOOL_CAPABILITIES,
+        permitted: TOOL_CAPABILITIES,
+        inheritable: 0,
+    })
+    .map_err(|e| fail("permitted and effective sets".into(), e))
 }
 
 /// PID 1 of the tool's namespace.
@@ -198,6 +342,10 @@ fn exec(sys: &dyn Syscall, req: &Request<'_>) -> SandboxError {
             .install_seccomp(&sys::seccomp::sync_filter())
             .or_fail(SandboxOp::Seccomp, &shown)
     {
+        return e;
+    }
+    // After the filter: installing one without no_new_privs takes CAP_SYS_ADMIN (kept anyway).
+    if let Err(e) = restrict_capabilities(sys, &shown) {
         return e;
     }
     let err = Command::new(req.program).args(req.args).exec();
@@ -246,6 +394,98 @@ mod tests {
         let a = os(&["--", "/bin/true"]);
         let r = parse(&a).unwrap();
         assert_eq!((r.parent, r.nosync, r.args.len()), (None, false, 0));
+    }
+
+    #[test]
+    fn the_directory_a_tool_works_on_is_an_absolute_path() {
+        let a = os(&["--root", "/store/staging/x", "--", "/usr/bin/mmdebstrap"]);
+        let r = parse(&a).unwrap();
+        assert_eq!(
+            r.root.map(OsString::as_os_str),
+            Some("/store/staging/x".as_ref())
+        );
+        for bad in [&["--root", "--"][..], &["--root", "rel", "--"][..]] {
+            let mut a = os(bad);
+            a.extend(os(&["--", "/bin/true"]));
+            let e = parse(&a).unwrap_err();
+            assert!(e.detail.contains("--root"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_tool_keeps_its_capabilities_and_no_other() {
+        use crate::sys::{Call, RecordingSyscall};
+        let caps = |names: &[&str]| {
+            names.iter().fold(0u64, |m, n| {
+                let (c, _) = TOOL_CAPABILITY_NAMES.iter().find(|(_, x)| x == n).unwrap();
+                m | 1 << c
+            })
+        };
+        assert_eq!(
+            TOOL_CAPABILITIES,
+            caps(&[
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "FOWNER",
+                "FSETID",
+                "KILL",
+                "SETGID",
+                "SETUID",
+                "SETPCAP",
+                "NET_BIND_SERVICE",
+                "SYS_CHROOT",
+                "SYS_ADMIN",
+                "AUDIT_WRITE",
+                "SETFCAP"
+            ])
+        );
+        // Never kept (the numbers of capability.h).
+        for (cap, name) in [
+            (2, "DAC_READ_SEARCH"),
+            (12, "NET_ADMIN"),
+            (13, "NET_RAW"),
+            (16, "SYS_MODULE"),
+            (17, "SYS_RAWIO"),
+            (19, "SYS_PTRACE"),
+            (22, "SYS_BOOT"),
+            (25, "SYS_TIME"),
+            (27, "MKNOD"),
+            (38, "PERFMON"),
+            (39, "BPF"),
+        ] {
+            assert_eq!(TOOL_CAPABILITIES & 1 << cap, 0, "{name}");
+        }
+        // Every other capability leaves the bounding set, up to the kernel's last one (EINVAL
+        // past it), then the ambient set is cleared and the tool's own sets lowered.
+        let fake = RecordingSyscall::failing(
+            |c| matches!(c, Call::DropBoundingCapability { cap } if *cap > 40),
+            nix::libc::EINVAL,
+        );
+        restrict_capabilities(&fake, "/usr/bin/mmdebstrap").unwrap();
+        let mut want: Vec<Call> = (0..=41)
+            .filter(|c| TOOL_CAPABILITIES & 1 << c == 0)
+            .map(|cap| Call::DropBoundingCapability { cap })
+            .collect();
+        want.push(Call::ClearAmbientCapabilities);
+        want.push(Call::SetCapabilities {
+            caps: Caps {
+                effective: TOOL_CAPABILITIES,
+                permitted: TOOL_CAPABILITIES,
+                inheritable: 0,
+            },
+        });
+        assert_eq!(fake.calls(), want);
+        // Any other refusal stops the tool, named.
+        let fake = RecordingSyscall::failing(
+            |c| matches!(c, Call::DropBoundingCapability { cap: 16 }),
+            nix::libc::EPERM,
+        );
+        let e = restrict_capabilities(&fake, "/usr/bin/tar").unwrap_err();
+        assert_eq!(e.op, SandboxOp::Exec);
+        assert!(
+            e.to_string().contains("/usr/bin/tar") && e.to_string().contains("capability 16"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub mod protocol;
 mod tests;
 mod users;
 
-pub use contain::{CONTAIN_ARG, NOSYNC_OPT, PARENT_OPT, contain_main};
+pub use contain::{
+    CONTAIN_ARG, EXPOSED_ROOT, NOSYNC_OPT, PARENT_OPT, ROOT_OPT, TOOL_CAPABILITIES,
+    TOOL_CAPABILITY_NAMES, contain_main,
+};
 pub use copy::copy_into_root;
 pub use files::{mkdir_in_root, open_in_root};
 pub use helper::helper_main;

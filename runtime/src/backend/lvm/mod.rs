@@ -8,7 +8,8 @@
 //!   built costs two LVM commands. `layers/ID/` records that the layer is sealed, so a warm apply
 //!   runs no LVM command at all; the LV tags are the truth it is rebuilt from (`envc store
 //!   recover`).
-//! - A working root is a writable snapshot of the last layer, mounted at `roots/NAME/root`.
+//! - A working root is a writable snapshot of the last layer, mounted at `roots/NAME/root`
+//!   nosuid and nodev.
 //!   Resetting it takes one LVM command: a new snapshot under the next generation's name; the old
 //!   one is removed in the background, under the root's lock, by the caller of
 //!   [`Backend::reap_root`].
@@ -24,12 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use envc_plan::LayerId;
+use nix::mount::MsFlags;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Backend, BackendConfig, BackendError, BackendKind, Build, Capacity, Inventory, Labels, Layout,
-    RecordHook, RootAdoption, RootMade, Scratch, VolumeBuild, VolumeLayer, VolumeRoot, io_err,
-    is_mounted, remove_dir_if_exists, sweep_tmp, sync_dir, unmount,
+    Backend, BackendConfig, BackendError, BackendKind, Build, Capacity, HOST_ROOT_FLAGS, Inventory,
+    Labels, Layout, RecordHook, RootAdoption, RootMade, Scratch, VolumeBuild, VolumeLayer,
+    VolumeRoot, io_err, is_mounted, remove_dir_if_exists, restrict_root_mount, sweep_tmp, sync_dir,
+    unmount,
 };
 use crate::sandbox::RootSource;
 use crate::sys;
@@ -199,7 +202,7 @@ impl Backend for Lvm {
                 self.create(&lv, Some(&self.layer_lv(parent)), &tags)
             }
         }
-        .and_then(|()| self.mount(&lv, &st));
+        .and_then(|()| self.mount(&lv, &st, MsFlags::empty()));
         if let Err(e) = made {
             // Nothing half-made stays behind (if this fails too, the next apply retries).
             let _ = self.discard(&id);
@@ -283,6 +286,8 @@ impl Backend for Lvm {
     fn root_ready(&self, name: &str, _chain: &[LayerId]) -> Result<bool, BackendError> {
         let mnt = self.root_path(name);
         if is_mounted(&mnt) {
+            // Mounted by an older envc perhaps, without the flags.
+            restrict_root_mount(&mnt)?;
             return Ok(true);
         }
         // After a reboot: the root's volume is still there; activate and mount it again. If that
@@ -297,7 +302,7 @@ impl Backend for Lvm {
                 .arg(self.target(&lv)))?;
         }
         fs::create_dir_all(&mnt).map_err(io_err("create", &mnt))?;
-        self.mount(&lv, &mnt)?;
+        self.mount(&lv, &mnt, HOST_ROOT_FLAGS)?;
         Ok(true)
     }
 
@@ -333,7 +338,7 @@ impl Backend for Lvm {
         ];
         self.create(&lv, Some(&self.layer_lv(top)), &tags)?;
         fs::rename(&pending_file, &lv_file).map_err(io_err("write", &lv_file))?;
-        self.mount(&lv, &mnt)?;
+        self.mount(&lv, &mnt, HOST_ROOT_FLAGS)?;
         Ok(RootMade {
             path: mnt,
             reap: !doomed.is_empty(),
@@ -370,7 +375,7 @@ impl Backend for Lvm {
                     &[TAG.to_owned(), "envc.scratch".to_owned()],
                 )
             })
-            .and_then(|()| self.mount(&lv, &dir));
+            .and_then(|()| self.mount(&lv, &dir, MsFlags::empty()));
         let scratch = Scratch::new(RootSource::Dir, dir.clone(), dir);
         if let Err(e) = made {
             let _ = self.drop_scratch(scratch);

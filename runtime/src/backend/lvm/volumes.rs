@@ -15,20 +15,23 @@ use crate::sys;
 use crate::tools::Tool;
 
 impl Lvm {
-    pub(super) fn mount(&self, lv: &str, at: &Path) -> Result<(), BackendError> {
+    /// Mounts the volume `lv` at `at` with `flags` (a working root's: [`HOST_ROOT_FLAGS`]; a
+    /// build's or a throwaway root's: none, as the sandbox bind-mounts those, flags included).
+    ///
+    /// [`HOST_ROOT_FLAGS`]: super::super::HOST_ROOT_FLAGS
+    pub(super) fn mount(
+        &self,
+        lv: &str,
+        at: &Path,
+        flags: nix::mount::MsFlags,
+    ) -> Result<(), BackendError> {
         let dev = self.dev(lv);
         let (fstype, data) = match self.cfg.fs {
             FsKind::Ext4 => ("ext4", None),
             FsKind::Xfs => ("xfs", Some("nouuid")),
         };
         sys::kernel()
-            .mount(
-                Some(&dev),
-                at,
-                Some(fstype),
-                nix::mount::MsFlags::empty(),
-                data,
-            )
+            .mount(Some(&dev), at, Some(fstype), flags, data)
             .map_err(|source| BackendError::Mount {
                 device: dev.clone(),
                 target: at.to_owned(),
