@@ -57,7 +57,7 @@ pub const ROOT_OPT: &str = "--root";
 pub const EXPOSED_ROOT: &str = "/tmp/envc-root";
 
 /// The capabilities a contained tool keeps, by number and name: Docker's default set without
-/// MKNOD and NET_RAW, plus SYS_ADMIN. Every contained tool gets the same set; together they need
+/// NET_RAW, plus SYS_ADMIN. Every contained tool gets the same set; together they need
 /// all of it and none of them more:
 ///
 /// - SYS_ADMIN: mmdebstrap (`--mode=root`) mounts `/proc`, `/sys` and the host's device files
@@ -67,11 +67,12 @@ pub const EXPOSED_ROOT: &str = "/tmp/envc-root";
 ///   setuid bits and file capabilities (tar, dpkg; postinst scripts run `setcap`).
 /// - SETUID, SETGID: apt's downloads as `_apt`, maintainer scripts that switch users.
 /// - SYS_CHROOT: mmdebstrap runs dpkg and the maintainer scripts chrooted into the new root.
+/// - MKNOD: a `tar` base may hold device nodes (mmdebstrap's own tarballs do, in `/dev`); they
+///   are unpacked as they are and open nothing afterwards: every root a step or `envc run` sees is
+///   mounted nodev, and so is a working root on the host.
 /// - KILL, SETPCAP, NET_BIND_SERVICE, AUDIT_WRITE: what Docker keeps and package scripts may use.
 ///
-/// Not kept: MKNOD (no device node is ever made in a layer; mmdebstrap bind-mounts the host's
-/// device files into the new root for the build instead, and a tar base holding a device node is
-/// refused by tar), NET_RAW and NET_ADMIN (tools share the host's network), DAC_READ_SEARCH
+/// Not kept: NET_RAW and NET_ADMIN (tools share the host's network), DAC_READ_SEARCH
 /// (`open_by_handle_at`), SYS_MODULE, SYS_RAWIO, SYS_PTRACE, SYS_BOOT, SYS_TIME, SYS_NICE,
 /// SYS_RESOURCE, SYS_PACCT, SYS_TTY_CONFIG, IPC_LOCK, IPC_OWNER, LINUX_IMMUTABLE, LEASE,
 /// NET_BROADCAST, AUDIT_CONTROL, AUDIT_READ, MAC_ADMIN, MAC_OVERRIDE, SYSLOG, WAKE_ALARM,
@@ -88,6 +89,7 @@ pub const TOOL_CAPABILITY_NAMES: &[(u32, &str)] = &[
     (10, "NET_BIND_SERVICE"),
     (18, "SYS_CHROOT"),
     (21, "SYS_ADMIN"),
+    (27, "MKNOD"),
     (29, "AUDIT_WRITE"),
     (31, "SETFCAP"),
 ];
