@@ -134,7 +134,13 @@ fn a_full_disk_names_the_layer_and_leaves_the_store_usable() {
         }
     }
     // The store still works: once space is freed, a smaller spec applies.
-    assert_eq!(envc(&store, &["rm", "f"]).code, 0);
+    // The root exists only if the last case got as far as making it.
+    let rm = envc(&store, &["rm", "f"]);
+    assert!(
+        rm.code == 0 || rm.stderr.contains("no working root named `f`"),
+        "{}",
+        rm.stderr
+    );
     let gc = envc(&store, &["gc", "--keep-bytes", "0"]);
     assert_eq!(gc.code, 0, "{}", gc.stderr);
     let ok = specs.join("ok.kdl");
