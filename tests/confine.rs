@@ -34,6 +34,8 @@
 //! - Steps without network can ping loopback over an ICMP datagram socket (busybox 1.35's ping
 //!   only tries a raw socket, which needs NET_RAW, so the probe does it).
 //! - No sealed layer changes (their trees are compared before and after).
+//! - The sandbox's cleanup after a network step (the resolv.conf bind) cannot be steered by
+//!   symlinks the step planted, nor raced by processes it left behind (a host sysctl stays).
 //! - On the host: the store is mode 0700, mounts under `roots/` are nosuid,nodev, and the
 //!   setuid-root file a step left (`/suid`, in the working roots and the sealed layers) cannot
 //!   be executed by an unprivileged user (uid 65534): EACCES, never euid 0.
@@ -47,6 +49,8 @@
 //! Every test needs root and skips otherwise, unless ENVC_REQUIRE_PRIVILEGED=1.
 
 mod common;
+
+use std::path::Path;
 
 use common::hostile::{self, BASE, backend, hostile_steps, tail};
 use common::{Kind, TestStore, privileged};
@@ -82,6 +86,47 @@ fn a_one_mib_run_step_succeeds(kind: Kind) {
     );
 }
 
+/// A network step (here `envc run`, which has the host's network) that turns its `/etc` into a
+/// symlink into `/tmp`, moves the directory holding the resolv.conf bind aside, puts a symlink
+/// to `/proc/sys` in its place and leaves processes behind that write a host sysctl: the
+/// sandbox's cleanup, which runs with every capability, must neither follow the symlink (and
+/// detach the read-only `/proc/sys`) nor run while those processes live.
+fn the_cleanup_cannot_be_steered(kind: Kind) {
+    let t = TestStore::new(kind, "confine-cleanup");
+    let knob = Path::new("/proc/sys/vm/overcommit_ratio");
+    let before = std::fs::read_to_string(knob).unwrap();
+    let attack = before.trim().parse::<u32>().unwrap() + 1;
+    let spec = t.spec(
+        "steer.kdl",
+        &format!(
+            "name \"steer\"\n{BASE}layer \"etc\" {{\n  run \"cp -a /etc /etc2 && rm -rf /etc && ln -s /tmp/etcdir /etc\"\n}}\n"
+        ),
+    );
+    t.apply(&spec);
+    let script = format!(
+        "mv /tmp/etcdir /tmp/etcold && mkdir /tmp/etcdir && ln -s /proc/sys /tmp/etcdir/resolv.conf && \
+         for i in 1 2 3; do (while :; do echo {attack} > /proc/sys/vm/overcommit_ratio; done) 2>/dev/null & done; exit 0"
+    );
+    let mut changed = None;
+    for _ in 0..5 {
+        let r = t.envc(&["run", spec.to_str().unwrap(), "--", "sh", "-c", &script]);
+        let now = std::fs::read_to_string(knob).unwrap();
+        if now != before {
+            let _ = std::fs::write(knob, &before);
+            changed = Some((r.code, now));
+            break;
+        }
+    }
+    if let Some((code, now)) = changed {
+        panic!(
+            "[{}] a step changed the host's vm.overcommit_ratio from {} to {} (envc run exited {code}; restored)",
+            backend(kind),
+            before.trim(),
+            now.trim()
+        );
+    }
+}
+
 macro_rules! on_each_backend {
     ($($name:ident => $body:ident),* $(,)?) => {
         mod overlay {
@@ -96,4 +141,5 @@ macro_rules! on_each_backend {
 on_each_backend!(
     hostile_steps_are_confined => hostile_steps,
     a_one_mib_run_step_succeeds => a_one_mib_run_step_succeeds,
+    the_sandbox_cleanup_cannot_be_steered => the_cleanup_cannot_be_steered,
 );

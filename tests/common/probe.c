@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -215,6 +216,21 @@ static long f_umount(void) { return ret(syscall(SYS_umount, "/etc")); }
 #endif
 static long f_pivot_root(void) {
     return ret(syscall(SYS_pivot_root, "/nonexistent-envc-probe", "/nonexistent-envc-probe"));
+}
+/* On /dev/null, not a terminal: harmless if let through (ENOTTY). */
+static long f_tiocsti(void) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    char c = ':';
+    if (fd < 0)
+        return -errno;
+    return ret(ioctl(fd, TIOCSTI, &c));
+}
+static long f_tioclinux(void) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    char c = 0;
+    if (fd < 0)
+        return -errno;
+    return ret(ioctl(fd, TIOCLINUX, &c));
 }
 static long f_setns(void) {
     int fd = open("/proc/self/ns/uts", O_RDONLY | O_CLOEXEC);
@@ -800,6 +816,8 @@ int main(int argc, char **argv) {
 #endif
     deny("pivot_root", f_pivot_root, EPERM);
     deny("setns", f_setns, EPERM);
+    deny("tiocsti", f_tiocsti, EPERM);
+    deny("tioclinux", f_tioclinux, EPERM);
     for (size_t i = 0; i < sizeof NAMESPACES / sizeof *NAMESPACES; i++) {
         char name[64];
         g_arg = NAMESPACES[i].flag;

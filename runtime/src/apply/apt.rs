@@ -1,5 +1,6 @@
-//! apt in a root: the script of a `packages` step, and the shared package-lists cache (keyed by
-//! the base, reused only when made from the same sources) that base builds fill.
+//! apt in a root: the script of a `packages` step, and the apt caches it shares (package lists,
+//! downloaded packages), keyed by the tree the step starts from ([`cache_key`]); base builds
+//! fill the lists of the steps right after them.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
@@ -21,9 +22,31 @@ use crate::tools::Tool;
 /// refresh (a base build's, or another step's `apt-get update`) skips `apt-get update`.
 const LISTS_FRESH_MINUTES: u32 = 10;
 
-/// The key of a plan's shared apt lists cache: its base.
+/// The key of a plan's shared apt lists cache as its base build fills it: its base.
 pub(super) fn lists_key(plan: &Plan) -> String {
     layer_short(plan)
+}
+
+/// The key of the apt caches (package lists and downloaded packages) the `packages` step `si` of
+/// layer `index` shares: the exact tree and environment it starts from, i.e. the layer it builds
+/// on and the steps before it in its own layer. A step writes into these caches (they are bound
+/// read-write into it, and apt trusts lists once they are on disk), and a step is untrusted: two
+/// steps share a cache only if everything that ran before them is the same, so a hostile step
+/// can reach only the caches of steps that start from its own tree. The first step of the layer
+/// right after the base shares the base build's lists.
+pub(super) fn cache_key(plan: &Plan, index: usize, si: usize) -> String {
+    let layer = &plan.layers[index];
+    let parent = layer
+        .parent
+        .map_or_else(|| "none".to_owned(), |p| p.short(16));
+    let before = &layer.steps[..si.min(layer.steps.len())];
+    if before.is_empty() {
+        return parent;
+    }
+    let mut h = blake3::Hasher::new_derive_key("envc 2026 apt cache key");
+    h.update(parent.as_bytes());
+    h.update(&serde_json::to_vec(before).unwrap_or_default());
+    h.finalize().to_hex()[..16].to_owned()
 }
 
 /// The first 16 hex digits of a plan's base layer id.
@@ -111,7 +134,21 @@ impl Runtime {
                 moved |= nix::fcntl::renameat(&lists, n, &cache_fd, n).is_ok();
             }
             if moved {
-                let _ = fs::write(cache.join(".envc-sources"), sum);
+                // The cache is written by steps: a symlink there is replaced, never followed.
+                let name = ".envc-sources";
+                let _ = nix::unistd::unlinkat(&cache_fd, name, UnlinkatFlags::NoRemoveDir);
+                if let Ok(fd) = nix::fcntl::openat(
+                    &cache_fd,
+                    name,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                ) {
+                    let _ = std::io::Write::write_all(&mut fs::File::from(fd), &sum);
+                }
             }
         }
         // Whatever could not be moved (another filesystem) is removed: the base layer holds no

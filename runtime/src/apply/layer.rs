@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use envc_plan::{LayerId, Plan, Step};
 
-use super::apt::{apt_script, lists_key};
+use super::apt::{apt_script, cache_key};
 use super::base::BaseError;
 use super::{ApplyError, Event, Runtime, Sink};
 use crate::backend::{Build, Labels};
@@ -244,9 +244,9 @@ impl Runtime {
                 },
             },
             Step::Packages { packages, sync } => {
-                let lists_key = lists_key(plan);
-                let debs = self.store.cache_dir("debs")?;
-                let lists = self.store.cache_dir(&format!("apt-lists/{lists_key}"))?;
+                let key = cache_key(plan, index, si);
+                let debs = self.store.cache_dir(&format!("debs/{key}"))?;
+                let lists = self.store.cache_dir(&format!("apt-lists/{key}"))?;
                 for d in [debs.join("partial"), lists.join("partial")] {
                     fs::create_dir_all(&d).map_err(|source| ApplyError::Io {
                         op: "create",
@@ -254,8 +254,8 @@ impl Runtime {
                         source,
                     })?;
                 }
-                cache_locks.push(self.store.lock_cache("debs")?);
-                cache_locks.push(self.store.lock_cache(&format!("lists-{lists_key}"))?);
+                cache_locks.push(self.store.lock_cache(&format!("debs-{key}"))?);
+                cache_locks.push(self.store.lock_cache(&format!("lists-{key}"))?);
                 Spec {
                     source: build.source.clone(),
                     mountpoint: build.mountpoint.clone(),

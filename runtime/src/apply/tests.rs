@@ -680,3 +680,34 @@ fn a_cache_directory_is_never_reached_through_a_symlink() {
     assert!(!decoy.join("sub").exists());
     assert_eq!(fs::read_to_string(decoy.join("keep")).unwrap(), "x");
 }
+
+#[test]
+fn apt_caches_are_shared_only_from_the_same_starting_tree() {
+    use super::apt::{cache_key, lists_key};
+    let run = |command: &str| Step::Run {
+        command: command.into(),
+        network: false,
+        user: None,
+        sync: SyncMode::Off,
+    };
+    let packages = |p: &str| Step::Packages {
+        packages: vec![p.into()],
+        sync: SyncMode::Off,
+    };
+    let mut p = plan();
+    // The first step of the layer on the base shares the base build's lists.
+    p.layers[1].steps = vec![packages("hello"), packages("make")];
+    assert_eq!(cache_key(&p, 1, 0), lists_key(&p));
+    // A step after another one in its layer starts from another tree.
+    let after_packages = cache_key(&p, 1, 1);
+    assert_ne!(after_packages, lists_key(&p));
+    // Whatever ran before it makes the key: another step before it, another key.
+    let mut q = p.clone();
+    q.layers[1].steps = vec![run("cp evil /usr/local/bin/apt-get"), packages("make")];
+    assert_ne!(cache_key(&q, 1, 1), after_packages);
+    // The same steps before it, the same key, whatever the step itself installs.
+    q.layers[1].steps = vec![packages("hello"), packages("gcc")];
+    assert_eq!(cache_key(&q, 1, 1), after_packages);
+    // A later layer's first step is keyed by its parent.
+    assert_eq!(cache_key(&p, 2, 0), id(2).short(16));
+}

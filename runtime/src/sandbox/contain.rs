@@ -437,6 +437,7 @@ mod tests {
                 "NET_BIND_SERVICE",
                 "SYS_CHROOT",
                 "SYS_ADMIN",
+                "MKNOD",
                 "AUDIT_WRITE",
                 "SETFCAP"
             ])
@@ -451,7 +452,6 @@ mod tests {
             (19, "SYS_PTRACE"),
             (22, "SYS_BOOT"),
             (25, "SYS_TIME"),
-            (27, "MKNOD"),
             (38, "PERFMON"),
             (39, "BPF"),
         ] {

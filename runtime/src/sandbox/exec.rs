@@ -163,6 +163,12 @@ pub(crate) fn run_command(
     }
 }
 
+/// Ends every other process of the sandbox (this process is its init) and reaps them; a failure
+/// leaves them to the kernel, which kills them when init exits.
+pub(crate) fn end_others(sys: &dyn Syscall) {
+    let _ = sys.end_others();
+}
+
 /// Finds `name` on the PATH of `env` (the default PATH without one), as `execvp` would.
 fn resolve_program(name: &str, env: &[(String, String)]) -> Option<PathBuf> {
     if name.contains('/') {

@@ -127,10 +127,10 @@ pub(crate) fn write_tmp_files(
 pub(crate) const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Installs a `policy-rc.d` that forbids starting services, unless the root already has one (or
-/// has no `/usr/sbin`). Returns whether it was installed.
-pub(crate) fn deny_services(root: &OwnedFd) -> Result<bool, SandboxError> {
+/// has no `/usr/sbin`). Returns the directory it was installed in, if it was.
+pub(crate) fn deny_services(root: &OwnedFd) -> Result<Option<OwnedFd>, SandboxError> {
     let Ok(sbin) = open_in_root(root, "usr/sbin", OFlag::O_DIRECTORY | OFlag::O_RDONLY) else {
-        return Ok(false);
+        return Ok(None);
     };
     let fd = match nix::fcntl::openat(
         &sbin,
@@ -139,12 +139,12 @@ pub(crate) fn deny_services(root: &OwnedFd) -> Result<bool, SandboxError> {
         Mode::from_bits_truncate(0o755),
     ) {
         Ok(fd) => fd,
-        Err(nix::errno::Errno::EEXIST) => return Ok(false),
+        Err(nix::errno::Errno::EEXIST) => return Ok(None),
         Err(e) => return Err(e).or_fail(SandboxOp::DenyServices, POLICY_RC_D),
     };
     let mut f = fs::File::from(fd);
     let _ =
         f.write_all(b"#!/bin/sh\n# installed by envc for the duration of a build step\nexit 101\n");
     let _ = fchmod(&f, Mode::from_bits_truncate(0o755));
-    Ok(true)
+    Ok(Some(sbin))
 }

@@ -3,8 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
-use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::MntFlags;
@@ -122,6 +121,10 @@ fn init(sys: &dyn Syscall, spec: &Spec, reporter: &Reporter) -> Result<i32, Sand
                     sync: *sync,
                 },
             )?;
+            // Whatever the command left running goes first: it must not see (or steer) the
+            // cleanup, which undoes mounts and removes files as this process, with every
+            // capability.
+            exec::end_others(sys);
             for c in prepared.cleanups {
                 c.undo(sys);
             }
@@ -171,15 +174,13 @@ pub(crate) fn prepare(sys: &dyn Syscall, spec: &Spec) -> Result<Prepared, Sandbo
         env = exec::install_shim(&root, env)?;
     }
     let mut cleanups = Vec::new();
-    if spec.network
-        && let Some(c) = mounts::provide_resolv_conf(sys, &root)?
-    {
-        cleanups.push(c);
+    if spec.network {
+        cleanups.extend(mounts::provide_resolv_conf(sys, &root)?);
     }
-    if *deny_services && files::deny_services(&root)? {
-        cleanups.push(Cleanup {
-            unmount: None,
-            remove: Some(files::POLICY_RC_D),
+    if *deny_services && let Some(sbin) = files::deny_services(&root)? {
+        cleanups.push(Cleanup::Remove {
+            dir: sbin,
+            name: "policy-rc.d",
         });
     }
     files::write_tmp_files(&root, &spec.tmp_files)?;
@@ -188,22 +189,27 @@ pub(crate) fn prepare(sys: &dyn Syscall, spec: &Spec) -> Result<Prepared, Sandbo
     Ok(Prepared { env, cleanups })
 }
 
-/// Something done to the root for one step only, undone after it (from inside the root).
+/// Something done to the root for one step only, undone after it (from inside the root, once
+/// every other process of the sandbox is gone). Each names its object by a descriptor taken when
+/// it was made, never by a path the step could have changed meanwhile.
 #[derive(Debug)]
-pub(crate) struct Cleanup {
-    /// A mount to detach.
-    pub unmount: Option<&'static str>,
-    /// A file to remove.
-    pub remove: Option<&'static str>,
+pub(crate) enum Cleanup {
+    /// Detach the mount whose root this `O_PATH` descriptor is.
+    Unmount(OwnedFd),
+    /// Remove the file `name` from the directory `dir`.
+    Remove { dir: OwnedFd, name: &'static str },
 }
 
 impl Cleanup {
     fn undo(self, sys: &dyn Syscall) {
-        if let Some(target) = self.unmount {
-            let _ = sys.umount2(Path::new(target), MntFlags::MNT_DETACH);
-        }
-        if let Some(path) = self.remove {
-            let _ = fs::remove_file(path);
+        match self {
+            Cleanup::Unmount(fd) => {
+                let at = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                let _ = sys.umount2(Path::new(&at), MntFlags::MNT_DETACH);
+            }
+            Cleanup::Remove { dir, name } => {
+                let _ = nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            }
         }
     }
 }

@@ -329,7 +329,7 @@ const RESOLV_COPY: &str = ".envc-resolv.conf";
 pub(crate) fn provide_resolv_conf(
     sys: &dyn Syscall,
     root: &OwnedFd,
-) -> Result<Option<Cleanup>, SandboxError> {
+) -> Result<Vec<Cleanup>, SandboxError> {
     let fail = |e: nix::errno::Errno| {
         SandboxError::io(SandboxOp::ProvideResolvConf, RESOLV_CONF, &e.into())
     };
@@ -340,7 +340,7 @@ pub(crate) fn provide_resolv_conf(
                 .or_fail(SandboxOp::ProvideResolvConf, RESOLV_CONF)?;
             content
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(e).or_fail(SandboxOp::ProvideResolvConf, RESOLV_CONF),
     };
     let etc = mkdir_in_root(root, "etc", 0o755).map_err(fail)?;
@@ -350,7 +350,7 @@ pub(crate) fn provide_resolv_conf(
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     ) {
         Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => false,
-        Ok(_) => return Ok(None),
+        Ok(_) => return Ok(vec![]),
         Err(nix::errno::Errno::ENOENT) => {
             nix::fcntl::openat(
                 &etc,
@@ -420,10 +420,14 @@ pub(crate) fn provide_resolv_conf(
     .or_fail(SandboxOp::RemountReadOnly, RESOLV_CONF)?;
     nix::unistd::unlinkat(&dev, RESOLV_COPY, nix::unistd::UnlinkatFlags::NoRemoveDir)
         .map_err(fail)?;
-    Ok(Some(Cleanup {
-        unmount: Some(RESOLV_CONF),
-        remove: created.then_some(RESOLV_CONF),
-    }))
+    let mut cleanups = vec![Cleanup::Unmount(mounted)];
+    if created {
+        cleanups.push(Cleanup::Remove {
+            dir: etc,
+            name: "resolv.conf",
+        });
+    }
+    Ok(cleanups)
 }
 
 /// Makes the root at `mp` the process's root and detaches the host's.

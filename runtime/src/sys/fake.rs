@@ -102,6 +102,7 @@ pub enum Call {
         from: u32,
     },
     JoinNewSessionKeyring,
+    EndOthers,
 }
 
 /// A recorded call and, when its target was a `/proc/self/fd/N` path, what that path named when
@@ -399,6 +400,10 @@ impl Syscall for RecordingSyscall {
 
     fn join_new_session_keyring(&self) -> io::Result<()> {
         self.record(Call::JoinNewSessionKeyring, None)
+    }
+
+    fn end_others(&self) -> io::Result<()> {
+        self.record(Call::EndOthers, None)
     }
 }
 

@@ -333,6 +333,30 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn end_others(&self) -> io::Result<()> {
+        if nix::unistd::getpid().as_raw() != 1 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-1),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .or_else(|e| {
+            if e == nix::errno::Errno::ESRCH {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        loop {
+            match nix::sys::wait::waitpid(None, None) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ECHILD) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     fn join_new_session_keyring(&self) -> io::Result<()> {
         const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
         // SAFETY: a NULL name asks for a new anonymous keyring; the kernel reads no memory.

@@ -36,6 +36,13 @@ pub const OFFSET_NR: u32 = 0;
 pub const OFFSET_ARCH: u32 = 4;
 /// Offset of the low 32 bits of the first argument in `struct seccomp_data` (little endian).
 pub const OFFSET_ARG0_LO: u32 = 16;
+/// Offset of the low 32 bits of the second argument.
+pub const OFFSET_ARG1_LO: u32 = 24;
+
+/// The terminal ioctls a step may not make: `TIOCSTI` (push characters into a terminal's input,
+/// which the user's shell then reads as typed) and `TIOCLINUX` (the same, and more, on a
+/// virtual console).
+const TTY_INJECT: [u32; 2] = [0x5412, 0x541C];
 
 /// `EPERM`: what a refused call returns.
 const EPERM: u32 = 1;
@@ -75,6 +82,7 @@ struct ArchCalls {
     unshare: u32,
     clone: u32,
     clone3: u32,
+    ioctl: u32,
 }
 
 const CONFINED: &[ArchCalls] = &[
@@ -90,6 +98,7 @@ const CONFINED: &[ArchCalls] = &[
         unshare: 272,
         clone: 56,
         clone3: 435,
+        ioctl: 16,
     },
     ArchCalls {
         arch: 0x4000_0003,
@@ -105,6 +114,7 @@ const CONFINED: &[ArchCalls] = &[
         unshare: 310,
         clone: 120,
         clone3: 435,
+        ioctl: 54,
     },
     ArchCalls {
         arch: 0xC000_00B7,
@@ -117,6 +127,7 @@ const CONFINED: &[ArchCalls] = &[
         unshare: 97,
         clone: 220,
         clone3: 435,
+        ioctl: 29,
     },
 ];
 
@@ -178,7 +189,8 @@ impl Asm {
 }
 
 /// The confinement program of build steps: for x86_64, i386 and aarch64 processes, the calls in
-/// [`CONFINED`] and `unshare`/`clone` with a namespace flag return EPERM, `clone3` returns ENOSYS
+/// [`CONFINED`], `unshare`/`clone` with a namespace flag and the terminal ioctls of [`TTY_INJECT`]
+/// return EPERM, `clone3` returns ENOSYS
 /// (libc then uses `clone`); x32 calls and processes of any other architecture return ENOSYS.
 /// Everything else is allowed.
 pub fn confine_filter() -> Vec<SockFilter> {
@@ -191,7 +203,7 @@ pub fn confine_filter() -> Vec<SockFilter> {
     a.ret(SECCOMP_RET_ERRNO | ENOSYS);
     for (c, block) in CONFINED.iter().zip(&blocks) {
         let (deny, nosys, allow) = (a.label(), a.label(), a.label());
-        let (unshare, clone) = (a.label(), a.label());
+        let (unshare, clone, ioctl) = (a.label(), a.label(), a.label());
         a.here(*block);
         a.ins(BPF_LD_W_ABS, OFFSET_NR);
         if let Some(from) = c.foreign_from {
@@ -200,6 +212,7 @@ pub fn confine_filter() -> Vec<SockFilter> {
         a.jump(BPF_JEQ_K, c.clone3, Some(nosys), None);
         a.jump(BPF_JEQ_K, c.unshare, Some(unshare), None);
         a.jump(BPF_JEQ_K, c.clone, Some(clone), None);
+        a.jump(BPF_JEQ_K, c.ioctl, Some(ioctl), None);
         for nr in c.denied {
             a.jump(BPF_JEQ_K, *nr, Some(deny), None);
         }
@@ -210,6 +223,12 @@ pub fn confine_filter() -> Vec<SockFilter> {
         a.here(clone);
         a.ins(BPF_LD_W_ABS, OFFSET_ARG0_LO);
         a.jump(BPF_JSET_K, NS_FLAGS_CLONE, Some(deny), Some(allow));
+        a.here(ioctl);
+        a.ins(BPF_LD_W_ABS, OFFSET_ARG1_LO);
+        for req in TTY_INJECT {
+            a.jump(BPF_JEQ_K, req, Some(deny), None);
+        }
+        a.ret(SECCOMP_RET_ALLOW);
         a.here(allow);
         a.ret(SECCOMP_RET_ALLOW);
         a.here(deny);
@@ -283,7 +302,7 @@ mod tests {
                     a = match ins.k {
                         OFFSET_ARCH => arch,
                         OFFSET_NR => nr,
-                        OFFSET_ARG0_LO => arg0,
+                        OFFSET_ARG0_LO | OFFSET_ARG1_LO => arg0,
                         other => panic!("load of offset {other}"),
                     }
                 }
@@ -347,6 +366,13 @@ mod tests {
                 }
                 assert_eq!(run_with(&prog, c.arch, nr, 0x400), SECCOMP_RET_ALLOW);
                 assert_eq!(run_with(&prog, c.arch, nr, 0), SECCOMP_RET_ALLOW);
+            }
+            // Terminal input injection, not other ioctls (TCGETS, FIONREAD, TIOCGWINSZ).
+            for req in TTY_INJECT {
+                assert_eq!(run_with(&prog, c.arch, c.ioctl, req), DENY);
+            }
+            for req in [0x5401, 0x541B, 0x5413] {
+                assert_eq!(run_with(&prog, c.arch, c.ioctl, req), SECCOMP_RET_ALLOW);
             }
             // clone's exit signal shares bit 0x80 with CLONE_NEWTIME.
             assert_eq!(run_with(&prog, c.arch, c.clone, 0x80), SECCOMP_RET_ALLOW);

@@ -133,6 +133,11 @@ pub trait Syscall {
     /// `keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)`: a new anonymous session keyring for the
     /// calling process.
     fn join_new_session_keyring(&self) -> io::Result<()>;
+
+    /// For the init of a PID namespace (PID 1) only: SIGKILL to every other process of the
+    /// namespace, then reaps them all. Refused (EPERM) in any process that is not PID 1, where
+    /// `kill(-1)` would reach the whole machine.
+    fn end_others(&self) -> io::Result<()>;
 }
 
 /// A thread's capability sets, one bit per capability number (`1 << CAP_SYS_ADMIN`, ...).
