@@ -91,7 +91,11 @@ fn debian_minbase_with_hello() {
     let debs: Vec<_> = std::fs::read_dir(t.store.join("cache/debs"))
         .unwrap()
         .filter_map(Result::ok)
-        .flat_map(|key| std::fs::read_dir(key.path()).unwrap().filter_map(Result::ok))
+        .flat_map(|key| {
+            std::fs::read_dir(key.path())
+                .unwrap()
+                .filter_map(Result::ok)
+        })
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(debs.iter().any(|d| d.starts_with("hello_")), "{debs:?}");
