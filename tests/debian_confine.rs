@@ -67,6 +67,16 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// An environment whose `packages` step runs its own `apt-get`, which marks the caches.
+const ATTACKER: &str = r##"name "attacker"
+base "debian" suite="bookworm" variant="minbase"
+
+layer "evil" {
+    run "printf '#!/bin/sh\\ntouch /var/lib/apt/lists/POISON /var/cache/apt/archives/POISON\\n' > /usr/local/bin/apt-get && chmod 755 /usr/local/bin/apt-get"
+    packages "hello"
+}
+"##;
+
 const SPEC: &str = r##"name "confined"
 base "debian" suite="bookworm" variant="minbase"
 
@@ -191,19 +201,40 @@ fn real_builds_work_in_a_debian_root() {
     );
     let spec = t.spec("env.kdl", SPEC);
 
+    // Another environment on the same base whose `packages` step runs a hostile apt-get that
+    // writes into the apt caches it is given (red-team finding: planted lists were installed by
+    // every other environment).
+    let attacker = t.spec("attacker.kdl", ATTACKER);
+    let _ = t.envc(&["apply", attacker.to_str().unwrap()]);
+
     // A failing `packages` step (or a step outside the recorder) fails the apply, whose report
     // points at the step's line.
     let r = t.apply(&spec);
     assert_eq!(
         r.built(),
-        [
-            "base", "packages", "users", "compile", "trace", "ping", "compat32"
-        ],
+        // The base was built by the attacker's apply.
+        ["packages", "users", "compile", "trace", "ping", "compat32"],
         "{}",
         r.stderr
     );
     let root = r.root();
     let mut f = Failures::default();
+
+    // The attacker's marks are only in the caches of steps that start from its own tree.
+    let mut marked = Vec::new();
+    for cache in ["apt-lists", "debs"] {
+        for key in std::fs::read_dir(t.store.join("cache").join(cache)).unwrap() {
+            let key = key.unwrap().path();
+            if key.join("POISON").exists() {
+                marked.push(key);
+            }
+        }
+    }
+    assert_eq!(
+        marked.len(),
+        2,
+        "the attacker's apt-get marked {marked:?}: want exactly its own lists and debs caches"
+    );
 
     // Maintainer scripts: setcap on ping (it stays without the setuid bit), a system user and
     // group with a setgid directory of theirs.
