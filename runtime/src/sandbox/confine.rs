@@ -37,7 +37,22 @@ pub(crate) fn confine(sys: &dyn Syscall) -> Result<(), SandboxError> {
         .or_fail(SandboxOp::CloseDescriptors, "the command")?;
     sys.install_seccomp(&sys::seccomp::confine_filter())
         .or_fail(SandboxOp::Confine, "the command")?;
-    let keep = kept_mask();
+    lower_capabilities(sys, kept_mask(), "the command")
+}
+
+/// Lowers the calling process's capabilities to `keep`: every other one leaves the bounding set
+/// (up to the kernel's last), the ambient and inheritable sets are emptied, and the permitted
+/// and effective sets become `keep`. `who` names the process in an error (a command, a tool).
+pub(crate) fn lower_capabilities(
+    sys: &dyn Syscall,
+    keep: u64,
+    who: &str,
+) -> Result<(), SandboxError> {
+    let fail = |what: String, e: std::io::Error| {
+        let mut err = SandboxError::io(SandboxOp::DropCapabilities, who, &e);
+        err.detail = format!("{what}: {}", err.detail);
+        err
+    };
     for cap in 0..=MAX_CAP {
         if keep & (1 << cap) != 0 {
             continue;
@@ -45,18 +60,15 @@ pub(crate) fn confine(sys: &dyn Syscall) -> Result<(), SandboxError> {
         match sys.drop_bounding_capability(cap) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => break,
-            Err(e) => {
-                return Err(e).or_fail(SandboxOp::DropCapabilities, format!("capability {cap}"));
-            }
+            Err(e) => return Err(fail(format!("bounding set, capability {cap}"), e)),
         }
     }
     sys.clear_ambient_capabilities()
-        .or_fail(SandboxOp::DropCapabilities, "the ambient set")?;
+        .map_err(|e| fail("ambient set".into(), e))?;
     sys.set_capabilities(Caps {
         effective: keep,
         permitted: keep,
         inheritable: 0,
     })
-    .or_fail(SandboxOp::DropCapabilities, "the command")?;
-    Ok(())
+    .map_err(|e| fail("permitted and effective sets".into(), e))
 }

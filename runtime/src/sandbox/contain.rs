@@ -35,7 +35,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use super::protocol::{OrFail, Reporter, SETUP_FAILED, SandboxError, SandboxOp};
-use crate::sys::{self, Caps, Syscall};
+use crate::sys::{self, Syscall};
 
 /// The hidden first argument under which envc runs a host tool contained:
 /// `envc __envc-contain [--report-fd N] --parent PID [--nosync] [--root DIR] -- PROGRAM ARGS...`.
@@ -104,10 +104,6 @@ pub const TOOL_CAPABILITIES: u64 = {
     }
     mask
 };
-
-/// The highest capability number tried when the bounding set is lowered: the kernel answers
-/// EINVAL past its last one, which ends the loop.
-const MAX_CAP: u32 = 63;
 
 /// What to run.
 #[derive(Debug, PartialEq, Eq)]
@@ -272,34 +268,9 @@ fn expose_root(sys: &dyn Syscall, root: &Path) -> Result<(), SandboxError> {
     )
 }
 
-/// Lowers the calling process's capabilities to [`TOOL_CAPABILITIES`]: the bounding set (what it
-/// and everything it executes can ever have), then the ambient set, then its own sets (with an
-/// empty inheritable set; a root process's next exec gets its bounding set).
+/// Lowers a tool's capabilities to [`TOOL_CAPABILITIES`].
 fn restrict_capabilities(sys: &dyn Syscall, shown: &str) -> Result<(), SandboxError> {
-    // Reported as part of executing the tool: the sandbox's own operations name the command.
-    let fail = |what: String, e: io::Error| {
-        let mut err = SandboxError::io(SandboxOp::Exec, shown, &e);
-        err.detail = format!("lower its capabilities ({what}): {}", err.detail);
-        err
-    };
-    for cap in 0..=MAX_CAP {
-        if TOOL_CAPABILITIES & (1 << cap) != 0 {
-            continue;
-        }
-        match sys.drop_bounding_capability(cap) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => break,
-            Err(e) => return Err(fail(format!("bounding set, capability {cap}"), e)),
-        }
-    }
-    sys.clear_ambient_capabilities()
-        .map_err(|e| fail("ambient set".into(), e))?;
-    sys.set_capabilities(Caps {
-        effective: TOOL_CAPABILITIES,
-        permitted: TOOL_CAPABILITIES,
-        inheritable: 0,
-    })
-    .map_err(|e| fail("permitted and effective sets".into(), e))
+    super::confine::lower_capabilities(sys, TOOL_CAPABILITIES, shown)
 }
 
 /// PID 1 of the tool's namespace.
@@ -416,7 +387,7 @@ mod tests {
 
     #[test]
     fn the_tool_keeps_its_capabilities_and_no_other() {
-        use crate::sys::{Call, RecordingSyscall};
+        use crate::sys::{Call, Caps, RecordingSyscall};
         let caps = |names: &[&str]| {
             names.iter().fold(0u64, |m, n| {
                 let (c, _) = TOOL_CAPABILITY_NAMES.iter().find(|(_, x)| x == n).unwrap();
@@ -483,7 +454,7 @@ mod tests {
             nix::libc::EPERM,
         );
         let e = restrict_capabilities(&fake, "/usr/bin/tar").unwrap_err();
-        assert_eq!(e.op, SandboxOp::Exec);
+        assert_eq!(e.op, SandboxOp::DropCapabilities);
         assert!(
             e.to_string().contains("/usr/bin/tar") && e.to_string().contains("capability 16"),
             "{e}"
