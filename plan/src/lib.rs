@@ -15,6 +15,7 @@ pub mod digest;
 pub mod env;
 pub mod id;
 pub mod key;
+pub mod lock;
 mod model;
 pub mod name;
 

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::env;
 use crate::id::LayerId;
 use crate::key::{Key, LAYER_ID_CONTEXT};
+use crate::lock::{BaseLocked, LockedPackage};
 
 /// The name of the first layer of every plan, the base.
 pub const BASE_LAYER_NAME: &str = "base";
@@ -157,6 +158,9 @@ pub enum Step {
         /// Sync suppression while building it. Not part of the id.
         #[serde(default = "packages_default")]
         sync: SyncMode,
+        /// What the lock says of the base (with a lock only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked: Option<BaseLocked>,
     },
     /// Install packages with the distribution's package manager.
     Packages {
@@ -165,6 +169,9 @@ pub enum Step {
         /// Sync suppression. Not part of the id.
         #[serde(default = "packages_default")]
         sync: SyncMode,
+        /// Every package the step installs, as the lock has them (with a lock only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locked: Option<Vec<LockedPackage>>,
     },
     /// Run a shell command inside the root.
     Run {
@@ -247,8 +254,17 @@ impl Step {
     pub fn key(&self) -> Key {
         match self {
             Step::Base { base, .. } => base.key(),
-            Step::Packages { packages, .. } => {
-                Key::record("packages", vec![("packages", Key::strs(packages))])
+            Step::Packages {
+                packages, locked, ..
+            } => {
+                let mut fields = vec![("packages", Key::strs(packages))];
+                if let Some(locked) = locked {
+                    fields.push((
+                        "locked",
+                        Key::List(locked.iter().map(LockedPackage::key).collect()),
+                    ));
+                }
+                Key::record("packages", fields)
             }
             Step::Run {
                 command,
@@ -334,8 +350,12 @@ impl Layer {
 
     fn key_of(parent: Option<LayerId>, steps: &[Step]) -> Key {
         match (parent, steps) {
-            (None, [Step::Base { base, .. }]) => {
-                Key::record("base-layer", vec![("base", base.key())])
+            (None, [Step::Base { base, locked, .. }]) => {
+                let mut fields = vec![("base", base.key())];
+                if let Some(locked) = locked {
+                    fields.push(("lock", locked.key()));
+                }
+                Key::record("base-layer", fields)
             }
             (parent, steps) => Key::record(
                 "layer",
@@ -415,7 +435,11 @@ impl Plan {
         sync: SyncMode,
         layers: Vec<(String, Vec<Step>)>,
     ) -> Plan {
-        let base_steps = vec![Step::Base { base, sync }];
+        let base_steps = vec![Step::Base {
+            base,
+            sync,
+            locked: None,
+        }];
         let base_id = Layer::compute_id(None, &base_steps);
         let mut out = vec![Layer {
             name: BASE_LAYER_NAME.to_owned(),
@@ -528,6 +552,7 @@ mod tests {
             &[Step::Base {
                 base: Base::Scratch,
                 sync: SyncMode::Off,
+                locked: None,
             }],
         );
         for parent in [None, Some(base)] {
@@ -591,6 +616,7 @@ mod tests {
             vec![Step::Packages {
                 packages: vec!["hello".into()],
                 sync,
+                locked: None,
             }]
         };
         let a = Layer::compute_id(None, &steps(SyncMode::Off));

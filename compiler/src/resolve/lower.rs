@@ -364,7 +364,11 @@ impl Lower<'_> {
                 packages.sort();
                 let sync =
                     self.sync_mode(f, decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, ALL)?;
-                (ok && !packages.is_empty()).then_some(Step::Packages { packages, sync })
+                (ok && !packages.is_empty()).then_some(Step::Packages {
+                    packages,
+                    sync,
+                    locked: None,
+                })
             }
             StepKind::Run {
                 command,

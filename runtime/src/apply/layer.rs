@@ -175,7 +175,7 @@ impl Runtime {
         // Shared caches a step uses stay locked until it ends.
         let mut cache_locks = Vec::new();
         let spec = match &layer.steps[si] {
-            Step::Base { base, sync } => {
+            Step::Base { base, sync, .. } => {
                 let mut tail = Vec::new();
                 let mut on_line = |line: &str| {
                     let _ = writeln!(log, "{line}");
@@ -243,7 +243,7 @@ impl Runtime {
                     digest: *digest,
                 },
             },
-            Step::Packages { packages, sync } => {
+            Step::Packages { packages, sync, .. } => {
                 let key = cache_key(plan, index, si);
                 let debs = self.store.cache_dir(&format!("debs/{key}"))?;
                 let lists = self.store.cache_dir(&format!("apt-lists/{key}"))?;

@@ -247,6 +247,7 @@ fn plan() -> Plan {
                 steps: vec![Step::Base {
                     base: Base::Scratch,
                     sync: SyncMode::Off,
+                    locked: None,
                 }],
             },
             Layer {
@@ -693,6 +694,7 @@ fn apt_caches_are_shared_only_from_the_same_starting_tree() {
     let packages = |p: &str| Step::Packages {
         packages: vec![p.into()],
         sync: SyncMode::Off,
+        locked: None,
     };
     let mut p = plan();
     // The first step of the layer on the base shares the base build's lists.
