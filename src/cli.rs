@@ -91,6 +91,9 @@ pub enum Command {
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
+        /// Fail when the spec has no lock or its lock is stale.
+        #[arg(long)]
+        locked: bool,
     },
     /// Build the layers that are not stored, reuse the rest, and print the path of the
     /// environment's working root (a writable snapshot of the last layer).
@@ -101,6 +104,30 @@ pub enum Command {
         /// Discard the working root's changes: a fresh snapshot of the last layer.
         #[arg(long)]
         reset: bool,
+        /// Fail when the spec has no lock or its lock is stale.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Resolve every package the spec installs (base and `packages` steps) and write the lock
+    /// beside it (`env.kdl` -> `env.lock`). An existing lock is kept where the spec did not change.
+    Lock {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Resolve again: everything, or only the named packages (the rest stay pinned).
+        #[arg(long, value_name = "PKG", num_args = 0..)]
+        update: Option<Vec<String>>,
+        /// Exit 0 when the lock matches the spec; otherwise fail, naming the first step that no
+        /// longer matches.
+        #[arg(long, conflicts_with = "update")]
+        check: bool,
+    },
+    /// Put every package of the spec's lock into the store's package store (verified), so that
+    /// a later apply needs no mirror.
+    Fetch {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
     },
     /// Run a command in a fresh throwaway snapshot of the environment (or in its working root
     /// with --keep); envc exits with the command's status.
@@ -220,6 +247,9 @@ pub struct RunTarget {
     /// No network (only loopback).
     #[arg(long)]
     pub no_network: bool,
+    /// Fail when the spec has no lock or its lock is stale.
+    #[arg(long)]
+    pub locked: bool,
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub enum CliError {
     Failed(Box<dyn std::error::Error + Send + Sync>),
     /// A build step failed; the report points at the step in its spec.
     StepFailed(Box<StepFailure>),
+    /// An input file other than a spec (a lock) is invalid; the report points into it.
+    Diagnostic(Box<dyn miette::Diagnostic + Send + Sync>),
 }
 
 /// One spec and all its errors.
@@ -69,7 +71,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => exit::USAGE,
-            CliError::InvalidSpec(_) => exit::INVALID_SPEC,
+            CliError::InvalidSpec(_) | CliError::Diagnostic(_) => exit::INVALID_SPEC,
             CliError::Failed(_) | CliError::StepFailed(_) => exit::FAILURE,
         }
     }

@@ -11,6 +11,7 @@ mod commands;
 mod compile;
 mod error;
 mod human;
+mod lockfile;
 mod progress;
 mod report;
 mod store;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Color, Command};
-use crate::commands::{apply, check, gc, ls, plan, rm, why};
+use crate::commands::{apply, check, gc, lock, ls, plan, rm, why};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -31,8 +32,18 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let backend = cli.backend;
     let done = match cli.command {
         Command::Check { specs } => check::check(&specs),
-        Command::Plan { spec, json } => plan::plan(&spec, json),
-        Command::Apply { spec, reset } => apply::apply(store, backend, &spec, reset),
+        Command::Plan { spec, json, locked } => plan::plan(&spec, json, locked),
+        Command::Apply {
+            spec,
+            reset,
+            locked,
+        } => apply::apply(store, backend, &spec, reset, locked),
+        Command::Lock {
+            spec,
+            update,
+            check,
+        } => return lock::lock(store, backend, &spec, update, check),
+        Command::Fetch { spec } => lock::fetch(store, backend, &spec),
         Command::Run { target, command } => return apply::run(store, backend, &target, command),
         Command::Shell { target } => return apply::shell(store, backend, &target),
         Command::Rm { name } => rm::rm(store, backend, &name),

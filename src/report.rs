@@ -57,6 +57,7 @@ impl Ui {
             }
             CliError::Failed(e) => error_line(e),
             CliError::StepFailed(f) => self.diagnostic(step_failed(f).as_ref()),
+            CliError::Diagnostic(d) => self.diagnostic(d.as_ref()),
         }
     }
 

@@ -460,7 +460,9 @@ impl Lock {
     /// The lock as TOML, in a fixed order: one package per line, sorted by name and architecture.
     pub fn to_toml(&self) -> String {
         let mut s = String::new();
-        s.push_str("# envc lock: the exact packages of the spec beside it. Written by `envc lock`;\n");
+        s.push_str(
+            "# envc lock: the exact packages of the spec beside it. Written by `envc lock`;\n",
+        );
         s.push_str("# review its changes like code, and check it in.\n");
         let _ = writeln!(s, "version = {}", self.version);
         let _ = writeln!(s, "spec-checksum = {}", quote(&self.spec_checksum));
@@ -680,7 +682,10 @@ mod tests {
         let back = Lock::parse(&text).unwrap();
         assert_eq!(back, lock);
         assert_eq!(back.to_toml(), text);
-        assert!(text.contains("\n[[step]]\nlayer = \"tools\"\nstep = 2\n"), "{text}");
+        assert!(
+            text.contains("\n[[step]]\nlayer = \"tools\"\nstep = 2\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -705,7 +710,9 @@ mod tests {
         let lock = lock_for(&p);
         assert_eq!(lock.check(&p), Ok(()));
         assert_eq!(lock.check(&plan("false", &["hello"], &["make"])), Ok(()));
-        let e = lock.check(&plan("true", &["hello"], &["make", "gcc"])).unwrap_err();
+        let e = lock
+            .check(&plan("true", &["hello"], &["make", "gcc"]))
+            .unwrap_err();
         assert!(
             matches!(&e, Stale::Step { layer, step: 1, .. } if layer == "more"),
             "{e}"

@@ -31,7 +31,7 @@ pub mod tools;
 pub mod tree;
 pub mod warning;
 
-pub use apply::{Applied, ApplyError, Event, Runtime};
+pub use apply::{Applied, ApplyError, Event, Runtime, Update};
 pub use backend::BackendKind;
 pub use store::Store;
 pub use warning::Warning;

@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 
 use crate::sandbox::protocol::check_report;
 use crate::sandbox::{
-    CONTAIN_ARG, EXPOSED_ROOT, NOSYNC_OPT, PARENT_OPT, REPORT_FD_ARG, ROOT_OPT, SandboxError,
-    SandboxOp,
+    CONTAIN_ARG, EXPOSED_ROOT, NO_NETWORK_OPT, NOSYNC_OPT, PARENT_OPT, REPO_OPT, REPORT_FD_ARG,
+    ROOT_OPT, SandboxError, SandboxOp,
 };
 use crate::sys;
 
@@ -120,9 +120,12 @@ pub struct Tool {
     env: Vec<(OsString, OsString)>,
     via: Option<PathBuf>,
     nosync: bool,
+    no_network: bool,
     uninterruptible: bool,
     /// The argument (by index) that names the directory the tool works on ([`Tool::root_arg`]).
     root: Option<usize>,
+    /// A directory of packages the tool reads ([`Tool::repo`]).
+    repo: Option<PathBuf>,
 }
 
 impl fmt::Debug for Tool {
@@ -145,8 +148,10 @@ impl Tool {
             env: Vec::new(),
             via: None,
             nosync: false,
+            no_network: false,
             uninterruptible: false,
             root: None,
+            repo: None,
         }
     }
 
@@ -161,6 +166,12 @@ impl Tool {
     /// of `sync=seccomp` steps. Only when contained: a tool run directly is not filtered.
     pub fn nosync(mut self, on: bool) -> Tool {
         self.nosync = on;
+        self
+    }
+
+    /// Runs the tool (contained) in a network namespace of its own: no network at all.
+    pub fn no_network(mut self, on: bool) -> Tool {
+        self.no_network = on;
         self
     }
 
@@ -205,6 +216,13 @@ impl Tool {
         self
     }
 
+    /// Lets the (contained) tool read `dir`, read-only, as [`EXPOSED_REPO`] (a locked base's local
+    /// repository, which may be under `/tmp`, where the tool has a tmpfs of its own).
+    pub fn repo(mut self, dir: &Path) -> Tool {
+        self.repo = Some(dir.to_owned());
+        self
+    }
+
     /// Sets an environment variable (on top of a minimal PATH/LANG environment).
     pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Tool {
         self.env.push((k.into(), v.into()));
@@ -229,8 +247,14 @@ impl Tool {
                     .arg(fd.to_string())
                     .arg(PARENT_OPT)
                     .arg(std::process::id().to_string());
+                if self.no_network {
+                    cmd.arg(NO_NETWORK_OPT);
+                }
                 if self.nosync {
                     cmd.arg(NOSYNC_OPT);
+                }
+                if let Some(dir) = &self.repo {
+                    cmd.arg(REPO_OPT).arg(dir);
                 }
                 let mut args = self.args.clone();
                 if let Some(dir) = self.root.and_then(|i| args.get_mut(i)) {

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::cli::{Backend, RunTarget};
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
+use crate::lockfile::plan_for;
 use crate::progress::Progress;
 
 /// What `envc shell` runs: the user's login shell if the root has bash, else sh.
@@ -18,11 +19,13 @@ pub fn apply(
     backend: Option<Backend>,
     spec: &Path,
     reset: bool,
+    locked: bool,
 ) -> Result<(), CliError> {
     let compiled = compile_for(spec, store)?;
+    let plan = plan_for(&compiled, spec, locked, true)?;
     let rt = crate::store::open(store, backend)?;
-    let mut progress = Progress::new(compiled.plan.layers.len());
-    let result = rt.apply(&compiled.plan, reset, &mut |e| progress.event(e));
+    let mut progress = Progress::new(plan.layers.len());
+    let result = rt.apply(&plan, reset, &mut |e| progress.event(e));
     drop(progress);
     let applied = result.map_err(|e| CliError::apply(e, &compiled))?;
     let _ = writeln!(
@@ -48,16 +51,13 @@ pub fn run(
     argv: Vec<String>,
 ) -> Result<u8, CliError> {
     let compiled = compile_for(&target.spec, store)?;
+    let plan = plan_for(&compiled, &target.spec, target.locked, false)?;
     let rt = crate::store::open(store, backend)?;
-    let mut progress = Progress::new(compiled.plan.layers.len());
+    let mut progress = Progress::new(plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.
-    let result = rt.run(
-        &compiled.plan,
-        argv,
-        target.keep,
-        !target.no_network,
-        &mut |e| progress.event(e),
-    );
+    let result = rt.run(&plan, argv, target.keep, !target.no_network, &mut |e| {
+        progress.event(e)
+    });
     drop(progress);
     let code = result.map_err(|e| CliError::apply(e, &compiled))?;
     Ok(u8::try_from(code).unwrap_or(exit::FAILURE))

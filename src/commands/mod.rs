@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod check;
 pub mod gc;
+pub mod lock;
 pub mod ls;
 pub mod plan;
 pub mod rm;

@@ -7,17 +7,19 @@ use envc_plan::Plan;
 
 use crate::compile::compile;
 use crate::error::CliError;
+use crate::lockfile::plan_for;
 
 /// Prints the plan of `spec`.
-pub fn plan(spec: &Path, json: bool) -> Result<(), CliError> {
+pub fn plan(spec: &Path, json: bool, locked: bool) -> Result<(), CliError> {
     let compiled = compile(spec)?;
+    let plan = plan_for(&compiled, spec, locked, true)?;
     let text = if json {
-        let mut s = serde_json::to_string_pretty(&compiled.plan)
+        let mut s = serde_json::to_string_pretty(&plan)
             .map_err(|e| CliError::failed(format!("cannot encode the plan as JSON: {e}")))?;
         s.push('\n');
         s
     } else {
-        table(&compiled.plan)
+        table(&plan)
     };
     std::io::stdout()
         .lock()

@@ -8,13 +8,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use envc_plan::digest::ContentHasher;
+use envc_plan::lock::BaseLocked;
 use envc_plan::{Base, Plan, SyncMode};
 use nix::fcntl::OFlag;
 use nix::unistd::UnlinkatFlags;
 
 use super::Runtime;
-use super::apt::layer_short;
 use super::inroot::{is_file_at, open_dir, open_in_root};
+use super::normalize::{NormalizeError, normalize};
 use crate::aptsrc;
 use crate::tools::{self, Tool, ToolError};
 
@@ -54,15 +55,12 @@ pub(super) enum BaseError {
         /// The digest the layer id was computed from.
         planned: envc_plan::Digest,
     },
-    /// A file envc writes for the build could not be written.
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
+    /// A locked build could not be normalized.
+    #[error(transparent)]
+    Normalize(NormalizeError),
+    /// A locked build failed (fetching its packages, its repository, or what it installed).
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// Opens a base tarball: a regular file (never a FIFO or a device, which could block or never
@@ -136,6 +134,7 @@ impl Runtime {
         plan: &Plan,
         base: &Base,
         sync: SyncMode,
+        locked: Option<&BaseLocked>,
         dir: &Path,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), BaseError> {
@@ -197,72 +196,145 @@ impl Runtime {
                 }
                 Ok(())
             }
-            Base::Debian {
-                suite,
-                variant,
-                arch,
-                components,
-                include,
-                mirror,
-                exclude_docs,
-            } => {
-                // The base's mirror, or the host's mirrors for its suite: mmdebstrap writes these into
-                // the root, and later `packages` steps use them from there.
-                let sources = match mirror {
-                    Some(m) => aptsrc::sources_for_mirror(m, suite, components),
-                    None => aptsrc::sources_for(&aptsrc::host_entries(), suite, components)
-                        .ok_or_else(|| BaseError::NoMirror {
-                            suite: suite.clone(),
-                        })?,
-                };
-                let sources_file = self
-                    .store
-                    .path()
-                    .join("tmp")
-                    .join(format!("sources-{}.list", layer_short(plan)));
-                fs::write(&sources_file, sources).map_err(|source| BaseError::Write {
-                    path: sources_file.clone(),
-                    source,
-                })?;
-                let mmdebstrap = tools::find("mmdebstrap")?;
-                // Contained (its mounts of proc, sys and dev in the new root stay in a mount
-                // namespace of its own, and it dies with envc), with the capabilities of contained
-                // tools only. With sync suppression, mmdebstrap and everything it starts (dpkg in
-                // the new root included) run under the seccomp filter. It reaches the new root
-                // through a /tmp of its own (`root_arg`), so apt still downloads as `_apt`.
-                let mut t = Tool::at(mmdebstrap)
-                    .via(self.exec.helper())
-                    .nosync(sync != SyncMode::Off)
-                    .arg(format!("--variant={variant}"))
-                    .arg(format!("--architectures={arch}"))
-                    .arg(format!("--components={}", components.join(",")))
-                    .arg("--mode=root")
-                    .arg("--aptopt=Acquire::Retries \"3\"")
-                    .arg("--aptopt=Acquire::Languages \"none\"")
-                    // The package lists mmdebstrap downloaded go to the shared lists cache (below)
-                    // instead of being thrown away, so the next `packages` step only re-checks them.
-                    .arg("--skip=cleanup/apt/lists")
-                    .arg("--dpkgopt=force-unsafe-io");
-                if !include.is_empty() {
-                    t = t.arg(format!("--include={}", include.join(",")));
-                }
-                if *exclude_docs {
-                    for opt in EXCLUDE_DOCS {
-                        t = t.arg(format!("--dpkgopt={opt}"));
+            Base::Debian { .. } => {
+                let sources = base_sources(base)?;
+                match locked.filter(|l| !l.packages.is_empty()) {
+                    None => {
+                        let mmdebstrap = self.mmdebstrap(base, sync, &sources, dir, false)?;
+                        let r = self.exec.tool(&mmdebstrap.tool, on_line);
+                        drop(mmdebstrap);
+                        r?;
+                        self.adopt_apt_lists(plan, dir);
+                    }
+                    Some(l) => {
+                        self.make_locked_base(plan, base, sync, l, &sources, dir, on_line)?
                     }
                 }
-                let t = t.arg(suite).root_arg(dir).arg(&sources_file);
-                let r = self.exec.tool(&t, on_line);
-                let _ = fs::remove_file(&sources_file);
-                r?;
-                self.adopt_apt_lists(plan, dir);
                 // Nothing of the host may stay in a layer: mmdebstrap copies its resolver config and
                 // hostname in.
                 remove_host_files(dir);
+                if let Some(l) = locked {
+                    normalize(dir, l.source_date_epoch).map_err(BaseError::Normalize)?;
+                }
                 Ok(())
             }
         }
     }
+
+    /// mmdebstrap for `base` into `dir`, from the (one-line) apt sources `sources`.
+    /// `keep_downloads`: the package lists and the
+    /// downloaded packages stay in the root (for `envc lock`, which reads them).
+    pub(super) fn mmdebstrap(
+        &self,
+        base: &Base,
+        sync: SyncMode,
+        sources: &str,
+        dir: &Path,
+        keep_downloads: bool,
+    ) -> Result<Mmdebstrap, BaseError> {
+        let Base::Debian {
+            variant,
+            arch,
+            components,
+            include,
+            exclude_docs,
+            suite,
+            ..
+        } = base
+        else {
+            unreachable!("mmdebstrap is only for debian bases")
+        };
+        let mmdebstrap = tools::find("mmdebstrap")?;
+        // Contained (its mounts of proc, sys and dev in the new root stay in a mount
+        // namespace of its own, and it dies with envc), with the capabilities of contained
+        // tools only. With sync suppression, mmdebstrap and everything it starts (dpkg in
+        // the new root included) run under the seccomp filter. It reaches the new root
+        // through a /tmp of its own (`root_arg`), so apt still downloads as `_apt`.
+        let mut t = Tool::at(mmdebstrap)
+            .via(self.exec.helper())
+            .nosync(sync != SyncMode::Off)
+            .arg(format!("--variant={variant}"))
+            .arg(format!("--architectures={arch}"))
+            .arg(format!("--components={}", components.join(",")))
+            .arg("--mode=root")
+            .arg("--aptopt=Acquire::Retries \"3\"")
+            .arg("--aptopt=Acquire::Languages \"none\"")
+            // The package lists mmdebstrap downloaded go to the shared lists cache (or to
+            // `envc lock`) instead of being thrown away, so the next `packages` step only
+            // re-checks them.
+            .arg("--skip=cleanup/apt/lists")
+            .arg("--dpkgopt=force-unsafe-io");
+        if keep_downloads {
+            t = t.arg("--skip=cleanup/apt/cache");
+        }
+        if !include.is_empty() {
+            t = t.arg(format!("--include={}", include.join(",")));
+        }
+        if *exclude_docs {
+            for opt in EXCLUDE_DOCS {
+                t = t.arg(format!("--dpkgopt={opt}"));
+            }
+        }
+        // Each sources line is an argument of its own (mmdebstrap takes `deb ...` lines as
+        // mirrors): a file would be out of the tool's sight when the store is under /tmp, which
+        // the tool gets a tmpfs of its own for.
+        let t = t.arg(suite).root_arg(dir).args(sources.lines());
+        Ok(Mmdebstrap { tool: t })
+    }
+}
+
+/// An mmdebstrap command.
+pub(super) struct Mmdebstrap {
+    pub tool: Tool,
+}
+
+/// The apt sources of a Debian base: its mirror, or the host's mirrors for its suite. mmdebstrap
+/// writes these into the root, and later `packages` steps use them from there.
+pub(super) fn base_sources(base: &Base) -> Result<String, BaseError> {
+    let Base::Debian {
+        suite,
+        components,
+        mirror,
+        ..
+    } = base
+    else {
+        return Ok(String::new());
+    };
+    match mirror {
+        Some(m) => Ok(aptsrc::sources_for_mirror(m, suite, components)),
+        None => aptsrc::sources_for(&aptsrc::host_entries(), suite, components).ok_or_else(|| {
+            BaseError::NoMirror {
+                suite: suite.clone(),
+            }
+        }),
+    }
+}
+
+/// The archive URIs of one-line apt sources (`deb [options] URI suite components`).
+pub(super) fn source_uris(sources: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in sources.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("deb") {
+            continue;
+        }
+        let mut w = words.next();
+        if w.is_some_and(|x| x.starts_with('[')) {
+            while let Some(x) = w {
+                w = words.next();
+                if x.ends_with(']') {
+                    break;
+                }
+            }
+        }
+        if let Some(uri) = w {
+            let uri = uri.trim_end_matches('/').to_owned();
+            if !out.contains(&uri) {
+                out.push(uri);
+            }
+        }
+    }
+    out
 }
 
 /// Removes the host's resolver configuration and hostname that mmdebstrap copied into a base,

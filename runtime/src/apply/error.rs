@@ -66,6 +66,14 @@ pub enum ApplyError {
         #[source]
         source: Box<ApplyError>,
     },
+    /// `envc lock` could not resolve a part of the spec.
+    #[error("cannot lock {what}: {reason}")]
+    Lock {
+        /// The base, or a layer's step.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A build failed and so did its rollback: both are reported.
     #[error("{error}; rolling the build of layer `{layer}` back failed too: {rollback}")]
     Rollback {

@@ -10,8 +10,12 @@ use std::time::Instant;
 
 use envc_plan::{LayerId, Plan, Step};
 
-use super::apt::{apt_script, cache_key};
+use super::apt::{apt_script, cache_key, locked_apt_script};
 use super::base::BaseError;
+use super::locked::{
+    LOCKED_SOURCES, REPO_IN_ROOT, TmpDir, compare, installed_in, layered_root, plan_mirrors,
+};
+use super::normalize::normalize;
 use super::{ApplyError, Event, Runtime, Sink};
 use crate::backend::{Build, Labels};
 use crate::sandbox::{Action, Bind, Spec};
@@ -170,12 +174,21 @@ impl Runtime {
                 log: PathBuf::new(),
             };
         let (vars, workdir) = plan.context_at(index, si);
-        let env: Vec<(String, String)> = vars.into_iter().collect();
+        let mut env: Vec<(String, String)> = vars.into_iter().collect();
+        // A locked plan's steps build for the lock's time (unless the spec sets its own).
+        if let Some(sde) = plan.source_date_epoch()
+            && !env.iter().any(|(k, _)| k == "SOURCE_DATE_EPOCH")
+        {
+            env.push(("SOURCE_DATE_EPOCH".into(), sde.to_string()));
+        }
         let cwd = workdir.unwrap_or_else(|| "/".into());
         // Shared caches a step uses stay locked until it ends.
         let mut cache_locks = Vec::new();
+        // A locked `packages` step's set, the installed set before it, the root's layers, and its
+        // repository and apt directories (removed when it ends).
+        let mut post = None;
         let spec = match &layer.steps[si] {
-            Step::Base { base, sync, .. } => {
+            Step::Base { base, sync, locked } => {
                 let mut tail = Vec::new();
                 let mut on_line = |line: &str| {
                     let _ = writeln!(log, "{line}");
@@ -185,7 +198,14 @@ impl Runtime {
                         line: line.to_owned(),
                     });
                 };
-                return match self.make_base(plan, base, *sync, &build.mountpoint, &mut on_line) {
+                return match self.make_base(
+                    plan,
+                    base,
+                    *sync,
+                    locked.as_ref(),
+                    &build.mountpoint,
+                    &mut on_line,
+                ) {
                     Ok(()) => Ok(()),
                     Err(e) => {
                         let reason = e.to_string();
@@ -243,6 +263,80 @@ impl Runtime {
                     digest: *digest,
                 },
             },
+            Step::Packages {
+                packages,
+                sync,
+                locked: Some(set),
+            } => {
+                // Hermetic: a repository of exactly the locked files, fresh lists and archives
+                // directories of the step's own, no network; checked and normalized afterwards.
+                let layers = layered_root(&build.source, &build.mountpoint);
+                let before = installed_in(&layers);
+                let mut on_line = |line: &str| {
+                    let _ = writeln!(log, "{line}");
+                };
+                let repo = self
+                    .locked_repo(
+                        &layer.id,
+                        &format!("step{si}"),
+                        set,
+                        &plan_mirrors(plan),
+                        &mut on_line,
+                    )
+                    .map_err(|reason| fail(reason, None, vec![]))?;
+                let work = TmpDir(repo.0.with_extension("apt"));
+                let (archives, lists) = (work.0.join("archives"), work.0.join("lists"));
+                for d in [
+                    archives.join("partial"),
+                    archives.join("envc-repo"),
+                    lists.join("partial"),
+                ] {
+                    fs::create_dir_all(&d).map_err(|source| ApplyError::Io {
+                        op: "create",
+                        path: d.clone(),
+                        source,
+                    })?;
+                }
+                post = Some((set, before, layers, repo, work));
+                Spec {
+                    source: build.source.clone(),
+                    mountpoint: build.mountpoint.clone(),
+                    network: false,
+                    binds: vec![
+                        Bind {
+                            host: archives,
+                            target: "/var/cache/apt/archives".into(),
+                            readonly: false,
+                        },
+                        Bind {
+                            host: post.as_ref().map(|p| p.3.0.clone()).unwrap_or_default(),
+                            target: REPO_IN_ROOT.into(),
+                            readonly: true,
+                        },
+                        Bind {
+                            host: lists,
+                            target: "/var/lib/apt/lists".into(),
+                            readonly: false,
+                        },
+                    ],
+                    tmp_files: vec![(
+                        LOCKED_SOURCES.into(),
+                        format!("deb [trusted=yes] file:{REPO_IN_ROOT} ./\n"),
+                    )],
+                    action: Action::Exec {
+                        argv: vec![
+                            "/bin/sh".into(),
+                            "-c".into(),
+                            locked_apt_script(packages, LOCKED_SOURCES),
+                        ],
+                        env,
+                        cwd: "/".into(),
+                        user: None,
+                        deny_services: true,
+                        sync: *sync,
+                    },
+                }
+            }
             Step::Packages { packages, sync, .. } => {
                 let key = cache_key(plan, index, si);
                 let debs = self.store.cache_dir(&format!("debs/{key}"))?;
@@ -296,7 +390,17 @@ impl Runtime {
         });
         drop(cache_locks);
         match result {
-            Ok(0) => Ok(()),
+            Ok(0) => match post {
+                None => Ok(()),
+                Some((set, before, layers, repo, work)) => {
+                    drop((repo, work));
+                    let after = installed_in(&layers);
+                    compare("the step", &super::debindex::added(&before, &after), set)
+                        .map_err(|reason| fail(reason, None, tail.clone()))?;
+                    let sde = plan.source_date_epoch().unwrap_or(0);
+                    normalize(&layers[0], sde).map_err(|e| fail(e.to_string(), None, vec![]))
+                }
+            },
             Ok(code) => Err(fail(exit_reason(code), Some(code), tail)),
             Err(e) => {
                 // The sandbox's own failure (the command never ran): its report is the reason.

@@ -24,17 +24,22 @@ const MAX_ATTEMPTS: u32 = 5;
 
 mod apt;
 mod base;
+mod debindex;
 mod error;
 mod event;
 pub mod executor;
 mod inroot;
 mod layer;
+mod locked;
+mod normalize;
+mod resolve;
 #[cfg(test)]
 mod tests;
 
 pub use error::ApplyError;
 pub use event::Event;
 pub use executor::{Executor, HelperExecutor};
+pub use resolve::{AnySink, Update};
 
 /// The outcome of an apply.
 #[derive(Debug, Clone)]

@@ -38,7 +38,7 @@ use super::protocol::{OrFail, Reporter, SETUP_FAILED, SandboxError, SandboxOp};
 use crate::sys::{self, Syscall};
 
 /// The hidden first argument under which envc runs a host tool contained:
-/// `envc __envc-contain [--report-fd N] --parent PID [--nosync] [--root DIR] -- PROGRAM ARGS...`.
+/// `envc __envc-contain [--report-fd N] --parent PID [--nosync] [--no-network] [--root DIR] -- PROGRAM ARGS...`.
 pub const CONTAIN_ARG: &str = "__envc-contain";
 
 /// The option naming envc's pid: the containing process ends at once if its parent is another
@@ -49,12 +49,23 @@ pub const PARENT_OPT: &str = "--parent";
 /// steps; for base builds).
 pub const NOSYNC_OPT: &str = "--nosync";
 
+/// The option that runs the tool in a network namespace of its own, with only a loopback that is
+/// down: a locked base build installs from local files and must not reach any network.
+pub const NO_NETWORK_OPT: &str = "--no-network";
+
 /// The option naming the directory the tool works on, which it reaches as [`EXPOSED_ROOT`].
 pub const ROOT_OPT: &str = "--root";
 
 /// Where a tool run with `--root DIR` reaches DIR: a bind mount in a tmpfs `/tmp` of the tool's
 /// own mount namespace, reachable by every user the tool switches to (`_apt`).
 pub const EXPOSED_ROOT: &str = "/tmp/envc-root";
+
+/// The option naming a directory of packages the tool reads (a locked base's local repository),
+/// which it reaches, read-only, as [`EXPOSED_REPO`].
+pub const REPO_OPT: &str = "--repo";
+
+/// Where a tool run with `--repo DIR` reaches DIR (read-only), beside [`EXPOSED_ROOT`].
+pub const EXPOSED_REPO: &str = "/tmp/envc-repo";
 
 /// The capabilities a contained tool keeps, by number and name: Docker's default set without
 /// NET_RAW, plus SYS_ADMIN. Every contained tool gets the same set; together they need
@@ -110,7 +121,9 @@ pub const TOOL_CAPABILITIES: u64 = {
 struct Request<'a> {
     parent: Option<i32>,
     nosync: bool,
+    no_network: bool,
     root: Option<&'a OsString>,
+    repo: Option<&'a OsString>,
     program: &'a OsString,
     args: &'a [OsString],
 }
@@ -119,7 +132,9 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
     let bad = |what: &str| SandboxError::new(SandboxOp::ReadSpec, "", what);
     let mut parent = None;
     let mut nosync = false;
+    let mut no_network = false;
     let mut root = None;
+    let mut repo = None;
     let mut i = 0;
     loop {
         let a = args
@@ -131,6 +146,16 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
         } else if a == NOSYNC_OPT {
             nosync = true;
             i += 1;
+        } else if a == NO_NETWORK_OPT {
+            no_network = true;
+            i += 1;
+        } else if a == REPO_OPT {
+            let dir = args
+                .get(i + 1)
+                .filter(|d| Path::new(d).is_absolute())
+                .ok_or_else(|| bad("--repo wants an absolute path"))?;
+            repo = Some(dir);
+            i += 2;
         } else if a == ROOT_OPT {
             let dir = args
                 .get(i + 1)
@@ -154,7 +179,9 @@ fn parse(args: &[OsString]) -> Result<Request<'_>, SandboxError> {
     Ok(Request {
         parent,
         nosync,
+        no_network,
         root,
+        repo,
         program,
         args: &args[i + 1..],
     })
@@ -187,16 +214,19 @@ fn contain(sys: &dyn Syscall, req: &Request<'_>, reporter: &Reporter) -> Result<
     {
         return Ok(SETUP_FAILED);
     }
-    sys.unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID)
-        .map_err(|e| {
-            let mut e = SandboxError::io(
-                SandboxOp::Unshare,
-                format!("mount and PID namespaces for {shown}"),
-                &e,
-            );
-            e.detail.push_str(" (envc needs root)");
-            e
-        })?;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+    if req.no_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    sys.unshare(flags).map_err(|e| {
+        let mut e = SandboxError::io(
+            SandboxOp::Unshare,
+            format!("mount and PID namespaces for {shown}"),
+            &e,
+        );
+        e.detail.push_str(" (envc needs root)");
+        e
+    })?;
     sys.mount(
         None,
         Path::new("/"),
@@ -205,8 +235,8 @@ fn contain(sys: &dyn Syscall, req: &Request<'_>, reporter: &Reporter) -> Result<
         None,
     )
     .or_fail(SandboxOp::MakePrivate, "/")?;
-    if let Some(root) = req.root {
-        expose_root(sys, Path::new(root))?;
+    if req.root.is_some() || req.repo.is_some() {
+        expose(sys, req.root.map(Path::new), req.repo.map(Path::new))?;
     }
     // Init learns from this pipe whether this process is still there once init's own
     // parent-death signal is set: its write end closes when this process dies.
@@ -232,8 +262,28 @@ fn contain(sys: &dyn Syscall, req: &Request<'_>, reporter: &Reporter) -> Result<
     }
 }
 
-/// Mounts a tmpfs of the tool's own on `/tmp` and binds `root` at [`EXPOSED_ROOT`] in it.
-fn expose_root(sys: &dyn Syscall, root: &Path) -> Result<(), SandboxError> {
+/// Mounts a tmpfs of the tool's own on `/tmp` and binds `root` at [`EXPOSED_ROOT`] and `repo`
+/// (read-only) at [`EXPOSED_REPO`] in it. Both are opened first and bound by their descriptors: a
+/// directory under `/tmp` (a store there) is hidden once the tmpfs is mounted.
+fn expose(sys: &dyn Syscall, root: Option<&Path>, repo: Option<&Path>) -> Result<(), SandboxError> {
+    let hold = |dir: &Path| {
+        nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .or_fail(SandboxOp::Open, dir.display().to_string())
+    };
+    let held: Vec<(std::os::fd::OwnedFd, &Path, &str, bool)> = [
+        root.map(|d| (d, EXPOSED_ROOT, false)),
+        repo.map(|d| (d, EXPOSED_REPO, true)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(d, at, ro)| hold(d).map(|fd| (fd, d, at, ro)))
+    .collect::<Result<_, _>>()?;
     let tmp = Path::new("/tmp");
     sys.mount(
         Some(Path::new("tmpfs")),
@@ -248,24 +298,36 @@ fn expose_root(sys: &dyn Syscall, root: &Path) -> Result<(), SandboxError> {
         },
         "/tmp",
     )?;
-    let at = Path::new(EXPOSED_ROOT);
-    // In the fresh tmpfs: nothing there to follow.
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o755)
-        .create(at)
-        .or_fail(SandboxOp::CreateMountPoint, EXPOSED_ROOT)?;
-    sys.mount(
-        Some(root),
-        at,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )
-    .or_fail(
-        SandboxOp::Mount {
-            fstype: "bind".into(),
-        },
-        format!("{} at {EXPOSED_ROOT}", root.display()),
-    )
+    for (fd, dir, at, readonly) in held {
+        let source = std::path::PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ));
+        let at_path = Path::new(at);
+        // In the fresh tmpfs: nothing there to follow.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o755)
+            .create(at_path)
+            .or_fail(SandboxOp::CreateMountPoint, at)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        sys.mount(Some(&source), at_path, None, flags, None)
+            .or_fail(
+                SandboxOp::Mount {
+                    fstype: "bind".into(),
+                },
+                format!("{} at {at}", dir.display()),
+            )?;
+        if readonly {
+            sys.mount(
+                None,
+                at_path,
+                None,
+                flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )
+            .or_fail(SandboxOp::RemountReadOnly, at)?;
+        }
+    }
+    Ok(())
 }
 
 /// Lowers a tool's capabilities to [`TOOL_CAPABILITIES`].

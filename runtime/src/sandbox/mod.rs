@@ -39,8 +39,8 @@ mod tests;
 mod users;
 
 pub use contain::{
-    CONTAIN_ARG, EXPOSED_ROOT, NOSYNC_OPT, PARENT_OPT, ROOT_OPT, TOOL_CAPABILITIES,
-    TOOL_CAPABILITY_NAMES, contain_main,
+    CONTAIN_ARG, EXPOSED_REPO, EXPOSED_ROOT, NO_NETWORK_OPT, NOSYNC_OPT, PARENT_OPT, REPO_OPT,
+    ROOT_OPT, TOOL_CAPABILITIES, TOOL_CAPABILITY_NAMES, contain_main,
 };
 pub use copy::copy_into_root;
 pub use files::{mkdir_in_root, open_in_root};

@@ -1,0 +1,145 @@
+//! `envc lock` (write or check a spec's lock) and `envc fetch` (fill the package store for it).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use envc_plan::lock::{Lock, LockedPackage};
+use envc_runtime::Update;
+
+use crate::cli::Backend;
+use crate::compile::compile_for;
+use crate::error::{CliError, exit};
+use crate::lockfile::{lock_path, plan_for, read};
+use crate::progress::Progress;
+
+/// `envc lock SPEC [--update [PKG...]] [--check]`.
+pub fn lock(
+    store: &Path,
+    backend: Option<Backend>,
+    spec: &Path,
+    update: Option<Vec<String>>,
+    check: bool,
+) -> Result<u8, CliError> {
+    let compiled = compile_for(spec, store)?;
+    let path = lock_path(spec);
+    if check {
+        let Some(lock) = read(spec)? else {
+            return Err(CliError::failed(format!(
+                "{} has no lock ({} does not exist); run `envc lock {}`",
+                spec.display(),
+                path.display(),
+                spec.display()
+            )));
+        };
+        return match lock.check(&compiled.plan) {
+            Ok(()) => {
+                let _ = writeln!(std::io::stderr(), "envc: {} is up to date", path.display());
+                Ok(exit::SUCCESS)
+            }
+            Err(stale) => Err(CliError::failed(format!(
+                "the lock {} is stale: {stale}; run `envc lock {}`",
+                path.display(),
+                spec.display()
+            ))),
+        };
+    }
+    let old = match read(spec) {
+        Ok(old) => old,
+        // A full update does not need the old lock: a broken one is replaced.
+        Err(_) if update.as_ref().is_some_and(Vec::is_empty) => None,
+        Err(e) => return Err(e),
+    };
+    let update = match update {
+        None => Update::Changed,
+        Some(p) if p.is_empty() => Update::All,
+        Some(p) => Update::Packages(p),
+    };
+    if let (Update::Packages(names), Some(old)) = (&update, &old) {
+        let known: Vec<&str> = all_packages(old).map(|p| p.name.as_str()).collect();
+        if let Some(n) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(CliError::failed(format!(
+                "--update {n}: the lock {} has no package `{n}`",
+                path.display()
+            )));
+        }
+    }
+    let rt = crate::store::open(store, backend)?;
+    let mut progress = Progress::new(compiled.plan.layers.len());
+    let result = rt.lock(&compiled.plan, old.as_ref(), &update, &mut |e| {
+        progress.event(e)
+    });
+    drop(progress);
+    let new = result.map_err(|e| CliError::apply(e, &compiled))?;
+    let text = new.to_toml();
+    let tmp = path.with_extension("lock.tmp");
+    std::fs::write(&tmp, &text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
+    let mut err = std::io::stderr().lock();
+    for line in changes(old.as_ref(), &new) {
+        let _ = writeln!(err, "  {line}");
+    }
+    let n = all_packages(&new).count();
+    let _ = writeln!(
+        err,
+        "envc: wrote {} ({n} packages, {} packages step{})",
+        path.display(),
+        new.steps.len(),
+        if new.steps.len() == 1 { "" } else { "s" }
+    );
+    Ok(exit::SUCCESS)
+}
+
+/// Every package of a lock, the base's first.
+fn all_packages(lock: &Lock) -> impl Iterator<Item = &LockedPackage> {
+    lock.base
+        .iter()
+        .flat_map(|b| b.packages.iter())
+        .chain(lock.steps.iter().flat_map(|s| s.installs.iter()))
+}
+
+/// What changed from `old` to `new`, a line per package: added, removed, moved.
+fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
+    let index = |l: &Lock| -> BTreeMap<(String, String), String> {
+        all_packages(l)
+            .map(|p| ((p.name.clone(), p.arch.clone()), p.version.clone()))
+            .collect()
+    };
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    let (a, b) = (index(old), index(new));
+    let mut out = Vec::new();
+    for (k, v) in &b {
+        match a.get(k) {
+            None => out.push(format!("+ {} {v} ({})", k.0, k.1)),
+            Some(o) if o != v => out.push(format!("~ {} {o} -> {v} ({})", k.0, k.1)),
+            _ => {}
+        }
+    }
+    for (k, v) in &a {
+        if !b.contains_key(k) {
+            out.push(format!("- {} {v} ({})", k.0, k.1));
+        }
+    }
+    out
+}
+
+/// `envc fetch SPEC`: every package of the spec's lock in the package store, verified.
+pub fn fetch(store: &Path, backend: Option<Backend>, spec: &Path) -> Result<(), CliError> {
+    let compiled = compile_for(spec, store)?;
+    let plan = plan_for(&compiled, spec, true, false)?;
+    let rt = crate::store::open(store, backend)?;
+    let mut err = std::io::stderr();
+    let (fetched, total) = rt
+        .fetch_locked(&plan, &mut |line| {
+            let _ = writeln!(err, "{line}");
+        })
+        .map_err(|e| CliError::failed(e))?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "envc: {total} locked packages in the store ({fetched} fetched now)"
+    );
+    Ok(())
+}
