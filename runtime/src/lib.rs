@@ -8,6 +8,8 @@
 //! - [`sandbox`]: running a step inside a root, in fresh namespaces.
 //! - [`tools`]: the one runner of external programs (contained: see [`sandbox`]); [`aptsrc`]: the
 //!   host's apt sources.
+//! - [`debs`]: the locked `.deb` files: kept by sha256 in the store, downloaded and verified,
+//!   laid out as the local repository a locked installation uses.
 //! - [`tree`]: the one way a tree of the store is removed (never through a mount or a symlink).
 //! - [`warning`]: conditions reported as data, printed only by the binary.
 //!
@@ -22,6 +24,7 @@
 pub mod apply;
 pub mod aptsrc;
 pub mod backend;
+pub mod debs;
 pub mod failpoint;
 pub mod maintain;
 pub mod sandbox;
