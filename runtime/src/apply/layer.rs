@@ -281,6 +281,7 @@ impl Runtime {
                         &format!("step{si}"),
                         set,
                         &plan_mirrors(plan),
+                        None,
                         &mut on_line,
                     )
                     .map_err(|reason| fail(reason, None, vec![]))?;

@@ -135,6 +135,7 @@ impl Runtime {
         tag: &str,
         pkgs: &[LockedPackage],
         mirrors: &[String],
+        suite: Option<&str>,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<TmpDir, String> {
         let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
@@ -156,9 +157,19 @@ impl Runtime {
                 pkgs.len()
             ));
         }
-        debs.ensure_all(pkgs, mirrors, false, &mut |_| {})
+        let ensured = debs
+            .ensure_all(pkgs, mirrors, false, &mut |_| {})
             .map_err(|e| e.to_string())?;
-        debs.make_repo(pkgs, &dir.0).map_err(|e| e.to_string())?;
+        for e in ensured {
+            if let Some(what) = e.replaced {
+                on_line(&format!(
+                    "envc: warning: {} was replaced in the package store: {what}",
+                    e.path.display()
+                ));
+            }
+        }
+        debs.make_repo_for(pkgs, &dir.0, suite)
+            .map_err(|e| e.to_string())?;
         Ok(dir)
     }
 
@@ -183,12 +194,38 @@ impl Runtime {
                 "base",
                 &locked.packages,
                 &source_uris(sources),
+                match base {
+                    Base::Debian { suite, .. } => Some(suite.as_str()),
+                    _ => None,
+                },
                 on_line,
             )
             .map_err(BaseError::Locked)?;
-        let repo_sources = format!("deb [trusted=yes] file:{EXPOSED_REPO} ./\n");
+        let repo_sources = format!("deb [trusted=yes] copy:{EXPOSED_REPO} ./\n");
         let mut m = self.mmdebstrap(base, sync, &repo_sources, dir, false)?;
+        // Every locked package is named: mmdebstrap picks a variant's packages by their
+        // `Priority`, and a `.deb`'s own control file may say another than the archive's index
+        // (apt's says `important`, the archive `required`).
+        let base_arch = match base {
+            Base::Debian { arch, .. } => arch.as_str(),
+            _ => "",
+        };
+        let names: BTreeSet<String> = locked
+            .packages
+            .iter()
+            .map(|p| {
+                if p.arch == base_arch || p.arch == "all" {
+                    p.name.clone()
+                } else {
+                    format!("{}:{}", p.name, p.arch)
+                }
+            })
+            .collect();
         m.tool = std::mem::replace(&mut m.tool, crate::tools::Tool::at(PathBuf::new()))
+            .arg(format!(
+                "--include={}",
+                names.into_iter().collect::<Vec<_>>().join(",")
+            ))
             .repo(&repo.0)
             .no_network(true)
             .env("SOURCE_DATE_EPOCH", locked.source_date_epoch.to_string());

@@ -70,6 +70,18 @@ impl DebStore {
     /// counts once; the same name, version and architecture with two different files is an
     /// error.
     pub fn make_repo(&self, pkgs: &[LockedPackage], dir: &Path) -> Result<(), RepoError> {
+        self.make_repo_for(pkgs, dir, None)
+    }
+
+    /// [`DebStore::make_repo`], whose `Release` says it is `suite` (`Suite` and `Codename`):
+    /// mmdebstrap picks a base's packages by their archive (`?archive(^SUITE$)`), so a locked
+    /// base's repository must say it is the base's suite.
+    pub fn make_repo_for(
+        &self,
+        pkgs: &[LockedPackage],
+        dir: &Path,
+        suite: Option<&str>,
+    ) -> Result<(), RepoError> {
         let mut set: Vec<&LockedPackage> = pkgs.iter().collect();
         set.sort_by(|a, b| {
             (&a.name, &a.arch, &a.version, &a.sha256)
@@ -122,8 +134,15 @@ impl DebStore {
         }
         let packages = index.into_bytes();
         write_file(&dir.join("Packages"), &packages)?;
+        let suite = suite
+            .filter(|s| {
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            })
+            .map(|s| format!("Suite: {s}\nCodename: {s}\n"))
+            .unwrap_or_default();
         let release = format!(
-            "Origin: envc\nLabel: envc\nDate: {RELEASE_DATE}\nSHA256:\n {} {} Packages\n",
+            "Origin: envc\nLabel: envc\n{suite}Date: {RELEASE_DATE}\nSHA256:\n {} {} Packages\n",
             Sha256(sha2::Sha256::digest(&packages).into()).to_hex(),
             packages.len()
         );
