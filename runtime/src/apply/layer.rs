@@ -392,7 +392,15 @@ impl Runtime {
         drop(cache_locks);
         match result {
             Ok(0) => match post {
-                None => Ok(()),
+                // In a locked plan every step's new files get the lock's time too: a `run`
+                // step is then as deterministic as its command, not as its clock.
+                None => match plan.source_date_epoch() {
+                    Some(sde) => {
+                        let layers = layered_root(&build.source, &build.mountpoint);
+                        normalize(&layers[0], sde).map_err(|e| fail(e.to_string(), None, vec![]))
+                    }
+                    None => Ok(()),
+                },
                 Some((set, before, layers, repo, work)) => {
                     drop((repo, work));
                     let after = installed_in(&layers);
