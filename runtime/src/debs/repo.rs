@@ -167,7 +167,7 @@ impl DebStore {
 
 /// Checks that `text` is one stanza of control fields for exactly the locked package, and gives
 /// it without index fields and without trailing blank lines.
-fn check_control(text: &str, p: &LockedPackage) -> Result<String, String> {
+pub(super) fn check_control(text: &str, p: &LockedPackage) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut skipping = false;
     let mut fields: Vec<(String, String)> = Vec::new();
