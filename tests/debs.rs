@@ -288,3 +288,162 @@ fn mmdebstrap_takes_the_repository_as_its_mirror() {
         );
     }
 }
+
+/// An `openssl s_server -WWW` serving a directory over HTTPS on 127.0.0.1, with a certificate
+/// for 127.0.0.1 signed by a CA of its own (`ca.pem`); stopped on drop.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(dir: &Path, www: &Path) -> TlsServer {
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl is missing (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let subj = |cn: &str| format!("/CN={cn}");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &subj("envc test CA"),
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            &subj("127.0.0.1"),
+        ]);
+        std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-WWW", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(dir.join("srv.pem"))
+            .arg("-key")
+            .arg(dir.join("srv.key"))
+            .current_dir(www)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = TlsServer { child, port };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "openssl s_server did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Set in the child process of the HTTPS test: the lock entry (JSON) to fetch there.
+const HTTPS_CHILD: &str = "ENVC_TEST_HTTPS_LOCKED";
+
+#[test]
+fn https_is_verified_against_the_system_roots() {
+    // The child: SSL_CERT_FILE names the test's CA, as an administrator adds a root to the
+    // system's store; the download works.
+    if let Ok(json) = std::env::var(HTTPS_CHILD) {
+        let p: LockedPackage = serde_json::from_str(&json).unwrap();
+        let store = Store::open(
+            Path::new(&std::env::var("ENVC_TEST_HTTPS_STORE").unwrap()),
+            Some(BackendKind::Overlay),
+        )
+        .unwrap();
+        let debs = DebStore::open(&store).unwrap();
+        let got = debs.ensure(&p, &[], false).unwrap();
+        assert!(got.fetched_from.unwrap().starts_with("https://"));
+        return;
+    }
+    let t = TempDir::new("debs-https");
+    let mut repo = AptRepo::new("https");
+    let a = repo.add("envc-a", "1.0-1", &[]);
+    let tls = TlsServer::start(t.path(), repo.dir());
+    let p = locked(&a, &format!("https://127.0.0.1:{}", tls.port));
+    // This process has the system's roots only: the test's CA is not among them.
+    let debs = store(&t, "store");
+    let e = debs.ensure(&p, &[], false).unwrap_err().to_string();
+    assert!(
+        e.contains("cannot connect") && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    assert!(!debs.path_of(&p.sha256).exists());
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "https_is_verified_against_the_system_roots",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(HTTPS_CHILD, serde_json::to_string(&p).unwrap())
+        .env("ENVC_TEST_HTTPS_STORE", t.path().join("store"))
+        .env("SSL_CERT_FILE", t.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        common::aptrepo::sha256sum(&debs.path_of(&p.sha256)),
+        a.sha256
+    );
+}
