@@ -1,6 +1,7 @@
 //! The `.deb` store against a tiny HTTP server on 127.0.0.1 (a thread of the test): downloads
 //! that work, fail, lie, hang; files that rot in the store; repositories made of the same set in
 //! any order.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -226,6 +227,8 @@ fn a_download_is_verified_stored_and_then_reused() {
     // The store is root's alone.
     let mode = std::fs::metadata(d.dir()).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o700);
+    let mode = std::fs::metadata(&got.path).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o644);
     assert!(temporaries(&d).is_empty());
     // Present: hashed again, not downloaded again.
     let again = d.ensure(&p, &[], false).unwrap();
