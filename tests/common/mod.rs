@@ -2,6 +2,7 @@
 //! backend (btrfs on a loop-file filesystem made by the test), and running the envc binary.
 #![allow(dead_code)]
 
+pub mod aptrepo;
 pub mod crash;
 pub mod hostile;
 

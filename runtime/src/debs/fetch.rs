@@ -133,7 +133,7 @@ impl Fetcher {
             out.rewind().map_err(FetchFail::Local)?;
             let failure = match self.try_once(url, p, out) {
                 Ok(()) => return Ok(()),
-                Err(CopyError::Sink(e)) => return Err(FetchFail::Local(e)),
+                Err(CopyError::Local(e)) => return Err(FetchFail::Local(e)),
                 Err(CopyError::Source(f)) => f,
             };
             if !failure.is_transient() || tries >= self.opts.tries.max(1) {
@@ -193,13 +193,13 @@ impl Fetcher {
             Some(out as &mut dyn Write),
             p,
             &|e| {
-                if is_timeout(&e) {
+                CopyError::Source(if is_timeout(&e) {
                     Failure::Timeout { timeout: stall }
                 } else {
                     Failure::Transfer {
                         reason: e.to_string(),
                     }
-                }
+                })
             },
         )
     }
@@ -247,6 +247,9 @@ impl Fetcher {
             reason = format!("{reason} (at {at})");
         }
         match t.kind() {
+            ureq::ErrorKind::ConnectionFailed if timed_out => Failure::Timeout {
+                timeout: self.opts.connect_timeout,
+            },
             _ if timed_out => Failure::Timeout {
                 timeout: self.opts.stall_timeout,
             },
@@ -338,9 +341,9 @@ fn fetch_file(rest: &str, p: &LockedPackage, out: &mut File) -> Result<(), CopyE
         });
     }
     copy_verified(&mut file, Some(out as &mut dyn Write), p, &|e| {
-        Failure::Read {
+        CopyError::Source(Failure::Read {
             reason: e.to_string(),
-        }
+        })
     })
 }
 

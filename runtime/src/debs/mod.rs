@@ -296,9 +296,12 @@ impl DebStore {
             return Ok(false);
         }
         let mut tmp = self.temporary(&p.sha256)?;
-        match verify::copy_verified(&mut src, Some(&mut tmp.file), p, &|e| Failure::Read {
-            reason: e.to_string(),
-        }) {
+        let read_err = |e: io::Error| {
+            CopyError::Source(Failure::Read {
+                reason: e.to_string(),
+            })
+        };
+        match verify::copy_verified(&mut src, Some(&mut tmp.file), p, &read_err) {
             Ok(()) => {
                 tmp.publish()?;
                 Ok(true)
@@ -307,7 +310,7 @@ impl DebStore {
                 Err(io_err("read", io::Error::other(reason)))
             }
             Err(CopyError::Source(_)) => Ok(false),
-            Err(CopyError::Sink(e)) => Err(StoreError::Io {
+            Err(CopyError::Local(e)) => Err(StoreError::Io {
                 op: "write",
                 path: tmp.path.clone(),
                 source: e,
@@ -376,6 +379,9 @@ impl DebStore {
             path: path.clone(),
             source: e.into(),
         })?;
+        // Readable by all whatever the umask (inside the store's 0700 directories): a
+        // repository made of hard links to it is read by apt as `_apt`.
+        let chmod = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644));
         let file = File::from(fd);
         let tmp = Temporary {
             dir,
@@ -385,6 +391,11 @@ impl DebStore {
             file,
             published: false,
         };
+        chmod.map_err(|e| StoreError::Io {
+            op: "set the mode of",
+            path: tmp.path.clone(),
+            source: e.into(),
+        })?;
         rustix::fs::flock(&tmp.file, FlockOperation::LockExclusive).map_err(|e| {
             StoreError::Io {
                 op: "lock",

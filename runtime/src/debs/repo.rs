@@ -6,13 +6,13 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use envc_plan::lock::{LockedPackage, Sha256};
 use sha2::Digest as _;
 
-use super::error::{Failure, PackageRef, RepoError};
+use super::error::{PackageRef, RepoError};
 use super::verify::{self, Check, CopyError};
 use super::{DebStore, control_path};
 use crate::store::record;
@@ -186,7 +186,7 @@ impl DebStore {
 
 /// Checks that `text` is one stanza of control fields for exactly the locked package, and gives
 /// it without index fields and without trailing blank lines.
-fn check_control(text: &str, p: &LockedPackage) -> Result<String, String> {
+pub(super) fn check_control(text: &str, p: &LockedPackage) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut skipping = false;
     let mut fields: Vec<(String, String)> = Vec::new();
@@ -263,12 +263,11 @@ fn link_or_copy(src: &Path, dst: &Path, p: &LockedPackage) -> Result<(), RepoErr
         }
     };
     let mut to = create_new(dst).map_err(io_err("create", dst))?;
-    let copied = verify::copy_verified(&mut from, Some(&mut to), p, &|e| Failure::Read {
-        reason: e.to_string(),
-    });
+    // Reading the store's file or writing the copy: both this machine's files.
+    let copied = verify::copy_verified(&mut from, Some(&mut to), p, &CopyError::Local);
     let done = match copied {
         Ok(()) => to.sync_all().map_err(io_err("sync", dst)),
-        Err(CopyError::Sink(e)) => Err(io_err("write", dst)(e)),
+        Err(CopyError::Local(e)) => Err(io_err("copy to", dst)(e)),
         Err(CopyError::Source(f)) => Err(RepoError::Corrupt {
             package: PackageRef::of(p),
             path: src.to_owned(),
@@ -297,12 +296,15 @@ fn remove_existing(path: &Path) -> Result<(), RepoError> {
 /// Creates `path` afresh (never through a symlink), readable by all (apt reads the repository
 /// as `_apt`).
 fn create_new(path: &Path) -> io::Result<File> {
-    File::options()
+    let f = File::options()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .open(path)?;
+    // Whatever the umask.
+    f.set_permissions(fs::Permissions::from_mode(0o644))?;
+    Ok(f)
 }
 
 /// Writes an index file of the repository, replacing whatever was there.

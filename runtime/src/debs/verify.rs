@@ -53,18 +53,19 @@ pub(super) fn open_regular(path: &Path) -> io::Result<Opened> {
 pub(super) enum CopyError {
     /// The source gave other bytes, too few or too many, or failed to give them.
     Source(Failure),
-    /// Writing the copy failed (the store's disk, not the source).
-    Sink(io::Error),
+    /// A file of this machine's own could not be read or written (the store's disk, not a
+    /// mirror).
+    Local(io::Error),
 }
 
 /// Copies `src` to `sink` (when given), checking that it is exactly the locked file: at most
-/// `size + 1` bytes are read, and the sha256 is computed on the way. `on_read` classifies an
-/// error of the source (a timeout of a download, ...).
+/// `size + 1` bytes are read, and the sha256 is computed on the way. `on_read` says what an
+/// error reading the source is (a download's timeout, a failure of the store's disk).
 pub(super) fn copy_verified(
     src: &mut dyn Read,
     mut sink: Option<&mut dyn Write>,
     p: &LockedPackage,
-    on_read: &dyn Fn(io::Error) -> Failure,
+    on_read: &dyn Fn(io::Error) -> CopyError,
 ) -> Result<(), CopyError> {
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; BUF];
@@ -75,7 +76,7 @@ pub(super) fn copy_verified(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CopyError::Source(on_read(e))),
+            Err(e) => return Err(on_read(e)),
         };
         got += n as u64;
         if got > p.size {
@@ -83,7 +84,7 @@ pub(super) fn copy_verified(
         }
         hasher.update(&buf[..n]);
         if let Some(sink) = sink.as_mut() {
-            sink.write_all(&buf[..n]).map_err(CopyError::Sink)?;
+            sink.write_all(&buf[..n]).map_err(CopyError::Local)?;
         }
     }
     if got < p.size {
@@ -102,10 +103,9 @@ pub(super) fn copy_verified(
     Ok(())
 }
 
-/// Checks the file at `path` against the lock entry: `Ok(None)` if it is exactly the locked
-/// file, `Ok(Some(what is wrong))` if something else is there, and [`Opened::Absent`]'s case as
-/// `Err(None)`.
-pub(super) fn check_file(path: &Path, p: &LockedPackage) -> Result<Check, io::Error> {
+/// Checks the file at `path` against the lock entry (a symlink there is not followed: it is
+/// something else than the file).
+pub(super) fn check_file(path: &Path, p: &LockedPackage) -> io::Result<Check> {
     let (mut file, meta) = match open_regular(path)? {
         Opened::File(f, m) => (f, m),
         Opened::Absent => return Ok(Check::Absent),
@@ -118,18 +118,10 @@ pub(super) fn check_file(path: &Path, p: &LockedPackage) -> Result<Check, io::Er
             p.size
         )));
     }
-    let read_err = std::cell::RefCell::new(None);
-    match copy_verified(&mut file, None, p, &|e| {
-        let reason = e.to_string();
-        *read_err.borrow_mut() = Some(e);
-        Failure::Read { reason }
-    }) {
+    match copy_verified(&mut file, None, p, &CopyError::Local) {
         Ok(()) => Ok(Check::Good),
-        Err(CopyError::Source(Failure::Read { .. })) => Err(read_err
-            .into_inner()
-            .unwrap_or_else(|| io::Error::other("read failed"))),
         Err(CopyError::Source(f)) => Ok(Check::Wrong(f.to_string())),
-        Err(CopyError::Sink(e)) => Err(e),
+        Err(CopyError::Local(e)) => Err(e),
     }
 }
 
