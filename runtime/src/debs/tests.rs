@@ -836,3 +836,35 @@ fn file_names_are_apts() {
     p.version = "1:2.0~rc1".into();
     assert_eq!(deb_file_name(&p), "libc6_1%3a2.0~rc1_amd64.deb");
 }
+
+#[test]
+fn http_proxy_is_used_unless_no_proxy_names_the_host() {
+    let tmp = Tmp::new("proxy");
+    let bytes = b"through the proxy".to_vec();
+    // A host that does not resolve: only a proxy can reach it.
+    let p = pkg("proxied", "1", &bytes, "http://mirror.invalid/debian");
+    let target = format!("{}/{}", p.mirror, p.path);
+    let proxy = Server::start(&[(&target, Reply::Body(bytes.clone()))]);
+    let opened = debs(&tmp);
+    let env = |k: &str| match k {
+        "http_proxy" => Some(proxy.url()),
+        "no_proxy" => Some("127.0.0.1,direct.invalid".to_owned()),
+        _ => None,
+    };
+    let d = DebStore {
+        dir: opened.dir.clone(),
+        fetcher: Fetcher::with_env(fast(), &env),
+    };
+    let got = d.ensure(&p, &[], false).unwrap();
+    assert_eq!(got.fetched_from, Some(target.clone()));
+    // The proxy got the absolute URL.
+    assert_eq!(proxy.requests(), [target]);
+    // no_proxy: reached directly (and so not at all).
+    let direct = LockedPackage {
+        mirror: "http://direct.invalid/debian".into(),
+        ..pkg("direct", "1", b"direct", "")
+    };
+    let e = d.ensure(&direct, &[], false).unwrap_err().to_string();
+    assert!(e.contains("cannot connect"), "{e}");
+    assert_eq!(proxy.requests().len(), 1);
+}
