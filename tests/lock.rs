@@ -34,7 +34,9 @@ fn lock_of(spec: &Path) -> PathBuf {
 /// The `[base]` table of a lock's text.
 fn base_block(lock: &str) -> String {
     let start = lock.find("\n[base]\n").expect("a [base] table");
-    let end = lock[start..].find("\n[[step]]").map_or(lock.len(), |e| start + e);
+    let end = lock[start..]
+        .find("\n[[step]]")
+        .map_or(lock.len(), |e| start + e);
     lock[start..end].to_owned()
 }
 
@@ -65,17 +67,30 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     assert!(r.stderr.contains("is unlocked"), "{}", r.stderr);
     let r = envc_in(&a, &["apply", "--locked", s]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("has no lock") && r.stderr.contains("envc lock"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("has no lock") && r.stderr.contains("envc lock"),
+        "{}",
+        r.stderr
+    );
     let unlocked = ids(&a, &spec);
 
     // Lock at version 1.
     let r = envc_in(&a, &["lock", s]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lock1 = std::fs::read_to_string(lock_of(&spec)).unwrap();
-    assert!(lock1.contains(&format!("sha256 = \"{}\"", v1.sha256)), "{lock1}");
-    assert!(lock1.contains("name = \"envc-demo\", version = \"1.0\", arch = \"all\""), "{lock1}");
+    assert!(
+        lock1.contains(&format!("sha256 = \"{}\"", v1.sha256)),
+        "{lock1}"
+    );
+    assert!(
+        lock1.contains("name = \"envc-demo\", version = \"1.0\", arch = \"all\""),
+        "{lock1}"
+    );
     assert!(!lock1.contains("MD5"), "{lock1}");
-    assert!(lock1.contains("name = \"libc6\""), "the base's set: {lock1}");
+    assert!(
+        lock1.contains("name = \"libc6\""),
+        "the base's set: {lock1}"
+    );
     assert_eq!(envc_in(&a, &["lock", "--check", s]).code, 0);
     let locked1 = ids(&a, &spec);
     assert_eq!(locked1.len(), 3);
@@ -128,7 +143,11 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     assert!(r.stderr.contains("envc-demo 1.0 -> 2.0"), "{}", r.stderr);
     assert!(r.stderr.contains("+ envc-demo-dep 1.0"), "{}", r.stderr);
     let lock2 = std::fs::read_to_string(lock_of(&spec)).unwrap();
-    assert_eq!(base_block(&lock1), base_block(&lock2), "the base stays pinned");
+    assert_eq!(
+        base_block(&lock1),
+        base_block(&lock2),
+        "the base stays pinned"
+    );
     assert!(lock2.contains("name = \"envc-demo-dep\""), "{lock2}");
     let locked2 = ids(&a, &spec);
     assert_eq!(locked2[..2], locked1[..2]);
@@ -150,11 +169,18 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     let r = envc_in(&a, &["apply", tampered.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains(&wrong), "{}", r.stderr);
-    assert!(r.stderr.contains("sha256") || r.stderr.contains("SHA256"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("sha256") || r.stderr.contains("SHA256"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("Setting up envc-demo"), "{}", r.stderr);
 
     // Stale locks: a package added, the base's suite changed.
-    let added = a.spec("added.kdl", &text.replace("\"envc-demo\"", "\"envc-demo\" \"envc-demo-dep\""));
+    let added = a.spec(
+        "added.kdl",
+        &text.replace("\"envc-demo\"", "\"envc-demo\" \"envc-demo-dep\""),
+    );
     std::fs::write(lock_of(&added), &lock2).unwrap();
     let r = envc_in(&a, &["lock", "--check", added.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -162,7 +188,9 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     let r = envc_in(&a, &["apply", added.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("is stale") && r.stderr.contains("layer `app` step 1") && r.stderr.contains("envc lock"),
+        r.stderr.contains("is stale")
+            && r.stderr.contains("layer `app` step 1")
+            && r.stderr.contains("envc lock"),
         "{}",
         r.stderr
     );
@@ -172,9 +200,15 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("the base changed"), "{}", r.stderr);
     // A run step's change leaves the lock fresh.
-    let run = a.spec("run.kdl", &text.replace("layer \"app\" {", "layer \"app\" {\n    run \"true\""));
+    let run = a.spec(
+        "run.kdl",
+        &text.replace("layer \"app\" {", "layer \"app\" {\n    run \"true\""),
+    );
     std::fs::write(lock_of(&run), &lock2).unwrap();
-    assert_eq!(envc_in(&a, &["lock", "--check", run.to_str().unwrap()]).code, 0);
+    assert_eq!(
+        envc_in(&a, &["lock", "--check", run.to_str().unwrap()]).code,
+        0
+    );
     drop(server);
 }
 
@@ -231,7 +265,7 @@ fn a_spec_that_extends_another_is_stale_when_the_other_changes() {
     let r = envc(&["lock", "--check", c]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("layer `tools` step 1") && r.stderr.contains("make gcc"),
+        r.stderr.contains("layer `tools` step 1") && r.stderr.contains("gcc make"),
         "{}",
         r.stderr
     );
@@ -247,7 +281,11 @@ fn a_spec_that_extends_another_is_stale_when_the_other_changes() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains(":7:") || r.stderr.contains("here"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("child.lock:14:"),
+        "a place in the lock: {}",
+        r.stderr
+    );
     // A lock of another format version.
     std::fs::write(lock_of(&child), lock.replace("version = 1", "version = 7")).unwrap();
     let r = envc(&["plan", c]);
@@ -344,11 +382,20 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
                 .map(|k| format!("{} only in the second", k.display())),
         )
         .collect();
-    assert!(differ.is_empty(), "{} entries differ:\n{}", differ.len(), differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "{} entries differ:\n{}",
+        differ.len(),
+        differ.join("\n")
+    );
     assert!(tx.len() > 5000, "{}", tx.len());
     // Nothing of the build's time or host: logs gone, machine-id empty or absent.
     let root = rx.root();
-    for gone in ["var/log/dpkg.log", "var/log/apt/history.log", "var/cache/ldconfig/aux-cache"] {
+    for gone in [
+        "var/log/dpkg.log",
+        "var/log/apt/history.log",
+        "var/cache/ldconfig/aux-cache",
+    ] {
         assert!(!root.join(gone).exists(), "{gone}");
     }
 }
