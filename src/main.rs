@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Color, Command};
-use crate::commands::{apply, check, gc, ls, plan, rm, why};
+use crate::commands::{apply, check, gc, ls, plan, rm, verify, why};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -31,7 +31,7 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let backend = cli.backend;
     let done = match cli.command {
         Command::Check { specs } => check::check(&specs),
-        Command::Plan { spec, json } => plan::plan(&spec, json),
+        Command::Plan { spec, json } => plan::plan(&spec, json, store),
         Command::Apply { spec, reset } => apply::apply(store, backend, &spec, reset),
         Command::Run { target, command } => return apply::run(store, backend, &target, command),
         Command::Shell { target } => return apply::shell(store, backend, &target),
@@ -43,6 +43,9 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
             dry_run,
         } => gc::gc(store, backend, older_than, keep_bytes, dry_run),
         Command::Ls { json } => ls::ls(store, backend, json),
+        Command::Verify { spec, json } => {
+            return verify::verify(store, backend, spec.as_deref(), json);
+        }
         Command::Store { command } => commands::store::store(store, &command),
     };
     done.map(|()| exit::SUCCESS)

@@ -339,6 +339,22 @@ impl Store {
         Self::open(&root, None)
     }
 
+    /// Opens the store at `root` only to read its records (`envc plan`): `None` if there is no
+    /// store there. Nothing is created or changed: no directory is made, no mode set, no backend
+    /// prepared.
+    pub fn open_read_only(root: &Path) -> Result<Option<Store>, StoreError> {
+        let root = match fs::canonicalize(root) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("resolve store", root)(e)),
+        };
+        let Some(config) = Self::read_config(&root)? else {
+            return Ok(None);
+        };
+        let backend = backend::open(&root, &config)?;
+        Ok(Some(Store { root, backend }))
+    }
+
     /// A store with a backend of the caller's (tests).
     #[cfg(test)]
     pub(crate) fn with_backend(
