@@ -101,11 +101,15 @@ pub fn verify(
         Some(plan) => {
             let mut targets = Vec::new();
             for (i, layer) in plan.layers.iter().enumerate() {
-                if !store.check_sealed(&layer.id)? {
-                    out.not_stored += 1;
-                    continue;
-                }
-                let meta = store.read_meta(&layer.id);
+                // Something of the wrong type in its place is this layer's error.
+                let meta = match store.check_sealed(&layer.id) {
+                    Ok(false) => {
+                        out.not_stored += 1;
+                        continue;
+                    }
+                    Ok(true) => store.read_meta(&layer.id),
+                    Err(e) => Err(e),
+                };
                 targets.push(Target {
                     id: layer.id,
                     name: layer.name.clone(),
@@ -251,7 +255,7 @@ fn digest_chain(store: &Store, chain: &[LayerId], out: &mut Verified) -> Result<
         let lock = store.share_layer(id).map_err(|e| e.to_string())?;
         if !store.check_sealed(id).map_err(|e| e.to_string())? {
             return Err(format!(
-                "layer {id} of its chain is no longer stored (removed by a gc meanwhile)"
+                "layer {id} of its chain is not stored (removed by a gc meanwhile?)"
             ));
         }
         held.push(lock);
