@@ -180,6 +180,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute the tree digest of stored layers (a spec's, or every sealed layer of the store)
+    /// and compare each with the one recorded when it was sealed. Exits 1 if a layer's tree
+    /// changed or could not be read.
+    Verify {
+        /// The spec whose stored layers to verify. Default: every sealed layer of the store.
+        #[arg(value_name = "SPEC")]
+        spec: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set up or repair the store.
     Store {
         #[command(subcommand)]
@@ -285,6 +296,8 @@ mod tests {
             &["envc", "store", "recover"],
             &["envc", "gc", "--older-than", "3d", "--keep-bytes", "1G"],
             &["envc", "ls", "--json"],
+            &["envc", "verify"],
+            &["envc", "verify", "env.kdl", "--json"],
         ] {
             if let Err(e) = Cli::try_parse_from(argv) {
                 panic!("{argv:?}: {e}");

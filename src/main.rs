@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Color, Command};
-use crate::commands::{apply, check, gc, lock, ls, plan, rm, why};
+use crate::commands::{apply, check, gc, lock, ls, plan, rm, verify, why};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -32,7 +32,7 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let backend = cli.backend;
     let done = match cli.command {
         Command::Check { specs } => check::check(&specs),
-        Command::Plan { spec, json, locked } => plan::plan(&spec, json, locked),
+        Command::Plan { spec, json, locked } => plan::plan(&spec, json, locked, store),
         Command::Apply {
             spec,
             reset,
@@ -54,6 +54,9 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
             dry_run,
         } => gc::gc(store, backend, older_than, keep_bytes, dry_run),
         Command::Ls { json } => ls::ls(store, backend, json),
+        Command::Verify { spec, json } => {
+            return verify::verify(store, backend, spec.as_deref(), json);
+        }
         Command::Store { command } => commands::store::store(store, &command),
     };
     done.map(|()| exit::SUCCESS)

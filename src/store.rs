@@ -1,11 +1,13 @@
-//! Every call the CLI makes into the runtime's store-setup API: opening a store, making an LVM
-//! store, recovering records, reading a store's backend setting and pool usage.
+//! Every call the CLI makes into the runtime's store-setup API: opening a store (or reading one
+//! without changing it), making an LVM store, recovering records, reading a store's backend
+//! setting and pool usage.
 
 use std::path::Path;
 
 use envc_runtime::backend::lvm::{FsKind, LvmInit};
 use envc_runtime::backend::{BackendConfig, BackendInit, Capacity};
 use envc_runtime::maintain::{self, Recovered};
+use envc_runtime::store::StoreError;
 use envc_runtime::{BackendKind, Runtime, Store};
 
 use crate::cli::{Backend, Fs, StoreInit};
@@ -31,6 +33,12 @@ pub fn open_existing(store: &Path, backend: Option<Backend>) -> Result<Option<Ru
             store.join("store.json").display()
         ))),
     }
+}
+
+/// Opens the store at `store` only to read its records, if there is one (`envc plan`): nothing
+/// is created or changed.
+pub fn open_read_only(store: &Path) -> Result<Option<Store>, StoreError> {
+    Store::open_read_only(store)
 }
 
 /// The error of a command that needs a store where there is none.

@@ -3,9 +3,11 @@
 use snapbox::cmd::{Command, cargo_bin};
 
 fn envc() -> Command {
+    // A store that does not exist: `plan --json` shows no tree digest from the machine's own.
     Command::new(cargo_bin!("envc"))
         .env("NO_COLOR", "1")
         .env("COLUMNS", "100")
+        .env("ENVC_STORE", "/nonexistent/envc-cli-test-store")
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -135,13 +137,16 @@ fn plan_json_has_the_documented_shape() {
             assert_eq!(layer["parent"], layers[i - 1]["id"]);
         }
         assert!(layer["steps"].as_array().is_some_and(|s| !s.is_empty()));
+        // No store: no layer is sealed, so none has a recorded tree digest.
+        assert!(layer["tree_digest"].is_null(), "{layer}");
     }
     assert_eq!(layers[3]["steps"][1]["type"], "env");
     assert_eq!(
         layers[3]["steps"][1]["vars"]["PATH"],
         "/home/builder/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     );
-    // The JSON is the plan type itself: it deserializes back and its ids verify.
+    // The JSON is the plan type itself (with each layer's `tree_digest` besides): it
+    // deserializes back and its ids verify.
     let typed: envc_plan::Plan = serde_json::from_slice(&out.get_output().stdout).unwrap();
     typed.verify().unwrap();
 }
@@ -279,7 +284,13 @@ fn backend_overlayfs_is_overlay() {
 fn read_only_commands_never_create_a_store() {
     let dir = scratch("nostore");
     let store = dir.join("mistyped");
-    for args in [&["ls"][..], &["rm", "x"], &["why", "nothing.kdl"]] {
+    for args in [
+        &["ls"][..],
+        &["rm", "x"],
+        &["why", "nothing.kdl"],
+        &["verify"],
+        &["verify", "specs/rust-ci.kdl"],
+    ] {
         let out = envc()
             .arg("--store")
             .arg(&store)
@@ -294,6 +305,13 @@ fn read_only_commands_never_create_a_store() {
         .arg("--store")
         .arg(&store)
         .arg("gc")
+        .assert()
+        .success();
+    // `plan --json` only reads a store, for the layers' tree digests.
+    envc()
+        .arg("--store")
+        .arg(&store)
+        .args(["plan", "--json", "specs/rust-ci.kdl"])
         .assert()
         .success();
     assert!(!store.exists(), "no store was made");

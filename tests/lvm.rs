@@ -57,6 +57,10 @@ const LVM_TESTS: &[Test] = &[
     ),
     ("xfs_volumes_work", xfs_volumes_work),
     (
+        "tree_digests_are_recorded_and_verified_on_thin_volumes",
+        tree_digests_are_recorded_and_verified_on_thin_volumes,
+    ),
+    (
         "crash_kill_9_at_seal_root_and_gc",
         crash_kill_9_at_seal_root_and_gc,
     ),
@@ -422,6 +426,44 @@ fn layers_are_a_chain_of_tagged_read_only_thin_snapshots() {
         ls.stdout.contains("thin pool envct/") && ls.stdout.contains("data "),
         "{}",
         ls.stdout
+    );
+}
+
+/// Each layer's tree digest, taken on its staging volume at seal, is found again by `envc
+/// verify` in a throwaway snapshot of the sealed volume (two LVM commands per layer).
+fn tree_digests_are_recorded_and_verified_on_thin_volumes() {
+    let t = TestStore::new(Kind::Lvm, "digest");
+    let log = t.specs.join("lvm.log");
+    let spec = t.spec("env.kdl", &format!("name \"dig\"\n{BASE}layer \"a\" {{ run \"echo a > /a\" }}\nlayer \"b\" {{ run \"echo b > /b\" }}\n"));
+    apply_logged(&t, &spec, &log, &[]);
+    let ls: serde_json::Value = serde_json::from_str(&t.envc(&["ls", "--json"]).stdout).unwrap();
+    for l in ls["layers"].as_array().unwrap() {
+        assert!(
+            l["tree_digest"].as_str().is_some_and(|d| d.len() == 64),
+            "{l}"
+        );
+    }
+    let before = log_since(&log, 0).len();
+    let v = t
+        .cmd()
+        .env("ENVC_LVM_LOG", &log)
+        .arg("verify")
+        .output()
+        .unwrap();
+    let v = Run::from(v);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    let lines: Vec<&str> = v.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", v.stdout);
+    assert!(lines.iter().all(|l| l.ends_with("  ok")), "{}", v.stdout);
+    let cmds = log_since(&log, before);
+    assert_eq!(
+        (
+            count(&cmds, "lvcreate"),
+            count(&cmds, "lvremove"),
+            cmds.len()
+        ),
+        (3, 3, 6),
+        "{cmds:#?}"
     );
 }
 

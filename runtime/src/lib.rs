@@ -11,10 +11,11 @@
 //! - [`debs`]: the locked `.deb` files: kept by sha256 in the store, downloaded and verified,
 //!   laid out as the local repository a locked installation uses.
 //! - [`tree`]: the one way a tree of the store is removed (never through a mount or a symlink).
+//! - [`digest`]: the tree digest of a layer (recorded at seal, recomputed by `envc verify`).
 //! - [`warning`]: conditions reported as data, printed only by the binary.
 //!
 //! Dependency direction: `apply` -> `maintain` -> `store` -> `backend` -> `sandbox` types,
-//! `tools`, `tree`, `sys`. Nothing below `store` imports it.
+//! `tools`, `tree`, `digest`, `sys`. Nothing below `store` imports it.
 //!
 //! `unsafe` lives only in [`sys`]'s real implementation: the crate denies `unsafe_code` (a
 //! crate-level `forbid` could not be lifted for that one module), `sys` allows it for that
@@ -25,6 +26,7 @@ pub mod apply;
 pub mod aptsrc;
 pub mod backend;
 pub mod debs;
+pub mod digest;
 pub mod failpoint;
 pub mod maintain;
 pub mod sandbox;

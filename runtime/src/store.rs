@@ -29,7 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use envc_plan::LayerId;
+use envc_plan::{Digest, LayerId};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -200,6 +200,11 @@ pub struct Meta {
     pub last_used: u64,
     /// Seconds its build took.
     pub build_secs: f64,
+    /// The digest of the layer's full tree when it was sealed ([`crate::digest`]), which `envc
+    /// verify` recomputes. `None` in records of an older envc, and in records rebuilt without the
+    /// build (a record repaired from the spec, LVM recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_digest: Option<Digest>,
 }
 
 /// A working root's record.
@@ -332,6 +337,22 @@ impl Store {
             }
         }
         Self::open(&root, None)
+    }
+
+    /// Opens the store at `root` only to read its records (`envc plan`): `None` if there is no
+    /// store there. Nothing is created or changed: no directory is made, no mode set, no backend
+    /// prepared.
+    pub fn open_read_only(root: &Path) -> Result<Option<Store>, StoreError> {
+        let root = match fs::canonicalize(root) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("resolve store", root)(e)),
+        };
+        let Some(config) = Self::read_config(&root)? else {
+            return Ok(None);
+        };
+        let backend = backend::open(&root, &config)?;
+        Ok(Some(Store { root, backend }))
     }
 
     /// A store with a backend of the caller's (tests).
@@ -682,6 +703,7 @@ impl Store {
                 created: 0,
                 last_used: 0,
                 build_secs: 0.0,
+                tree_digest: None,
             }));
         }
         self.check_parents(&out)?;
@@ -896,6 +918,25 @@ mod tests {
         drop(Store::open(&link, None).unwrap());
         assert_eq!(mode(&old), STORE_MODE);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Records of an older envc (no tree digest) still load; a digest is written only when there
+    /// is one.
+    #[test]
+    fn records_without_a_tree_digest_load_and_none_is_not_written() {
+        let old = r#"{"id":"0101010101010101010101010101010101010101010101010101010101010101",
+            "parent":null,"key":null,"name":"base","env":"e","spec":null,"size":1,
+            "created":2,"last_used":3,"build_secs":0.5}"#;
+        let mut m: Meta = serde_json::from_str(old).unwrap();
+        assert_eq!(m.tree_digest, None);
+        assert!(!serde_json::to_string(&m).unwrap().contains("tree_digest"));
+        m.tree_digest = Some(Digest([0xab; 32]));
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(
+            text.contains(&format!("\"tree_digest\":\"{}\"", "ab".repeat(32))),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Meta>(&text).unwrap(), m);
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod ls;
 pub mod plan;
 pub mod rm;
 pub mod store;
+pub mod verify;
 pub mod why;

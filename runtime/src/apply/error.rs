@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::backend::BackendError;
+use crate::digest::DigestError;
 use crate::sandbox::SandboxError;
 use crate::store::StoreError;
 
@@ -54,6 +55,13 @@ pub enum ApplyError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// A finished build's tree could not be digested (the layer is not sealed).
+    #[error("cannot compute the tree digest of the finished build: {source}")]
+    Digest {
+        /// Why.
+        #[source]
+        source: DigestError,
     },
     /// A layer's build failed outside its steps (staging, its log, sealing, its record).
     #[error("cannot build layer `{layer}`: {source}")]

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use envc_plan::{LayerId, Plan, Step};
+use envc_plan::{Digest, LayerId, Plan, Step};
 
 use super::apt::{apt_script, cache_key, locked_apt_script};
 use super::base::BaseError;
@@ -17,7 +17,8 @@ use super::locked::{
 };
 use super::normalize::normalize;
 use super::{ApplyError, Event, Runtime, Sink};
-use crate::backend::{Build, Labels};
+use crate::backend::{self, Build, Labels};
+use crate::digest;
 use crate::sandbox::{Action, Bind, Spec};
 use crate::store::{self, Meta};
 use crate::tools::{self, ToolError};
@@ -110,6 +111,12 @@ impl Runtime {
             };
             return Err(self.roll_back(&layer.name, &layer.id, e));
         }
+        // The digest of the layer's full tree, recorded with it (what `envc verify` compares). A
+        // tree that cannot be read fails the build.
+        let tree_digest = match digest_build(&build) {
+            Ok(d) => d,
+            Err(e) => return Err(self.roll_back(&layer.name, &layer.id, e)),
+        };
         // The record is written (durably) before the layer is published, inside `seal`: a kill
         // leaves at worst a record without a layer, which the next gc or apply removes, never a
         // sealed layer without its record.
@@ -119,6 +126,7 @@ impl Runtime {
             meta.created = now;
             meta.last_used = now;
             meta.build_secs = started.elapsed().as_secs_f64();
+            meta.tree_digest = Some(tree_digest);
             self.store
                 .write_meta(&meta)
                 .inspect(|()| crate::failpoint::hit("seal-recorded"))
@@ -420,6 +428,16 @@ impl Runtime {
     }
 }
 
+/// The tree digest of a finished build, over its full tree ([`backend::build_tree`]).
+fn digest_build(build: &Build) -> Result<Digest, ApplyError> {
+    let tree = backend::build_tree(build)?;
+    let digest = digest::tree_digest(&tree.path);
+    let closed = tree.close();
+    let digest = digest.map_err(|source| ApplyError::Digest { source })?;
+    closed?;
+    Ok(digest)
+}
+
 /// The record of layer `index` of `plan` as its build writes it (times zero: the caller sets them).
 pub(super) fn meta_of(plan: &Plan, index: usize, size: u64) -> Meta {
     let layer = &plan.layers[index];
@@ -434,6 +452,7 @@ pub(super) fn meta_of(plan: &Plan, index: usize, size: u64) -> Meta {
         created: 0,
         last_used: 0,
         build_secs: 0.0,
+        tree_digest: None,
     }
 }
 

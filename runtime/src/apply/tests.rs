@@ -68,10 +68,17 @@ impl Backend for FakeBackend {
         self.check(format!("begin {} on {}", labels.layer, chain.len()))?;
         let st = self.layout.staging(&id);
         mkdir(&st);
+        // A tree that cannot be read when the build is digested.
+        let unreadable = format!("unreadable tree {}", labels.layer);
+        let mountpoint = if self.fail.lock().unwrap().contains(&unreadable) {
+            st.join("gone")
+        } else {
+            st
+        };
         Ok(Build {
             id,
             source: RootSource::Dir,
-            mountpoint: st,
+            mountpoint,
         })
     }
     fn seal(&self, build: Build, record: RecordHook<'_>) -> Result<u64, BackendError> {
@@ -320,6 +327,12 @@ fn layers_are_staged_run_sealed_and_recorded_in_order() {
     for n in 1..=3 {
         let meta = f.rt.store.read_meta(&id(n)).unwrap().expect("recorded");
         assert_eq!(meta.size, 7);
+        let layer = f.rt.store.backend().layout().layer(&id(n));
+        assert_eq!(
+            meta.tree_digest,
+            Some(crate::digest::tree_digest(&layer).unwrap()),
+            "the record has the digest of the sealed tree"
+        );
         assert!(
             f.rt.store.log_path(&id(n)).is_file(),
             "the build log is kept"
@@ -455,6 +468,31 @@ fn a_failed_seal_rolls_back_and_publishes_nothing() {
         &calls[calls.len() - 2..],
         ["seal 0202", "discard 0202"],
         "{calls:?}"
+    );
+    assert_eq!(f.sealed(), [id(1)]);
+    assert!(f.rt.store.read_meta(&id(2)).unwrap().is_none());
+}
+
+#[test]
+fn a_tree_that_cannot_be_digested_fails_its_build_and_is_rolled_back() {
+    let f = fixture("digest");
+    let plan = plan();
+    f.fail.lock().unwrap().push("unreadable tree a".into());
+    let err = f.apply(&plan).unwrap_err();
+    let ApplyError::Layer { index, source, .. } = &err else {
+        panic!("a failed digest names its layer: {err}");
+    };
+    assert_eq!(*index, 1);
+    assert!(matches!(**source, ApplyError::Digest { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("layer `a`"), "{text}");
+    assert!(text.contains("tree digest"), "{text}");
+    assert!(text.contains("gone"), "names the path: {text}");
+    let calls = f.take();
+    assert_eq!(
+        &calls[calls.len() - 3..],
+        ["begin a on 1", "exec true", "discard 0202"],
+        "never sealed: {calls:?}"
     );
     assert_eq!(f.sealed(), [id(1)]);
     assert!(f.rt.store.read_meta(&id(2)).unwrap().is_none());

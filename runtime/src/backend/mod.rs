@@ -337,6 +337,69 @@ impl Scratch {
     }
 }
 
+/// A finished build's full tree as a directory on the host, for reading it before it is sealed
+/// (its tree digest): see [`build_tree`].
+#[derive(Debug)]
+pub struct BuildTree {
+    /// The tree's top.
+    pub path: PathBuf,
+    /// Whether it was mounted for this (and is unmounted by [`BuildTree::close`]).
+    mounted: bool,
+}
+
+impl BuildTree {
+    /// Unmounts what [`build_tree`] mounted.
+    pub fn close(self) -> Result<(), BackendError> {
+        if self.mounted {
+            unmount(&self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Shows a finished build's full tree as a directory on the host: a build whose root is a
+/// directory (a base, a btrfs subvolume, a mounted LV) is its own; an overlay build's is mounted
+/// at its mountpoint, read-only, as its upper directory over its lower layers with no upper
+/// directory of its own, exactly as [`Backend::tree_view`] shows the sealed layer later. A kill
+/// while it is mounted leaves the mount in the staging area, whose removal detaches it.
+pub fn build_tree(build: &Build) -> Result<BuildTree, BackendError> {
+    match &build.source {
+        RootSource::Dir => Ok(BuildTree {
+            path: build.mountpoint.clone(),
+            mounted: false,
+        }),
+        RootSource::Overlay { lowers, upper, .. } => {
+            let layers: Vec<PathBuf> = std::iter::once(upper.clone())
+                .chain(lowers.iter().cloned())
+                .collect();
+            mount_readonly(&layers, &build.mountpoint)?;
+            Ok(BuildTree {
+                path: build.mountpoint.clone(),
+                mounted: true,
+            })
+        }
+    }
+}
+
+/// Mounts a read-only overlay of `layers` (topmost first, at least two) at `target`.
+fn mount_readonly(layers: &[PathBuf], target: &Path) -> Result<(), BackendError> {
+    sys::kernel()
+        .mount_overlay_readonly(layers, target)
+        .map_err(|e| match e.stage {
+            sys::OverlayStage::Lower(l) => BackendError::Io {
+                op: "add overlay lower layer",
+                path: l,
+                source: e.source,
+            },
+            _ => BackendError::Mount {
+                device: layers.first().cloned().unwrap_or_default(),
+                target: target.to_owned(),
+                fstype: "overlay (read-only)",
+                source: e.source,
+            },
+        })
+}
+
 /// A working root just made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootMade {
@@ -460,6 +523,15 @@ pub trait Backend: Send + Sync {
     fn scratch_root(&self, chain: &[LayerId]) -> Result<Scratch, BackendError>;
     /// Removes a throwaway root.
     fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError>;
+    /// The full tree of `chain`'s last layer as a directory on the host (the view's
+    /// `mountpoint`; its `source` is [`RootSource::Dir`]), for reading it (`envc verify`
+    /// recomputes its tree digest there); removed with [`Backend::drop_scratch`]. By default a
+    /// throwaway root, which is such a directory on a backend that snapshots whole trees; a
+    /// backend whose throwaway root is not one overrides this. The caller holds shared locks on
+    /// the chain and its run lock (the view lives in `tmp/run-PID-*`).
+    fn tree_view(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
+        self.scratch_root(chain)
+    }
 
     /// What the backend holds outside the store directory, for recovery; `None` for backends
     /// whose layers are the store's own files (nothing to recover from).

@@ -212,4 +212,25 @@ impl Backend for Overlay {
     fn drop_scratch(&self, scratch: Scratch) -> Result<(), BackendError> {
         remove_dir_if_exists(scratch.dir())
     }
+
+    /// A base's directory is its whole tree (read where it is; the view's own directory stays
+    /// empty); a longer chain is mounted read-only, its layers alone, at `tmp/run-*/mnt`: a
+    /// throwaway root's fresh upper directory would lend the root directory its own owner, mode
+    /// and times.
+    fn tree_view(&self, chain: &[LayerId]) -> Result<Scratch, BackendError> {
+        let dir = self.layout.tmp("run");
+        let lowers = self.lowers(chain);
+        if let [base] = lowers.as_slice() {
+            Self::mkdirs(&[&dir])?;
+            return Ok(Scratch::new(RootSource::Dir, base.clone(), dir));
+        }
+        let mnt = dir.join("mnt");
+        Self::mkdirs(&[&mnt])?;
+        let view = Scratch::new(RootSource::Dir, mnt.clone(), dir);
+        if let Err(e) = super::mount_readonly(&lowers, &mnt) {
+            let _ = self.drop_scratch(view);
+            return Err(e);
+        }
+        Ok(view)
+    }
 }

@@ -58,6 +58,7 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
                 created: now,
                 last_used: now,
                 build_secs: 0.0,
+                tree_digest: None,
             })?;
         }
     }

@@ -37,6 +37,10 @@ pub enum Call {
         work: String,
         target: String,
     },
+    MountOverlayReadonly {
+        lowers: Vec<String>,
+        target: String,
+    },
     PivotRoot {
         new_root: String,
         put_old: String,
@@ -246,6 +250,25 @@ impl Syscall for RecordingSyscall {
                 lowers: lowers.iter().map(|l| lossy(l)).collect(),
                 upper: lossy(upper),
                 work: lossy(work),
+                target: target.clone(),
+            },
+            Some(&target),
+        )
+        .map_err(|source| OverlayError {
+            stage: OverlayStage::Create,
+            source,
+        })
+    }
+
+    fn mount_overlay_readonly(
+        &self,
+        lowers: &[PathBuf],
+        target: &Path,
+    ) -> Result<(), OverlayError> {
+        let target = lossy(target);
+        self.record(
+            Call::MountOverlayReadonly {
+                lowers: lowers.iter().map(|l| lossy(l)).collect(),
                 target: target.clone(),
             },
             Some(&target),

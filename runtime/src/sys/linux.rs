@@ -91,6 +91,36 @@ impl Syscall for LinuxSyscall {
         .map_err(overlay_err(OverlayStage::Attach))
     }
 
+    fn mount_overlay_readonly(
+        &self,
+        lowers: &[PathBuf],
+        target: &Path,
+    ) -> Result<(), OverlayError> {
+        let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
+            .map_err(overlay_err(OverlayStage::Open))?;
+        for l in lowers {
+            rustix::mount::fsconfig_set_string(&fs, "lowerdir+", l)
+                .map_err(overlay_err(OverlayStage::Lower(l.clone())))?;
+        }
+        rustix::mount::fsconfig_create(&fs).map_err(overlay_err(OverlayStage::Create))?;
+        let mnt = rustix::mount::fsmount(
+            &fs,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_RDONLY
+                | MountAttrFlags::MOUNT_ATTR_NOSUID
+                | MountAttrFlags::MOUNT_ATTR_NODEV,
+        )
+        .map_err(overlay_err(OverlayStage::Attach))?;
+        rustix::mount::move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(overlay_err(OverlayStage::Attach))
+    }
+
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
         Ok(nix::unistd::pivot_root(new_root, put_old)?)
     }

@@ -47,6 +47,12 @@ pub trait Syscall {
         target: &Path,
     ) -> Result<(), OverlayError>;
 
+    /// Mounts a read-only overlay of `lowers` alone (topmost first; at least two), with no upper
+    /// directory, at `target`, nosuid and nodev: a view of a layer chain that nothing can change
+    /// (the tree digest reads it).
+    fn mount_overlay_readonly(&self, lowers: &[PathBuf], target: &Path)
+    -> Result<(), OverlayError>;
+
     /// `pivot_root(2)`.
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
 
