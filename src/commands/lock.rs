@@ -136,7 +136,7 @@ pub fn fetch(store: &Path, backend: Option<Backend>, spec: &Path) -> Result<(), 
         .fetch_locked(&plan, &mut |line| {
             let _ = writeln!(err, "{line}");
         })
-        .map_err(|e| CliError::failed(e))?;
+        .map_err(CliError::failed)?;
     let _ = writeln!(
         std::io::stderr(),
         "envc: {total} locked packages in the store ({fetched} fetched now)"
