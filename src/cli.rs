@@ -121,6 +121,10 @@ pub enum Command {
         /// longer matches.
         #[arg(long, conflicts_with = "update")]
         check: bool,
+        /// Also build every layer from the lock and record each one's tree digest in it: a
+        /// later apply that builds one of them and gets another tree says so.
+        #[arg(long, conflicts_with = "check")]
+        digests: bool,
     },
     /// Put every package of the spec's lock into the store's package store (verified), so that
     /// a later apply needs no mirror.

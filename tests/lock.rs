@@ -350,26 +350,37 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/specs/hello.kdl")).unwrap(),
     );
     let s = spec.to_str().unwrap();
-    let r = x.envc(&["lock", s]);
+    // With the tree digest of every layer built from the lock recorded in it.
+    let r = x.envc(&["lock", "--digests", s]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lock = std::fs::read_to_string(lock_of(&spec)).unwrap();
     assert!(lock.contains("name = \"hello\""), "{lock}");
+    assert_eq!(lock.matches("\n[[layer]]\n").count(), 3, "{lock}");
     assert!(lock.contains("mmdebstrap = "), "{lock}");
     let rx = x.apply(&spec);
     // The second store: another working directory, time zone and host name, a second later.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let y = TestStore::new(Kind::Overlay, "lock-y");
-    let out = y
-        .cmd()
-        .current_dir(&y.specs)
-        .env("TZ", "Asia/Tokyo")
-        .args(["apply"])
+    let out = Command::new("unshare")
+        .args([
+            "--uts",
+            "sh",
+            "-c",
+            "hostname envc-other-host && exec \"$0\" \"$@\"",
+            ENVC,
+        ])
+        .args(["--backend", "overlay", "apply"])
         .arg(&spec)
+        .env("NO_COLOR", "1")
+        .env("ENVC_STORE", &y.store)
+        .env("TZ", "Asia/Tokyo")
+        .current_dir(&y.specs)
         .output()
         .unwrap();
     let ry = Run::from(out);
     assert_eq!(ry.code, 0, "{}", ry.stderr);
     assert_eq!(ry.built(), ["base", "hello", "check"], "{}", ry.stderr);
+    assert!(!ry.stderr.contains("not reproducible"), "{}", ry.stderr);
     // Every layer: the same tree, entry by entry.
     let (tx, ty) = (tree(&rx.root()), tree(&ry.root()));
     let differ: Vec<_> = tx
@@ -389,6 +400,17 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
         differ.join("\n")
     );
     assert!(tx.len() > 5000, "{}", tx.len());
+    // A lock that recorded another tree for a layer: the apply says so.
+    let last = lock.rfind("tree-digest = \"").unwrap() + "tree-digest = \"".len();
+    let mut other = lock.clone();
+    other.replace_range(last..last + 64, &"0".repeat(64));
+    std::fs::write(lock_of(&spec), other).unwrap();
+    let r = y.apply(&spec);
+    assert!(
+        r.stderr.contains("layer `check` has tree digest") && r.stderr.contains("not reproducible"),
+        "{}",
+        r.stderr
+    );
     // Nothing of the build's time or host: logs gone, machine-id empty or absent.
     let root = rx.root();
     for gone in [

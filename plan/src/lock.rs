@@ -182,6 +182,22 @@ pub struct Lock {
     /// The `packages` steps, in order.
     #[serde(default, rename = "step")]
     pub steps: Vec<StepLock>,
+    /// The tree digests of layers built from this lock (`envc lock --digests`): an apply that
+    /// builds one of these layers and gets another tree reports it. Not an input of anything.
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LayerDigest>,
+}
+
+/// The tree digest a layer built from the lock had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LayerDigest {
+    /// The layer's name (informative).
+    pub name: String,
+    /// The layer's id.
+    pub id: crate::LayerId,
+    /// The digest of its full tree.
+    pub tree_digest: crate::Digest,
 }
 
 /// A lock file that cannot be read: the message and, when known, the byte range it is about.
@@ -490,6 +506,12 @@ impl Lock {
             let _ = writeln!(s, "packages = {}", list(&st.packages));
             packages(&mut s, "installs", &st.installs);
         }
+        for l in &self.layers {
+            s.push_str("\n[[layer]]\n");
+            let _ = writeln!(s, "name = {}", quote(&l.name));
+            let _ = writeln!(s, "id = {}", quote(&l.id.to_hex()));
+            let _ = writeln!(s, "tree-digest = {}", quote(&l.tree_digest.to_hex()));
+        }
         s
     }
 }
@@ -670,6 +692,7 @@ mod tests {
                     installs: vec![pkg(&format!("p{i}"), "1", 10 + i as u8)],
                 })
                 .collect(),
+            layers: vec![],
         }
     }
 
@@ -678,6 +701,12 @@ mod tests {
         let p = plan("true", &["hello"], &["make"]);
         let mut lock = lock_for(&p);
         lock.base.as_mut().unwrap().packages[0].version = "1:2.0~rc\"x\\".into();
+        lock.layers.push(LayerDigest {
+            name: "tools".into(),
+            id: p.layers[1].id,
+            tree_digest: crate::Digest([7; 32]),
+        });
+        assert_eq!(lock.check(&p), Ok(()), "digests are not inputs");
         let text = lock.to_toml();
         let back = Lock::parse(&text).unwrap();
         assert_eq!(back, lock);

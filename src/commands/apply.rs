@@ -28,6 +28,15 @@ pub fn apply(
     let result = rt.apply(&plan, reset, &mut |e| progress.event(e));
     drop(progress);
     let applied = result.map_err(|e| CliError::apply(e, &compiled))?;
+    // Layers the lock recorded a tree digest for: another tree under the same id is said.
+    if let Ok(Some(lock)) = crate::lockfile::read(spec) {
+        for (name, recorded, now) in rt.digest_mismatches(&plan, &lock.layers) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "envc: warning: layer `{name}` has tree digest {now} in this store, but the lock recorded {recorded}: its build is not reproducible, or the stored layer changed (`envc verify` tells which)"
+            );
+        }
+    }
     let _ = writeln!(
         std::io::stderr(),
         "envc: {} built, {} cached; root {}",

@@ -20,6 +20,7 @@ pub fn lock(
     spec: &Path,
     update: Option<Vec<String>>,
     check: bool,
+    digests: bool,
 ) -> Result<u8, CliError> {
     let compiled = compile_for(spec, store)?;
     let path = lock_path(spec);
@@ -70,7 +71,16 @@ pub fn lock(
         progress.event(e)
     });
     drop(progress);
-    let new = result.map_err(|e| CliError::apply(e, &compiled))?;
+    let mut new = result.map_err(|e| CliError::apply(e, &compiled))?;
+    if digests {
+        let plan = new
+            .attach(&compiled.plan)
+            .map_err(|e| CliError::failed(format!("the new lock does not match its spec: {e}")))?;
+        let mut progress = Progress::new(plan.layers.len());
+        let result = rt.layer_digests(&plan, &mut |e| progress.event(e));
+        drop(progress);
+        new.layers = result.map_err(|e| CliError::apply(e, &compiled))?;
+    }
     let text = new.to_toml();
     let tmp = path.with_extension("lock.tmp");
     std::fs::write(&tmp, &text)

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::fs;
 
 use envc_plan::lock::{
-    BaseLock, BaseLocked, LOCK_VERSION, Lock, LockedPackage, StepLock, base_checksum,
+    BaseLock, BaseLocked, LOCK_VERSION, LayerDigest, Lock, LockedPackage, StepLock, base_checksum,
     inputs_checksum, packages_steps, sort_packages,
 };
 use envc_plan::{Base, Layer, LayerId, Plan, Step, SyncMode};
@@ -219,14 +219,68 @@ impl Runtime {
                 installs,
             });
         }
-        Ok(Lock {
+        let mut lock = Lock {
             version: LOCK_VERSION,
             spec_checksum: inputs_checksum(plan),
             source_date_epoch: sde,
             tools,
             base: base_lock,
             steps,
-        })
+            layers: Vec::new(),
+        };
+        // Recorded digests stay for the layers whose ids the new lock keeps.
+        if let (Some(old), Ok(locked)) = (old, lock.attach(plan)) {
+            let ids: BTreeSet<LayerId> = locked.layers.iter().map(|l| l.id).collect();
+            lock.layers = old
+                .layers
+                .iter()
+                .filter(|l| ids.contains(&l.id))
+                .cloned()
+                .collect();
+        }
+        Ok(lock)
+    }
+
+    /// The tree digests of every layer of `plan` (a locked plan), building what is not stored:
+    /// what `envc lock --digests` records.
+    pub fn layer_digests(
+        &self,
+        plan: &Plan,
+        sink: AnySink<'_>,
+    ) -> Result<Vec<LayerDigest>, ApplyError> {
+        let (_, _, _held) = self.realize(plan, &mut |e| sink(e))?;
+        let mut out = Vec::new();
+        for l in &plan.layers {
+            if let Some(d) = self.store.read_meta(&l.id)?.and_then(|m| m.tree_digest) {
+                out.push(LayerDigest {
+                    name: l.name.clone(),
+                    id: l.id,
+                    tree_digest: d,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The layers of `plan` whose stored tree digest is not the one `recorded` (a lock's) has
+    /// for the same id: (name, recorded, stored). A layer id names one tree; a mismatch means its
+    /// build is not reproducible, or the stored layer changed (`envc verify`).
+    pub fn digest_mismatches(
+        &self,
+        plan: &Plan,
+        recorded: &[LayerDigest],
+    ) -> Vec<(String, envc_plan::Digest, envc_plan::Digest)> {
+        let mut out = Vec::new();
+        for r in recorded {
+            if let Some(l) = plan.layers.iter().find(|l| l.id == r.id)
+                && let Ok(Some(m)) = self.store.read_meta(&l.id)
+                && let Some(d) = m.tree_digest
+                && d != r.tree_digest
+            {
+                out.push((l.name.clone(), r.tree_digest, d));
+            }
+        }
+        out
     }
 
     /// The packages of a Debian base, by a real mmdebstrap build in a throwaway directory.
