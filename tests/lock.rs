@@ -400,6 +400,41 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
         differ.join("\n")
     );
     assert!(tx.len() > 5000, "{}", tx.len());
+    // A locked build killed while mmdebstrap installs from the lock's repository: the next gc
+    // removes its directories, and nothing stays mounted.
+    let z = TestStore::new(Kind::Overlay, "lock-z");
+    let mut child = z
+        .cmd()
+        .arg("apply")
+        .arg(&spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = z.store.join("tmp");
+    let started = std::time::Instant::now();
+    let locked_dirs = || -> Vec<String> {
+        std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("lock-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while locked_dirs().is_empty() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!locked_dirs().is_empty(), "no lock-* directory appeared");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = z.envc(&["gc"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(locked_dirs(), Vec::<String>::new(), "{}", r.stderr);
+    assert_eq!(z.stray_mounts(), Vec::<String>::new());
     // A lock that recorded another tree for a layer: the apply says so.
     let last = lock.rfind("tree-digest = \"").unwrap() + "tree-digest = \"".len();
     let mut other = lock.clone();

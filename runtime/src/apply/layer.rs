@@ -13,7 +13,7 @@ use envc_plan::{Digest, LayerId, Plan, Step};
 use super::apt::{apt_script, cache_key, locked_apt_script};
 use super::base::BaseError;
 use super::locked::{
-    LOCKED_SOURCES, REPO_IN_ROOT, TmpDir, compare, installed_in, layered_root, plan_mirrors,
+    LOCKED_SOURCES, REPO_IN_ROOT, compare, installed_in, layered_root, plan_mirrors,
 };
 use super::normalize::normalize;
 use super::{ApplyError, Event, Runtime, Sink};
@@ -293,7 +293,9 @@ impl Runtime {
                         &mut on_line,
                     )
                     .map_err(|reason| fail(reason, None, vec![]))?;
-                let work = TmpDir(repo.0.with_extension("apt"));
+                let work = repo
+                    .sibling("apt")
+                    .map_err(|reason| fail(reason, None, vec![]))?;
                 let (archives, lists) = (work.0.join("archives"), work.0.join("lists"));
                 for d in [
                     archives.join("partial"),

@@ -30,8 +30,40 @@ pub(super) const REPO_IN_ROOT: &str = "/var/cache/apt/archives/envc-repo";
 /// The sources file a locked step's apt uses, in the step's own `/tmp`.
 pub(super) const LOCKED_SOURCES: &str = "envc-locked.list";
 
-/// A directory of the store's `tmp` removed on drop.
-pub(super) struct TmpDir(pub PathBuf);
+/// A directory of the store's `tmp` (`lock-PID-TAG`), removed on drop. The process's run lock is
+/// held while it lives (when it was taken): a process killed meanwhile leaves a directory that
+/// the next apply or gc removes.
+pub(super) struct TmpDir(
+    pub PathBuf,
+    #[allow(dead_code, reason = "held, not read: the run lock")] Option<crate::store::Lock>,
+);
+
+impl TmpDir {
+    /// `tmp/lock-PID-TAG` of `store`, made empty, under the run lock.
+    pub(super) fn new(store: &crate::store::Store, tag: &str) -> Result<TmpDir, String> {
+        let run = store.hold_run_lock().map_err(|e| e.to_string())?;
+        let path = store.path().join("tmp").join(format!(
+            "{}{}-{tag}",
+            crate::maintain::LOCKED_TMP_PREFIX,
+            std::process::id()
+        ));
+        let dir = TmpDir(path, Some(run));
+        let _ = crate::tree::remove_tree(crate::sys::kernel(), &dir.0);
+        fs::create_dir_all(&dir.0)
+            .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+        Ok(dir)
+    }
+
+    /// A sibling directory (`PATH.EXT`), made empty, removed on drop; the caller keeps `self`
+    /// (and its run lock) alive longer.
+    pub(super) fn sibling(&self, ext: &str) -> Result<TmpDir, String> {
+        let dir = TmpDir(self.0.with_extension(ext), None);
+        let _ = crate::tree::remove_tree(crate::sys::kernel(), &dir.0);
+        fs::create_dir_all(&dir.0)
+            .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+        Ok(dir)
+    }
+}
 
 impl Drop for TmpDir {
     fn drop(&mut self) {
@@ -139,14 +171,7 @@ impl Runtime {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<TmpDir, String> {
         let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
-        let dir = TmpDir(self.store.path().join("tmp").join(format!(
-            "repo-{}-{}-{tag}",
-            std::process::id(),
-            id.short(12)
-        )));
-        let _ = crate::tree::remove_tree(crate::sys::kernel(), &dir.0);
-        fs::create_dir_all(&dir.0)
-            .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+        let dir = TmpDir::new(&self.store, &format!("repo-{}-{tag}", id.short(12)))?;
         let missing = pkgs
             .iter()
             .filter(|p| !debs.path_of(&p.sha256).exists())

@@ -295,18 +295,7 @@ impl Runtime {
         let what = "the base";
         let sources = base_sources(base).map_err(|e| lock_err(what, e.to_string()))?;
         let uris = source_uris(&sources);
-        let dir = TmpDir(
-            self.store
-                .path()
-                .join("tmp")
-                .join(format!("lock-base-{}", std::process::id())),
-        );
-        let _ = crate::tree::remove_tree(crate::sys::kernel(), &dir.0);
-        fs::create_dir_all(&dir.0).map_err(|source| ApplyError::Io {
-            op: "create",
-            path: dir.0.clone(),
-            source,
-        })?;
+        let dir = TmpDir::new(&self.store, "base").map_err(|e| lock_err(what, e))?;
         let mut m = self
             .mmdebstrap(base, SyncMode::Seccomp, &sources, &dir.0, true)
             .map_err(|e| lock_err(what, e.to_string()))?;

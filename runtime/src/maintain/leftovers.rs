@@ -146,21 +146,29 @@ fn temporaries(dir: &Path, out: &mut Leftovers) {
     }
 }
 
-/// `tmp/run-PID-*` of processes that no longer hold their run lock.
+/// The prefix of the store's `tmp` directories of locked builds and `envc lock`
+/// (`lock-PID-...`): held by the process's run lock like `run-PID-*`, plain directories.
+pub const LOCKED_TMP_PREFIX: &str = "lock-";
+
+/// `tmp/run-PID-*` and `tmp/lock-PID-*` of processes that no longer hold their run lock.
 fn runs(store: &Store, out: &mut Leftovers) {
     let dir = store.path().join("tmp");
     let entries = match record::entries(&dir) {
         Ok(e) => e,
         Err(e) => return out.keep(&dir, e),
     };
-    let mut by_pid: BTreeMap<u32, Vec<PathBuf>> = BTreeMap::new();
+    // (path, whether it is a throwaway root of the backend or a plain directory of a locked
+    // build: its repository, apt directories, the base `envc lock` resolves).
+    let mut by_pid: BTreeMap<u32, Vec<(PathBuf, bool)>> = BTreeMap::new();
     for (path, name) in entries {
-        if let Some(pid) = name
-            .strip_prefix("run-")
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            by_pid.entry(pid).or_default().push(path);
+        for (prefix, scratch) in [("run-", true), (LOCKED_TMP_PREFIX, false)] {
+            if let Some(pid) = name
+                .strip_prefix(prefix)
+                .and_then(|r| r.split(['-', '.']).next())
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                by_pid.entry(pid).or_default().push((path.clone(), scratch));
+            }
         }
     }
     let me = std::process::id();
@@ -178,13 +186,21 @@ fn runs(store: &Store, out: &mut Leftovers) {
             }
         };
         let mut all = true;
-        for d in dirs {
+        for (d, scratch) in dirs {
             // Never through a symlink: only a real directory is a throwaway root.
             if !std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
-            let scratch = Scratch::new(RootSource::Dir, d.clone(), d.clone());
-            match store.backend().drop_scratch(scratch) {
+            let removed = if scratch {
+                let scratch = Scratch::new(RootSource::Dir, d.clone(), d.clone());
+                store
+                    .backend()
+                    .drop_scratch(scratch)
+                    .map_err(|e| e.to_string())
+            } else {
+                crate::tree::remove_tree(crate::sys::kernel(), &d).map_err(|e| e.to_string())
+            };
+            match removed {
                 Ok(()) => out.runs += 1,
                 Err(e) => {
                     all = false;

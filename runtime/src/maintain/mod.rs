@@ -11,7 +11,7 @@ mod verify;
 mod why;
 
 pub use gc::{GcPolicy, GcReport, gc};
-pub use leftovers::{Leftovers, clean_leftovers, gc_leftovers};
+pub use leftovers::{LOCKED_TMP_PREFIX, Leftovers, clean_leftovers, gc_leftovers};
 pub use reap::{REAP_ARG, reap_main, spawn_reaper};
 pub use recover::{Recovered, recover};
 pub use verify::{LayerVerdict, Verdict, Verified, verify};
