@@ -82,9 +82,7 @@ pub fn lock(
         new.layers = result.map_err(|e| CliError::apply(e, &compiled))?;
     }
     let text = new.to_toml();
-    let tmp = path.with_extension("lock.tmp");
-    std::fs::write(&tmp, &text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    write_lock(&path, &text)
         .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))?;
     let mut err = std::io::stderr().lock();
     for line in changes(old.as_ref(), &new) {
@@ -151,5 +149,31 @@ pub fn fetch(store: &Path, backend: Option<Backend>, spec: &Path) -> Result<(), 
         std::io::stderr(),
         "envc: {total} locked packages in the store ({fetched} fetched now)"
     );
+    Ok(())
+}
+
+/// Writes the lock by a new file renamed over it: a reader never sees half a lock, and a symlink
+/// planted at the temporary's name (the spec's directory may be anybody's checkout) is replaced,
+/// never followed.
+fn write_lock(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("lock.tmp.{}", std::process::id()));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = std::fs::File::options()
+        .write(true)
+        // O_CREAT | O_EXCL: an existing name, a symlink (dangling or not) included, is refused.
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    let written = f.write_all(text.as_bytes()).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(())
 }
