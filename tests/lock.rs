@@ -360,7 +360,8 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
     let rx = x.apply(&spec);
     // The second store: another working directory, time zone and host name, a second later.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let y = TestStore::new(Kind::Overlay, "lock-y");
+    // On the other backend: a layer is a diff on overlay, a whole snapshot on btrfs.
+    let y = TestStore::new(Kind::Btrfs, "lock-y");
     let out = Command::new("unshare")
         .args([
             "--uts",
@@ -369,7 +370,7 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
             "hostname envc-other-host && exec \"$0\" \"$@\"",
             ENVC,
         ])
-        .args(["--backend", "overlay", "apply"])
+        .args(["--backend", "btrfs", "apply"])
         .arg(&spec)
         .env("NO_COLOR", "1")
         .env("ENVC_STORE", &y.store)
@@ -400,6 +401,25 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
         differ.join("\n")
     );
     assert!(tx.len() > 5000, "{}", tx.len());
+    // And the same tree digest recorded for every layer, by id.
+    let digests = |t: &TestStore| -> BTreeMap<String, String> {
+        let r = t.envc(&["ls", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_str().unwrap().to_owned(),
+                    l["tree_digest"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (dx, dy) = (digests(&x), digests(&y));
+    assert_eq!(dx.len(), 3, "{dx:?}");
+    assert_eq!(dx, dy);
     // A locked build killed while mmdebstrap installs from the lock's repository: the next gc
     // removes its directories, and nothing stays mounted.
     let z = TestStore::new(Kind::Overlay, "lock-z");
