@@ -317,10 +317,15 @@ impl Step {
                         arch,
                         ..
                     },
+                locked,
                 ..
-            } => {
-                format!("debian {suite} {variant} {arch}")
-            }
+            } => match locked {
+                Some(l) => format!(
+                    "debian {suite} {variant} {arch} ({} locked)",
+                    l.packages.len()
+                ),
+                None => format!("debian {suite} {variant} {arch}"),
+            },
             Step::Base {
                 base: Base::Tar { path, .. },
                 ..
@@ -329,6 +334,11 @@ impl Step {
                 base: Base::Scratch,
                 ..
             } => "scratch".to_owned(),
+            Step::Packages {
+                packages,
+                locked: Some(l),
+                ..
+            } => format!("packages {} ({} locked)", packages.join(" "), l.len()),
             Step::Packages { packages, .. } => format!("packages {}", packages.join(" ")),
             Step::Run { command, .. } => format!("run {command}"),
             Step::Copy { source, dest, .. } => format!("copy {} {dest}", source.display()),

@@ -87,9 +87,10 @@ fn recorded_digests(plan: &Plan, store: &Path) -> Vec<Option<Digest>> {
 fn table(plan: &Plan) -> String {
     let n = plan.layers.len();
     let mut s = format!(
-        "{} ({n} layer{})\n",
+        "{} ({n} layer{}{})\n",
         plan.name,
-        if n == 1 { "" } else { "s" }
+        if n == 1 { "" } else { "s" },
+        if plan.is_locked() { ", locked" } else { "" }
     );
     let width = plan.layers.iter().map(|l| l.name.len()).max().unwrap_or(4);
     for layer in &plan.layers {
