@@ -22,14 +22,14 @@ pub fn apply(
     locked: bool,
 ) -> Result<(), CliError> {
     let compiled = compile_for(spec, store)?;
-    let plan = plan_for(&compiled, spec, locked, true)?;
+    let plan = plan_for(&compiled, spec, store, locked, true)?;
     let rt = crate::store::open(store, backend)?;
     let mut progress = Progress::new(plan.layers.len());
     let result = rt.apply(&plan, reset, &mut |e| progress.event(e));
     drop(progress);
     let applied = result.map_err(|e| CliError::apply(e, &compiled))?;
     // Layers the lock recorded a tree digest for: another tree under the same id is said.
-    if let Ok(Some(lock)) = crate::lockfile::read(spec) {
+    if let Ok(Some(lock)) = crate::lockfile::read_cached(spec, store) {
         for (name, recorded, now) in rt.digest_mismatches(&plan, &lock.layers) {
             let _ = writeln!(
                 std::io::stderr(),
@@ -60,7 +60,7 @@ pub fn run(
     argv: Vec<String>,
 ) -> Result<u8, CliError> {
     let compiled = compile_for(&target.spec, store)?;
-    let plan = plan_for(&compiled, &target.spec, target.locked, false)?;
+    let plan = plan_for(&compiled, &target.spec, store, target.locked, false)?;
     let rt = crate::store::open(store, backend)?;
     let mut progress = Progress::new(plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.

@@ -137,7 +137,7 @@ fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
 /// `envc fetch SPEC`: every package of the spec's lock in the package store, verified.
 pub fn fetch(store: &Path, backend: Option<Backend>, spec: &Path) -> Result<(), CliError> {
     let compiled = compile_for(spec, store)?;
-    let plan = plan_for(&compiled, spec, true, false)?;
+    let plan = plan_for(&compiled, spec, store, true, false)?;
     let rt = crate::store::open(store, backend)?;
     let mut err = std::io::stderr();
     let (fetched, total) = rt

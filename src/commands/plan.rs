@@ -14,7 +14,7 @@ use crate::lockfile::plan_for;
 /// `null`.
 pub fn plan(spec: &Path, json: bool, locked: bool, store: &Path) -> Result<(), CliError> {
     let compiled = compile(spec)?;
-    let plan = plan_for(&compiled, spec, locked, true)?;
+    let plan = plan_for(&compiled, spec, store, locked, true)?;
     let text = if json {
         let mut s = serde_json::to_string_pretty(&with_digests(&plan, store)?)
             .map_err(|e| CliError::failed(format!("cannot encode the plan as JSON: {e}")))?;

@@ -25,7 +25,12 @@ pub fn verify(
     let rt = crate::store::open_existing(store, backend)?
         .ok_or_else(|| crate::store::no_store(store))?;
     let compiled = spec.map(|s| compile_for(s, store)).transpose()?;
-    let plan = compiled.as_ref().map(|c| &c.plan);
+    // The layers the spec builds: with its lock, when it has one.
+    let locked = match (&compiled, spec) {
+        (Some(c), Some(s)) => Some(crate::lockfile::plan_for(c, s, store, false, false)?),
+        _ => None,
+    };
+    let plan = locked.as_ref();
     let mut names = std::collections::BTreeMap::new();
     let verified = envc_runtime::maintain::verify(&rt.store, plan, &mut |v| {
         names.insert(v.id, v.name.clone());

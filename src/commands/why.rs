@@ -20,7 +20,8 @@ pub fn why(
     let rt = crate::store::open_existing(store, backend)?
         .ok_or_else(|| crate::store::no_store(store))?;
     let compiled = compile_for(spec, store)?;
-    let layers = envc_runtime::maintain::why(&rt.store, &compiled.plan)?;
+    let plan = crate::lockfile::plan_for(&compiled, spec, store, false, false)?;
+    let layers = envc_runtime::maintain::why(&rt.store, &plan)?;
     if json {
         println!(
             "{}",

@@ -265,7 +265,11 @@ impl Runtime {
             .arg("--skip=cleanup/apt/lists")
             .arg("--dpkgopt=force-unsafe-io");
         if keep_downloads {
-            t = t.arg("--skip=cleanup/apt/cache");
+            // mmdebstrap deletes the essential packages' files once they are installed unless
+            // told otherwise.
+            t = t
+                .arg("--skip=cleanup/apt/cache")
+                .arg("--skip=essential/unlink");
         }
         if !include.is_empty() {
             t = t.arg(format!("--include={}", include.join(",")));
