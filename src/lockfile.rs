@@ -124,9 +124,20 @@ pub fn plan_for(
     locked: bool,
     say_unlocked: bool,
 ) -> Result<Plan, CliError> {
+    plan_and_lock(compiled, spec, store, locked, say_unlocked).map(|(plan, _)| plan)
+}
+
+/// [`plan_for`], with the lock it read (one read for a command that needs both).
+pub fn plan_and_lock(
+    compiled: &Compiled,
+    spec: &Path,
+    store: &Path,
+    locked: bool,
+    say_unlocked: bool,
+) -> Result<(Plan, Option<Lock>), CliError> {
     let plan = &compiled.plan;
     match read_cached(spec, store)? {
-        Some(lock) => lock.attach(plan).map_err(|stale| {
+        Some(lock) => lock.attach(plan).map(|p| (p, Some(lock))).map_err(|stale| {
             CliError::failed(format!(
                 "the lock {} is stale: {stale}; run `envc lock {}` to update it",
                 lock_path(spec).display(),
@@ -148,7 +159,7 @@ pub fn plan_for(
                     lock_path(spec).display()
                 );
             }
-            Ok(plan.clone())
+            Ok((plan.clone(), None))
         }
     }
 }

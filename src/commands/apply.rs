@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::cli::{Backend, RunTarget};
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
-use crate::lockfile::plan_for;
+use crate::lockfile::{plan_and_lock, plan_for};
 use crate::progress::Progress;
 
 /// What `envc shell` runs: the user's login shell if the root has bash, else sh.
@@ -22,14 +22,14 @@ pub fn apply(
     locked: bool,
 ) -> Result<(), CliError> {
     let compiled = compile_for(spec, store)?;
-    let plan = plan_for(&compiled, spec, store, locked, true)?;
+    let (plan, lock) = plan_and_lock(&compiled, spec, store, locked, true)?;
     let rt = crate::store::open(store, backend)?;
     let mut progress = Progress::new(plan.layers.len());
     let result = rt.apply(&plan, reset, &mut |e| progress.event(e));
     drop(progress);
     let applied = result.map_err(|e| CliError::apply(e, &compiled))?;
     // Layers the lock recorded a tree digest for: another tree under the same id is said.
-    if let Ok(Some(lock)) = crate::lockfile::read_cached(spec, store) {
+    if let Some(lock) = &lock {
         for (name, recorded, now) in rt.digest_mismatches(&plan, &lock.layers) {
             let _ = writeln!(
                 std::io::stderr(),

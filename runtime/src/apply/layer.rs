@@ -308,6 +308,7 @@ impl Runtime {
                         source,
                     })?;
                 }
+                let repo_dir = repo.0.clone();
                 post = Some((set, before, layers, repo, work));
                 Spec {
                     source: build.source.clone(),
@@ -320,7 +321,7 @@ impl Runtime {
                             readonly: false,
                         },
                         Bind {
-                            host: post.as_ref().map(|p| p.3.0.clone()).unwrap_or_default(),
+                            host: repo_dir,
                             target: REPO_IN_ROOT.into(),
                             readonly: true,
                         },

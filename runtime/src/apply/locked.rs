@@ -172,27 +172,7 @@ impl Runtime {
     ) -> Result<TmpDir, String> {
         let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
         let dir = TmpDir::new(&self.store, &format!("repo-{}-{tag}", id.short(12)))?;
-        let missing = pkgs
-            .iter()
-            .filter(|p| !debs.path_of(&p.sha256).exists())
-            .count();
-        if missing > 0 {
-            on_line(&format!(
-                "envc: fetching {missing} of {} locked packages",
-                pkgs.len()
-            ));
-        }
-        let ensured = debs
-            .ensure_all(pkgs, mirrors, false, &mut |_| {})
-            .map_err(|e| e.to_string())?;
-        for e in ensured {
-            if let Some(what) = e.replaced {
-                on_line(&format!(
-                    "envc: warning: {} was replaced in the package store: {what}",
-                    e.path.display()
-                ));
-            }
-        }
+        ensure_locked(&debs, pkgs, mirrors, on_line)?;
         debs.make_repo_for(pkgs, &dir.0, suite)
             .map_err(|e| e.to_string())?;
         Ok(dir)
@@ -336,18 +316,40 @@ impl Runtime {
         all.sort();
         all.dedup();
         let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
-        let missing = all
-            .iter()
-            .filter(|p| !debs.path_of(&p.sha256).exists())
-            .count();
-        if missing > 0 {
-            on_line(&format!(
-                "envc: fetching {missing} of {} locked packages",
-                all.len()
-            ));
-        }
-        debs.ensure_all(&all, &plan_mirrors(plan), false, &mut |_| {})
-            .map_err(|e| e.to_string())?;
+        let missing = ensure_locked(&debs, &all, &plan_mirrors(plan), on_line)?;
         Ok((missing, all.len()))
     }
+}
+
+/// Puts `pkgs` into the package store, verified (fetching what is missing from `mirrors`, then each
+/// package's own), saying how many are fetched and which stored files had to be replaced.
+/// Returns how many were missing.
+fn ensure_locked(
+    debs: &DebStore,
+    pkgs: &[LockedPackage],
+    mirrors: &[String],
+    on_line: &mut dyn FnMut(&str),
+) -> Result<usize, String> {
+    let missing = pkgs
+        .iter()
+        .filter(|p| !debs.path_of(&p.sha256).exists())
+        .count();
+    if missing > 0 {
+        on_line(&format!(
+            "envc: fetching {missing} of {} locked packages",
+            pkgs.len()
+        ));
+    }
+    let ensured = debs
+        .ensure_all(pkgs, mirrors, false, &mut |_| {})
+        .map_err(|e| e.to_string())?;
+    for e in ensured {
+        if let Some(what) = e.replaced {
+            on_line(&format!(
+                "envc: warning: {} was replaced in the package store: {what}",
+                e.path.display()
+            ));
+        }
+    }
+    Ok(missing)
 }
