@@ -153,6 +153,13 @@ impl DebStore {
                 self.remove_stored(&path).map_err(store_err)?;
                 Some(reason)
             }
+            Check::LockSize(actual) => {
+                return Err(FetchError::LockSize {
+                    package: PackageRef::of(p),
+                    path,
+                    actual,
+                });
+            }
         };
         if offline {
             return Err(FetchError::Offline {

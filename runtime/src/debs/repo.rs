@@ -110,6 +110,13 @@ impl DebStore {
                         path: stored,
                     });
                 }
+                Check::LockSize(actual) => {
+                    return Err(RepoError::LockSize {
+                        package: PackageRef::of(p),
+                        path: stored,
+                        actual,
+                    });
+                }
                 Check::Wrong(reason) => {
                     self.remove_stored(&stored)?;
                     return Err(RepoError::Corrupt {

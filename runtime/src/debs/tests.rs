@@ -416,6 +416,53 @@ fn a_corrupted_stored_file_is_found_before_use_and_replaced() {
 }
 
 #[test]
+fn a_lock_entry_with_the_wrong_size_never_removes_the_right_file() {
+    let tmp = Tmp::new("locksize");
+    let bytes = b"the right file, which other locks use".to_vec();
+    let p = pkg("right", "1", &bytes, "");
+    let server = Server::start(&[(&url_path(&p), Reply::Body(bytes.clone()))]);
+    let p = LockedPackage {
+        mirror: server.url(),
+        ..p
+    };
+    let d = debs(&tmp);
+    let path = d.ensure(&p, &[], false).unwrap().path;
+    // Another lock names the same sha256 with another size (a hand edit, or another package's
+    // sha256 copied into its entry): the lock is wrong, the stored file is not.
+    let wrong = LockedPackage {
+        size: p.size + 1,
+        ..p.clone()
+    };
+    let e = d.ensure(&wrong, &[], false).unwrap_err();
+    assert!(
+        matches!(e, FetchError::LockSize { actual, .. } if actual == p.size),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(&p.sha256.to_hex()) && text.contains("size is wrong"),
+        "{text}"
+    );
+    let repo = tmp.0.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let e = d
+        .make_repo(std::slice::from_ref(&wrong), &repo)
+        .unwrap_err();
+    assert!(matches!(e, RepoError::LockSize { .. }), "{e:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file stays");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "nothing is downloaded for the wrong entry"
+    );
+    assert!(d.ensure(&p, &[], true).is_ok());
+    // A file of another size that is not the file its name says is still replaced.
+    std::fs::write(&path, &bytes[..5]).unwrap();
+    let got = d.ensure(&p, &[], false).unwrap();
+    assert!(got.replaced.unwrap().contains("it has 5 bytes"));
+}
+
+#[test]
 fn offline_without_the_file_is_a_clear_error_and_downloads_nothing() {
     let tmp = Tmp::new("offline");
     let bytes = b"never downloaded".to_vec();
