@@ -102,6 +102,21 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
         std::fs::read_to_string(r.root().join("usr/share/envc-test/envc-demo")).unwrap(),
         "envc-demo 1.0\n"
     );
+    // `verify SPEC` and `why SPEC` see the layers the lock builds, not the unlocked ones.
+    let r = envc_in(&a, &["verify", s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("3 layers verified: 3 ok") && !r.stderr.contains("not stored"),
+        "{}",
+        r.stderr
+    );
+    let r = envc_in(&a, &["why", s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stdout.contains("missing") && r.stdout.contains(&locked1[2][..12]),
+        "{}",
+        r.stdout
+    );
     // Locking again changes nothing: the same file, byte for byte.
     assert_eq!(envc_in(&a, &["lock", s]).code, 0);
     assert_eq!(std::fs::read_to_string(lock_of(&spec)).unwrap(), lock1);

@@ -12,6 +12,7 @@ use envc_runtime::maintain::{LayerVerdict, Verdict, Verified};
 use crate::cli::Backend;
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
+use crate::lockfile::plan_for;
 
 /// Verifies the stored layers of `spec` (or every sealed layer of the store): one line per layer
 /// as it is verified, or JSON at the end. Exit status 1 if any layer's tree changed or could not
@@ -25,7 +26,12 @@ pub fn verify(
     let rt = crate::store::open_existing(store, backend)?
         .ok_or_else(|| crate::store::no_store(store))?;
     let compiled = spec.map(|s| compile_for(s, store)).transpose()?;
-    let plan = compiled.as_ref().map(|c| &c.plan);
+    // The layers of the spec as it is built: with its lock, when it has one.
+    let plan = match (&compiled, spec) {
+        (Some(c), Some(s)) => Some(plan_for(c, s, false, false)?),
+        _ => None,
+    };
+    let plan = plan.as_ref();
     let mut names = std::collections::BTreeMap::new();
     let verified = envc_runtime::maintain::verify(&rt.store, plan, &mut |v| {
         names.insert(v.id, v.name.clone());
