@@ -378,6 +378,14 @@ impl Lock {
                 span: None,
             });
         }
+        // A Debian base installs packages: a `[base]` without any would build the base from the
+        // mirror as it is today under a locked id.
+        if lock.base.as_ref().is_some_and(|b| b.packages.is_empty()) {
+            return Err(LockParseError {
+                message: "its [base] has no packages (a Debian base has dozens): the lock was edited or cut short".into(),
+                span: text.find("\n[base]\n").map(|i| i + 1..i + 7),
+            });
+        }
         Ok(lock)
     }
 
@@ -731,6 +739,12 @@ mod tests {
         let bad = text.replacen("sha256 = \"0101", "sha256 = \"zz01", 1);
         assert!(Lock::parse(&bad).is_err());
         assert!(Lock::parse(&text.replace("[tools]", "[tools]\n[extra]")).is_err());
+        // A [base] without packages would build an unlocked base under a locked id.
+        let mut empty = lock_for(&p);
+        empty.base.as_mut().unwrap().packages.clear();
+        let e = Lock::parse(&empty.to_toml()).unwrap_err();
+        assert!(e.message.contains("[base] has no packages"), "{e:?}");
+        assert!(e.span.is_some(), "{e:?}");
     }
 
     #[test]
