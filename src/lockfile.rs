@@ -30,8 +30,22 @@ pub struct LockFileError {
     span: Option<SourceSpan>,
 }
 
+/// Refuses a spec whose lock would be the spec itself (`env.lock`): reading it as a lock fails,
+/// and writing its lock would replace the spec.
+pub fn check_spec_name(spec: &Path) -> Result<(), CliError> {
+    if lock_path(spec) == spec {
+        return Err(CliError::failed(format!(
+            "the spec {} has the extension .lock, which is its own lock's name: rename it (e.g. to {})",
+            spec.display(),
+            spec.with_extension("kdl").display()
+        )));
+    }
+    Ok(())
+}
+
 /// The lock of `spec`, if it has one.
 pub fn read(spec: &Path) -> Result<Option<Lock>, CliError> {
+    check_spec_name(spec)?;
     let path = lock_path(spec);
     let text = match std::fs::read(&path) {
         Ok(bytes) => bytes,

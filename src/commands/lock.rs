@@ -10,7 +10,7 @@ use envc_runtime::Update;
 use crate::cli::Backend;
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
-use crate::lockfile::{lock_path, plan_for, read};
+use crate::lockfile::{check_spec_name, lock_path, plan_for, read};
 use crate::progress::Progress;
 
 /// `envc lock SPEC [--update [PKG...]] [--check]`.
@@ -22,6 +22,7 @@ pub fn lock(
     check: bool,
     digests: bool,
 ) -> Result<u8, CliError> {
+    check_spec_name(spec)?;
     let compiled = compile_for(spec, store)?;
     let path = lock_path(spec);
     if check {
