@@ -97,7 +97,16 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     for (l, u) in locked1.iter().zip(&unlocked) {
         assert_ne!(l, u, "a lock changes the ids");
     }
+    // A file of the package store that is not what its name says (disk damage, a hand edit):
+    // replaced, and said where the build is watched, not only in its log.
+    let planted = a.store.join("debs/sha256").join(&v1.sha256);
+    std::fs::write(&planted, b"not the package").unwrap();
     let r = a.apply(&spec);
+    assert!(
+        r.stderr.contains("was replaced in the package store"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(r.root().join("usr/share/envc-test/envc-demo")).unwrap(),
         "envc-demo 1.0\n"
