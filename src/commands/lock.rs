@@ -102,10 +102,7 @@ pub fn lock(
 
 /// Every package of a lock, the base's first.
 fn all_packages(lock: &Lock) -> impl Iterator<Item = &LockedPackage> {
-    lock.base
-        .iter()
-        .flat_map(|b| b.packages.iter())
-        .chain(lock.steps.iter().flat_map(|s| s.installs.iter()))
+    lock.packages()
 }
 
 /// What changed from `old` to `new`, a line per package: added, removed, moved, and a package

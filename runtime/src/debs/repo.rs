@@ -38,13 +38,15 @@ const RELEASE_DATE: &str = "Thu, 01 Jan 1970 00:00:00 UTC";
 
 /// The name apt gives a package's file in its archives: `NAME_VERSION_ARCH.deb`, each part
 /// with `_`, `:`, `%`, spaces, control and non-ASCII bytes written `%xx` (and `.` in the
-/// architecture), as apt's `QuoteString` does.
+/// architecture), as apt's `QuoteString` does; and `/`, which no Debian name, version or
+/// architecture has (a lock entry is checked for Debian's syntax when it is read): the name is
+/// always one file name in the repository, never a path out of it.
 pub fn deb_file_name(p: &LockedPackage) -> String {
     format!(
         "{}_{}_{}.deb",
-        quote(&p.name, b"_:"),
-        quote(&p.version, b"_:"),
-        quote(&p.arch, b"_:.")
+        quote(&p.name, b"_:/"),
+        quote(&p.version, b"_:/"),
+        quote(&p.arch, b"_:./")
     )
 }
 

@@ -903,6 +903,12 @@ fn file_names_are_apts() {
     assert_eq!(deb_file_name(&p), "libc6_2.36-9+deb12u4_amd64.deb");
     p.version = "1:2.0~rc1".into();
     assert_eq!(deb_file_name(&p), "libc6_1%3a2.0~rc1_amd64.deb");
+    // Never a path: a hostile entry that got this far stays one name in the repository.
+    p.name = "../../../../var/tmp/x".into();
+    p.arch = "all/y".into();
+    let name = deb_file_name(&p);
+    assert!(!name.contains('/'), "{name}");
+    assert_eq!(std::path::Path::new(&name).components().count(), 1);
 }
 
 #[test]
