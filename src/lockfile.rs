@@ -35,6 +35,7 @@ pub struct LockFileError {
 /// kept as JSON under `STORE/cache/locks/` by the blake3 of the lock's bytes. The cache is the
 /// store's (root's alone); a missing or unreadable entry is parsed again.
 pub fn read_cached(spec: &Path, store: &Path) -> Result<Option<Lock>, CliError> {
+    check_spec_name(spec)?;
     let path = lock_path(spec);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -75,8 +76,22 @@ pub fn read_cached(spec: &Path, store: &Path) -> Result<Option<Lock>, CliError> 
     Ok(lock)
 }
 
+/// Refuses a spec whose lock would be the spec itself (`env.lock`): reading it as a lock fails,
+/// and writing its lock would replace the spec.
+pub fn check_spec_name(spec: &Path) -> Result<(), CliError> {
+    if lock_path(spec) == spec {
+        return Err(CliError::failed(format!(
+            "the spec {} has the extension .lock, which is its own lock's name: rename it (e.g. to {})",
+            spec.display(),
+            spec.with_extension("kdl").display()
+        )));
+    }
+    Ok(())
+}
+
 /// The lock of `spec`, if it has one.
 pub fn read(spec: &Path) -> Result<Option<Lock>, CliError> {
+    check_spec_name(spec)?;
     let path = lock_path(spec);
     let text = match std::fs::read(&path) {
         Ok(bytes) => bytes,

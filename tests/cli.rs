@@ -372,3 +372,34 @@ fn labels_far_along_a_line_are_reported_without_a_panic() {
         assert!(stderr.contains("help:"), "{name}: {stderr:.2000}");
     }
 }
+
+/// A spec named `*.lock` is its own lock: `envc lock` would write the lock over the spec (with
+/// `--update` a lock that cannot be read is replaced), and every command would read the spec as
+/// a lock. Refused, naming the spec, and the file is left as it was.
+#[test]
+fn a_spec_named_like_its_lock_is_refused_and_never_overwritten() {
+    let dir = scratch("speclock");
+    let spec = dir.join("env.lock");
+    let text = "name \"x\"\nbase \"scratch\"\nlayer \"a\" {\n    env A=1\n}\n";
+    std::fs::write(&spec, text).unwrap();
+    for (cmd, opts) in [
+        ("lock", &["--update"][..]),
+        ("lock", &[]),
+        ("plan", &[]),
+        ("apply", &[]),
+    ] {
+        let args = (cmd, opts);
+        let out = envc()
+            .arg("--store")
+            .arg(dir.join("store"))
+            .arg(cmd)
+            .arg(&spec)
+            .args(opts)
+            .assert()
+            .code(1);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+        assert!(err.contains("has the extension .lock"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), text);
+    std::fs::remove_dir_all(dir).unwrap();
+}

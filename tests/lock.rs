@@ -97,10 +97,34 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
     for (l, u) in locked1.iter().zip(&unlocked) {
         assert_ne!(l, u, "a lock changes the ids");
     }
+    // A file of the package store that is not what its name says (disk damage, a hand edit):
+    // replaced, and said where the build is watched, not only in its log.
+    let planted = a.store.join("debs/sha256").join(&v1.sha256);
+    std::fs::write(&planted, b"not the package").unwrap();
     let r = a.apply(&spec);
+    assert!(
+        r.stderr.contains("was replaced in the package store"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(r.root().join("usr/share/envc-test/envc-demo")).unwrap(),
         "envc-demo 1.0\n"
+    );
+    // `verify SPEC` and `why SPEC` see the layers the lock builds, not the unlocked ones.
+    let r = envc_in(&a, &["verify", s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("3 layers verified: 3 ok") && !r.stderr.contains("not stored"),
+        "{}",
+        r.stderr
+    );
+    let r = envc_in(&a, &["why", s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stdout.contains("missing") && r.stdout.contains(&locked1[2][..12]),
+        "{}",
+        r.stdout
     );
     // Locking again changes nothing: the same file, byte for byte.
     assert_eq!(envc_in(&a, &["lock", s]).code, 0);

@@ -101,6 +101,40 @@ impl LockedPackage {
     pub fn apt_spec(&self) -> String {
         format!("{}:{}={}", self.name, self.arch, self.version)
     }
+
+    /// The first of name, version and architecture that is not in Debian's syntax: the field,
+    /// its value, and what is wrong. Names: `a-z 0-9 + - .`, at least 2, starting with a letter
+    /// or digit; versions: `A-Z a-z 0-9 . + ~ : -`, starting with a letter or digit;
+    /// architectures: `a-z 0-9 -`, starting with a letter or digit.
+    pub fn syntax_error(&self) -> Option<(&'static str, &str, &'static str)> {
+        let starts = |s: &str| s.starts_with(|c: char| c.is_ascii_alphanumeric());
+        let name_ok = self.name.len() >= 2
+            && starts(&self.name)
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        if !name_ok {
+            return Some(("name", &self.name, "is not a Debian package name"));
+        }
+        let version_ok = starts(&self.version)
+            && self
+                .version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".+~:-".contains(&b));
+        if !version_ok {
+            return Some(("version", &self.version, "is not a Debian version"));
+        }
+        let arch_ok = starts(&self.arch)
+            && self
+                .arch
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !arch_ok {
+            return Some(("arch", &self.arch, "is not a Debian architecture"));
+        }
+        None
+    }
 }
 
 /// What a lock gives a plan's base step: the source-date-epoch of every locked build, and for a
@@ -378,7 +412,34 @@ impl Lock {
                 span: None,
             });
         }
+        // Names, versions and architectures become file names (apt's `NAME_VERSION_ARCH.deb`) and
+        // apt arguments: only Debian's syntax, never a `/`, a leading `-` or a control character.
+        for p in lock.packages() {
+            if let Some((field, value, why)) = p.syntax_error() {
+                let quoted = format!("{field} = {}", quote(value));
+                return Err(LockParseError {
+                    message: format!("package {field} `{value}` {why}"),
+                    span: text.find(&quoted).map(|i| i..i + quoted.len()),
+                });
+            }
+        }
+        // A Debian base installs packages: a `[base]` without any would build the base from the
+        // mirror as it is today under a locked id.
+        if lock.base.as_ref().is_some_and(|b| b.packages.is_empty()) {
+            return Err(LockParseError {
+                message: "its [base] has no packages (a Debian base has dozens): the lock was edited or cut short".into(),
+                span: text.find("\n[base]\n").map(|i| i + 1..i + 7),
+            });
+        }
         Ok(lock)
+    }
+
+    /// Every package of the lock, the base's first.
+    pub fn packages(&self) -> impl Iterator<Item = &LockedPackage> {
+        self.base
+            .iter()
+            .flat_map(|b| b.packages.iter())
+            .chain(self.steps.iter().flat_map(|s| s.installs.iter()))
     }
 
     /// The first way in which this lock does not match `plan`, if any.
@@ -700,7 +761,8 @@ mod tests {
     fn the_toml_round_trips_and_is_stable() {
         let p = plan("true", &["hello"], &["make"]);
         let mut lock = lock_for(&p);
-        lock.base.as_mut().unwrap().packages[0].version = "1:2.0~rc\"x\\".into();
+        lock.base.as_mut().unwrap().packages[0].version = "1:2.0~rc".into();
+        lock.base.as_mut().unwrap().packages[0].mirror = "file:/srv/\"x\\\n".into();
         lock.layers.push(LayerDigest {
             name: "tools".into(),
             id: p.layers[1].id,
@@ -731,6 +793,44 @@ mod tests {
         let bad = text.replacen("sha256 = \"0101", "sha256 = \"zz01", 1);
         assert!(Lock::parse(&bad).is_err());
         assert!(Lock::parse(&text.replace("[tools]", "[tools]\n[extra]")).is_err());
+        // Names, versions and architectures that would leave the repository as file names, or
+        // be taken for options.
+        for (field, bad) in [
+            ("name", "../../../../var/tmp/x"),
+            ("name", "-oAPT::x"),
+            ("version", "1/../../x"),
+            ("version", "1\n2"),
+            ("arch", "amd64/x"),
+            ("arch", "../x"),
+        ] {
+            let mut hostile = lock_for(&p);
+            let q = &mut hostile.steps[0].installs[0];
+            match field {
+                "name" => q.name = bad.into(),
+                "version" => q.version = bad.into(),
+                _ => q.arch = bad.into(),
+            }
+            let text = hostile.to_toml();
+            let e = Lock::parse(&text).unwrap_err();
+            assert!(
+                e.message.starts_with(&format!("package {field} `")),
+                "{e:?}"
+            );
+            let span = e.span.clone().expect("a place");
+            assert!(text[span].starts_with(&format!("{field} = ")), "{e:?}");
+        }
+        // Real ones pass: epochs, tildes, plus signs, foreign architectures.
+        let mut fine = lock_for(&p);
+        fine.steps[0].installs[0].version = "1:2.36-9+deb12u4~bpo1".into();
+        fine.steps[0].installs[0].name = "libstdc++6".into();
+        fine.steps[0].installs[0].arch = "i386".into();
+        Lock::parse(&fine.to_toml()).unwrap();
+        // A [base] without packages would build an unlocked base under a locked id.
+        let mut empty = lock_for(&p);
+        empty.base.as_mut().unwrap().packages.clear();
+        let e = Lock::parse(&empty.to_toml()).unwrap_err();
+        assert!(e.message.contains("[base] has no packages"), "{e:?}");
+        assert!(e.span.is_some(), "{e:?}");
     }
 
     #[test]

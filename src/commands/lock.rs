@@ -10,7 +10,7 @@ use envc_runtime::Update;
 use crate::cli::Backend;
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
-use crate::lockfile::{lock_path, plan_for, read};
+use crate::lockfile::{check_spec_name, lock_path, plan_for, read};
 use crate::progress::Progress;
 
 /// `envc lock SPEC [--update [PKG...]] [--check]`.
@@ -22,6 +22,7 @@ pub fn lock(
     check: bool,
     digests: bool,
 ) -> Result<u8, CliError> {
+    check_spec_name(spec)?;
     let compiled = compile_for(spec, store)?;
     let path = lock_path(spec);
     if check {
@@ -101,17 +102,21 @@ pub fn lock(
 
 /// Every package of a lock, the base's first.
 fn all_packages(lock: &Lock) -> impl Iterator<Item = &LockedPackage> {
-    lock.base
-        .iter()
-        .flat_map(|b| b.packages.iter())
-        .chain(lock.steps.iter().flat_map(|s| s.installs.iter()))
+    lock.packages()
 }
 
-/// What changed from `old` to `new`, a line per package: added, removed, moved.
+/// What changed from `old` to `new`, a line per package: added, removed, moved, and a package
+/// whose version stayed but whose file (sha256) did not: that is worth a reviewer's eye as much
+/// as a new version.
 fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
-    let index = |l: &Lock| -> BTreeMap<(String, String), String> {
+    let index = |l: &Lock| -> BTreeMap<(String, String), (String, String)> {
         all_packages(l)
-            .map(|p| ((p.name.clone(), p.arch.clone()), p.version.clone()))
+            .map(|p| {
+                (
+                    (p.name.clone(), p.arch.clone()),
+                    (p.version.clone(), p.sha256.to_hex()),
+                )
+            })
             .collect()
     };
     let Some(old) = old else {
@@ -119,14 +124,18 @@ fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
     };
     let (a, b) = (index(old), index(new));
     let mut out = Vec::new();
-    for (k, v) in &b {
+    for (k, (v, sha)) in &b {
         match a.get(k) {
             None => out.push(format!("+ {} {v} ({})", k.0, k.1)),
-            Some(o) if o != v => out.push(format!("~ {} {o} -> {v} ({})", k.0, k.1)),
+            Some((o, _)) if o != v => out.push(format!("~ {} {o} -> {v} ({})", k.0, k.1)),
+            Some((_, osha)) if osha != sha => out.push(format!(
+                "! {} {v} ({}): another file for the same version: sha256 {osha} -> {sha}",
+                k.0, k.1
+            )),
             _ => {}
         }
     }
-    for (k, v) in &a {
+    for (k, (v, _)) in &a {
         if !b.contains_key(k) {
             out.push(format!("- {} {v} ({})", k.0, k.1));
         }
@@ -176,4 +185,52 @@ fn write_lock(path: &Path, text: &str) -> std::io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envc_plan::lock::{LOCK_VERSION, Sha256, StepLock};
+
+    fn lock(version: &str, fill: u8) -> Lock {
+        Lock {
+            version: LOCK_VERSION,
+            spec_checksum: String::new(),
+            source_date_epoch: 1,
+            tools: BTreeMap::new(),
+            base: None,
+            steps: vec![StepLock {
+                layer: "l".into(),
+                step: 1,
+                packages: vec!["hello".into()],
+                installs: vec![LockedPackage {
+                    name: "hello".into(),
+                    version: version.into(),
+                    arch: "amd64".into(),
+                    sha256: Sha256([fill; 32]),
+                    size: 1,
+                    path: "p".into(),
+                    mirror: "m".into(),
+                }],
+            }],
+            layers: vec![],
+        }
+    }
+
+    #[test]
+    fn another_file_for_the_same_version_is_said() {
+        assert!(changes(Some(&lock("1", 1)), &lock("1", 1)).is_empty());
+        assert_eq!(
+            changes(Some(&lock("1", 1)), &lock("2", 2)),
+            ["~ hello 1 -> 2 (amd64)"]
+        );
+        let c = changes(Some(&lock("1", 1)), &lock("1", 2));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(
+            c[0].starts_with("! hello 1 (amd64): another file")
+                && c[0].contains(&"01".repeat(32))
+                && c[0].contains(&"02".repeat(32)),
+            "{c:?}"
+        );
+    }
 }

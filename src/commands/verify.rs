@@ -12,6 +12,7 @@ use envc_runtime::maintain::{LayerVerdict, Verdict, Verified};
 use crate::cli::Backend;
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
+use crate::lockfile::plan_for;
 
 /// Verifies the stored layers of `spec` (or every sealed layer of the store): one line per layer
 /// as it is verified, or JSON at the end. Exit status 1 if any layer's tree changed or could not
@@ -27,7 +28,7 @@ pub fn verify(
     let compiled = spec.map(|s| compile_for(s, store)).transpose()?;
     // The layers the spec builds: with its lock, when it has one.
     let locked = match (&compiled, spec) {
-        (Some(c), Some(s)) => Some(crate::lockfile::plan_for(c, s, store, false, false)?),
+        (Some(c), Some(s)) => Some(plan_for(c, s, store, false, false)?),
         _ => None,
     };
     let plan = locked.as_ref();

@@ -9,6 +9,7 @@ use crate::cli::Backend;
 use crate::compile::compile_for;
 use crate::error::CliError;
 use crate::human;
+use crate::lockfile::plan_for;
 
 /// Prints why each layer of `spec` is cached or missing, as text or JSON.
 pub fn why(
@@ -20,7 +21,7 @@ pub fn why(
     let rt = crate::store::open_existing(store, backend)?
         .ok_or_else(|| crate::store::no_store(store))?;
     let compiled = compile_for(spec, store)?;
-    let plan = crate::lockfile::plan_for(&compiled, spec, store, false, false)?;
+    let plan = plan_for(&compiled, spec, store, false, false)?;
     let layers = envc_runtime::maintain::why(&rt.store, &plan)?;
     if json {
         println!(

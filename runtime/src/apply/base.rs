@@ -198,7 +198,14 @@ impl Runtime {
             }
             Base::Debian { .. } => {
                 let sources = base_sources(base)?;
-                match locked.filter(|l| !l.packages.is_empty()) {
+                match locked {
+                    // Never an unlocked build under a locked id (`Lock::parse` refuses such a
+                    // lock already).
+                    Some(l) if l.packages.is_empty() => {
+                        return Err(BaseError::Locked(
+                            "the lock has no packages for this Debian base; write it again with `envc lock`".into(),
+                        ));
+                    }
                     None => {
                         let mmdebstrap = self.mmdebstrap(base, sync, &sources, dir, false)?;
                         let r = self.exec.tool(&mmdebstrap.tool, on_line);

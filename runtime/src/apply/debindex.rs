@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -107,10 +108,11 @@ pub(super) struct Indexed {
 }
 
 /// Every package of the `*_Packages` indexes in a lists directory, by `Filename` (without a
-/// leading `./`) and by (name, arch, version). Entries without a valid SHA256 are left out.
+/// leading `./`; every archive's entry of that name) and by (name, arch, version). Entries without
+/// a valid SHA256 are left out.
 #[derive(Debug, Default)]
 pub(super) struct ListsIndex {
-    by_file: HashMap<String, Indexed>,
+    by_file: HashMap<String, Vec<Indexed>>,
     by_nav: HashMap<(String, String, String), Indexed>,
 }
 
@@ -169,7 +171,7 @@ impl ListsIndex {
             self.by_nav
                 .entry((e.name.clone(), e.arch.clone(), e.version.clone()))
                 .or_insert_with(|| e.clone());
-            self.by_file.entry(filename).or_insert(e);
+            self.by_file.entry(filename).or_default().push(e);
         }
     }
 
@@ -180,18 +182,26 @@ impl ListsIndex {
     }
 
     /// The package a download URL is for, and the archive root the URL has before its
-    /// `Filename`.
+    /// `Filename`. Two archives may list the same `Filename` with different files (a rebuild in
+    /// another repository): the entry is the one of the index of the URL's own archive. Entries
+    /// of other archives are taken only when they all name the same file.
     pub fn by_url(&self, url: &str) -> Option<(&Indexed, String)> {
         let decoded = percent_decode(url);
         let mut at = 0;
         while let Some(i) = decoded[at..].find('/') {
             let cut = at + i;
             let tail = decoded[cut + 1..].trim_start_matches("./");
-            if let Some(e) = self.by_file.get(tail) {
+            if let Some(entries) = self.by_file.get(tail) {
                 let mut root = decoded[..cut].to_owned();
                 while root.ends_with("/.") {
                     root.truncate(root.len() - 2);
                 }
+                let own = format!("{}_", list_prefix(&root));
+                let e = match entries.iter().find(|e| e.list.starts_with(&own)) {
+                    Some(e) => e,
+                    None if entries.iter().all(|e| e.sha256 == entries[0].sha256) => &entries[0],
+                    None => return None,
+                };
                 return Some((e, root));
             }
             at = cut + 1;
@@ -247,19 +257,23 @@ pub(super) fn locked(e: &Indexed, mirror: String) -> LockedPackage {
 }
 
 /// apt's file name for the lists of an archive URI (`URItoFileName`): the scheme and user
-/// information dropped, `/` written as `_`, and `_` itself as `%5f`.
+/// information dropped, the bytes apt's `QuoteString` quotes written `%xx` (`_` among them, and
+/// `~`, `=`, `%`, spaces and non-ASCII bytes), then `/` written as `_`.
 pub(super) fn list_prefix(uri: &str) -> String {
+    const BAD: &[u8] = b"\\|{}[]<>\"^~_=!@#$%&*";
     let rest = uri
         .split_once("://")
         .map_or_else(|| uri.split_once(':').map_or(uri, |(_, r)| r), |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let rest = rest.trim_end_matches('/');
     let mut out = String::new();
-    for c in rest.chars() {
-        match c {
-            '_' => out.push_str("%5f"),
-            '/' => out.push('_'),
-            c => out.push(c),
+    for &b in rest.as_bytes() {
+        match b {
+            b'/' => out.push('_'),
+            b if BAD.contains(&b) || b <= 0x20 || b >= 0x7f => {
+                let _ = write!(out, "%{b:02x}");
+            }
+            b => out.push(char::from(b)),
         }
     }
     out
@@ -316,6 +330,36 @@ mod tests {
             "Reading package lists...".into(),
         ]);
         assert_eq!(uris, vec!["http://h/x/pool/a.deb".to_owned()]);
+    }
+
+    #[test]
+    fn a_filename_two_archives_list_is_taken_from_the_urls_own_archive() {
+        let entry = |sha: &str| {
+            format!(
+                "Package: hello\nVersion: 2.10-3\nArchitecture: amd64\nFilename: pool/main/h/hello/hello_2.10-3_amd64.deb\nSize: 10\nSHA256: {}\n",
+                sha.repeat(32)
+            )
+        };
+        let mut idx = ListsIndex::default();
+        // Sorted as the lists directory gives them: Debian's first.
+        idx.add_text(
+            &entry("01"),
+            "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages",
+        );
+        idx.add_text(&entry("02"), "zzz.example:8765_._Packages");
+        let url = "http://zzz.example:8765/pool/main/h/hello/hello_2.10-3_amd64.deb";
+        let (e, root) = idx.by_url(url).unwrap();
+        assert_eq!(e.sha256.to_hex(), "02".repeat(32), "the rebuild apt chose");
+        assert_eq!(root, "http://zzz.example:8765");
+        let url = "http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb";
+        assert_eq!(idx.by_url(url).unwrap().0.sha256.to_hex(), "01".repeat(32));
+        // An archive whose index is not there, and the others disagree: no guess.
+        let url = "http://elsewhere.example/pool/main/h/hello/hello_2.10-3_amd64.deb";
+        assert!(idx.by_url(url).is_none());
+        assert_eq!(
+            list_prefix("http://h.example/~me/a_b=c"),
+            "h.example_%7eme_a%5fb%3dc"
+        );
     }
 
     #[test]

@@ -280,8 +280,14 @@ impl Runtime {
                 // directories of the step's own, no network; checked and normalized afterwards.
                 let layers = layered_root(&build.source, &build.mountpoint);
                 let before = installed_in(&layers);
+                // Shown as well as logged: a file of the package store that was replaced (disk
+                // damage, a hand edit) is worth a warning where the build is watched.
                 let mut on_line = |line: &str| {
                     let _ = writeln!(log, "{line}");
+                    sink(Event::Output {
+                        layer: &layer.name,
+                        line: line.to_owned(),
+                    });
                 };
                 let repo = self
                     .locked_repo(

@@ -121,56 +121,115 @@ fn empty_file(root: &OwnedFd, rel: &str) -> Result<(), NormalizeError> {
     }
 }
 
-/// Sets every mtime (and atime) after `sde` to `sde`, the root's own included, walking the tree
-/// by relative paths from the root without recursion.
+/// How many directory descriptors [`clamp`] keeps open at most; deeper ones are reopened
+/// through `..` of a child when the walk comes back to them.
+const MAX_OPEN: usize = 64;
+
+/// A directory [`clamp`] is walking.
+struct Frame {
+    /// Its descriptor; `None` while closed to keep within [`MAX_OPEN`].
+    fd: Option<OwnedFd>,
+    /// Its device and inode, checked when it is reopened through a child's `..`.
+    id: (u64, u64),
+    /// Its path in the root, as bytes (for errors).
+    rel: Vec<u8>,
+    /// Its entries not walked yet.
+    names: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// The path of `name` in the directory at `rel`, as bytes.
+fn child_path(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut child = rel.to_vec();
+    if !child.is_empty() {
+        child.push(b'/');
+    }
+    child.extend_from_slice(name);
+    child
+}
+
+fn shown(rel: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(rel))
+}
+
+/// Sets every mtime (and atime) after `sde` to `sde`, the root's own included. The walk goes
+/// from directory descriptor to directory descriptor (`openat` of one name with `O_NOFOLLOW`,
+/// never a path): names are bytes (valid UTF-8 or not), a tree of any depth is walked with at
+/// most [`MAX_OPEN`] descriptors, and nothing on another filesystem is touched.
 fn clamp(root: &OwnedFd, sde: u64) -> Result<(), NormalizeError> {
     let sde_i = i64::try_from(sde).unwrap_or(i64::MAX);
-    let st = fstat(root).map_err(|e| err("stat", Path::new("/"), e))?;
-    let dev = st.st_dev;
     let later = |st: &nix::sys::stat::FileStat| {
         st.st_mtime > sde_i || (st.st_mtime == sde_i && st.st_mtime_nsec > 0)
     };
     let when = TimeSpec::new(sde_i, 0);
-    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-    while let Some(rel) = stack.pop() {
-        let shown = PathBuf::from(OsStr::from_bytes(&rel));
-        let relstr = String::from_utf8_lossy(&rel);
-        let dir = match open_in_root(
-            root,
-            &relstr,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
-        ) {
-            Ok(d) => d,
-            // Not valid UTF-8: reached by its bytes below instead.
-            Err(e) => return Err(err("open", &shown, e)),
-        };
-        for name in entries(&dir) {
-            let n = OsStr::from_bytes(&name);
-            let st = match fstatat(&dir, n, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(nix::Error::ENOENT) => continue,
-                Err(e) => return Err(err("stat", &shown.join(n), e)),
-            };
-            let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-            if is_dir && st.st_dev == dev {
-                let mut child = rel.clone();
-                if !child.is_empty() {
-                    child.push(b'/');
-                }
-                child.extend_from_slice(&name);
-                stack.push(child);
-            } else if st.st_dev != dev {
-                continue;
-            }
+    let dir_flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let top = open_in_root(root, ".", OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+        .map_err(|e| err("open", Path::new("/"), e))?;
+    let st = fstat(&top).map_err(|e| err("stat", Path::new("/"), e))?;
+    let dev = st.st_dev;
+    let names = entries(&top).into_iter();
+    let mut stack = vec![Frame {
+        fd: Some(top),
+        id: (st.st_dev, st.st_ino),
+        rel: Vec::new(),
+        names,
+    }];
+    let changed = |rel: &[u8]| err("walk", &shown(rel), nix::Error::ESTALE);
+    while let Some(frame) = stack.last_mut() {
+        let Some(name) = frame.names.next() else {
+            // Every entry done: the directory's own time, then back to its parent.
+            let done = stack.pop().expect("a frame");
+            let fd = done.fd.ok_or_else(|| changed(&done.rel))?;
+            let st = fstat(&fd).map_err(|e| err("stat", &shown(&done.rel), e))?;
             if later(&st) {
-                utimensat(&dir, n, &when, &when, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|e| err("set the time of", &shown.join(n), e))?;
+                nix::sys::stat::futimens(&fd, &when, &when)
+                    .map_err(|e| err("set the time of", &shown(&done.rel), e))?;
             }
+            if let Some(parent) = stack.last_mut()
+                && parent.fd.is_none()
+            {
+                let up = nix::fcntl::openat(&fd, "..", dir_flags, nix::sys::stat::Mode::empty())
+                    .map_err(|e| err("open", &shown(&parent.rel), e))?;
+                let st = fstat(&up).map_err(|e| err("stat", &shown(&parent.rel), e))?;
+                if (st.st_dev, st.st_ino) != parent.id {
+                    return Err(changed(&parent.rel));
+                }
+                parent.fd = Some(up);
+            }
+            continue;
+        };
+        let dir = frame.fd.as_ref().ok_or_else(|| changed(&frame.rel))?;
+        let n = OsStr::from_bytes(&name);
+        let rel = child_path(&frame.rel, &name);
+        let st = match fstatat(dir, n, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::Error::ENOENT) => continue,
+            Err(e) => return Err(err("stat", &shown(&rel), e)),
+        };
+        if st.st_dev != dev {
+            continue;
         }
-        let st = fstat(&dir).map_err(|e| err("stat", &shown, e))?;
-        if later(&st) {
-            nix::sys::stat::futimens(&dir, &when, &when)
-                .map_err(|e| err("set the time of", &shown, e))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            // Its own time is set once its entries are done.
+            let fd = nix::fcntl::openat(dir, n, dir_flags, nix::sys::stat::Mode::empty())
+                .map_err(|e| err("open", &shown(&rel), e))?;
+            let st2 = fstat(&fd).map_err(|e| err("stat", &shown(&rel), e))?;
+            if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(changed(&rel));
+            }
+            let names = entries(&fd).into_iter();
+            stack.push(Frame {
+                fd: Some(fd),
+                id: (st.st_dev, st.st_ino),
+                rel,
+                names,
+            });
+            if stack.len() > MAX_OPEN {
+                let i = stack.len() - MAX_OPEN - 1;
+                stack[i].fd = None;
+            }
+        } else if later(&st) {
+            utimensat(dir, n, &when, &when, UtimensatFlags::NoFollowSymlink)
+                .map_err(|e| err("set the time of", &shown(&rel), e))?;
         }
     }
     Ok(())
@@ -222,6 +281,51 @@ mod tests {
         assert_eq!(mtime(&d.join("etc/link")), 5000);
         assert_eq!(mtime(&outside), host_before);
         let _ = std::fs::remove_file(&outside);
+    }
+
+    /// Names that are not UTF-8 (one beside its lossy twin, U+FFFD) and a tree deeper than
+    /// PATH_MAX allows as one path are clamped like the rest.
+    #[test]
+    fn names_that_are_not_utf8_and_deep_trees_are_clamped() {
+        use std::os::unix::ffi::OsStrExt;
+        // A directory of its own: `tempfile_dir` is shared with the test beside this one.
+        let d = std::env::temp_dir().join(format!("envc-normalize-deep-{}", std::process::id()));
+        let _ = std::process::Command::new("rm").arg("-rf").arg(&d).status();
+        std::fs::create_dir_all(&d).unwrap();
+        let bad = d.join(OsStr::from_bytes(b"\xff"));
+        let twin = d.join("\u{fffd}");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::create_dir_all(&twin).unwrap();
+        std::fs::write(bad.join("inner"), "x").unwrap();
+        std::fs::write(twin.join("other"), "x").unwrap();
+        // 3000 levels of `d`: 6000 bytes of path, more than PATH_MAX. Made through a
+        // descriptor chain (relative to the current directory of a child process).
+        let made = std::process::Command::new("perl")
+            .arg("-e")
+            .arg("chdir $ARGV[0] or die; for (1..3000) { mkdir 'd' or die; chdir 'd' or die } open F, '>deep' or die")
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        normalize(&d, 5000).unwrap();
+        assert_eq!(mtime(&bad.join("inner")), 5000);
+        assert_eq!(mtime(&twin.join("other")), 5000);
+        assert_eq!(mtime(&bad), 5000);
+        let mut deep = std::fs::File::open(&d).unwrap();
+        // Walk down by descriptors to check the bottom.
+        for _ in 0..3000 {
+            deep = nix::fcntl::openat(
+                &deep,
+                "d",
+                OFlag::O_DIRECTORY | OFlag::O_RDONLY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map(std::fs::File::from)
+            .unwrap();
+        }
+        let st = fstatat(&deep, "deep", AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        assert_eq!(st.st_mtime, 5000);
+        let _ = std::process::Command::new("rm").arg("-rf").arg(&d).status();
     }
 
     /// A fresh directory under the target dir (removed at the start of the next run).

@@ -218,6 +218,20 @@ pub enum FetchError {
         /// What was wrong with a file the store had there, which was removed.
         replaced: Option<String>,
     },
+    /// The store has the file with the locked sha256, but of another size than the lock entry
+    /// says: the entry is wrong (its size and sha256 disagree). The file stays.
+    #[error(
+        "{package}: the file with that sha256 is in the store at {} and has {actual} bytes, so the lock entry's size is wrong; write the lock again with `envc lock`",
+        path.display()
+    )]
+    LockSize {
+        /// The package.
+        package: Box<PackageRef>,
+        /// The stored file.
+        path: PathBuf,
+        /// Its size.
+        actual: u64,
+    },
     /// The lock entry's path in the archive is not one envc fetches.
     #[error("{package} has path `{path}` in the lock, which {reason}")]
     BadPath {
@@ -271,6 +285,20 @@ pub enum RepoError {
         path: PathBuf,
         /// What was wrong.
         reason: String,
+    },
+    /// The store has the file with the locked sha256, but of another size than the lock entry
+    /// says: the entry is wrong. The file stays.
+    #[error(
+        "{package}: the file with that sha256 is in the store at {} and has {actual} bytes, so the lock entry's size is wrong; write the lock again with `envc lock`",
+        path.display()
+    )]
+    LockSize {
+        /// The package.
+        package: Box<PackageRef>,
+        /// The stored file.
+        path: PathBuf,
+        /// Its size.
+        actual: u64,
     },
     /// `dpkg-deb --field` failed.
     #[error("cannot read the control fields of {package} from {}: {source}", path.display())]

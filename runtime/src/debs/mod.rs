@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! STORE/debs/sha256/HEX           a locked .deb file, named by its sha256
-//! STORE/debs/sha256/HEX.control   its control fields (`dpkg-deb --field`), once it was verified
+//! STORE/debs/sha256/HEX.control   its control fields (`dpkg-deb --field`) and their sha256, once verified
 //! STORE/debs/sha256/HEX.tmp.PID.N a download or import in progress (locked while it is written)
 //! ```
 //!
@@ -152,6 +152,13 @@ impl DebStore {
             Check::Wrong(reason) => {
                 self.remove_stored(&path).map_err(store_err)?;
                 Some(reason)
+            }
+            Check::LockSize(actual) => {
+                return Err(FetchError::LockSize {
+                    package: PackageRef::of(p),
+                    path,
+                    actual,
+                });
             }
         };
         if offline {

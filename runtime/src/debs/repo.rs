@@ -38,13 +38,15 @@ const RELEASE_DATE: &str = "Thu, 01 Jan 1970 00:00:00 UTC";
 
 /// The name apt gives a package's file in its archives: `NAME_VERSION_ARCH.deb`, each part
 /// with `_`, `:`, `%`, spaces, control and non-ASCII bytes written `%xx` (and `.` in the
-/// architecture), as apt's `QuoteString` does.
+/// architecture), as apt's `QuoteString` does; and `/`, which no Debian name, version or
+/// architecture has (a lock entry is checked for Debian's syntax when it is read): the name is
+/// always one file name in the repository, never a path out of it.
 pub fn deb_file_name(p: &LockedPackage) -> String {
     format!(
         "{}_{}_{}.deb",
-        quote(&p.name, b"_:"),
-        quote(&p.version, b"_:"),
-        quote(&p.arch, b"_:.")
+        quote(&p.name, b"_:/"),
+        quote(&p.version, b"_:/"),
+        quote(&p.arch, b"_:./")
     )
 }
 
@@ -110,6 +112,13 @@ impl DebStore {
                         path: stored,
                     });
                 }
+                Check::LockSize(actual) => {
+                    return Err(RepoError::LockSize {
+                        package: PackageRef::of(p),
+                        path: stored,
+                        actual,
+                    });
+                }
                 Check::Wrong(reason) => {
                     self.remove_stored(&stored)?;
                     return Err(RepoError::Corrupt {
@@ -162,10 +171,19 @@ impl DebStore {
             reason,
         };
         if let Some(bytes) = record::read(&cache)? {
-            let text = String::from_utf8(bytes).map_err(|_| bad("are not UTF-8".into(), &cache))?;
-            // What the cache holds was checked when it was written; checked again all the same
-            // (a few string comparisons).
-            return check_control(&text, p).map_err(|reason| bad(reason, &cache));
+            // What the cache holds was checked when it was written and carries its own sha256;
+            // checked again all the same (a few string comparisons). A cache that fails (disk
+            // damage, a hand edit, cut short at a line: still fields of the package, but not all
+            // of them) is only derived data: it goes, and the fields are read again from the
+            // verified file.
+            if let Some(control) = String::from_utf8(bytes)
+                .ok()
+                .and_then(|text| unseal(&text).map(str::to_owned))
+                .and_then(|text| check_control(&text, p).ok())
+            {
+                return Ok(control);
+            }
+            record::remove_file(&cache)?;
         }
         let out = Tool::new("dpkg-deb")
             .and_then(|t| t.arg("--field").arg(&stored).output())
@@ -179,9 +197,27 @@ impl DebStore {
         }
         let text = String::from_utf8(out).map_err(|_| bad("are not UTF-8".into(), &stored))?;
         let control = check_control(&text, p).map_err(|reason| bad(reason, &stored))?;
-        record::write(&cache, control.as_bytes())?;
+        record::write(&cache, seal(&control).as_bytes())?;
         Ok(control)
     }
+}
+
+/// The line that ends a control cache: its text's sha256.
+const CACHE_SEAL: &str = "\n#envc-sha256 ";
+
+/// A control cache's text: the fields, then their sha256.
+fn seal(control: &str) -> String {
+    format!(
+        "{control}{CACHE_SEAL}{}\n",
+        Sha256(sha2::Sha256::digest(control.as_bytes()).into()).to_hex()
+    )
+}
+
+/// The fields of a control cache whose sha256 is right.
+fn unseal(text: &str) -> Option<&str> {
+    let (control, sum) = text.strip_suffix('\n')?.rsplit_once(CACHE_SEAL)?;
+    let digest = Sha256(sha2::Sha256::digest(control.as_bytes()).into()).to_hex();
+    (digest == sum).then_some(control)
 }
 
 /// Checks that `text` is one stanza of control fields for exactly the locked package, and gives

@@ -416,6 +416,53 @@ fn a_corrupted_stored_file_is_found_before_use_and_replaced() {
 }
 
 #[test]
+fn a_lock_entry_with_the_wrong_size_never_removes_the_right_file() {
+    let tmp = Tmp::new("locksize");
+    let bytes = b"the right file, which other locks use".to_vec();
+    let p = pkg("right", "1", &bytes, "");
+    let server = Server::start(&[(&url_path(&p), Reply::Body(bytes.clone()))]);
+    let p = LockedPackage {
+        mirror: server.url(),
+        ..p
+    };
+    let d = debs(&tmp);
+    let path = d.ensure(&p, &[], false).unwrap().path;
+    // Another lock names the same sha256 with another size (a hand edit, or another package's
+    // sha256 copied into its entry): the lock is wrong, the stored file is not.
+    let wrong = LockedPackage {
+        size: p.size + 1,
+        ..p.clone()
+    };
+    let e = d.ensure(&wrong, &[], false).unwrap_err();
+    assert!(
+        matches!(e, FetchError::LockSize { actual, .. } if actual == p.size),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(&p.sha256.to_hex()) && text.contains("size is wrong"),
+        "{text}"
+    );
+    let repo = tmp.0.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let e = d
+        .make_repo(std::slice::from_ref(&wrong), &repo)
+        .unwrap_err();
+    assert!(matches!(e, RepoError::LockSize { .. }), "{e:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file stays");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "nothing is downloaded for the wrong entry"
+    );
+    assert!(d.ensure(&p, &[], true).is_ok());
+    // A file of another size that is not the file its name says is still replaced.
+    std::fs::write(&path, &bytes[..5]).unwrap();
+    let got = d.ensure(&p, &[], false).unwrap();
+    assert!(got.replaced.unwrap().contains("it has 5 bytes"));
+}
+
+#[test]
 fn offline_without_the_file_is_a_clear_error_and_downloads_nothing() {
     let tmp = Tmp::new("offline");
     let bytes = b"never downloaded".to_vec();
@@ -664,6 +711,14 @@ fn leftover_temporaries_of_dead_writers_are_removed_on_open() {
     let store = Store::open(&tmp.0.join("store"), None).unwrap();
     DebStore::open(&store).unwrap();
     assert!(!dead.exists());
+    // `gc` (and every apply) removes them too, without a locked command opening the store: a
+    // download killed halfway does not wait for the next fetch. A live writer's (locked) stays.
+    std::fs::write(&dead, "half a download").unwrap();
+    let live = d.temporary(&Sha256([0xcd; 32])).unwrap();
+    let left = crate::maintain::clean_leftovers(&store);
+    assert!(!dead.exists(), "{left:?}");
+    assert!(live.path.exists());
+    assert!(left.temporaries >= 1, "{left:?}");
 }
 
 /// Builds a real .deb with dpkg-deb.
@@ -766,7 +821,20 @@ fn a_repository_is_the_same_bytes_for_the_same_set_in_any_order() {
         std::fs::metadata(&linked).unwrap().ino(),
         std::fs::metadata(d.path_of(&pkgs[0].sha256)).unwrap().ino()
     );
-    assert!(control_path(&d.path_of(&pkgs[0].sha256)).is_file());
+    let cache = control_path(&d.path_of(&pkgs[0].sha256));
+    assert!(cache.is_file());
+    // A cache that rotted (cut short, even at a line, not UTF-8) is derived data: read again
+    // from the file.
+    let good = std::fs::read(&cache).unwrap();
+    let cut = good.iter().position(|&b| b == b'\n').unwrap() + 1;
+    for rotten in [&good[..cut], &good[..good.len() / 3], &b"\xff\xfe"[..], b""] {
+        std::fs::write(&cache, rotten).unwrap();
+        let again = tmp.0.join("again");
+        std::fs::create_dir_all(&again).unwrap();
+        d.make_repo(&pkgs, &again).unwrap();
+        assert_eq!(std::fs::read(again.join("Packages")).unwrap(), index);
+        assert_eq!(std::fs::read(&cache).unwrap(), good);
+    }
     // The same package and version with another file: refused.
     shuffled.push(LockedPackage {
         sha256: Sha256([7; 32]),
@@ -835,6 +903,12 @@ fn file_names_are_apts() {
     assert_eq!(deb_file_name(&p), "libc6_2.36-9+deb12u4_amd64.deb");
     p.version = "1:2.0~rc1".into();
     assert_eq!(deb_file_name(&p), "libc6_1%3a2.0~rc1_amd64.deb");
+    // Never a path: a hostile entry that got this far stays one name in the repository.
+    p.name = "../../../../var/tmp/x".into();
+    p.arch = "all/y".into();
+    let name = deb_file_name(&p);
+    assert!(!name.contains('/'), "{name}");
+    assert_eq!(std::path::Path::new(&name).components().count(), 1);
 }
 
 #[test]

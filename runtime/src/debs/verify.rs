@@ -112,11 +112,21 @@ pub(super) fn check_file(path: &Path, p: &LockedPackage) -> io::Result<Check> {
         Opened::Other(what) => return Ok(Check::Wrong(format!("it is {what}"))),
     };
     if meta.len() != p.size {
-        return Ok(Check::Wrong(format!(
-            "it has {} bytes, the lock says {}",
-            meta.len(),
-            p.size
-        )));
+        // The name is the file's sha256: a file that has it is the right file, and the lock
+        // entry's size is what is wrong. Such a file is kept (other locks use it).
+        let actual = LockedPackage {
+            size: meta.len(),
+            ..p.clone()
+        };
+        return match copy_verified(&mut file, None, &actual, &CopyError::Local) {
+            Ok(()) => Ok(Check::LockSize(meta.len())),
+            Err(CopyError::Source(_)) => Ok(Check::Wrong(format!(
+                "it has {} bytes, the lock says {}",
+                meta.len(),
+                p.size
+            ))),
+            Err(CopyError::Local(e)) => Err(e),
+        };
     }
     match copy_verified(&mut file, None, p, &CopyError::Local) {
         Ok(()) => Ok(Check::Good),
@@ -134,4 +144,7 @@ pub(super) enum Check {
     Absent,
     /// Something else: what is wrong with it.
     Wrong(String),
+    /// The file with the locked sha256, of another size than the lock entry says (this many
+    /// bytes): the lock is wrong, not the file, which stays.
+    LockSize(u64),
 }

@@ -7,7 +7,8 @@
 //!   writes the record until it has published the layer);
 //! - a record temporary is locked by its writer while it exists ([`record::is_leftover_tmp`]);
 //! - `envc run` holds `locks/run-PID.lock` while its `tmp/run-PID-*` exist
-//!   ([`Store::hold_run_lock`]).
+//!   ([`Store::hold_run_lock`]);
+//! - a download into the package store (`debs/sha256/HEX.tmp.PID.N`) is locked by its writer.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -57,6 +58,13 @@ pub fn clean_leftovers(store: &Store) -> Leftovers {
                 .map(|(p, _)| p),
         ),
         Err(e) => out.keep(&store.path().join("roots"), e),
+    }
+    // Downloads into the package store (`debs/sha256/HEX.tmp.PID.N`) of a process killed
+    // meanwhile; never through a symlink at `debs` or `debs/sha256`.
+    let debs = store.path().join("debs");
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if real_dir(&debs) && real_dir(&debs.join("sha256")) {
+        dirs.push(debs.join("sha256"));
     }
     for dir in dirs {
         temporaries(&dir, &mut out);
