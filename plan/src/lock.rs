@@ -137,6 +137,10 @@ impl LockedPackage {
     }
 }
 
+/// The installer of locked bases, part of their ids: a new one that builds other trees from the
+/// same lock gets a new name.
+pub const BASE_INSTALLER: &str = "envc-dpkg-1";
+
 /// What a lock gives a plan's base step: the source-date-epoch of every locked build, and for a
 /// Debian base its packages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +156,9 @@ impl BaseLocked {
         Key::record(
             "lock",
             vec![
+                // How the set is installed shapes the tree: envc's own installer since it
+                // replaced mmdebstrap for locked bases.
+                ("installer", Key::Str(BASE_INSTALLER.into())),
                 ("source-date-epoch", Key::U64(self.source_date_epoch)),
                 (
                     "packages",

@@ -38,3 +38,24 @@ pub(super) fn is_file_at(dir: &OwnedFd, name: &OsStr) -> bool {
     fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
         .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG)
 }
+
+/// Writes a new file at `rel` inside the root open at `root` (its directory must exist), never
+/// through a symlink; whatever was there is replaced.
+pub(super) fn write_new(root: &OwnedFd, rel: &str, content: &[u8]) -> Result<(), String> {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write /{rel}: {e}");
+    let dir =
+        open_in_root(root, dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY).map_err(|e| fail(&e))?;
+    match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(fail(&e)),
+    }
+    let fd = nix::fcntl::openat(
+        &dir,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(|e| fail(&e))?;
+    std::io::Write::write_all(&mut fs::File::from(fd), content).map_err(|e| fail(&e))
+}

@@ -21,11 +21,15 @@ use super::base::{BaseError, base_sources, source_uris};
 use super::debindex::{Installed, as_installed, installed};
 use super::inroot::{open_dir, open_in_root};
 use crate::debs::DebStore;
-use crate::sandbox::{EXPOSED_REPO, RootSource};
+use crate::sandbox::RootSource;
 
 /// Where a locked step reaches its repository, inside the root: in the (bound) archives
 /// directory, so nothing is created in the layer.
 pub(super) const REPO_IN_ROOT: &str = "/var/cache/apt/archives/envc-repo";
+
+/// Where envc's installer shows dpkg the packages it installs (bound read-only in the step's own
+/// `/tmp`, a tmpfs: nothing is made in the layer).
+const REPO_DIR: &str = "/tmp/envc-debs";
 
 /// The sources file a locked step's apt uses, in the step's own `/tmp`.
 pub(super) const LOCKED_SOURCES: &str = "envc-locked.list";
@@ -178,9 +182,10 @@ impl Runtime {
         Ok(dir)
     }
 
-    /// Builds a locked Debian base: mmdebstrap from a local repository of exactly the locked
-    /// files, without network, with the lock's source-date-epoch; then the root gets the real apt
-    /// sources, and its installed set is checked against the lock.
+    /// Builds a locked Debian base with envc's own installer ([`super::install`]): the essential
+    /// packages put into the empty root, then every package installed by dpkg inside the step
+    /// sandbox, without network, with the lock's source-date-epoch. Then the root gets the real
+    /// apt sources, and its installed set is checked against the lock.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn make_locked_base(
         &self,
@@ -193,57 +198,148 @@ impl Runtime {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), BaseError> {
         let id = plan.layers[0].id;
-        let repo = self
-            .locked_repo(
-                &id,
-                "base",
-                &locked.packages,
-                &source_uris(sources),
-                match base {
-                    Base::Debian { suite, .. } => Some(suite.as_str()),
-                    _ => None,
-                },
-                on_line,
-            )
-            .map_err(BaseError::Locked)?;
-        let repo_sources = format!("deb [trusted=yes] copy:{EXPOSED_REPO} ./\n");
-        let mut m = self.mmdebstrap(base, sync, &repo_sources, dir, false)?;
-        // Every locked package is named: mmdebstrap picks a variant's packages by their
-        // `Priority`, and a `.deb`'s own control file may say another than the archive's index
-        // (apt's says `important`, the archive `required`).
-        let base_arch = match base {
+        let arch = match base {
             Base::Debian { arch, .. } => arch.as_str(),
             _ => "",
         };
-        let names: BTreeSet<String> = locked
-            .packages
-            .iter()
-            .map(|p| {
-                if p.arch == base_arch || p.arch == "all" {
-                    p.name.clone()
-                } else {
-                    format!("{}:{}", p.name, p.arch)
-                }
-            })
-            .collect();
-        m.tool = std::mem::replace(&mut m.tool, crate::tools::Tool::at(PathBuf::new()))
-            .arg(format!(
-                "--include={}",
-                names.into_iter().collect::<Vec<_>>().join(",")
-            ))
-            .repo(&repo.0)
-            .no_network(true)
-            .env("SOURCE_DATE_EPOCH", locked.source_date_epoch.to_string());
-        let r = self.exec.tool(&m.tool, on_line);
-        drop(m);
-        r?;
-        drop(repo);
+        let mut env: Vec<(String, String)> = envc_plan::env::defaults().into_iter().collect();
+        env.push((
+            "SOURCE_DATE_EPOCH".into(),
+            locked.source_date_epoch.to_string(),
+        ));
+        self.install_locked(
+            &id,
+            "base",
+            &locked.packages,
+            &source_uris(sources),
+            Some(arch),
+            &RootSource::Dir,
+            dir,
+            env,
+            sync,
+            on_line,
+        )
+        .map_err(BaseError::Locked)?;
         let root = open_dir(dir).ok_or_else(|| {
             BaseError::Locked(format!("cannot open the new base {}", dir.display()))
         })?;
         drop_apt_lists(&root);
         write_sources(&root, sources).map_err(BaseError::Locked)?;
         compare("the base", &installed(&root), &locked.packages).map_err(BaseError::Locked)
+    }
+
+    /// Installs exactly `pkgs` into the root at `mountpoint` (made from `source`), with envc's own
+    /// installer ([`super::install`]). `base_arch` is set for a base: the root is empty, and its
+    /// essential packages are put in first. Every file comes from the package store (fetched from
+    /// `mirrors` when missing), verified; dpkg runs in the step sandbox without network.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install_locked(
+        &self,
+        id: &LayerId,
+        tag: &str,
+        pkgs: &[LockedPackage],
+        mirrors: &[String],
+        base_arch: Option<&str>,
+        source: &RootSource,
+        mountpoint: &Path,
+        env: Vec<(String, String)>,
+        sync: envc_plan::SyncMode,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
+        use super::install::{Relations, Unpacker, extract, order, relations, sh_quote};
+        let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
+        ensure_locked(&debs, pkgs, mirrors, on_line)?;
+        let workers = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZeroUsize::get)
+            .clamp(1, 4);
+        // Each package's control fields (cached beside its file; they must name the package).
+        let rels: Vec<Result<Relations, String>> = parallel(pkgs, workers, |p| {
+            debs.control(p)
+                .map(|c| relations(&c))
+                .map_err(|e| e.to_string())
+        });
+        let rels = rels.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let order = order(&rels, base_arch.is_some());
+        let tmp = TmpDir::new(&self.store, &format!("install-{}-{tag}", id.short(12)))?;
+        let all: Vec<usize> = order
+            .essential
+            .iter()
+            .chain(order.waves.iter().flatten())
+            .copied()
+            .collect();
+        let unpacker = Unpacker::new(&debs, pkgs, &tmp.0, all)?;
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| unpacker.work());
+            }
+            let r = (|| {
+                if let Some(arch) = base_arch {
+                    let root = open_dir(mountpoint)
+                        .ok_or_else(|| format!("cannot open {}", mountpoint.display()))?;
+                    prepare_base(&root, arch, pkgs)?;
+                    let spans = unpacker.wait(&order.essential)?;
+                    on_line(&format!(
+                        "envc: putting the files of {} essential packages in place",
+                        order.essential.len()
+                    ));
+                    for (&i, span) in order.essential.iter().zip(spans) {
+                        extract(&root, &tmp.0.join(unpacker.file_name(i)), span).map_err(|e| {
+                            format!(
+                                "cannot unpack {} {} ({}) into the new base: {e}",
+                                pkgs[i].name, pkgs[i].version, pkgs[i].arch
+                            )
+                        })?;
+                    }
+                }
+                let batches = std::iter::once((&order.essential, true))
+                    .chain(order.waves.iter().map(|w| (w, false)))
+                    .filter(|(b, _)| !b.is_empty());
+                for (batch, force) in batches {
+                    unpacker.wait(batch)?;
+                    let files: Vec<String> = batch
+                        .iter()
+                        .map(|&i| sh_quote(&format!("{REPO_DIR}/{}", unpacker.file_name(i))))
+                        .collect();
+                    let script = format!(
+                        "set -e\ncd /\nexec dpkg --install --force-unsafe-io --force-confdef --force-confold{} -- {}\n",
+                        if force { " --force-depends" } else { "" },
+                        files.join(" ")
+                    );
+                    let spec = crate::sandbox::Spec {
+                        source: source.clone(),
+                        mountpoint: mountpoint.to_owned(),
+                        network: false,
+                        binds: vec![crate::sandbox::Bind {
+                            host: tmp.0.clone(),
+                            target: REPO_DIR.into(),
+                            readonly: true,
+                        }],
+                        tmp_files: vec![],
+                        action: crate::sandbox::Action::Exec {
+                            argv: vec!["/bin/sh".into(), "-c".into(), script],
+                            env: env.clone(),
+                            cwd: "/".into(),
+                            user: None,
+                            deny_services: true,
+                            sync,
+                        },
+                    };
+                    match self.exec.sandbox(&spec, on_line) {
+                        Ok(0) => {}
+                        Ok(code) => {
+                            return Err(format!(
+                                "dpkg --install of {} packages exited with status {code}",
+                                batch.len()
+                            ));
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(())
+            })();
+            unpacker.stop();
+            r
+        })
     }
 }
 
@@ -352,4 +448,73 @@ fn ensure_locked(
         }
     }
     Ok(missing)
+}
+
+/// `f` of every package, `workers` at a time, in the packages' order.
+fn parallel<T: Send>(
+    pkgs: &[LockedPackage],
+    workers: usize,
+    f: impl Fn(&LockedPackage) -> T + Sync,
+) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out: std::sync::Mutex<Vec<Option<T>>> =
+        std::sync::Mutex::new((0..pkgs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(pkgs.len()).max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = pkgs.get(i) else { return };
+                    let r = f(p);
+                    out.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);
+                }
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// What dpkg needs in an empty root before the first package (what mmdebstrap makes too): its
+/// database directories, an empty status file, the architectures; apt's and dpkg's
+/// configuration directories, `/tmp`.
+fn prepare_base(root: &OwnedFd, arch: &str, pkgs: &[LockedPackage]) -> Result<(), String> {
+    use super::inroot::write_new;
+    for dir in [
+        "etc/apt/apt.conf.d",
+        "etc/apt/sources.list.d",
+        "etc/apt/preferences.d",
+        "etc/dpkg/dpkg.cfg.d",
+        "var/cache/apt/archives/partial",
+        "var/lib/apt/lists/partial",
+        "var/lib/dpkg/triggers",
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/alternatives",
+        "var/lib/dpkg/updates",
+        "var/log/apt",
+        "tmp",
+    ] {
+        crate::sandbox::mkdir_in_root(root, dir, 0o755)
+            .map_err(|e| format!("cannot make /{dir} in the new base: {e}"))?;
+    }
+    let tmp = open_in_root(root, "tmp", OFlag::O_DIRECTORY | OFlag::O_RDONLY)
+        .map_err(|e| format!("cannot open /tmp of the new base: {e}"))?;
+    nix::sys::stat::fchmod(&tmp, nix::sys::stat::Mode::from_bits_truncate(0o1777))
+        .map_err(|e| format!("cannot chmod /tmp of the new base: {e}"))?;
+    let mut archs = vec![arch.to_owned()];
+    for p in pkgs {
+        if p.arch != "all" && !archs.contains(&p.arch) {
+            archs.push(p.arch.clone());
+        }
+    }
+    archs[1..].sort();
+    let mut text = archs.join("\n");
+    text.push('\n');
+    write_new(root, "var/lib/dpkg/status", b"")?;
+    write_new(root, "var/lib/dpkg/arch", text.as_bytes())?;
+    Ok(())
 }

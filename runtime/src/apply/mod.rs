@@ -29,6 +29,7 @@ mod error;
 mod event;
 pub mod executor;
 mod inroot;
+mod install;
 mod layer;
 mod locked;
 mod normalize;

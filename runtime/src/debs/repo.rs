@@ -162,7 +162,7 @@ impl DebStore {
     /// The control fields of `p`'s stored file (checked already), without a trailing newline:
     /// from the cache beside it, or from `dpkg-deb --field` (then cached). Either way they must
     /// name the locked package, version and architecture.
-    fn control(&self, p: &LockedPackage) -> Result<String, RepoError> {
+    pub(crate) fn control(&self, p: &LockedPackage) -> Result<String, RepoError> {
         let stored = self.path_of(&p.sha256);
         let cache = control_path(&stored);
         let bad = |reason: String, path: &Path| RepoError::BadControl {

@@ -1,0 +1,697 @@
+//! envc's own installer of a locked set: the lock already says what to install, so apt's
+//! resolver is not needed, and dpkg does the installing.
+//!
+//! - The order comes from the packages' own control fields: for a base, the essential packages
+//!   (`Essential: yes` and what they depend on) first, as mmdebstrap does; then the rest in waves,
+//!   a package in a later wave than everything its `Pre-Depends` (and what those need) lead to.
+//! - While dpkg works, other threads give every `.deb` an uncompressed data member (its
+//!   `control.tar` and every other member stay as they are; `dpkg-deb --fsys-tarfile` does the
+//!   decompressing): dpkg, one package at a time, then spends no time decompressing, and the
+//!   decompressing runs on the other cores, ahead of dpkg.
+//! - For a base, the essential packages' files are first put into the empty root by envc
+//!   (mmdebstrap uses tar), every path resolved inside the root, so that their maintainer scripts
+//!   have a shell and dpkg to run; then `dpkg --install` installs them properly, and each wave
+//!   after them, inside the step sandbox: no network, a step's capabilities and system-call
+//!   filter. A hostile lock that names a hostile package reaches only the root being built.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use envc_plan::lock::LockedPackage;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fstatat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
+
+use crate::debs::DebStore;
+use crate::sandbox::mkdir_in_root;
+
+/// What ordering needs of a package's control fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Relations {
+    pub name: String,
+    pub essential: bool,
+    /// Each relation a list of alternatives, as package names (qualifiers and versions dropped).
+    pub depends: Vec<Vec<String>>,
+    pub pre_depends: Vec<Vec<String>>,
+    pub provides: Vec<String>,
+}
+
+/// The relations in one stanza of control fields.
+pub(super) fn relations(control: &str) -> Relations {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in control.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(v) = current.as_ref().and_then(|c| fields.get_mut(c)) {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            fields.insert(k.clone(), v.trim().to_owned());
+            current = Some(k);
+        }
+    }
+    let list = |f: &str| -> Vec<Vec<String>> {
+        fields
+            .get(f)
+            .map(|v| {
+                v.split(',')
+                    .map(|rel| {
+                        rel.split('|')
+                            .filter_map(|alt| {
+                                let n = alt.trim().split([' ', '(', '[', '<']).next()?;
+                                let n = n.split(':').next()?;
+                                (!n.is_empty()).then(|| n.to_owned())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|alts| !alts.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Relations {
+        name: fields.get("package").cloned().unwrap_or_default(),
+        essential: fields
+            .get("essential")
+            .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+        depends: list("depends"),
+        pre_depends: list("pre-depends"),
+        provides: list("provides").into_iter().flatten().collect(),
+    }
+}
+
+/// The order of an installation, as indexes into the packages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Order {
+    /// Put into the root by envc, then installed by one `dpkg --install --force-depends`.
+    pub essential: Vec<usize>,
+    /// Installed one `dpkg --install` after the other.
+    pub waves: Vec<Vec<usize>>,
+}
+
+/// Orders `pkgs`. With `essential`, the essential packages and their dependencies come first
+/// (a base); the rest go in waves: a package's wave is at least that of everything it depends on,
+/// and later than that of everything its pre-dependencies need, so that each is configured
+/// before it is unpacked. A dependency on a name outside the set counts as met (it is installed
+/// already, or the lock's comparison afterwards says what is wrong). Within a wave, by name.
+pub(super) fn order(pkgs: &[Relations], essential: bool) -> Order {
+    let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pkgs.iter().enumerate() {
+        by_name.entry(p.name.as_str()).or_default().push(i);
+        for v in &p.provides {
+            by_name.entry(v.as_str()).or_default().push(i);
+        }
+    }
+    let targets = |rels: &[Vec<String>]| -> BTreeSet<usize> {
+        rels.iter()
+            .flatten()
+            .flat_map(|n| by_name.get(n.as_str()).into_iter().flatten().copied())
+            .collect()
+    };
+    let deps: Vec<BTreeSet<usize>> = pkgs
+        .iter()
+        .map(|p| {
+            let mut d = targets(&p.depends);
+            d.extend(targets(&p.pre_depends));
+            d
+        })
+        .collect();
+    let pre: Vec<BTreeSet<usize>> = pkgs.iter().map(|p| targets(&p.pre_depends)).collect();
+    let closure = |start: &mut dyn Iterator<Item = usize>, within: &dyn Fn(usize) -> bool| {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<usize> = start.filter(|&i| within(i)).collect();
+        while let Some(i) = todo.pop() {
+            if seen.insert(i) {
+                todo.extend(deps[i].iter().copied().filter(|&d| within(d)));
+            }
+        }
+        seen
+    };
+    let first: BTreeSet<usize> = if essential {
+        closure(&mut (0..pkgs.len()).filter(|&i| pkgs[i].essential), &|_| {
+            true
+        })
+    } else {
+        BTreeSet::new()
+    };
+    let rest: Vec<usize> = (0..pkgs.len()).filter(|i| !first.contains(i)).collect();
+    let in_rest = |i: usize| !first.contains(&i);
+    let mut level: BTreeMap<usize, usize> = rest.iter().map(|&i| (i, 0)).collect();
+    // A fixed point: levels only grow, and are bounded by the number of packages unless
+    // pre-dependencies form a cycle, which no order satisfies (then the last levels stand).
+    for _ in 0..=rest.len() {
+        let mut changed = false;
+        for &i in &rest {
+            let mut l = level[&i];
+            for &d in &deps[i] {
+                if let Some(&ld) = level.get(&d) {
+                    l = l.max(ld);
+                }
+            }
+            for c in closure(&mut pre[i].iter().copied(), &in_rest) {
+                if c != i {
+                    l = l.max(level[&c] + 1);
+                }
+            }
+            l = l.min(rest.len());
+            if l != level[&i] {
+                level.insert(i, l);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let by_name_order =
+        |v: &mut Vec<usize>| v.sort_by(|&a, &b| pkgs[a].name.cmp(&pkgs[b].name).then(a.cmp(&b)));
+    let mut waves: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, l) in level {
+        waves.entry(l).or_default().push(i);
+    }
+    let mut essential: Vec<usize> = first.into_iter().collect();
+    by_name_order(&mut essential);
+    Order {
+        essential,
+        waves: waves
+            .into_values()
+            .map(|mut v| {
+                by_name_order(&mut v);
+                v
+            })
+            .collect(),
+    }
+}
+
+/// An ar member header's fields.
+struct Member {
+    name: Vec<u8>,
+    header: [u8; 60],
+    size: u64,
+}
+
+fn read_member(r: &mut impl Read) -> io::Result<Option<Member>> {
+    let mut header = [0u8; 60];
+    let mut got = 0;
+    while got < 60 {
+        let n = r.read(&mut header[got..])?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(bad("a member header is cut short"))
+            };
+        }
+        got += n;
+    }
+    if &header[58..60] != b"`\n" {
+        return Err(bad("a member header is damaged"));
+    }
+    let size = std::str::from_utf8(&header[48..58])
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| bad("a member's size is not a number"))?;
+    let name = header[..16]
+        .iter()
+        .copied()
+        .take_while(|&b| b != b' ')
+        .collect::<Vec<u8>>();
+    let name = name.strip_suffix(b"/").map(<[u8]>::to_vec).unwrap_or(name);
+    Ok(Some(Member { name, header, size }))
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("not a .deb archive: {what}"),
+    )
+}
+
+/// Where the data member's tar stream is in an unpacked `.deb`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DataSpan {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Writes `dst`: the `.deb` at `src` with its data member decompressed (`data.tar`), by
+/// `dpkg-deb --fsys-tarfile`; every other member as it is, in the same order.
+pub(super) fn uncompressed_deb(dpkg_deb: &Path, src: &Path, dst: &Path) -> io::Result<DataSpan> {
+    let mut input = io::BufReader::new(File::open(src)?);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    if &magic != b"!<arch>\n" {
+        return Err(bad("no ar signature"));
+    }
+    let mut out = File::options().write(true).create_new(true).open(dst)?;
+    out.write_all(&magic)?;
+    let mut span = None;
+    while let Some(m) = read_member(&mut input)? {
+        let padded = m.size + (m.size & 1);
+        if m.name.starts_with(b"data.tar") && span.is_none() {
+            io::copy(&mut (&mut input).take(padded), &mut io::sink())?;
+            // The header is written again once the size is known.
+            let at = out.stream_position()?;
+            out.write_all(&[b' '; 60])?;
+            let status = Command::new(dpkg_deb)
+                .arg("--fsys-tarfile")
+                .arg(src)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(Stdio::piped())
+                .output()?;
+            if !status.status.success() {
+                return Err(io::Error::other(format!(
+                    "dpkg-deb --fsys-tarfile failed: {}",
+                    String::from_utf8_lossy(&status.stderr).trim()
+                )));
+            }
+            let end = out.seek(SeekFrom::End(0))?;
+            let len = end - at - 60;
+            if len & 1 == 1 {
+                out.write_all(b"\n")?;
+            }
+            let mut header = m.header;
+            header[..16].copy_from_slice(format!("{:<16}", "data.tar").as_bytes());
+            header[48..58].copy_from_slice(format!("{len:<10}").as_bytes());
+            out.seek(SeekFrom::Start(at))?;
+            out.write_all(&header)?;
+            out.seek(SeekFrom::End(0))?;
+            span = Some(DataSpan {
+                offset: at + 60,
+                len,
+            });
+        } else {
+            out.write_all(&m.header)?;
+            let copied = io::copy(&mut (&mut input).take(padded), &mut out)?;
+            if copied != padded {
+                return Err(bad("a member is cut short"));
+            }
+        }
+    }
+    span.ok_or_else(|| bad("no data member"))
+}
+
+/// One entry's path inside the root, made relative; `None` for the root itself. `..` is refused.
+fn entry_path(raw: &[u8]) -> Result<Option<String>, String> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| format!("a path that is not UTF-8: {}", String::from_utf8_lossy(raw)))?;
+    let mut parts = Vec::new();
+    for part in text.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("a path with `..`: {text}")),
+            p => parts.push(p),
+        }
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// The parent directory of `rel` in the root (made when missing) and the last name.
+fn parent_of<'a>(root: &OwnedFd, rel: &'a str) -> Result<(OwnedFd, &'a str), String> {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let fd = mkdir_in_root(root, dir, 0o755).map_err(|e| format!("cannot make /{dir}: {e}"))?;
+    Ok((fd, name))
+}
+
+/// Removes what is at `name` in `dir` unless it is a directory (or nothing); a directory is an
+/// error unless `keep_dir`.
+fn clear(dir: &OwnedFd, name: &str, rel: &str) -> Result<(), String> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!("cannot look at /{rel}: {e}")),
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+            Err(format!("/{rel} is a directory"))
+        }
+        Ok(_) => unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| format!("cannot replace /{rel}: {e}")),
+    }
+}
+
+fn mtime(secs: u64) -> TimeSpec {
+    TimeSpec::new(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+}
+
+/// Puts the files of the data member at `span` of `deb` into the root open at `root`, as tar
+/// would in a chroot: owners by number, modes with setuid bits, mtimes; an existing directory (or
+/// symlink to one) is kept; every path resolved inside the root. Directories' mtimes are set
+/// once everything is in. A device node is refused (no Debian package ships one).
+pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), String> {
+    let mut file = File::open(deb).map_err(|e| format!("cannot open {}: {e}", deb.display()))?;
+    file.seek(SeekFrom::Start(span.offset))
+        .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+    let mut archive = tar::Archive::new(io::BufReader::new(file).take(span.len));
+    let mut dirs: Vec<(String, u64)> = Vec::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+        let raw = entry.path_bytes().into_owned();
+        let Some(rel) = entry_path(&raw)? else {
+            continue;
+        };
+        let h = entry.header();
+        let mode = h.mode().map_err(|e| format!("/{rel}: {e}"))? & 0o7777;
+        let uid = h.uid().map_err(|e| format!("/{rel}: {e}"))?;
+        let gid = h.gid().map_err(|e| format!("/{rel}: {e}"))?;
+        let when = h.mtime().unwrap_or(0);
+        let (uid, gid) = (
+            Uid::from_raw(u32::try_from(uid).map_err(|_| format!("/{rel}: owner {uid}"))?),
+            Gid::from_raw(u32::try_from(gid).map_err(|_| format!("/{rel}: group {gid}"))?),
+        );
+        let kind = h.entry_type();
+        let (dir, name) = parent_of(root, &rel)?;
+        let fail = |op: &str, e: nix::errno::Errno| format!("cannot {op} /{rel}: {e}");
+        match kind {
+            tar::EntryType::Directory => match fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st)
+                    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {}
+                Ok(st)
+                    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR =>
+                {
+                    set_dir(&dir, name, uid, gid, mode).map_err(|e| fail("set", e))?;
+                    dirs.push((rel.clone(), when));
+                }
+                _ => {
+                    clear(&dir, name, &rel)?;
+                    nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o700))
+                        .map_err(|e| fail("make", e))?;
+                    set_dir(&dir, name, uid, gid, mode).map_err(|e| fail("set", e))?;
+                    dirs.push((rel.clone(), when));
+                }
+            },
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                clear(&dir, name, &rel)?;
+                let fd = nix::fcntl::openat(
+                    &dir,
+                    name,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| fail("create", e))?;
+                let mut f = File::from(fd);
+                io::copy(&mut entry, &mut f).map_err(|e| format!("cannot write /{rel}: {e}"))?;
+                fchown(f.as_fd(), Some(uid), Some(gid)).map_err(|e| fail("chown", e))?;
+                fchmod(f.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| fail("chmod", e))?;
+                nix::sys::stat::futimens(f.as_fd(), &mtime(when), &mtime(when))
+                    .map_err(|e| fail("set the time of", e))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| format!("/{rel}: a symlink without a target"))?
+                    .into_owned();
+                clear(&dir, name, &rel)?;
+                nix::unistd::symlinkat(std::ffi::OsStr::from_bytes(&target), &dir, name)
+                    .map_err(|e| fail("make", e))?;
+                fchownat(
+                    &dir,
+                    name,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| fail("chown", e))?;
+                utimensat(
+                    &dir,
+                    name,
+                    &mtime(when),
+                    &mtime(when),
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| fail("set the time of", e))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| format!("/{rel}: a hard link without a target"))?
+                    .into_owned();
+                let target = entry_path(&target)?
+                    .ok_or_else(|| format!("/{rel}: a hard link to the root"))?;
+                let (tdir, tname) = parent_of(root, &target)?;
+                clear(&dir, name, &rel)?;
+                nix::unistd::linkat(&tdir, tname, &dir, name, AtFlags::empty())
+                    .map_err(|e| fail("link", e))?;
+            }
+            tar::EntryType::Fifo => {
+                clear(&dir, name, &rel)?;
+                nix::sys::stat::mknodat(
+                    &dir,
+                    name,
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(mode),
+                    0,
+                )
+                .map_err(|e| fail("make", e))?;
+                fchownat(
+                    &dir,
+                    name,
+                    Some(uid),
+                    Some(gid),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| fail("chown", e))?;
+                nix::sys::stat::fchmodat(
+                    &dir,
+                    name,
+                    Mode::from_bits_truncate(mode),
+                    FchmodatFlags::FollowSymlink,
+                )
+                .map_err(|e| fail("chmod", e))?;
+            }
+            other => {
+                return Err(format!(
+                    "/{rel} is a {other:?} entry, which envc does not unpack"
+                ));
+            }
+        }
+    }
+    // Last, as tar does: putting files in changed them.
+    for (rel, when) in dirs.into_iter().rev() {
+        let (dir, name) = parent_of(root, &rel)?;
+        utimensat(
+            &dir,
+            name,
+            &mtime(when),
+            &mtime(when),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| format!("cannot set the time of /{rel}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn set_dir(dir: &OwnedFd, name: &str, uid: Uid, gid: Gid, mode: u32) -> nix::Result<()> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    fchown(fd.as_fd(), Some(uid), Some(gid))?;
+    fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
+}
+
+/// The uncompressed copies of a set of packages, made by worker threads in a given order while
+/// the caller installs those already made.
+pub(super) struct Unpacker<'a> {
+    debs: &'a DebStore,
+    pkgs: &'a [LockedPackage],
+    dpkg_deb: PathBuf,
+    dir: &'a Path,
+    order: Vec<usize>,
+    next: AtomicUsize,
+    stop: AtomicBool,
+    done: Mutex<BTreeMap<usize, Result<DataSpan, String>>>,
+    ready: Condvar,
+}
+
+impl<'a> Unpacker<'a> {
+    /// Unpacks `pkgs` (in the package store) into `dir`, in `order`, once [`Unpacker::work`]
+    /// runs.
+    pub(super) fn new(
+        debs: &'a DebStore,
+        pkgs: &'a [LockedPackage],
+        dir: &'a Path,
+        order: Vec<usize>,
+    ) -> Result<Unpacker<'a>, String> {
+        let dpkg_deb = crate::tools::find("dpkg-deb").map_err(|e| e.to_string())?;
+        Ok(Unpacker {
+            debs,
+            pkgs,
+            dpkg_deb,
+            dir,
+            order,
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            done: Mutex::new(BTreeMap::new()),
+            ready: Condvar::new(),
+        })
+    }
+
+    /// The file of package `i` in the unpacked directory (its repository file name).
+    pub(super) fn file_name(&self, i: usize) -> String {
+        crate::debs::deb_file_name(&self.pkgs[i])
+    }
+
+    /// One worker: takes the next package in order until none is left or [`Unpacker::stop`].
+    pub(super) fn work(&self) {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(&i) = self.order.get(n) else { return };
+            let p = &self.pkgs[i];
+            let dst = self.dir.join(self.file_name(i));
+            let r = uncompressed_deb(&self.dpkg_deb, &self.debs.path_of(&p.sha256), &dst)
+                .map_err(|e| format!("cannot unpack {} {} ({}): {e}", p.name, p.version, p.arch));
+            let failed = r.is_err();
+            self.done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(i, r);
+            self.ready.notify_all();
+            if failed {
+                return;
+            }
+        }
+    }
+
+    /// Stops the workers after the package each is on.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.ready.notify_all();
+    }
+
+    /// Waits until every package of `which` is unpacked; the first failure otherwise.
+    pub(super) fn wait(&self, which: &[usize]) -> Result<Vec<DataSpan>, String> {
+        let mut done = self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(Err(e)) = done.values().find(|r| r.is_err()) {
+                return Err(e.clone());
+            }
+            if which.iter().all(|i| done.contains_key(i)) {
+                return Ok(which
+                    .iter()
+                    .filter_map(|i| done.get(i).and_then(|r| r.as_ref().ok()).copied())
+                    .collect());
+            }
+            done = self
+                .ready
+                .wait(done)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Single-quotes `s` for sh.
+pub(super) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(name: &str, essential: bool, depends: &[&[&str]], pre: &[&[&str]]) -> Relations {
+        let l = |v: &[&[&str]]| {
+            v.iter()
+                .map(|a| a.iter().map(|s| (*s).to_owned()).collect())
+                .collect()
+        };
+        Relations {
+            name: name.into(),
+            essential,
+            depends: l(depends),
+            pre_depends: l(pre),
+            provides: vec![],
+        }
+    }
+
+    #[test]
+    fn relations_are_read_from_control_fields() {
+        let r = relations(
+            "Package: e2fsprogs\nEssential: yes\nPre-Depends: libc6 (>= 2.34), libext2fs2 (= 1.47.0-2+b2)\nDepends: awk | mawk:any,\n debconf [amd64]\nProvides: e2fs\n",
+        );
+        assert_eq!(r.name, "e2fsprogs");
+        assert!(r.essential);
+        assert_eq!(r.pre_depends, vec![vec!["libc6"], vec!["libext2fs2"]]);
+        assert_eq!(r.depends, vec![vec!["awk", "mawk"], vec!["debconf"]]);
+        assert_eq!(r.provides, vec!["e2fs"]);
+    }
+
+    #[test]
+    fn essential_closure_first_then_waves_by_pre_depends() {
+        let pkgs = vec![
+            rel("libc6", false, &[], &[]),
+            rel("dash", true, &[&["libc6"]], &[]),
+            rel("libcom-err2", false, &[&["libc6"]], &[]),
+            rel("e2fsprogs", false, &[&["tool"]], &[&["libcom-err2"]]),
+            rel("tool", false, &[], &[]),
+            rel("gcc", false, &[&["cpp"]], &[]),
+            rel("cpp", false, &[], &[]),
+        ];
+        let o = order(&pkgs, true);
+        assert_eq!(o.essential, vec![1, 0]);
+        // e2fsprogs needs libcom-err2 configured first; tool only before e2fsprogs is configured.
+        assert_eq!(o.waves, vec![vec![6, 5, 2, 4], vec![3]]);
+        // Without a base, nothing is extracted.
+        let o = order(&pkgs, false);
+        assert!(o.essential.is_empty());
+        assert_eq!(o.waves.concat().len(), pkgs.len());
+    }
+
+    #[test]
+    fn a_dependency_of_a_pre_dependency_comes_before_too() {
+        let pkgs = vec![
+            rel("a", false, &[], &[&["b"]]),
+            rel("b", false, &[&["c"]], &[]),
+            rel("c", false, &[], &[]),
+        ];
+        let o = order(&pkgs, false);
+        assert_eq!(o.waves, vec![vec![1, 2], vec![0]]);
+    }
+
+    #[test]
+    fn a_pre_dependency_cycle_ends() {
+        let pkgs = vec![
+            rel("a", false, &[], &[&["b"]]),
+            rel("b", false, &[], &[&["a"]]),
+        ];
+        let o = order(&pkgs, false);
+        assert_eq!(o.waves.concat().len(), 2);
+    }
+
+    #[test]
+    fn entry_paths_stay_in_the_root() {
+        assert_eq!(
+            entry_path(b"./usr/bin/x").unwrap().as_deref(),
+            Some("usr/bin/x")
+        );
+        assert_eq!(entry_path(b"./").unwrap(), None);
+        assert!(entry_path(b"./usr/../../etc/passwd").is_err());
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+    }
+}
