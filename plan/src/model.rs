@@ -259,6 +259,7 @@ impl Step {
             } => {
                 let mut fields = vec![("packages", Key::strs(packages))];
                 if let Some(locked) = locked {
+                    fields.push(("installer", Key::Str(crate::lock::BASE_INSTALLER.into())));
                     fields.push((
                         "locked",
                         Key::List(locked.iter().map(LockedPackage::key).collect()),

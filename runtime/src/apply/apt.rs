@@ -185,21 +185,6 @@ fn quoted(packages: &[String]) -> String {
         .join(" ")
 }
 
-/// The shell script of a locked `packages` step: apt's only source is the step's local
-/// repository (the sources file `sources` in `/tmp`), with lists of the step's own; it installs
-/// what the step asks for, and the repository holds exactly the locked files.
-pub(super) fn locked_apt_script(packages: &[String], sources: &str) -> String {
-    let opts = apt_opts();
-    format!(
-        "set -e\n\
-         mkdir -p /tmp/envc-parts\n\
-         opts=\"{opts} -o Dir::Etc::SourceList=/tmp/{sources} -o Dir::Etc::SourceParts=/tmp/envc-parts -o APT::Get::List-Cleanup=false\"\n\
-         apt-get $opts update\n\
-         apt-get $opts install -y -- {}\n",
-        quoted(packages)
-    )
-}
-
 /// The shell script of a `packages` step. apt uses the root's own sources (for a debian base,
 /// those mmdebstrap wrote; plus any a step added). The lists are refreshed unless they were made
 /// from the same sources less than LISTS_FRESH_MINUTES ago (by the base build or an earlier step).

@@ -10,11 +10,9 @@ use std::time::Instant;
 
 use envc_plan::{Digest, LayerId, Plan, Step};
 
-use super::apt::{apt_script, cache_key, locked_apt_script};
+use super::apt::{apt_script, cache_key};
 use super::base::BaseError;
-use super::locked::{
-    LOCKED_SOURCES, REPO_IN_ROOT, compare, installed_in, layered_root, plan_mirrors,
-};
+use super::locked::{compare, installed_in, layered_root, plan_mirrors};
 use super::normalize::normalize;
 use super::{ApplyError, Event, Runtime, Sink};
 use crate::backend::{self, Build, Labels};
@@ -192,9 +190,6 @@ impl Runtime {
         let cwd = workdir.unwrap_or_else(|| "/".into());
         // Shared caches a step uses stay locked until it ends.
         let mut cache_locks = Vec::new();
-        // A locked `packages` step's set, the installed set before it, the root's layers, and its
-        // repository and apt directories (removed when it ends).
-        let mut post = None;
         let spec = match &layer.steps[si] {
             Step::Base { base, sync, locked } => {
                 let mut tail = Vec::new();
@@ -276,84 +271,40 @@ impl Runtime {
                 sync,
                 locked: Some(set),
             } => {
-                // Hermetic: a repository of exactly the locked files, fresh lists and archives
-                // directories of the step's own, no network; checked and normalized afterwards.
+                // Hermetic: exactly the locked files, installed by dpkg in the step sandbox
+                // without network; checked and normalized afterwards.
                 let layers = layered_root(&build.source, &build.mountpoint);
                 let before = installed_in(&layers);
-                // Shown as well as logged: a file of the package store that was replaced (disk
-                // damage, a hand edit) is worth a warning where the build is watched.
+                let mut tail = Vec::new();
                 let mut on_line = |line: &str| {
                     let _ = writeln!(log, "{line}");
+                    tools::push_tail(&mut tail, line);
                     sink(Event::Output {
                         layer: &layer.name,
                         line: line.to_owned(),
                     });
                 };
-                let repo = self
-                    .locked_repo(
-                        &layer.id,
-                        &format!("step{si}"),
-                        set,
-                        &plan_mirrors(plan),
-                        None,
-                        &mut on_line,
-                    )
-                    .map_err(|reason| fail(reason, None, vec![]))?;
-                let work = repo
-                    .sibling("apt")
-                    .map_err(|reason| fail(reason, None, vec![]))?;
-                let (archives, lists) = (work.0.join("archives"), work.0.join("lists"));
-                for d in [
-                    archives.join("partial"),
-                    archives.join("envc-repo"),
-                    lists.join("partial"),
-                ] {
-                    fs::create_dir_all(&d).map_err(|source| ApplyError::Io {
-                        op: "create",
-                        path: d.clone(),
-                        source,
-                    })?;
+                let installed = self.install_locked(
+                    &layer.id,
+                    &format!("step{si}"),
+                    set,
+                    &plan_mirrors(plan),
+                    None,
+                    &auto_installed(packages, set),
+                    &build.source,
+                    &build.mountpoint,
+                    env,
+                    *sync,
+                    &mut on_line,
+                );
+                if let Err(reason) = installed {
+                    return Err(fail(reason, None, tail));
                 }
-                let repo_dir = repo.0.clone();
-                post = Some((set, before, layers, repo, work));
-                Spec {
-                    source: build.source.clone(),
-                    mountpoint: build.mountpoint.clone(),
-                    network: false,
-                    binds: vec![
-                        Bind {
-                            host: archives,
-                            target: "/var/cache/apt/archives".into(),
-                            readonly: false,
-                        },
-                        Bind {
-                            host: repo_dir,
-                            target: REPO_IN_ROOT.into(),
-                            readonly: true,
-                        },
-                        Bind {
-                            host: lists,
-                            target: "/var/lib/apt/lists".into(),
-                            readonly: false,
-                        },
-                    ],
-                    tmp_files: vec![(
-                        LOCKED_SOURCES.into(),
-                        format!("deb [trusted=yes] file:{REPO_IN_ROOT} ./\n"),
-                    )],
-                    action: Action::Exec {
-                        argv: vec![
-                            "/bin/sh".into(),
-                            "-c".into(),
-                            locked_apt_script(packages, LOCKED_SOURCES),
-                        ],
-                        env,
-                        cwd: "/".into(),
-                        user: None,
-                        deny_services: true,
-                        sync: *sync,
-                    },
-                }
+                let after = installed_in(&layers);
+                compare("the step", &super::debindex::added(&before, &after), set)
+                    .map_err(|reason| fail(reason, None, tail.clone()))?;
+                let sde = plan.source_date_epoch().unwrap_or(0);
+                return normalize(&layers[0], sde).map_err(|e| fail(e.to_string(), None, vec![]));
             }
             Step::Packages { packages, sync, .. } => {
                 let key = cache_key(plan, index, si);
@@ -408,24 +359,14 @@ impl Runtime {
         });
         drop(cache_locks);
         match result {
-            Ok(0) => match post {
-                // In a locked plan every step's new files get the lock's time too: a `run`
-                // step is then as deterministic as its command, not as its clock.
-                None => match plan.source_date_epoch() {
-                    Some(sde) => {
-                        let layers = layered_root(&build.source, &build.mountpoint);
-                        normalize(&layers[0], sde).map_err(|e| fail(e.to_string(), None, vec![]))
-                    }
-                    None => Ok(()),
-                },
-                Some((set, before, layers, repo, work)) => {
-                    drop((repo, work));
-                    let after = installed_in(&layers);
-                    compare("the step", &super::debindex::added(&before, &after), set)
-                        .map_err(|reason| fail(reason, None, tail.clone()))?;
-                    let sde = plan.source_date_epoch().unwrap_or(0);
+            // In a locked plan every step's new files get the lock's time too: a `run` step is
+            // then as deterministic as its command, not as its clock.
+            Ok(0) => match plan.source_date_epoch() {
+                Some(sde) => {
+                    let layers = layered_root(&build.source, &build.mountpoint);
                     normalize(&layers[0], sde).map_err(|e| fail(e.to_string(), None, vec![]))
                 }
+                None => Ok(()),
             },
             Ok(code) => Err(fail(exit_reason(code), Some(code), tail)),
             Err(e) => {
@@ -501,4 +442,20 @@ fn long_command_file(command: &str) -> Vec<(String, String)> {
     } else {
         vec![]
     }
+}
+
+/// The packages of a locked step's set that apt would mark automatically installed: those the
+/// step did not name (`NAME`, `NAME=VERSION`, `NAME/RELEASE`, `NAME:ARCH`), as `NAME:ARCH`.
+fn auto_installed(packages: &[String], set: &[envc_plan::lock::LockedPackage]) -> Vec<String> {
+    let named: std::collections::BTreeSet<&str> = packages
+        .iter()
+        .map(|p| {
+            let p = p.split(['=', '/']).next().unwrap_or(p);
+            p.split(':').next().unwrap_or(p)
+        })
+        .collect();
+    set.iter()
+        .filter(|p| !named.contains(p.name.as_str()))
+        .map(|p| format!("{}:{}", p.name, p.arch))
+        .collect()
 }

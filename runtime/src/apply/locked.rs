@@ -23,16 +23,9 @@ use super::inroot::{open_dir, open_in_root};
 use crate::debs::DebStore;
 use crate::sandbox::RootSource;
 
-/// Where a locked step reaches its repository, inside the root: in the (bound) archives
-/// directory, so nothing is created in the layer.
-pub(super) const REPO_IN_ROOT: &str = "/var/cache/apt/archives/envc-repo";
-
 /// Where envc's installer shows dpkg the packages it installs (bound read-only in the step's own
 /// `/tmp`, a tmpfs: nothing is made in the layer).
 const REPO_DIR: &str = "/tmp/envc-debs";
-
-/// The sources file a locked step's apt uses, in the step's own `/tmp`.
-pub(super) const LOCKED_SOURCES: &str = "envc-locked.list";
 
 /// A directory of the store's `tmp` (`lock-PID-TAG`), removed on drop. The process's run lock is
 /// held while it lives (when it was taken): a process killed meanwhile leaves a directory that
@@ -52,16 +45,6 @@ impl TmpDir {
             std::process::id()
         ));
         let dir = TmpDir(path, Some(run));
-        let _ = crate::tree::remove_tree(crate::sys::kernel(), &dir.0);
-        fs::create_dir_all(&dir.0)
-            .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
-        Ok(dir)
-    }
-
-    /// A sibling directory (`PATH.EXT`), made empty, removed on drop; the caller keeps `self`
-    /// (and its run lock) alive longer.
-    pub(super) fn sibling(&self, ext: &str) -> Result<TmpDir, String> {
-        let dir = TmpDir(self.0.with_extension(ext), None);
         let _ = crate::tree::remove_tree(crate::sys::kernel(), &dir.0);
         fs::create_dir_all(&dir.0)
             .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
@@ -163,25 +146,6 @@ pub(super) fn installed_in(layers: &[PathBuf]) -> Installed {
 }
 
 impl Runtime {
-    /// A local repository of exactly `pkgs` in the store's `tmp`, every file verified: fetched
-    /// into the package store first when missing.
-    pub(super) fn locked_repo(
-        &self,
-        id: &LayerId,
-        tag: &str,
-        pkgs: &[LockedPackage],
-        mirrors: &[String],
-        suite: Option<&str>,
-        on_line: &mut dyn FnMut(&str),
-    ) -> Result<TmpDir, String> {
-        let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
-        let dir = TmpDir::new(&self.store, &format!("repo-{}-{tag}", id.short(12)))?;
-        ensure_locked(&debs, pkgs, mirrors, on_line)?;
-        debs.make_repo_for(pkgs, &dir.0, suite)
-            .map_err(|e| e.to_string())?;
-        Ok(dir)
-    }
-
     /// Builds a locked Debian base with envc's own installer ([`super::install`]): the essential
     /// packages put into the empty root, then every package installed by dpkg inside the step
     /// sandbox, without network, with the lock's source-date-epoch. Then the root gets the real
@@ -213,6 +177,7 @@ impl Runtime {
             &locked.packages,
             &source_uris(sources),
             Some(arch),
+            &[],
             &RootSource::Dir,
             dir,
             env,
@@ -230,7 +195,8 @@ impl Runtime {
 
     /// Installs exactly `pkgs` into the root at `mountpoint` (made from `source`), with envc's own
     /// installer ([`super::install`]). `base_arch` is set for a base: the root is empty, and its
-    /// essential packages are put in first. Every file comes from the package store (fetched from
+    /// essential packages are put in first. `auto` are marked automatically installed afterwards,
+    /// as apt would have (`apt-mark`, when the root has apt). Every file comes from the package store (fetched from
     /// `mirrors` when missing), verified; dpkg runs in the step sandbox without network.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn install_locked(
@@ -240,6 +206,7 @@ impl Runtime {
         pkgs: &[LockedPackage],
         mirrors: &[String],
         base_arch: Option<&str>,
+        auto: &[String],
         source: &RootSource,
         mountpoint: &Path,
         env: Vec<(String, String)>,
@@ -294,17 +261,26 @@ impl Runtime {
                 let batches = std::iter::once((&order.essential, true))
                     .chain(order.waves.iter().map(|w| (w, false)))
                     .filter(|(b, _)| !b.is_empty());
-                for (batch, force) in batches {
+                let batches: Vec<_> = batches.collect();
+                let last = batches.len();
+                for (n, (batch, force)) in batches.into_iter().enumerate() {
                     unpacker.wait(batch)?;
                     let files: Vec<String> = batch
                         .iter()
                         .map(|&i| sh_quote(&format!("{REPO_DIR}/{}", unpacker.file_name(i))))
                         .collect();
-                    let script = format!(
-                        "set -e\ncd /\nexec dpkg --install --force-unsafe-io --force-confdef --force-confold{} -- {}\n",
+                    let mut script = format!(
+                        "set -e\ncd /\ndpkg --install --force-unsafe-io --force-confdef --force-confold{} -- {}\n",
                         if force { " --force-depends" } else { "" },
                         files.join(" ")
                     );
+                    if n + 1 == last && !auto.is_empty() {
+                        let names: Vec<String> = auto.iter().map(|a| sh_quote(a)).collect();
+                        script.push_str(&format!(
+                            "if command -v apt-mark >/dev/null; then apt-mark auto -- {} >/dev/null; fi\n",
+                            names.join(" ")
+                        ));
+                    }
                     let spec = crate::sandbox::Spec {
                         source: source.clone(),
                         mountpoint: mountpoint.to_owned(),
