@@ -461,31 +461,26 @@ def is_(prefix):
 # with a `buildd` base has no `toolchain` layer: its step phases are not seen.
 ENVC_PHASES = [
     ("envc starts, compiles the spec and reads the lock, opens the store", is_("[base] building")),
-    ("base: envc lays out the repository of the locked files (each verified, linked, indexed); "
-     "mmdebstrap starts", is_("[base] I:")),
-    ("mmdebstrap: set-up", is_("[base] I: running apt-get update")),
-    ("mmdebstrap: apt-get update, \"download\" (copy: copies every file into the root)",
-     is_("[base] I: extracting archives")),
-    ("mmdebstrap: extracting the essential archives", is_("[base] I: installing essential")),
-    ("mmdebstrap: installing the essential packages", is_("[base] I: installing remaining")),
-    ("mmdebstrap: installing the remaining packages (for a minbase base: apt and its libraries; "
-     "for a buildd base or mmdebstrap alone: build-essential's too), clean-up", is_("[base] I: success")),
-    ("base after mmdebstrap: host files out, normalize, compare with the lock, tree digest, syncfs, seal",
-     is_("[base] built in")),
-    ("`packages` step: its repository (verified, control fields, linked, indexed), sandbox starts",
-     lambda l, *_: l.startswith("[toolchain]") and not l.startswith("[toolchain] building")),
-    ("`packages` step: apt-get update, resolving",
-     lambda l, *_: l.startswith("[toolchain]") and "After this operation" in l),
-    ("`packages` step: dpkg unpacks and configures",
-     lambda l, lines, k: l.startswith("[toolchain]") and k + 1 < len(lines)
-     and lines[k + 1][1].startswith("[toolchain] built in")),
-    ("after the step's last line: the trigger's end, normalize, compare with the lock, tree digest, syncfs, seal",
+    ("base: every locked file verified, control fields read, the order computed, the essential "
+     "packages' data members decompressed", is_("[base] envc: putting")),
+    ("base: envc puts the essential packages' files in place", is_("[base] envc: installing")),
+    ("base: dpkg installs the essential packages (the other packages' data members are decompressed "
+     "meanwhile)", lambda l, *_: l.startswith("[base] envc: installing") and "wave 1 of" in l),
+    ("base: dpkg installs the other packages, in waves; normalize, compare with the lock, tree digest, "
+     "syncfs, seal", is_("[base] built in")),
+    ("`packages` step: files verified, control fields, order, decompressing starts",
+     is_("[toolchain] envc: installing")),
+    ("`packages` step: dpkg installs; normalize, compare with the lock, tree digest, syncfs, seal",
      is_("[toolchain] built in")),
 ]
-# mmdebstrap's own phases, each matched with envc's phase of the same work.
-MM_PHASES = [(ENVC_PHASES[i][0], is_(prefix)) for i, prefix in [
-    (1, "I:"), (2, "I: running apt-get update"), (3, "I: extracting archives"),
-    (4, "I: installing essential"), (5, "I: installing remaining"), (6, "I: success")]]
+MM_PHASES = [
+    ("mmdebstrap starts", is_("I:")),
+    ("set-up", is_("I: running apt-get update")),
+    ("apt-get update, \"download\" (copy: copies every file into the root)", is_("I: extracting archives")),
+    ("extracting the essential archives", is_("I: installing essential")),
+    ("installing the essential packages", is_("I: installing remaining")),
+    ("installing the remaining packages, clean-up", is_("I: success")),
+]
 
 
 def part_lock(rounds, warm_rounds):
@@ -621,18 +616,18 @@ def part_lock(rounds, warm_rounds):
     def ratio(a, b):
         return f"**{med[a] / med[b]:.2f}x**" + (" (the rounds overlap: about equal)" if overlap(a, b) else "")
 
-    def phase_table():
+    def phase_table(cols, marks, short):
         def cell(name, label):
             vals = [dict(p[0]).get(label) for p in phases[name]]
             vals = [v for v in vals if v is not None]
             return f"{statistics.median(vals):.2f}" if vals else "-"
-        short = ["envc, minbase + step", "envc, buildd base", "mmdebstrap", "mmdebstrap + eatmydata"]
-        rows = ["| phase (median over the rounds, s) | " + " | ".join(short) + " |", "|---|---|---|---|---|"]
-        for label, _ in ENVC_PHASES:
-            rows.append(f"| {label} | " + " | ".join(cell(n, label) for n in names_of) + " |")
-        rest = " | ".join(f"{statistics.median(p[1] for p in phases[n]):.2f}" for n in names_of)
-        rows.append(f"| after the last line: envc makes the working root and exits | {rest} |")
-        rows.append("| **total** | " + " | ".join(f"**{med[n]:.2f}**" for n in names_of) + " |")
+        rows = ["| phase (median over the rounds, s) | " + " | ".join(short) + " |",
+                "|---|" + "---|" * len(cols)]
+        for label, _ in marks:
+            rows.append(f"| {label} | " + " | ".join(cell(n, label) for n in cols) + " |")
+        rest = " | ".join(f"{statistics.median(p[1] for p in phases[n]):.2f}" for n in cols)
+        rows.append(f"| after the last line: the working root, exit | {rest} |")
+        rows.append("| **total** | " + " | ".join(f"**{med[n]:.2f}**" for n in cols) + " |")
         return "\n".join(rows)
 
     # Warm apply with a lock and without: the same spec text in two directories, one with the
@@ -687,7 +682,7 @@ def part_lock(rounds, warm_rounds):
         "repository (hard links, `dpkg-scanpackages`, a `Release` that says `bookworm`) given as a "
         "`copy:` mirror: with `file:`, apt (outside the root) would hand dpkg (inside it) paths that do "
         "not exist there, which mmdebstrap refuses (\"use copy:// instead of file:// or a "
-        "bind-mount\"); envc's locked base uses `copy:` for the same reason. Both are given every "
+        "bind-mount\"). mmdebstrap is given every "
         "locked name with `--include`: mmdebstrap picks a variant's packages by `Priority`, and a "
         "`.deb`'s own control file may say another than the archive (apt's says `important`, the "
         f"archive `required`); {bare_note}. The eatmydata hook takes `eatmydata` and `libeatmydata1` from "
@@ -699,24 +694,18 @@ def part_lock(rounds, warm_rounds):
         + "".join(f"- `{c.replace(str(WORK), '$WORK')}`\n" for _, _, c in cases) +
         "\n#### Where the time goes\n\n"
         "Phases from the time each output line arrived: envc's progress lines (`[base] building`, "
-        "`[base] built in`) and its layers' output (mmdebstrap's `I:` lines for the base, apt's "
-        "and dpkg's for the step); mmdebstrap's own `I:` lines for the same phases. Each phase ends "
+        "`envc: putting the files of N essential packages in place`, `envc: installing ...` before each "
+        "`dpkg --install`, `[base] built in`); mmdebstrap's own `I:` lines. Each phase ends "
         "at the line that starts the next.\n\n"
-        f"{phase_table()}\n\n"
+        f"{phase_table(names_of[:2], ENVC_PHASES, ['envc, minbase + step', 'envc, buildd base'])}\n\n"
+        f"{phase_table(names_of[2:], MM_PHASES, ['mmdebstrap', 'mmdebstrap + eatmydata'])}\n\n"
         "Inside those phases, measured on the last round's stores:\n\n"
-        f"- envc hashes every locked file twice per build: once when it makes sure the package "
-        f"store has it (`DebStore::ensure_all`, 4 threads) and again while it lays out the "
-        f"repository (`make_repo_for` checks each stored file, one at a time). `sha256sum` of all "
-        f"{len(pkgs)} files ({size_mb:.0f} MB, page cache warm) takes {fmt(sha_t)} here.\n"
+        f"- envc hashes every locked file once per build (`DebStore::ensure_all`, 4 threads); "
+        f"`sha256sum` of all {len(pkgs)} files ({size_mb:.0f} MB, page cache warm) takes {fmt(sha_t)} here.\n"
         f"- Neither `envc fetch` nor `envc lock` (for the files its throwaway build downloaded) "
-        f"records a file's control fields; only a locked build does, the first time it uses the "
-        f"file, by running `dpkg-deb --field`: {dpkg_deb_runs} times in each round for the first spec "
-        f"(the step's files: `envc lock` builds the locked base to resolve the step, which recorded "
-        f"the base's), {dpkg_deb_runs_b} for the buildd base.\n"
-        f"- `envc lock` keeps the files its throwaway mmdebstrap downloaded, but not the essential "
-        f"ones (mmdebstrap unlinks them once installed unless given `--skip=essential/unlink`, which "
-        f"`envc lock` does not pass along with `--skip=cleanup/apt/cache`), so those are downloaded twice: "
-        f"`envc fetch` after `envc lock` of the buildd base fetched \"{fetched[spec_b]}\".\n"
+        f"records a file's control fields; a locked build does, the first time it uses the "
+        f"file, by running `dpkg-deb --field` (on 4 threads): {dpkg_deb_runs} times in each round for "
+        f"the first spec, {dpkg_deb_runs_b} for the buildd base.\n"
         f"- The tree digests envc computes at seal: `envc verify` recomputes every layer of a store "
         f"in {fmt(verify_t)} for the two layers of the first spec (the base, and the full root under "
         f"the step) and {fmt(verify_b)} for the buildd base.\n\n"

@@ -265,6 +265,16 @@ impl Runtime {
                 let last = batches.len();
                 for (n, (batch, force)) in batches.into_iter().enumerate() {
                     unpacker.wait(batch)?;
+                    on_line(&if force {
+                        format!("envc: installing {} essential packages", batch.len())
+                    } else {
+                        format!(
+                            "envc: installing {} packages (wave {} of {})",
+                            batch.len(),
+                            n + 1 - usize::from(!order.essential.is_empty()),
+                            order.waves.len()
+                        )
+                    });
                     let files: Vec<String> = batch
                         .iter()
                         .map(|&i| sh_quote(&format!("{REPO_DIR}/{}", unpacker.file_name(i))))
