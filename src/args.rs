@@ -126,3 +126,115 @@ mod tests {
         assert_eq!(age(&u64::MAX.to_string()), Ok(u64::MAX));
     }
 }
+
+/// `--bind HOST:DEST[:ro]`: a host directory mounted at an absolute path inside the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindArg {
+    /// The host directory, as given.
+    pub host: std::path::PathBuf,
+    /// The absolute path inside the root.
+    pub dest: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+impl FromStr for BindArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BindArg, String> {
+        const FORM: &str =
+            "expected HOST:DEST or HOST:DEST:ro (DEST an absolute path inside the root)";
+        let (rest, readonly) = match s.strip_suffix(":ro") {
+            Some(r) => (r, true),
+            None => (s.strip_suffix(":rw").unwrap_or(s), false),
+        };
+        let (host, dest) = rest.rsplit_once(':').ok_or_else(|| FORM.to_owned())?;
+        if host.is_empty() {
+            return Err(format!("the host directory is empty: {FORM}"));
+        }
+        if !dest.starts_with('/') {
+            return Err(format!("`{dest}` is not an absolute path: {FORM}"));
+        }
+        if dest.split('/').any(|c| c == "..") || dest.contains('\0') {
+            return Err(format!("`{dest}` leaves the root (`..`)"));
+        }
+        Ok(BindArg {
+            host: host.into(),
+            dest: dest.to_owned(),
+            readonly,
+        })
+    }
+}
+
+/// `--env KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvArg(pub String, pub String);
+
+impl FromStr for EnvArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<EnvArg, String> {
+        let (k, v) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))?;
+        if !envc_plan::env::is_valid_name(k) {
+            return Err(format!(
+                "`{k}` is not a variable name (letters, digits and _, not starting with a digit)"
+            ));
+        }
+        if v.contains('\0') {
+            return Err(format!("the value of {k} holds a NUL byte"));
+        }
+        Ok(EnvArg(k.to_owned(), v.to_owned()))
+    }
+}
+
+/// `--workdir DIR`: an absolute path inside the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootPath(pub String);
+
+impl FromStr for RootPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RootPath, String> {
+        if !s.starts_with('/') {
+            return Err(format!("`{s}` is not an absolute path inside the root"));
+        }
+        if s.contains('\0') {
+            return Err("the path holds a NUL byte".into());
+        }
+        Ok(RootPath(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod run_arg_tests {
+    use super::*;
+
+    #[test]
+    fn binds_parse_with_their_mode() {
+        let b: BindArg = "/src/x:/work".parse().unwrap();
+        assert_eq!(
+            (b.host.to_str().unwrap(), b.dest.as_str(), b.readonly),
+            ("/src/x", "/work", false)
+        );
+        let b: BindArg = "./a:b:/w:ro".parse().unwrap();
+        assert_eq!(
+            (b.host.to_str().unwrap(), b.dest.as_str(), b.readonly),
+            ("./a:b", "/w", true)
+        );
+        assert!("/src".parse::<BindArg>().is_err());
+        assert!("/src:work".parse::<BindArg>().is_err());
+        assert!(":/work".parse::<BindArg>().is_err());
+        assert!("/src:/a/../../etc".parse::<BindArg>().is_err());
+    }
+
+    #[test]
+    fn env_and_workdir_are_checked() {
+        assert_eq!(
+            "A_1=x=y".parse::<EnvArg>().unwrap(),
+            EnvArg("A_1".into(), "x=y".into())
+        );
+        assert!("1A=x".parse::<EnvArg>().is_err());
+        assert!("A".parse::<EnvArg>().is_err());
+        assert!("rel/dir".parse::<RootPath>().is_err());
+        assert_eq!("/src".parse::<RootPath>().unwrap(), RootPath("/src".into()));
+    }
+}

@@ -177,6 +177,10 @@ pub enum Command {
         /// Only show what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Empty the caches of `cache` steps instead (those no build or run uses now); layers
+        /// are left alone.
+        #[arg(long, conflicts_with_all = ["older_than", "keep_bytes", "dry_run"])]
+        caches: bool,
     },
     /// The store as a tree of layers (shared prefixes visible), with sizes and last use.
     Ls {
@@ -265,6 +269,19 @@ pub struct RunTarget {
     /// Fail when the spec has no lock or its lock is stale.
     #[arg(long)]
     pub locked: bool,
+    /// Mount the host directory HOST at DEST inside the root (read-only with `:ro`); repeatable.
+    /// The normal way to bring a checkout in: what the command writes there stays on the host.
+    #[arg(long = "bind", value_name = "HOST:DEST[:ro]")]
+    pub binds: Vec<crate::args::BindArg>,
+    /// Set an environment variable for the command (over the spec's); repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<crate::args::EnvArg>,
+    /// Run the command as this user of the root (a name or uid from its /etc/passwd).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// The command's working directory inside the root (made when missing).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<crate::args::RootPath>,
 }
 
 #[cfg(test)]

@@ -49,10 +49,12 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Shell { target } => return apply::shell(store, backend, &target),
         Command::Rm { name } => rm::rm(store, backend, &name),
         Command::Why { spec, json } => why::why(store, backend, &spec, json),
+        Command::Gc { caches: true, .. } => gc::empty_caches(store, backend),
         Command::Gc {
             older_than,
             keep_bytes,
             dry_run,
+            ..
         } => gc::gc(store, backend, older_than, keep_bytes, dry_run),
         Command::Ls { json } => ls::ls(store, backend, json),
         Command::Verify { spec, json } => {

@@ -12,24 +12,63 @@ use crate::report;
 pub struct Progress {
     quiet_output: bool,
     bar: Option<indicatif::ProgressBar>,
+    layers: usize,
+    /// For `run` and `shell`: the lines of cached layers, held back (and no bar) until
+    /// something else happens; a warm run prints nothing of envc's own.
+    held: Option<Vec<String>>,
+    done: u64,
+}
+
+fn new_bar(layers: usize) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(layers as u64);
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    })
 }
 
 impl Progress {
     /// Progress for a plan of `layers` layers; `ENVC_QUIET` hides build output.
     pub fn new(layers: usize) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(layers as u64);
-            let style = indicatif::ProgressStyle::with_template(
-                "{spinner} [{pos}/{len}] {msg} ({elapsed})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
-            bar.set_style(style);
-            bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            bar
-        });
         Progress {
             quiet_output: std::env::var_os("ENVC_QUIET").is_some(),
-            bar,
+            bar: new_bar(layers),
+            layers,
+            held: None,
+            done: 0,
+        }
+    }
+
+    /// Progress for `run` and `shell`: silent while every layer is cached.
+    pub fn for_run(layers: usize) -> Progress {
+        Progress {
+            bar: None,
+            held: Some(Vec::new()),
+            ..Progress::new(0)
+        }
+        .with_layers(layers)
+    }
+
+    fn with_layers(mut self, layers: usize) -> Progress {
+        self.layers = layers;
+        self
+    }
+
+    /// Something other than a cached layer happens: what was held back is shown, and the bar
+    /// starts.
+    fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.bar = new_bar(self.layers);
+            if let Some(bar) = &self.bar {
+                bar.set_position(self.done);
+            }
+            for l in held {
+                self.line(l);
+            }
         }
     }
 
@@ -49,6 +88,18 @@ impl Progress {
 
     /// Shows one event.
     pub fn event(&mut self, e: Event<'_>) {
+        match &e {
+            Event::Cached { layer, .. } if self.held.is_some() => {
+                self.done += 1;
+                let line = format!("[{}] cached {}", layer.name, layer.id.short(12));
+                if let Some(held) = &mut self.held {
+                    held.push(line);
+                }
+                return;
+            }
+            Event::Realized | Event::Step { .. } if self.held.is_some() => return,
+            _ => self.release(),
+        }
         match e {
             Event::Cleaned { count } => self.line(format!(
                 "envc: removed {count} interrupted build{}",

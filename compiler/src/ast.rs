@@ -113,4 +113,9 @@ pub enum StepKind {
     Env(Vec<(Spanned<String>, Spanned<String>)>),
     /// `workdir PATH`.
     Workdir(Spanned<String>),
+    /// `cache PATH [name=]`.
+    Cache {
+        path: Spanned<String>,
+        name: Option<Spanned<String>>,
+    },
 }

@@ -13,7 +13,7 @@ use crate::suggest;
 /// Nodes allowed at the top level of a spec.
 pub const TOP_NODES: &[&str] = &["name", "base", "extends", "layer"];
 /// Nodes allowed inside a layer.
-pub const STEP_NODES: &[&str] = &["packages", "run", "copy", "env", "workdir"];
+pub const STEP_NODES: &[&str] = &["packages", "run", "copy", "env", "workdir", "cache"];
 /// Kinds of base.
 pub const BASE_KINDS: &[&str] = &["debian", "tar", "scratch"];
 
@@ -548,6 +548,15 @@ impl Decoder<'_> {
                     "a directory",
                     "workdir \"/home/builder\"",
                 )?)
+            }
+            "cache" => {
+                let r = self.reader(node, false);
+                self.finish(&r, &["name"], 1, "exactly one argument, the directory");
+                let name = self.string_prop(&r, "name");
+                StepKind::Cache {
+                    path: self.string_arg(&r, 0, "a directory", "cache \"/root/.cache/ccache\"")?,
+                    name,
+                }
             }
             other => {
                 let mut help = suggest::help(other, STEP_NODES, "steps");

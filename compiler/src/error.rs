@@ -633,6 +633,20 @@ pub enum SpecError {
         name: String,
     },
 
+    /// A `cache` step's `name=` that cannot name a directory of the store.
+    #[error("invalid cache name `{name}`")]
+    #[diagnostic(
+        code(envc::spec::invalid_cache_name),
+        help("1 to 64 of A-Z, a-z, 0-9, `.`, `_` and `-`, not starting with `.`")
+    )]
+    InvalidCacheName {
+        #[source_code]
+        src: Src,
+        #[label("invalid name")]
+        span: SourceSpan,
+        name: String,
+    },
+
     /// An `env` entry that makes the environment in effect larger than [`env::MAX_ENV_BYTES`].
     #[error("the environment grows to {total} bytes at `{name}`, more than {limit} bytes")]
     #[diagnostic(
@@ -780,6 +794,7 @@ impl SpecError {
             | SpecError::InvalidMode { src, .. }
             | SpecError::InvalidUser { src, .. }
             | SpecError::InvalidEnvName { src, .. }
+            | SpecError::InvalidCacheName { src, .. }
             | SpecError::BadExpansion { src, .. }
             | SpecError::EnvTooLarge { src, .. }
             | SpecError::ExpansionsTooLarge { src, .. }

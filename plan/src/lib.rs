@@ -22,7 +22,10 @@ pub mod name;
 pub use digest::Digest;
 pub use id::{IdParseError, LayerId};
 pub use key::Key;
-pub use model::{BASE_LAYER_NAME, Base, CopyKind, Layer, Mode, Plan, Step, SyncMode};
+pub use model::{
+    BASE_LAYER_NAME, Base, CacheMount, CopyKind, Layer, Mode, Plan, Step, SyncMode,
+    valid_cache_name,
+};
 pub use name::{Name, NameError};
 
 /// The most layers one environment may have, its base included: a working root stacks all of them

@@ -430,6 +430,28 @@ impl Lock {
                 });
             }
         }
+        // One package (name and architecture) once per set: dpkg installs one version of it, and
+        // a repeat would change the set's ids without changing what is installed.
+        let sets = lock
+            .base
+            .iter()
+            .map(|b| b.packages.as_slice())
+            .chain(lock.steps.iter().map(|s| s.installs.as_slice()));
+        for set in sets {
+            let mut seen = std::collections::BTreeSet::new();
+            for p in set {
+                if !seen.insert((p.name.as_str(), p.arch.as_str())) {
+                    let quoted = format!("name = {}", quote(&p.name));
+                    return Err(LockParseError {
+                        message: format!(
+                            "package {} ({}) is listed twice in one set: the lock was edited",
+                            p.name, p.arch
+                        ),
+                        span: text.rfind(&quoted).map(|i| i..i + quoted.len()),
+                    });
+                }
+            }
+        }
         // A Debian base installs packages: a `[base]` without any would build the base from the
         // mirror as it is today under a locked id.
         if lock.base.as_ref().is_some_and(|b| b.packages.is_empty()) {
@@ -762,6 +784,22 @@ mod tests {
                 .collect(),
             layers: vec![],
         }
+    }
+
+    #[test]
+    fn a_package_listed_twice_in_a_set_is_refused() {
+        let lock = lock_for(&plan("true", &["a"], &["b"]));
+        let text = lock.to_toml();
+        let line = text
+            .lines()
+            .find(|l| l.contains("name = ") && l.contains("sha256"))
+            .expect("a package line")
+            .to_owned();
+        let doubled = text.replacen(&line, &format!("{line}\n{line}"), 1);
+        let e = Lock::parse(&doubled).unwrap_err();
+        assert!(e.message.contains("listed twice"), "{}", e.message);
+        assert!(e.span.is_some());
+        assert!(Lock::parse(&text).is_ok());
     }
 
     #[test]

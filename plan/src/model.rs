@@ -213,6 +213,37 @@ pub enum Step {
         /// An absolute path inside the root.
         path: String,
     },
+    /// A persistent cache directory mounted at `path` for the later `run` steps of the
+    /// environment and for `envc run`/`shell`. Kept in the store outside every layer; never part
+    /// of an id.
+    Cache {
+        /// An absolute path inside the root.
+        path: String,
+        /// The cache's name, to share it between environments; `None`: the environment's own.
+        #[serde(default)]
+        name: Option<String>,
+    },
+}
+
+/// A cache mounted into a step or a run: where, and the store's directory for it
+/// (`cache/user/DIR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheMount {
+    /// The absolute path inside the root.
+    pub path: String,
+    /// The directory name under the store's `cache/user/`: `n-NAME` for a named cache,
+    /// `e-ENV-HASH` for an environment's own (HASH of its path).
+    pub dir: String,
+}
+
+/// Whether `name` may name a cache: 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with `.`.
+pub fn valid_cache_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl Base {
@@ -304,6 +335,14 @@ impl Step {
                 )],
             ),
             Step::Workdir { path } => Key::record("workdir", vec![("path", Key::str(path))]),
+            // Never in a layer's key (see `Layer::key_of`); this is for completeness only.
+            Step::Cache { path, name } => Key::record(
+                "cache",
+                vec![
+                    ("path", Key::str(path)),
+                    ("name", Key::opt_str(name.as_deref())),
+                ],
+            ),
         }
     }
 
@@ -348,6 +387,11 @@ impl Step {
                 format!("env {}", parts.join(" "))
             }
             Step::Workdir { path } => format!("workdir {path}"),
+            Step::Cache {
+                path,
+                name: Some(n),
+            } => format!("cache {path} (name {n})"),
+            Step::Cache { path, name: None } => format!("cache {path}"),
         }
     }
 }
@@ -372,7 +416,17 @@ impl Layer {
                 "layer",
                 vec![
                     ("parent", parent.map_or(Key::None, |p| Key::Digest(p.0))),
-                    ("steps", Key::List(steps.iter().map(Step::key).collect())),
+                    // A cache changes how fast steps run, not what they build.
+                    (
+                        "steps",
+                        Key::List(
+                            steps
+                                .iter()
+                                .filter(|s| !matches!(s, Step::Cache { .. }))
+                                .map(Step::key)
+                                .collect(),
+                        ),
+                    ),
                 ],
             ),
         }
@@ -393,9 +447,10 @@ impl Layer {
             .map_or(Key::None, |p| Key::Digest(p.0))
             .encode_into(&mut buf);
         Key::write_field_name("steps", &mut buf);
-        Key::write_list_head(steps.len(), &mut buf);
+        let keyed = || steps.iter().filter(|s| !matches!(s, Step::Cache { .. }));
+        Key::write_list_head(keyed().count(), &mut buf);
         hasher.update(&buf);
-        for step in steps {
+        for step in keyed() {
             buf.clear();
             step.key().encode_into(&mut buf);
             hasher.update(&buf);
@@ -532,6 +587,38 @@ impl Plan {
             }
         }
         (vars, workdir)
+    }
+
+    /// The caches mounted for step `step` of layer `layer` (those declared before it), one per
+    /// path (a later declaration of a path wins).
+    pub fn caches_at(&self, layer: usize, step: usize) -> Vec<CacheMount> {
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
+        for (li, l) in self.layers.iter().enumerate().take(layer + 1) {
+            for (si, s) in l.steps.iter().enumerate() {
+                if li == layer && si >= step {
+                    break;
+                }
+                if let Step::Cache { path, name } = s {
+                    let dir = match name {
+                        Some(n) => format!("n-{n}"),
+                        None => format!(
+                            "e-{}-{}",
+                            self.name,
+                            &blake3::hash(path.as_bytes()).to_hex()[..16]
+                        ),
+                    };
+                    out.insert(path.clone(), dir);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(path, dir)| CacheMount { path, dir })
+            .collect()
+    }
+
+    /// The caches of users of the finished root (`envc run`, `envc shell`).
+    pub fn final_caches(&self) -> Vec<CacheMount> {
+        self.caches_at(self.layers.len().saturating_sub(1), usize::MAX)
     }
 
     /// The environment and working directory users of the finished root get.

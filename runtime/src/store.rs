@@ -25,7 +25,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -623,6 +623,57 @@ impl Store {
             }
         }
         Ok(p)
+    }
+
+    /// The directory of the cache `dir` of `cache` steps (`cache/user/DIR`, made mode 1777 when
+    /// new: steps of any user of the root make their own entries in it), with a shared lock held
+    /// while it is mounted: any number of builds and runs use a cache at once, and
+    /// [`Store::empty_user_caches`] leaves a cache in use alone.
+    pub fn user_cache(&self, dir: &str) -> Result<(PathBuf, Lock), StoreError> {
+        let lock = self
+            .lock_file(&format!("cache-user-{dir}.lock"), FlockArg::LockShared)?
+            .expect("blocking lock");
+        let path = self.cache_dir(&format!("user/{dir}"))?;
+        let m = fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
+        if m.permissions().mode() & 0o7777 != 0o1777 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o1777))
+                .map_err(io_err("chmod", &path))?;
+        }
+        Ok((path, lock))
+    }
+
+    /// Empties every cache of `cache` steps that no build or run uses now (each is removed; the
+    /// next use makes it again). Returns the names removed and those in use.
+    pub fn empty_user_caches(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let dir = self.root.join("cache").join("user");
+        let mut names: Vec<String> = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], vec![])),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        names.sort();
+        let (mut removed, mut busy) = (Vec::new(), Vec::new());
+        for name in names {
+            let Some(_lock) = self.lock_file(
+                &format!("cache-user-{name}.lock"),
+                FlockArg::LockExclusiveNonblock,
+            )?
+            else {
+                busy.push(name);
+                continue;
+            };
+            let path = dir.join(&name);
+            crate::tree::remove_tree(crate::sys::kernel(), &path).map_err(|e| StoreError::Io {
+                op: "remove",
+                path: path.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            removed.push(name);
+        }
+        Ok((removed, busy))
     }
 
     /// Reads a layer's metadata: `None` if it has none, an error naming the file if it cannot be

@@ -446,8 +446,17 @@ pub fn push_tail(tail: &mut Vec<String>, line: &str) {
 /// a command that prints gigabytes without a newline costs bounded memory.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Calls `f` with every line read from `r` (lossy UTF-8, without the line ending) until EOF; a
-/// line longer than [`MAX_LINE`] bytes is given in pieces of at most that size.
+/// What a terminal would show of `line`: the text after its last carriage return (progress
+/// meters such as dpkg's `(Reading database ... 5%\r... 10%\r...` rewrite one line over and over;
+/// a log or a pipe gets the last state only).
+fn as_shown(line: &str) -> &str {
+    let line = line.trim_end_matches(['\n', '\r']);
+    line.rsplit('\r').next().unwrap_or(line)
+}
+
+/// Calls `f` with every line read from `r` (lossy UTF-8, without the line ending, only what
+/// follows its last carriage return) until EOF; a line longer than [`MAX_LINE`] bytes is given in
+/// pieces of at most that size.
 pub fn for_each_line(r: impl Read, f: &mut dyn FnMut(&str)) {
     let mut reader = BufReader::new(r);
     let mut buf = Vec::new();
@@ -466,12 +475,12 @@ pub fn for_each_line(r: impl Read, f: &mut dyn FnMut(&str)) {
         buf.extend_from_slice(&available[..take]);
         reader.consume(take);
         if ends_line || buf.len() == MAX_LINE {
-            f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+            f(as_shown(&String::from_utf8_lossy(&buf)));
             buf.clear();
         }
     }
     if !buf.is_empty() {
-        f(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+        f(as_shown(&String::from_utf8_lossy(&buf)));
     }
 }
 
@@ -488,6 +497,11 @@ mod tests {
     #[test]
     fn lines_come_whole_and_long_ones_in_bounded_pieces() {
         assert_eq!(lines(b"a\r\n\nb\nlast"), ["a", "", "b", "last"]);
+        // A progress meter: only its last state.
+        assert_eq!(
+            lines(b"(Reading database ... 5%\r(Reading database ... 100%\r(Reading database ... 6 files installed.)\nnext\n"),
+            ["(Reading database ... 6 files installed.)", "next"]
+        );
         assert!(lines(b"").is_empty());
         // 200 KiB without a newline, then a short line: pieces of at most MAX_LINE bytes, and
         // nothing is lost.

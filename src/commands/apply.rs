@@ -59,14 +59,13 @@ pub fn run(
     target: &RunTarget,
     argv: Vec<String>,
 ) -> Result<u8, CliError> {
+    let opts = run_options(target)?;
     let compiled = compile_for(&target.spec, store)?;
     let plan = plan_for(&compiled, &target.spec, store, target.locked, false)?;
     let rt = crate::store::open(store, backend)?;
-    let mut progress = Progress::new(plan.layers.len());
+    let mut progress = Progress::for_run(plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.
-    let result = rt.run(&plan, argv, target.keep, !target.no_network, &mut |e| {
-        progress.event(e)
-    });
+    let result = rt.run(&plan, argv, &opts, &mut |e| progress.event(e));
     drop(progress);
     let code = result.map_err(|e| CliError::apply(e, &compiled))?;
     Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
@@ -80,4 +79,53 @@ pub fn shell(store: &Path, backend: Option<Backend>, target: &RunTarget) -> Resu
         target,
         vec!["/bin/sh".into(), "-c".into(), SHELL.into()],
     )
+}
+
+/// What `--keep`, `--no-network`, `--bind`, `--env`, `--user` and `--workdir` ask for. A bind's
+/// host directory must exist and be a directory; it is taken as an absolute, canonical path.
+fn run_options(target: &RunTarget) -> Result<envc_runtime::apply::RunOptions, CliError> {
+    let mut binds = Vec::new();
+    for b in &target.binds {
+        let host = std::fs::canonicalize(&b.host).map_err(|e| {
+            usage(format!(
+                "--bind {}:{}: the host directory {}: {e}",
+                b.host.display(),
+                b.dest,
+                b.host.display()
+            ))
+        })?;
+        if !host.is_dir() {
+            return Err(usage(format!(
+                "--bind {}:{}: {} is not a directory",
+                b.host.display(),
+                b.dest,
+                host.display()
+            )));
+        }
+        binds.push(envc_runtime::sandbox::Bind {
+            host,
+            target: b.dest.clone(),
+            readonly: b.readonly,
+        });
+    }
+    Ok(envc_runtime::apply::RunOptions {
+        keep: target.keep,
+        network: !target.no_network,
+        binds,
+        env: target
+            .env
+            .iter()
+            .map(|e| (e.0.clone(), e.1.clone()))
+            .collect(),
+        user: target.user.clone(),
+        workdir: target.workdir.as_ref().map(|w| w.0.clone()),
+    })
+}
+
+/// A command-line value that is well-formed but wrong on this machine.
+fn usage(message: String) -> CliError {
+    CliError::Usage(clap::Error::raw(
+        clap::error::ErrorKind::InvalidValue,
+        format!("{message}\n"),
+    ))
 }

@@ -45,6 +45,34 @@ pub fn gc(
     Ok(())
 }
 
+/// `envc gc --caches`: empties the caches of `cache` steps that nothing uses now; one line per
+/// cache on stdout, a summary on stderr.
+pub fn empty_caches(store: &Path, backend: Option<Backend>) -> Result<(), CliError> {
+    let Some(rt) = crate::store::open_existing(store, backend)? else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "envc: no store at {}: no caches",
+            store.display()
+        );
+        return Ok(());
+    };
+    let (removed, busy) = rt.store.empty_user_caches()?;
+    for name in &removed {
+        println!("emptied cache {name}");
+    }
+    for name in &busy {
+        println!("kept cache {name} (in use)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "envc: {} cache{} emptied, {} in use",
+        removed.len(),
+        if removed.len() == 1 { "" } else { "s" },
+        busy.len()
+    );
+    Ok(())
+}
+
 fn print_report(report: &GcReport, dry_run: bool) {
     for w in &report.warnings {
         crate::report::warn(w);

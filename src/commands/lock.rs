@@ -55,7 +55,12 @@ pub fn lock(
     let update = match update {
         None => Update::Changed,
         Some(p) if p.is_empty() => Update::All,
-        Some(p) => Update::Packages(p),
+        // `NAME:ARCH` names NAME (every architecture of it is resolved again).
+        Some(p) => Update::Packages(
+            p.into_iter()
+                .map(|n| n.split(':').next().unwrap_or_default().to_owned())
+                .collect(),
+        ),
     };
     if let (Update::Packages(names), Some(old)) = (&update, &old) {
         let known: Vec<&str> = all_packages(old).map(|p| p.name.as_str()).collect();

@@ -481,6 +481,22 @@ impl Lower<'_> {
             StepKind::Workdir(path) => Some(Step::Workdir {
                 path: self.path_in_root(f, path, "the working directory", vars)?,
             }),
+            StepKind::Cache { path, name } => {
+                let path = self.path_in_root(f, path, "the cache's directory", vars);
+                let name = match name {
+                    Some(n) if !envc_plan::valid_cache_name(&n.value) => {
+                        self.errors.push(SpecError::InvalidCacheName {
+                            src: f.src.clone(),
+                            span: n.span,
+                            name: n.value.clone(),
+                        });
+                        return None;
+                    }
+                    Some(n) => Some(n.value.clone()),
+                    None => None,
+                };
+                Some(Step::Cache { path: path?, name })
+            }
         }
     }
 }

@@ -82,6 +82,17 @@ pub enum ApplyError {
         /// Why.
         reason: String,
     },
+    /// A locked plan's source-date-epoch is later than the clock: files made now would be older
+    /// than it, so no time would be clamped and the build would depend on the clock.
+    #[error(
+        "the lock's source-date-epoch ({sde}) is later than this machine's clock ({now}): a build now could not give its files the lock's time; set the clock right, or write the lock again (`envc lock --update`)"
+    )]
+    FutureEpoch {
+        /// The lock's source-date-epoch.
+        sde: u64,
+        /// The clock, in seconds since the epoch.
+        now: u64,
+    },
     /// A build failed and so did its rollback: both are reported.
     #[error("{error}; rolling the build of layer `{layer}` back failed too: {rollback}")]
     Rollback {

@@ -224,7 +224,7 @@ impl Runtime {
                     }
                 };
             }
-            Step::Env { .. } | Step::Workdir { .. } => return Ok(()),
+            Step::Env { .. } | Step::Workdir { .. } | Step::Cache { .. } => return Ok(()),
             Step::Run {
                 command,
                 network,
@@ -234,7 +234,7 @@ impl Runtime {
                 source: build.source.clone(),
                 mountpoint: build.mountpoint.clone(),
                 network: *network,
-                binds: vec![],
+                binds: self.cache_binds(&plan.caches_at(index, si), &mut cache_locks)?,
                 tmp_files: long_command_file(command),
                 action: Action::Exec {
                     argv: shell_argv(command),

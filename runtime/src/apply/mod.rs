@@ -64,6 +64,23 @@ pub struct Runtime {
 
 type Sink<'s, 'p> = &'s mut dyn FnMut(Event<'p>);
 
+/// How `envc run` and `envc shell` run their command; none of it is part of any id.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// In the working root (kept), not a throwaway snapshot.
+    pub keep: bool,
+    /// The host's network (else only loopback).
+    pub network: bool,
+    /// Host directories mounted into the root (each host path absolute and existing).
+    pub binds: Vec<crate::sandbox::Bind>,
+    /// Variables over the plan's environment.
+    pub env: Vec<(String, String)>,
+    /// A user of the root; `None` is root.
+    pub user: Option<String>,
+    /// The working directory, over the plan's.
+    pub workdir: Option<String>,
+}
+
 impl Runtime {
     /// The runtime of `store`, running sandboxes through `helper` (the envc binary).
     pub fn new(store: Store, helper: PathBuf) -> Runtime {
@@ -98,6 +115,12 @@ impl Runtime {
         plan: &'p Plan,
         sink: Sink<'_, 'p>,
     ) -> Result<(usize, usize, Vec<store::Lock>), ApplyError> {
+        if let Some(sde) = plan.source_date_epoch() {
+            let now = store::now();
+            if sde > now {
+                return Err(ApplyError::FutureEpoch { sde, now });
+            }
+        }
         let mut held = Vec::with_capacity(plan.layers.len());
         let cleaned = self.store.clean_staging()?;
         if cleaned > 0 {
@@ -292,26 +315,35 @@ impl Runtime {
     }
 
     /// Runs `argv` in a throwaway snapshot of the plan's last layer (or in its working root with
-    /// `keep`), with the plan's environment and working directory, on the caller's terminal.
-    /// Returns the command's exit status.
+    /// `keep`), with the plan's environment and working directory and what `opts` adds, on the
+    /// caller's terminal. Returns the command's exit status.
     pub fn run<'p>(
         &self,
         plan: &'p Plan,
         argv: Vec<String>,
-        keep: bool,
-        network: bool,
+        opts: &RunOptions,
         sink: Sink<'_, 'p>,
     ) -> Result<i32, ApplyError> {
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
-        let (vars, workdir) = plan.final_context();
+        let (mut vars, workdir) = plan.final_context();
+        vars.extend(opts.env.iter().cloned());
         let action = Action::Exec {
             argv,
             env: vars.into_iter().collect(),
-            cwd: workdir.unwrap_or_else(|| "/".into()),
-            user: None,
+            cwd: opts
+                .workdir
+                .clone()
+                .or(workdir)
+                .unwrap_or_else(|| "/".into()),
+            user: opts.user.clone(),
             deny_services: false,
             sync: SyncMode::Off,
         };
+        let (keep, network) = (opts.keep, opts.network);
+        // The environment's caches, then the caller's binds (mounted later: on top).
+        let mut cache_locks = Vec::new();
+        let mut binds = self.cache_binds(&plan.final_caches(), &mut cache_locks)?;
+        binds.extend(opts.binds.iter().cloned());
         if keep {
             let applied = self.apply(plan, false, sink)?;
             // Held while the view exists: without it, gc removes the view as a leftover.
@@ -321,7 +353,7 @@ impl Runtime {
                 source: RootSource::Dir,
                 mountpoint: view.as_ref().map_or(applied.root, |v| v.mountpoint.clone()),
                 network,
-                binds: vec![],
+                binds,
                 tmp_files: vec![],
                 action,
             };
@@ -341,13 +373,33 @@ impl Runtime {
             source: scratch.source.clone(),
             mountpoint: scratch.mountpoint.clone(),
             network,
-            binds: vec![],
+            binds,
             tmp_files: vec![],
             action,
         };
         let result = self.interactive(&spec);
         self.backend().drop_scratch(scratch)?;
         result
+    }
+
+    /// The binds of `caches` (each cache's store directory at its path), with their shared locks
+    /// added to `locks`.
+    pub(crate) fn cache_binds(
+        &self,
+        caches: &[envc_plan::CacheMount],
+        locks: &mut Vec<store::Lock>,
+    ) -> Result<Vec<crate::sandbox::Bind>, ApplyError> {
+        let mut binds = Vec::with_capacity(caches.len());
+        for c in caches {
+            let (host, lock) = self.store.user_cache(&c.dir)?;
+            locks.push(lock);
+            binds.push(crate::sandbox::Bind {
+                host,
+                target: c.path.clone(),
+                readonly: false,
+            });
+        }
+        Ok(binds)
     }
 
     fn interactive(&self, spec: &Spec) -> Result<i32, ApplyError> {

@@ -506,8 +506,7 @@ fn run_uses_a_throwaway_root_and_removes_it() {
         f.rt.run(
             &plan,
             vec!["echo".into(), "hi".into()],
-            false,
-            false,
+            &super::RunOptions::default(),
             &mut |_| {},
         )
         .unwrap();

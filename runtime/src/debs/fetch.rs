@@ -348,11 +348,16 @@ fn fetch_file(rest: &str, p: &LockedPackage, out: &mut File) -> Result<(), CopyE
 }
 
 /// The URLs to try for `p`, in order, without repeats: `{mirror}/{path}` for each of `mirrors`,
-/// then for the mirror the lock names.
+/// then for the mirror the lock names when it is http or https. A lock is a file of the
+/// repository it builds, as untrusted as the spec: its own `file:` mirror would make envc read a
+/// host file of the lock's choosing (and say its size and sha256 when they differ). A `file:`
+/// mirror comes from the spec's base or the host's apt sources.
 pub(super) fn candidates(p: &LockedPackage, mirrors: &[String]) -> Vec<String> {
     let path = p.path.trim_start_matches("./");
     let mut out: Vec<String> = Vec::new();
-    for m in mirrors.iter().chain(std::iter::once(&p.mirror)) {
+    let own = p.mirror.trim();
+    let own = (own.starts_with("http://") || own.starts_with("https://")).then_some(&p.mirror);
+    for m in mirrors.iter().chain(own) {
         let m = m.trim();
         if m.is_empty() {
             continue;

@@ -491,12 +491,17 @@ fn a_file_mirror_is_read_directly_and_only_as_a_regular_file() {
     let tmp = Tmp::new("file");
     let bytes = b"from a local mirror".to_vec();
     let repo = tmp.0.join("repo");
-    let p = pkg("local", "1.0", &bytes, &format!("file:{}", repo.display()));
+    let local = format!("file:{}", repo.display());
+    let p = pkg("local", "1.0", &bytes, &local);
     let file = repo.join(&p.path);
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(&file, &bytes).unwrap();
     let d = debs(&tmp);
-    let got = d.ensure(&p, &[], false).unwrap();
+    // The lock's own file: mirror is never read (a lock would choose a host file).
+    let e = d.ensure(&p, &[], false).unwrap_err().to_string();
+    assert!(!e.contains(&local), "{e}");
+    let mirrors = std::slice::from_ref(&local);
+    let got = d.ensure(&p, mirrors, false).unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), bytes);
     // file:///PATH too.
     std::fs::remove_file(&got.path).unwrap();
@@ -508,20 +513,19 @@ fn a_file_mirror_is_read_directly_and_only_as_a_regular_file() {
     let real = tmp.0.join("real.deb");
     std::fs::rename(&file, &real).unwrap();
     std::os::unix::fs::symlink(&real, &file).unwrap();
-    let e = d.ensure(&p, &[], false).unwrap_err().to_string();
+    let e = d.ensure(&p, mirrors, false).unwrap_err().to_string();
     assert!(
         e.contains("not a regular file: it is a symbolic link"),
         "{e}"
     );
     std::fs::remove_file(&file).unwrap();
-    let e = d.ensure(&p, &[], false).unwrap_err().to_string();
+    let e = d.ensure(&p, mirrors, false).unwrap_err().to_string();
     assert!(e.contains("no such file"), "{e}");
     // An unsupported scheme says so.
-    let ftp = LockedPackage {
-        mirror: "ftp://example.org/debian".into(),
-        ..p.clone()
-    };
-    let e = d.ensure(&ftp, &[], false).unwrap_err().to_string();
+    let e = d
+        .ensure(&p, &["ftp://example.org/debian".into()], false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unsupported URI"), "{e}");
 }
 

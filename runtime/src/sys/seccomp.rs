@@ -44,6 +44,13 @@ pub const OFFSET_ARG1_LO: u32 = 24;
 /// virtual console).
 const TTY_INJECT: [u32; 2] = [0x5412, 0x541C];
 
+/// The btrfs ioctls that make a subvolume or a snapshot (`BTRFS_IOC_SNAP_CREATE`,
+/// `SUBVOL_CREATE`, `SNAP_CREATE_V2`, `SUBVOL_CREATE_V2`; the same numbers for 32-bit processes).
+/// Any user may make one where it can write, but a subvolume inside a layer is not part of the
+/// layer's snapshot: the sealed layer would lack its files, and the layer's build could not be
+/// deleted (removing a subvolume takes CAP_SYS_ADMIN).
+const BTRFS_SUBVOL: [u32; 4] = [0x5000_9401, 0x5000_940E, 0x5000_9417, 0x5000_9418];
+
 /// `EPERM`: what a refused call returns.
 const EPERM: u32 = 1;
 /// `ENOSYS`: what `clone3` returns, so that libc falls back to `clone`, whose flags the filter
@@ -189,8 +196,8 @@ impl Asm {
 }
 
 /// The confinement program of build steps: for x86_64, i386 and aarch64 processes, the calls in
-/// [`CONFINED`], `unshare`/`clone` with a namespace flag and the terminal ioctls of [`TTY_INJECT`]
-/// return EPERM, `clone3` returns ENOSYS
+/// [`CONFINED`], `unshare`/`clone` with a namespace flag, the terminal ioctls of [`TTY_INJECT`]
+/// and the btrfs ioctls of [`BTRFS_SUBVOL`] return EPERM, `clone3` returns ENOSYS
 /// (libc then uses `clone`); x32 calls and processes of any other architecture return ENOSYS.
 /// Everything else is allowed.
 pub fn confine_filter() -> Vec<SockFilter> {
@@ -225,8 +232,8 @@ pub fn confine_filter() -> Vec<SockFilter> {
         a.jump(BPF_JSET_K, NS_FLAGS_CLONE, Some(deny), Some(allow));
         a.here(ioctl);
         a.ins(BPF_LD_W_ABS, OFFSET_ARG1_LO);
-        for req in TTY_INJECT {
-            a.jump(BPF_JEQ_K, req, Some(deny), None);
+        for req in TTY_INJECT.iter().chain(&BTRFS_SUBVOL) {
+            a.jump(BPF_JEQ_K, *req, Some(deny), None);
         }
         a.ret(SECCOMP_RET_ALLOW);
         a.here(allow);
@@ -368,8 +375,12 @@ mod tests {
                 assert_eq!(run_with(&prog, c.arch, nr, 0), SECCOMP_RET_ALLOW);
             }
             // Terminal input injection, not other ioctls (TCGETS, FIONREAD, TIOCGWINSZ).
-            for req in TTY_INJECT {
+            for req in TTY_INJECT.into_iter().chain(BTRFS_SUBVOL) {
                 assert_eq!(run_with(&prog, c.arch, c.ioctl, req), DENY);
+            }
+            // Other btrfs ioctls (BTRFS_IOC_FS_INFO, INO_LOOKUP) pass.
+            for req in [0x8400_941F, 0xD000_9412] {
+                assert_eq!(run_with(&prog, c.arch, c.ioctl, req), SECCOMP_RET_ALLOW);
             }
             for req in [0x5401, 0x541B, 0x5413] {
                 assert_eq!(run_with(&prog, c.arch, c.ioctl, req), SECCOMP_RET_ALLOW);
