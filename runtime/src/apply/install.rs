@@ -346,6 +346,9 @@ fn clear(dir: &OwnedFd, name: &str, rel: &str) -> Result<(), String> {
     }
 }
 
+/// The most a GNU long name or link, or a pax header, may hold (a path is at most 4096 bytes).
+const META_MAX: u64 = 64 * 1024;
+
 fn mtime(secs: u64) -> TimeSpec {
     TimeSpec::new(i64::try_from(secs).unwrap_or(i64::MAX), 0)
 }
@@ -360,19 +363,85 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
         .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
     let mut archive = tar::Archive::new(io::BufReader::new(file).take(span.len));
     let mut dirs: Vec<(String, u64)> = Vec::new();
+    // Raw entries: the tar crate would read a GNU long name or link, or a pax header, into
+    // memory whatever its size; envc reads them, up to a bound.
     let entries = archive
         .entries()
-        .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", deb.display()))?
+        .raw(true);
+    let (mut long_name, mut long_link, mut pax) = (None, None, None);
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
-        let raw = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let slot: Option<&mut Option<Vec<u8>>> = if kind.is_gnu_longname() {
+            Some(&mut long_name)
+        } else if kind.is_gnu_longlink() {
+            Some(&mut long_link)
+        } else if kind.is_pax_local_extensions() {
+            Some(&mut pax)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            let size = entry.size();
+            if size > META_MAX || slot.is_some() {
+                return Err(format!(
+                    "cannot read {}: a {kind:?} entry of {size} bytes (after another, or too big)",
+                    deb.display()
+                ));
+            }
+            let mut v = Vec::new();
+            entry
+                .read_to_end(&mut v)
+                .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+            *slot = Some(v);
+            continue;
+        }
+        let pax = pax.take();
+        let pax_value = |key: &[u8]| {
+            pax.as_deref().and_then(|p| {
+                tar::PaxExtensions::new(p)
+                    .filter_map(Result::ok)
+                    .find(|e| e.key_bytes() == key)
+                    .map(|e| e.value_bytes().to_vec())
+            })
+        };
+        let strip = |mut v: Vec<u8>| {
+            if v.last() == Some(&0) {
+                v.pop();
+            }
+            v
+        };
+        let h = entry.header();
+        let raw = long_name
+            .take()
+            .map(strip)
+            .or_else(|| pax_value(b"path"))
+            .unwrap_or_else(|| h.path_bytes().into_owned());
+        let link = long_link
+            .take()
+            .map(strip)
+            .or_else(|| pax_value(b"linkpath"))
+            .or_else(|| h.link_name_bytes().map(std::borrow::Cow::into_owned));
         let Some(rel) = entry_path(&raw)? else {
             continue;
         };
-        let h = entry.header();
+        let number = |key: &[u8], header: io::Result<u64>| match pax_value(key) {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    format!("/{rel}: a pax {} that is not a number", key.escape_ascii())
+                }),
+            None => header.map_err(|e| format!("/{rel}: {e}")),
+        };
+        // The raw entries' sizes are the headers': a pax size that differs is not followed.
+        if number(b"size", Ok(entry.size()))? != entry.size() {
+            return Err(format!("/{rel}: a pax size other than the header's"));
+        }
         let mode = h.mode().map_err(|e| format!("/{rel}: {e}"))? & 0o7777;
-        let uid = h.uid().map_err(|e| format!("/{rel}: {e}"))?;
-        let gid = h.gid().map_err(|e| format!("/{rel}: {e}"))?;
+        let uid = number(b"uid", h.uid())?;
+        let gid = number(b"gid", h.gid())?;
         let when = h.mtime().unwrap_or(0);
         let (uid, gid) = (
             Uid::from_raw(u32::try_from(uid).map_err(|_| format!("/{rel}: owner {uid}"))?),
@@ -420,10 +489,9 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
                     .map_err(|e| fail("set the time of", e))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| format!("/{rel}: a symlink without a target"))?
-                    .into_owned();
+                let target = link
+                    .clone()
+                    .ok_or_else(|| format!("/{rel}: a symlink without a target"))?;
                 clear(&dir, name, &rel)?;
                 nix::unistd::symlinkat(std::ffi::OsStr::from_bytes(&target), &dir, name)
                     .map_err(|e| fail("make", e))?;
@@ -445,10 +513,9 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
                 .map_err(|e| fail("set the time of", e))?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| format!("/{rel}: a hard link without a target"))?
-                    .into_owned();
+                let target = link
+                    .clone()
+                    .ok_or_else(|| format!("/{rel}: a hard link without a target"))?;
                 let target = entry_path(&target)?
                     .ok_or_else(|| format!("/{rel}: a hard link to the root"))?;
                 let (tdir, tname) = parent_of(root, &target)?;
@@ -488,6 +555,12 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
                 ));
             }
         }
+    }
+    if long_name.is_some() || long_link.is_some() || pax.is_some() {
+        return Err(format!(
+            "cannot read {}: a long name or pax header is the last entry",
+            deb.display()
+        ));
     }
     // Last, as tar does: putting files in changed them.
     for (rel, when) in dirs.into_iter().rev() {
@@ -1108,5 +1181,72 @@ mod hostile {
             "exec dd of=/proc/self/fd/1 bs=1 seek=10000001000 count=1 conv=notrunc status=none </dev/zero",
         );
         assert!(r.is_err(), "{r:?}");
+    }
+
+    /// A long name, long link or pax header is read only up to a bound; long names and pax
+    /// paths and owners are followed.
+    #[test]
+    fn long_names_and_pax_headers_are_bounded() {
+        let s = Scratch::new("meta");
+        let huge = vec![b'x'; 1 << 20];
+        for kind in [
+            EntryType::GNULongName,
+            EntryType::GNULongLink,
+            EntryType::XHeader,
+        ] {
+            let bytes = stream(|b| {
+                let mut h = Header::new_gnu();
+                h.set_path("././@LongLink").unwrap();
+                h.set_entry_type(kind);
+                h.set_size(huge.len() as u64);
+                h.set_cksum();
+                b.append(&h, &huge[..]).unwrap();
+                raw(b, EntryType::Regular, b"f", b"", b"f");
+            });
+            let r = s.extract(&bytes);
+            assert!(r.as_ref().is_err_and(|e| e.contains("too big")), "{r:?}");
+            s.assert_outside_untouched();
+        }
+        // A pax path, link and owner; a long name and link.
+        let long = [b"d/".as_slice(), &[b'l'; 200]].concat();
+        let (uid, gid) = me();
+        let bytes = stream(|b| {
+            b.append_pax_extensions([
+                ("path", b"p/q".as_slice()),
+                ("uid", uid.to_string().as_bytes()),
+                ("gid", gid.to_string().as_bytes()),
+            ])
+            .unwrap();
+            raw(b, EntryType::Regular, b"ignored", b"", b"pax");
+            b.append_pax_extensions([("linkpath", b"p/q".as_slice())])
+                .unwrap();
+            raw(b, EntryType::Link, b"h", b"ignored", b"");
+            raw(b, EntryType::Regular, &long, b"", b"long");
+            raw(b, EntryType::Symlink, b"s", &long, b"");
+        });
+        s.extract(&bytes).unwrap();
+        s.assert_outside_untouched();
+        let root = s.root();
+        assert_eq!(std::fs::read_to_string(root.join("p/q")).unwrap(), "pax");
+        assert_eq!(std::fs::read_to_string(root.join("h")).unwrap(), "pax");
+        assert_eq!(
+            std::fs::read_to_string(root.join(std::ffi::OsStr::from_bytes(&long))).unwrap(),
+            "long"
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("s"))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            &long[..]
+        );
+        assert!(!root.join("ignored").exists());
+        // A pax size the raw entries would not follow is refused.
+        let bytes = stream(|b| {
+            b.append_pax_extensions([("size", b"0".as_slice())])
+                .unwrap();
+            raw(b, EntryType::Regular, b"f", b"", b"f");
+        });
+        assert!(s.extract(&bytes).is_err());
     }
 }
