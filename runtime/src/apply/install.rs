@@ -148,34 +148,46 @@ pub(super) fn order(pkgs: &[Relations], essential: bool) -> Order {
         BTreeSet::new()
     };
     let rest: Vec<usize> = (0..pkgs.len()).filter(|i| !first.contains(i)).collect();
-    let in_rest = |i: usize| !first.contains(&i);
-    let mut level: BTreeMap<usize, usize> = rest.iter().map(|&i| (i, 0)).collect();
-    // A fixed point: levels only grow, and are bounded by the number of packages unless
-    // pre-dependencies form a cycle, which no order satisfies (then the last levels stand).
-    for _ in 0..=rest.len() {
-        let mut changed = false;
-        for &i in &rest {
-            let mut l = level[&i];
-            for &d in &deps[i] {
-                if let Some(&ld) = level.get(&d) {
-                    l = l.max(ld);
+    // A package's level is at least that of each dependency, and above that of each
+    // pre-dependency (whose own level is at least that of everything it needs). The levels are
+    // longest paths over the strongly connected components, dependencies first: linear, where
+    // iterating to a fixed point took cubic time on a hostile chain of pre-dependencies. A
+    // component with a pre-dependency inside is a cycle no order satisfies: the last level.
+    let local: BTreeMap<usize, usize> = rest.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let needs: Vec<Vec<(usize, bool)>> = rest
+        .iter()
+        .map(|&i| {
+            deps[i]
+                .iter()
+                .filter(|&&d| d != i)
+                .filter_map(|d| local.get(d).map(|&k| (k, pre[i].contains(d))))
+                .collect()
+        })
+        .collect();
+    let top = rest.len();
+    let mut lv = vec![0usize; rest.len()];
+    let mut comp_of = vec![usize::MAX; rest.len()];
+    for (c, comp) in components(&needs).into_iter().enumerate() {
+        for &v in &comp {
+            comp_of[v] = c;
+        }
+        let mut l = 0;
+        for &v in &comp {
+            for &(u, is_pre) in &needs[v] {
+                if comp_of[u] == c {
+                    if is_pre {
+                        l = top;
+                    }
+                } else {
+                    l = l.max(lv[u] + usize::from(is_pre));
                 }
-            }
-            for c in closure(&mut pre[i].iter().copied(), &in_rest) {
-                if c != i {
-                    l = l.max(level[&c] + 1);
-                }
-            }
-            l = l.min(rest.len());
-            if l != level[&i] {
-                level.insert(i, l);
-                changed = true;
             }
         }
-        if !changed {
-            break;
+        for &v in &comp {
+            lv[v] = l.min(top);
         }
     }
+    let level: BTreeMap<usize, usize> = rest.iter().zip(lv).map(|(&i, l)| (i, l)).collect();
     let by_name_order =
         |v: &mut Vec<usize>| v.sort_by(|&a, &b| pkgs[a].name.cmp(&pkgs[b].name).then(a.cmp(&b)));
     let mut waves: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -194,6 +206,57 @@ pub(super) fn order(pkgs: &[Relations], essential: bool) -> Order {
             })
             .collect(),
     }
+}
+
+/// The strongly connected components of the graph `edges` (each node's successors), each after
+/// every component it reaches (Tarjan's algorithm, without recursion: a hostile graph can be
+/// deep).
+fn components(edges: &[Vec<(usize, bool)>]) -> Vec<Vec<usize>> {
+    let n = edges.len();
+    let (mut index, mut low) = (vec![usize::MAX; n], vec![0; n]);
+    let mut on_stack = vec![false; n];
+    let (mut stack, mut out, mut next) = (Vec::new(), Vec::new(), 0);
+    for start in 0..n {
+        if index[start] != usize::MAX {
+            continue;
+        }
+        let mut calls = vec![(start, 0)];
+        (index[start], low[start], next) = (next, next, next + 1);
+        stack.push(start);
+        on_stack[start] = true;
+        while let Some(&(v, e)) = calls.last() {
+            if let Some(&(w, _)) = edges[v].get(e) {
+                if let Some(c) = calls.last_mut() {
+                    c.1 += 1;
+                }
+                if index[w] == usize::MAX {
+                    (index[w], low[w], next) = (next, next, next + 1);
+                    stack.push(w);
+                    on_stack[w] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(u, _)) = calls.last() {
+                low[u] = low[u].min(low[v]);
+            }
+            if low[v] == index[v] {
+                let mut comp = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    comp.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                out.push(comp);
+            }
+        }
+    }
+    out
 }
 
 /// An ar member header's fields.
@@ -764,6 +827,35 @@ mod tests {
         ];
         let o = order(&pkgs, false);
         assert_eq!(o.waves.concat().len(), 2);
+    }
+
+    /// A hostile lock's long chain of pre-dependencies, and packages that depend on every
+    /// other, are ordered in linear time (iterating to a fixed point took hours).
+    #[test]
+    fn a_long_pre_dependency_chain_is_ordered_quickly() {
+        let n = 3000;
+        let name = |i: usize| format!("p{i}");
+        let mut pkgs: Vec<Relations> = (0..n)
+            .map(|i| Relations {
+                name: name(i),
+                pre_depends: if i + 1 < n {
+                    vec![vec![name(i + 1)]]
+                } else {
+                    vec![]
+                },
+                ..Relations::default()
+            })
+            .collect();
+        let o = order(&pkgs, false);
+        assert_eq!(o.waves.len(), n);
+        assert_eq!(o.waves[0], vec![n - 1]);
+        assert_eq!(o.waves[n - 1], vec![0]);
+        let all: Vec<Vec<String>> = (0..n).map(|i| vec![name(i)]).collect();
+        for p in pkgs.iter_mut().take(300) {
+            p.depends = all.clone();
+        }
+        let o = order(&pkgs, true);
+        assert_eq!(o.waves.concat().len(), n);
     }
 
     #[test]
