@@ -148,34 +148,46 @@ pub(super) fn order(pkgs: &[Relations], essential: bool) -> Order {
         BTreeSet::new()
     };
     let rest: Vec<usize> = (0..pkgs.len()).filter(|i| !first.contains(i)).collect();
-    let in_rest = |i: usize| !first.contains(&i);
-    let mut level: BTreeMap<usize, usize> = rest.iter().map(|&i| (i, 0)).collect();
-    // A fixed point: levels only grow, and are bounded by the number of packages unless
-    // pre-dependencies form a cycle, which no order satisfies (then the last levels stand).
-    for _ in 0..=rest.len() {
-        let mut changed = false;
-        for &i in &rest {
-            let mut l = level[&i];
-            for &d in &deps[i] {
-                if let Some(&ld) = level.get(&d) {
-                    l = l.max(ld);
+    // A package's level is at least that of each dependency, and above that of each
+    // pre-dependency (whose own level is at least that of everything it needs). The levels are
+    // longest paths over the strongly connected components, dependencies first: linear, where
+    // iterating to a fixed point took cubic time on a hostile chain of pre-dependencies. A
+    // component with a pre-dependency inside is a cycle no order satisfies: the last level.
+    let local: BTreeMap<usize, usize> = rest.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let needs: Vec<Vec<(usize, bool)>> = rest
+        .iter()
+        .map(|&i| {
+            deps[i]
+                .iter()
+                .filter(|&&d| d != i)
+                .filter_map(|d| local.get(d).map(|&k| (k, pre[i].contains(d))))
+                .collect()
+        })
+        .collect();
+    let top = rest.len();
+    let mut lv = vec![0usize; rest.len()];
+    let mut comp_of = vec![usize::MAX; rest.len()];
+    for (c, comp) in components(&needs).into_iter().enumerate() {
+        for &v in &comp {
+            comp_of[v] = c;
+        }
+        let mut l = 0;
+        for &v in &comp {
+            for &(u, is_pre) in &needs[v] {
+                if comp_of[u] == c {
+                    if is_pre {
+                        l = top;
+                    }
+                } else {
+                    l = l.max(lv[u] + usize::from(is_pre));
                 }
-            }
-            for c in closure(&mut pre[i].iter().copied(), &in_rest) {
-                if c != i {
-                    l = l.max(level[&c] + 1);
-                }
-            }
-            l = l.min(rest.len());
-            if l != level[&i] {
-                level.insert(i, l);
-                changed = true;
             }
         }
-        if !changed {
-            break;
+        for &v in &comp {
+            lv[v] = l.min(top);
         }
     }
+    let level: BTreeMap<usize, usize> = rest.iter().zip(lv).map(|(&i, l)| (i, l)).collect();
     let by_name_order =
         |v: &mut Vec<usize>| v.sort_by(|&a, &b| pkgs[a].name.cmp(&pkgs[b].name).then(a.cmp(&b)));
     let mut waves: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -194,6 +206,57 @@ pub(super) fn order(pkgs: &[Relations], essential: bool) -> Order {
             })
             .collect(),
     }
+}
+
+/// The strongly connected components of the graph `edges` (each node's successors), each after
+/// every component it reaches (Tarjan's algorithm, without recursion: a hostile graph can be
+/// deep).
+fn components(edges: &[Vec<(usize, bool)>]) -> Vec<Vec<usize>> {
+    let n = edges.len();
+    let (mut index, mut low) = (vec![usize::MAX; n], vec![0; n]);
+    let mut on_stack = vec![false; n];
+    let (mut stack, mut out, mut next) = (Vec::new(), Vec::new(), 0);
+    for start in 0..n {
+        if index[start] != usize::MAX {
+            continue;
+        }
+        let mut calls = vec![(start, 0)];
+        (index[start], low[start], next) = (next, next, next + 1);
+        stack.push(start);
+        on_stack[start] = true;
+        while let Some(&(v, e)) = calls.last() {
+            if let Some(&(w, _)) = edges[v].get(e) {
+                if let Some(c) = calls.last_mut() {
+                    c.1 += 1;
+                }
+                if index[w] == usize::MAX {
+                    (index[w], low[w], next) = (next, next, next + 1);
+                    stack.push(w);
+                    on_stack[w] = true;
+                    calls.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            calls.pop();
+            if let Some(&(u, _)) = calls.last() {
+                low[u] = low[u].min(low[v]);
+            }
+            if low[v] == index[v] {
+                let mut comp = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    comp.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                out.push(comp);
+            }
+        }
+    }
+    out
 }
 
 /// An ar member header's fields.
@@ -281,6 +344,11 @@ pub(super) fn uncompressed_deb(dpkg_deb: &Path, src: &Path, dst: &Path) -> io::R
             }
             let end = out.seek(SeekFrom::End(0))?;
             let len = end - at - 60;
+            // An ar header has ten digits for the size: a bigger data member (a decompression
+            // bomb) cannot be written as one.
+            if len > 9_999_999_999 {
+                return Err(bad("the data member is too big to be unpacked"));
+            }
             if len & 1 == 1 {
                 out.write_all(b"\n")?;
             }
@@ -341,6 +409,9 @@ fn clear(dir: &OwnedFd, name: &str, rel: &str) -> Result<(), String> {
     }
 }
 
+/// The most a GNU long name or link, or a pax header, may hold (a path is at most 4096 bytes).
+const META_MAX: u64 = 64 * 1024;
+
 fn mtime(secs: u64) -> TimeSpec {
     TimeSpec::new(i64::try_from(secs).unwrap_or(i64::MAX), 0)
 }
@@ -355,19 +426,85 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
         .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
     let mut archive = tar::Archive::new(io::BufReader::new(file).take(span.len));
     let mut dirs: Vec<(String, u64)> = Vec::new();
+    // Raw entries: the tar crate would read a GNU long name or link, or a pax header, into
+    // memory whatever its size; envc reads them, up to a bound.
     let entries = archive
         .entries()
-        .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", deb.display()))?
+        .raw(true);
+    let (mut long_name, mut long_link, mut pax) = (None, None, None);
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
-        let raw = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let slot: Option<&mut Option<Vec<u8>>> = if kind.is_gnu_longname() {
+            Some(&mut long_name)
+        } else if kind.is_gnu_longlink() {
+            Some(&mut long_link)
+        } else if kind.is_pax_local_extensions() {
+            Some(&mut pax)
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            let size = entry.size();
+            if size > META_MAX || slot.is_some() {
+                return Err(format!(
+                    "cannot read {}: a {kind:?} entry of {size} bytes (after another, or too big)",
+                    deb.display()
+                ));
+            }
+            let mut v = Vec::new();
+            entry
+                .read_to_end(&mut v)
+                .map_err(|e| format!("cannot read {}: {e}", deb.display()))?;
+            *slot = Some(v);
+            continue;
+        }
+        let pax = pax.take();
+        let pax_value = |key: &[u8]| {
+            pax.as_deref().and_then(|p| {
+                tar::PaxExtensions::new(p)
+                    .filter_map(Result::ok)
+                    .find(|e| e.key_bytes() == key)
+                    .map(|e| e.value_bytes().to_vec())
+            })
+        };
+        let strip = |mut v: Vec<u8>| {
+            if v.last() == Some(&0) {
+                v.pop();
+            }
+            v
+        };
+        let h = entry.header();
+        let raw = long_name
+            .take()
+            .map(strip)
+            .or_else(|| pax_value(b"path"))
+            .unwrap_or_else(|| h.path_bytes().into_owned());
+        let link = long_link
+            .take()
+            .map(strip)
+            .or_else(|| pax_value(b"linkpath"))
+            .or_else(|| h.link_name_bytes().map(std::borrow::Cow::into_owned));
         let Some(rel) = entry_path(&raw)? else {
             continue;
         };
-        let h = entry.header();
+        let number = |key: &[u8], header: io::Result<u64>| match pax_value(key) {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    format!("/{rel}: a pax {} that is not a number", key.escape_ascii())
+                }),
+            None => header.map_err(|e| format!("/{rel}: {e}")),
+        };
+        // The raw entries' sizes are the headers': a pax size that differs is not followed.
+        if number(b"size", Ok(entry.size()))? != entry.size() {
+            return Err(format!("/{rel}: a pax size other than the header's"));
+        }
         let mode = h.mode().map_err(|e| format!("/{rel}: {e}"))? & 0o7777;
-        let uid = h.uid().map_err(|e| format!("/{rel}: {e}"))?;
-        let gid = h.gid().map_err(|e| format!("/{rel}: {e}"))?;
+        let uid = number(b"uid", h.uid())?;
+        let gid = number(b"gid", h.gid())?;
         let when = h.mtime().unwrap_or(0);
         let (uid, gid) = (
             Uid::from_raw(u32::try_from(uid).map_err(|_| format!("/{rel}: owner {uid}"))?),
@@ -415,10 +552,9 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
                     .map_err(|e| fail("set the time of", e))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| format!("/{rel}: a symlink without a target"))?
-                    .into_owned();
+                let target = link
+                    .clone()
+                    .ok_or_else(|| format!("/{rel}: a symlink without a target"))?;
                 clear(&dir, name, &rel)?;
                 nix::unistd::symlinkat(std::ffi::OsStr::from_bytes(&target), &dir, name)
                     .map_err(|e| fail("make", e))?;
@@ -440,10 +576,9 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
                 .map_err(|e| fail("set the time of", e))?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| format!("/{rel}: a hard link without a target"))?
-                    .into_owned();
+                let target = link
+                    .clone()
+                    .ok_or_else(|| format!("/{rel}: a hard link without a target"))?;
                 let target = entry_path(&target)?
                     .ok_or_else(|| format!("/{rel}: a hard link to the root"))?;
                 let (tdir, tname) = parent_of(root, &target)?;
@@ -483,6 +618,12 @@ pub(super) fn extract(root: &OwnedFd, deb: &Path, span: DataSpan) -> Result<(), 
                 ));
             }
         }
+    }
+    if long_name.is_some() || long_link.is_some() || pax.is_some() {
+        return Err(format!(
+            "cannot read {}: a long name or pax header is the last entry",
+            deb.display()
+        ));
     }
     // Last, as tar does: putting files in changed them.
     for (rel, when) in dirs.into_iter().rev() {
@@ -562,8 +703,12 @@ impl<'a> Unpacker<'a> {
             let Some(&i) = self.order.get(n) else { return };
             let p = &self.pkgs[i];
             let dst = self.dir.join(self.file_name(i));
-            let r = uncompressed_deb(&self.dpkg_deb, &self.debs.path_of(&p.sha256), &dst)
-                .map_err(|e| format!("cannot unpack {} {} ({}): {e}", p.name, p.version, p.arch));
+            // A panic is an error too: the caller waits for every package's result.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                uncompressed_deb(&self.dpkg_deb, &self.debs.path_of(&p.sha256), &dst)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("envc panicked")))
+            .map_err(|e| format!("cannot unpack {} {} ({}): {e}", p.name, p.version, p.arch));
             let failed = r.is_err();
             self.done
                 .lock()
@@ -684,6 +829,35 @@ mod tests {
         assert_eq!(o.waves.concat().len(), 2);
     }
 
+    /// A hostile lock's long chain of pre-dependencies, and packages that depend on every
+    /// other, are ordered in linear time (iterating to a fixed point took hours).
+    #[test]
+    fn a_long_pre_dependency_chain_is_ordered_quickly() {
+        let n = 3000;
+        let name = |i: usize| format!("p{i}");
+        let mut pkgs: Vec<Relations> = (0..n)
+            .map(|i| Relations {
+                name: name(i),
+                pre_depends: if i + 1 < n {
+                    vec![vec![name(i + 1)]]
+                } else {
+                    vec![]
+                },
+                ..Relations::default()
+            })
+            .collect();
+        let o = order(&pkgs, false);
+        assert_eq!(o.waves.len(), n);
+        assert_eq!(o.waves[0], vec![n - 1]);
+        assert_eq!(o.waves[n - 1], vec![0]);
+        let all: Vec<Vec<String>> = (0..n).map(|i| vec![name(i)]).collect();
+        for p in pkgs.iter_mut().take(300) {
+            p.depends = all.clone();
+        }
+        let o = order(&pkgs, true);
+        assert_eq!(o.waves.concat().len(), n);
+    }
+
     #[test]
     fn entry_paths_stay_in_the_root() {
         assert_eq!(
@@ -693,5 +867,478 @@ mod tests {
         assert_eq!(entry_path(b"./").unwrap(), None);
         assert!(entry_path(b"./usr/../../etc/passwd").is_err());
         assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+    }
+}
+
+/// Hostile data members: whatever they hold, nothing outside the root changes.
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use tar::{EntryType, Header};
+
+    /// A scratch directory: `root` (the root being built) and `outside` beside it, holding
+    /// `keep` (`keep`, mode 0644); removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "envc-install-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(p.join("root")).unwrap();
+            std::fs::create_dir_all(p.join("outside")).unwrap();
+            std::fs::write(p.join("outside/keep"), "keep").unwrap();
+            std::fs::set_permissions(
+                p.join("outside/keep"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+            std::fs::set_permissions(p.join("outside"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            Scratch(p)
+        }
+
+        fn root(&self) -> PathBuf {
+            self.0.join("root")
+        }
+
+        /// Extracts the tar stream `bytes` into the root.
+        fn extract(&self, bytes: &[u8]) -> Result<(), String> {
+            let tar = self.0.join("data.tar");
+            std::fs::write(&tar, bytes).unwrap();
+            let root: OwnedFd = File::open(self.root()).unwrap().into();
+            extract(
+                &root,
+                &tar,
+                DataSpan {
+                    offset: 0,
+                    len: bytes.len() as u64,
+                },
+            )
+        }
+
+        /// Nothing outside the root changed: `outside` holds `keep` only, as it was, and the
+        /// scratch directory holds nothing new.
+        fn assert_outside_untouched(&self) {
+            let names = |d: &Path| {
+                let mut v: Vec<String> = std::fs::read_dir(d)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(names(&self.0.join("outside")), vec!["keep"]);
+            assert_eq!(names(&self.0), vec!["data.tar", "outside", "root"]);
+            let keep = self.0.join("outside/keep");
+            assert_eq!(std::fs::read_to_string(&keep).unwrap(), "keep");
+            let md = std::fs::symlink_metadata(&keep).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, 0o644);
+            assert_eq!(std::os::unix::fs::MetadataExt::nlink(&md), 1);
+            let md = std::fs::symlink_metadata(self.0.join("outside")).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+        }
+    }
+
+    fn me() -> (u64, u64) {
+        (
+            u64::from(nix::unistd::geteuid().as_raw()),
+            u64::from(nix::unistd::getegid().as_raw()),
+        )
+    }
+
+    /// Appends one entry, its path and link name as raw bytes (GNU long name and long link
+    /// entries first when they do not fit).
+    fn raw(b: &mut tar::Builder<Vec<u8>>, kind: EntryType, path: &[u8], link: &[u8], data: &[u8]) {
+        let long = |b: &mut tar::Builder<Vec<u8>>, kind: EntryType, what: &[u8]| {
+            let mut h = Header::new_gnu();
+            h.as_mut_bytes()[..13].copy_from_slice(b"././@LongLink");
+            h.set_entry_type(kind);
+            h.set_size(what.len() as u64 + 1);
+            h.set_mode(0o644);
+            h.set_cksum();
+            let mut d = what.to_vec();
+            d.push(0);
+            b.append(&h, &d[..]).unwrap();
+        };
+        if path.len() > 100 {
+            long(b, EntryType::GNULongName, path);
+        }
+        if link.len() > 100 {
+            long(b, EntryType::GNULongLink, link);
+        }
+        let mut h = Header::new_gnu();
+        let n = path.len().min(100);
+        h.as_mut_bytes()[..n].copy_from_slice(&path[..n]);
+        let n = link.len().min(100);
+        h.as_mut_bytes()[157..157 + n].copy_from_slice(&link[..n]);
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(if kind == EntryType::Directory {
+            0o777
+        } else {
+            0o4777
+        });
+        let (uid, gid) = me();
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    /// Entries appended after the symlink `a`, given its target.
+    type Case = dyn Fn(&mut tar::Builder<Vec<u8>>, &[u8]);
+
+    fn stream(f: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        f(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    /// Every way at once to write, link, chmod or chown through a symlink pointing out of the
+    /// root; each case in its own archive (the first failure ends an archive).
+    #[test]
+    fn symlinks_out_of_the_root_are_resolved_inside_it() {
+        let s = Scratch::new("symlinks");
+        let out_abs = s.0.join("outside");
+        let out_abs = out_abs.as_os_str().as_bytes();
+        let targets: [&[u8]; 5] = [b"../outside", b"../../outside", out_abs, b"/", b".."];
+        let cases: Vec<Box<Case>> = vec![
+            // A file written through the link.
+            Box::new(|b, _| raw(b, EntryType::Regular, b"a/pwn", b"", b"pwned")),
+            Box::new(|b, _| raw(b, EntryType::Regular, b"a/keep", b"", b"pwned")),
+            // The link named as a directory (it is kept), then a file through it.
+            Box::new(|b, _| {
+                raw(b, EntryType::Directory, b"a/", b"", b"");
+                raw(b, EntryType::Regular, b"a/keep", b"", b"pwned");
+            }),
+            Box::new(|b, _| raw(b, EntryType::Directory, b"a/d/", b"", b"")),
+            Box::new(|b, _| raw(b, EntryType::Symlink, b"a/s", b"/etc/passwd", b"")),
+            Box::new(|b, _| raw(b, EntryType::Symlink, b"a/keep", b"x", b"")),
+            Box::new(|b, _| raw(b, EntryType::Fifo, b"a/fifo", b"", b"")),
+            Box::new(|b, _| raw(b, EntryType::Fifo, b"a/keep", b"", b"")),
+            Box::new(|b, _| raw(b, EntryType::Link, b"a/l", b"etc/x", b"")),
+            // Hard links to what the link reaches, and to the link itself.
+            Box::new(|b, _| raw(b, EntryType::Link, b"l", b"a/keep", b"")),
+            Box::new(|b, _| {
+                raw(b, EntryType::Link, b"l", b"a", b"");
+                raw(b, EntryType::Regular, b"l/keep", b"", b"pwned");
+            }),
+            Box::new(|b, t| {
+                // A symlink named at the very file's path, then written to by a hard link.
+                raw(b, EntryType::Symlink, b"k", &[t, b"/keep"].concat(), b"");
+                raw(b, EntryType::Regular, b"f", b"", b"pwned");
+                raw(b, EntryType::Link, b"k", b"f", b"");
+                raw(b, EntryType::Link, b"k2", b"k", b"");
+                raw(b, EntryType::Regular, b"k2", b"", b"pwned");
+            }),
+            // Long names through the link.
+            Box::new(|b, _| {
+                let long = [b"a/".as_slice(), &[b'x'; 150]].concat();
+                raw(b, EntryType::Regular, &long, b"", b"pwned");
+            }),
+            Box::new(|b, _| {
+                let long = [b"a/".as_slice(), &[b'y'; 150], b"/keep"].concat();
+                raw(
+                    b,
+                    EntryType::Directory,
+                    &[b"a/".as_slice(), &[b'y'; 150]].concat(),
+                    b"",
+                    b"",
+                );
+                raw(b, EntryType::Regular, &long, b"", b"pwned");
+            }),
+        ];
+        for t in targets {
+            for (n, case) in cases.iter().enumerate() {
+                let bytes = stream(|b| {
+                    raw(b, EntryType::Symlink, b"a", t, b"");
+                    case(b, t);
+                });
+                let r = s.extract(&bytes);
+                eprintln!("{} case {n}: {r:?}", String::from_utf8_lossy(t));
+                s.assert_outside_untouched();
+                // The next case starts from an empty root.
+                std::fs::remove_dir_all(s.root()).unwrap();
+                std::fs::create_dir(s.root()).unwrap();
+            }
+        }
+    }
+
+    /// Paths with `..`, absolute paths, empty and non-UTF-8 names, a hard link out of the
+    /// root or to a directory, devices and sparse files: refused or put inside the root.
+    #[test]
+    fn hostile_paths_and_kinds_stay_inside_or_are_refused() {
+        let s = Scratch::new("paths");
+        let abs = s.0.join("outside/keep");
+        let abs = abs.as_os_str().as_bytes();
+        let refused: Vec<Vec<u8>> = vec![
+            stream(|b| raw(b, EntryType::Regular, b"../outside/keep", b"", b"pwned")),
+            stream(|b| {
+                raw(
+                    b,
+                    EntryType::Regular,
+                    b"x/../../outside/keep",
+                    b"",
+                    b"pwned",
+                )
+            }),
+            stream(|b| raw(b, EntryType::Regular, b"\xff\xfe", b"", b"x")),
+            stream(|b| raw(b, EntryType::Link, b"l", b"../outside/keep", b"")),
+            stream(|b| raw(b, EntryType::Link, b"l", abs, b"")),
+            stream(|b| {
+                raw(b, EntryType::Directory, b"d/", b"", b"");
+                raw(b, EntryType::Link, b"l", b"d", b"");
+            }),
+            stream(|b| raw(b, EntryType::Link, b"l", b"", b"")),
+            stream(|b| raw(b, EntryType::Link, b"l", b"./", b"")),
+            stream(|b| raw(b, EntryType::Char, b"null", b"", b"")),
+            stream(|b| raw(b, EntryType::Block, b"sda", b"", b"")),
+            stream(|b| raw(b, EntryType::GNUSparse, b"sparse", b"", b"")),
+            stream(|b| raw(b, EntryType::XGlobalHeader, b"g", b"", b"path=/x\n")),
+            stream(|b| {
+                raw(b, EntryType::Directory, b"d/", b"", b"");
+                raw(b, EntryType::Regular, b"d", b"", b"x");
+            }),
+        ];
+        for (n, bytes) in refused.iter().enumerate() {
+            let r = s.extract(bytes);
+            eprintln!("refused case {n}: {r:?}");
+            assert!(r.is_err(), "case {n}");
+            s.assert_outside_untouched();
+            std::fs::remove_dir_all(s.root()).unwrap();
+            std::fs::create_dir(s.root()).unwrap();
+        }
+        // An absolute path, empty names and `.` are inside the root.
+        let bytes = stream(|b| {
+            raw(b, EntryType::Regular, abs, b"", b"inside");
+            raw(b, EntryType::Regular, b"", b"", b"");
+            raw(b, EntryType::Directory, b"./", b"", b"");
+            raw(b, EntryType::Directory, b"/", b"", b"");
+            raw(b, EntryType::Regular, b"//x//./y", b"", b"y");
+        });
+        s.extract(&bytes).unwrap();
+        s.assert_outside_untouched();
+        let inside = s.root().join(
+            abs.strip_prefix(b"/")
+                .map(std::ffi::OsStr::from_bytes)
+                .unwrap(),
+        );
+        assert_eq!(std::fs::read_to_string(inside).unwrap(), "inside");
+        assert_eq!(std::fs::read_to_string(s.root().join("x/y")).unwrap(), "y");
+        // The root's own mode was not set by `./` or `/`.
+        let md = std::fs::symlink_metadata(s.root()).unwrap();
+        assert_ne!(md.permissions().mode() & 0o7777, 0o777);
+    }
+
+    /// A stream cut short, in a header or in a file's data, is an error or a short file, never
+    /// a panic or a hang.
+    #[test]
+    fn a_cut_stream_ends() {
+        let s = Scratch::new("cut");
+        let full = stream(|b| {
+            raw(b, EntryType::Regular, b"f", b"", &[b'x'; 5000]);
+            raw(b, EntryType::Regular, &[b'z'; 300], b"", b"z");
+        });
+        for cut in [
+            1,
+            100,
+            511,
+            512,
+            513,
+            3000,
+            5632,
+            5700,
+            6200,
+            6656,
+            full.len() - 1,
+        ] {
+            let r = s.extract(&full[..cut]);
+            eprintln!("cut at {cut}: {r:?}");
+            s.assert_outside_untouched();
+            std::fs::remove_dir_all(s.root()).unwrap();
+            std::fs::create_dir(s.root()).unwrap();
+        }
+    }
+
+    /// Owners and groups above 32 bits are refused (`u32::MAX` would mean "unchanged").
+    #[test]
+    fn owners_beyond_32_bits_are_refused() {
+        let s = Scratch::new("owners");
+        for (uid, gid) in [(1u64 << 32, 0u64), (0, 1 << 40)] {
+            let bytes = stream(|b| {
+                let mut h = Header::new_gnu();
+                h.set_path("f").unwrap();
+                h.set_size(0);
+                h.set_mode(0o644);
+                h.set_uid(uid);
+                h.set_gid(gid);
+                h.set_cksum();
+                b.append(&h, &[][..]).unwrap();
+            });
+            assert!(s.extract(&bytes).is_err());
+            s.assert_outside_untouched();
+        }
+    }
+
+    /// An ar archive of `members` (name, content).
+    fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut v = b"!<arch>\n".to_vec();
+        for (name, data) in members {
+            v.extend(
+                format!(
+                    "{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                    0,
+                    0,
+                    0,
+                    100644,
+                    data.len()
+                )
+                .as_bytes(),
+            );
+            v.extend(*data);
+            if data.len() % 2 == 1 {
+                v.push(b'\n');
+            }
+        }
+        v
+    }
+
+    /// Runs `uncompressed_deb` on `deb` with `script` standing in for dpkg-deb.
+    fn rewrite(s: &Scratch, deb: &[u8], script: &str) -> io::Result<DataSpan> {
+        let tool = s.0.join("dpkg-deb");
+        std::fs::write(&tool, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = s.0.join("in.deb");
+        std::fs::write(&src, deb).unwrap();
+        let dst = s.0.join("out.deb");
+        let _ = std::fs::remove_file(&dst);
+        uncompressed_deb(&tool, &src, &dst)
+    }
+
+    /// Damaged ar archives are errors, never a panic or a hang.
+    #[test]
+    fn damaged_ar_archives_are_refused() {
+        let s = Scratch::new("ar");
+        let good = ar(&[
+            ("debian-binary", b"2.0\n"),
+            ("control.tar", b"c"),
+            ("data.tar.xz", b"d"),
+        ]);
+        let cat_tar = "printf 'tar!'";
+        assert!(rewrite(&s, &good, cat_tar).is_ok());
+        for cut in [0, 7, 8, 9, 67, 68, 69, 72, 73, 90, good.len() - 1] {
+            let r = rewrite(&s, &good[..cut], cat_tar);
+            eprintln!("cut at {cut}: {r:?}");
+        }
+        for size in ["-1", "99999999999", "9999999999", "0x10", "", "+1"] {
+            let mut bad = good.clone();
+            bad[8 + 48..8 + 58].copy_from_slice(format!("{size:<10}").as_bytes()[..10].as_ref());
+            let r = rewrite(&s, &bad, cat_tar);
+            eprintln!("size {size}: {r:?}");
+        }
+        // Two data members, none, a failing dpkg-deb.
+        let two = ar(&[("data.tar", b"a"), ("data.tar.xz", b"d")]);
+        assert!(rewrite(&s, &two, cat_tar).is_ok());
+        let none = ar(&[("debian-binary", b"2.0\n")]);
+        assert!(rewrite(&s, &none, cat_tar).is_err());
+        assert!(rewrite(&s, &good, "exit 1").is_err());
+    }
+
+    /// A data member too big for an ar header (dpkg-deb's output of a decompression bomb; here
+    /// a sparse file) is an error, not a panic.
+    #[test]
+    fn a_data_member_too_big_for_ar_is_an_error() {
+        let s = Scratch::new("big");
+        let good = ar(&[
+            ("debian-binary", b"2.0\n"),
+            ("control.tar", b"c"),
+            ("data.tar.xz", b"d"),
+        ]);
+        let r = rewrite(
+            &s,
+            &good,
+            "exec dd of=/proc/self/fd/1 bs=1 seek=10000001000 count=1 conv=notrunc status=none </dev/zero",
+        );
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    /// A long name, long link or pax header is read only up to a bound; long names and pax
+    /// paths and owners are followed.
+    #[test]
+    fn long_names_and_pax_headers_are_bounded() {
+        let s = Scratch::new("meta");
+        let huge = vec![b'x'; 1 << 20];
+        for kind in [
+            EntryType::GNULongName,
+            EntryType::GNULongLink,
+            EntryType::XHeader,
+        ] {
+            let bytes = stream(|b| {
+                let mut h = Header::new_gnu();
+                h.set_path("././@LongLink").unwrap();
+                h.set_entry_type(kind);
+                h.set_size(huge.len() as u64);
+                h.set_cksum();
+                b.append(&h, &huge[..]).unwrap();
+                raw(b, EntryType::Regular, b"f", b"", b"f");
+            });
+            let r = s.extract(&bytes);
+            assert!(r.as_ref().is_err_and(|e| e.contains("too big")), "{r:?}");
+            s.assert_outside_untouched();
+        }
+        // A pax path, link and owner; a long name and link.
+        let long = [b"d/".as_slice(), &[b'l'; 200]].concat();
+        let (uid, gid) = me();
+        let bytes = stream(|b| {
+            b.append_pax_extensions([
+                ("path", b"p/q".as_slice()),
+                ("uid", uid.to_string().as_bytes()),
+                ("gid", gid.to_string().as_bytes()),
+            ])
+            .unwrap();
+            raw(b, EntryType::Regular, b"ignored", b"", b"pax");
+            b.append_pax_extensions([("linkpath", b"p/q".as_slice())])
+                .unwrap();
+            raw(b, EntryType::Link, b"h", b"ignored", b"");
+            raw(b, EntryType::Regular, &long, b"", b"long");
+            raw(b, EntryType::Symlink, b"s", &long, b"");
+        });
+        s.extract(&bytes).unwrap();
+        s.assert_outside_untouched();
+        let root = s.root();
+        assert_eq!(std::fs::read_to_string(root.join("p/q")).unwrap(), "pax");
+        assert_eq!(std::fs::read_to_string(root.join("h")).unwrap(), "pax");
+        assert_eq!(
+            std::fs::read_to_string(root.join(std::ffi::OsStr::from_bytes(&long))).unwrap(),
+            "long"
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("s"))
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            &long[..]
+        );
+        assert!(!root.join("ignored").exists());
+        // A pax size the raw entries would not follow is refused.
+        let bytes = stream(|b| {
+            b.append_pax_extensions([("size", b"0".as_slice())])
+                .unwrap();
+            raw(b, EntryType::Regular, b"f", b"", b"f");
+        });
+        assert!(s.extract(&bytes).is_err());
     }
 }
