@@ -82,6 +82,10 @@ pub enum Command {
         /// Spec files to check.
         #[arg(required = true, value_name = "SPEC")]
         specs: Vec<PathBuf>,
+        /// Write envc's own output to stderr as JSON events, one object per line (README, "JSON
+        /// events").
+        #[arg(long)]
+        json: bool,
     },
     /// Show the layers a spec compiles to, in order, with their ids and steps.
     Plan {
@@ -107,6 +111,10 @@ pub enum Command {
         /// Fail when the spec has no lock or its lock is stale.
         #[arg(long)]
         locked: bool,
+        /// Write envc's own output to stderr as JSON events, one object per line (README, "JSON
+        /// events").
+        #[arg(long)]
+        json: bool,
     },
     /// Resolve every package the spec installs (base and `packages` steps) and write the lock
     /// beside it (`env.kdl` -> `env.lock`). An existing lock is kept where the spec did not change.
@@ -138,6 +146,10 @@ pub enum Command {
     Run {
         #[command(flatten)]
         target: RunTarget,
+        /// Write envc's own output to stderr as JSON events, one object per line (README, "JSON
+        /// events").
+        #[arg(long)]
+        json: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,

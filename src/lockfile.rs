@@ -167,12 +167,11 @@ pub fn plan_and_lock(
         ))),
         None => {
             if say_unlocked && lockable(plan) {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "envc: {} is unlocked (no {}): its packages are whatever the mirror has today; `envc lock` pins them",
+                crate::report::notice(&format!(
+                    "{} is unlocked (no {}): its packages are whatever the mirror has today; `envc lock` pins them",
                     spec.display(),
                     lock_path(spec).display()
-                );
+                ));
             }
             Ok((plan.clone(), None))
         }

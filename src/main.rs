@@ -31,12 +31,13 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let store = cli.store.as_path();
     let backend = cli.backend;
     let done = match cli.command {
-        Command::Check { specs } => check::check(&specs),
+        Command::Check { specs, .. } => check::check(&specs),
         Command::Plan { spec, json, locked } => plan::plan(&spec, json, locked, store),
         Command::Apply {
             spec,
             reset,
             locked,
+            ..
         } => apply::apply(store, backend, &spec, reset, locked),
         Command::Lock {
             spec,
@@ -45,7 +46,9 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
             digests,
         } => return lock::lock(store, backend, &spec, update, check, digests),
         Command::Fetch { spec } => lock::fetch(store, backend, &spec),
-        Command::Run { target, command } => return apply::run(store, backend, &target, command),
+        Command::Run {
+            target, command, ..
+        } => return apply::run(store, backend, &target, command),
         Command::Shell { target } => return apply::shell(store, backend, &target),
         Command::Rm { name } => rm::rm(store, backend, &name),
         Command::Why { spec, json } => why::why(store, backend, &spec, json),
@@ -109,6 +112,12 @@ fn main() -> ExitCode {
         Err(e) => return fail(&Ui::new(Color::Auto), &CliError::Usage(e)),
     };
     let ui = Ui::new(cli.color);
+    report::set_json(matches!(
+        cli.command,
+        Command::Check { json: true, .. }
+            | Command::Apply { json: true, .. }
+            | Command::Run { json: true, .. }
+    ));
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&ui, &e),

@@ -88,6 +88,10 @@ impl Progress {
 
     /// Shows one event.
     pub fn event(&mut self, e: Event<'_>) {
+        if report::json() {
+            json_event(&e);
+            return;
+        }
         match &e {
             Event::Cached { layer, .. } if self.held.is_some() => {
                 self.done += 1;
@@ -165,6 +169,40 @@ impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// `e` as a JSON event on stderr (`--json`).
+fn json_event(e: &Event<'_>) {
+    use serde_json::json;
+    let layer = |index: &usize, l: &envc_plan::Layer| json!({ "index": index, "layer": l.name, "id": l.id.to_hex() });
+    match e {
+        Event::Cleaned { count } => report::emit("cleaned", json!({ "count": count })),
+        Event::Cached { index, layer: l } => report::emit("layer-cached", layer(index, l)),
+        Event::Waiting { index, layer: l } => report::emit("layer-waiting", layer(index, l)),
+        Event::Building { index, layer: l } => report::emit("layer-started", layer(index, l)),
+        Event::Step {
+            index,
+            step,
+            summary,
+        } => report::emit(
+            "step-started",
+            json!({ "index": index, "step": step + 1, "summary": summary }),
+        ),
+        Event::Output { layer, line } => {
+            report::emit("output", json!({ "layer": layer, "line": line }));
+        }
+        Event::Warning(w) => report::warn(w),
+        Event::Realized => report::emit("realized", json!({})),
+        Event::Built {
+            index,
+            layer: l,
+            secs,
+        } => {
+            let mut f = layer(index, l);
+            f["secs"] = json!(secs);
+            report::emit("layer-built", f);
         }
     }
 }

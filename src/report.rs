@@ -1,12 +1,134 @@
-//! Writes diagnostics to stderr: a [`CliError`] as the user sees it, warnings.
+//! Writes diagnostics to stderr: a [`CliError`] as the user sees it, warnings. With `--json`,
+//! everything envc itself writes to stderr is one JSON object per line instead ([`emit`]; the
+//! schema is in README, "JSON events").
 
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteDiagnostic, Report};
 
 use crate::cli::Color;
 use crate::error::{CliError, InvalidSpec, StepFailure};
+
+/// The version of the JSON event schema: a change that could break a reader gets a new one.
+pub const EVENTS_VERSION: u64 = 1;
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Makes everything envc writes to stderr JSON events (`--json`).
+pub fn set_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+/// Whether stderr gets JSON events.
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// Writes one JSON event to stderr: `event` is its kind; `fields` (an object) are added, after
+/// `"v"` and `"event"`.
+pub fn emit(event: &str, fields: serde_json::Value) {
+    let mut obj = serde_json::Map::new();
+    obj.insert("v".into(), EVENTS_VERSION.into());
+    obj.insert("event".into(), event.into());
+    if let serde_json::Value::Object(f) = fields {
+        obj.extend(f);
+    }
+    let line = serde_json::Value::Object(obj).to_string();
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// A notice of envc's own (not a warning): a line `envc: TEXT`, or an event `notice`.
+pub fn notice(text: &str) {
+    if json() {
+        emit("notice", serde_json::json!({ "message": text }));
+    } else {
+        let _ = writeln!(std::io::stderr().lock(), "envc: {text}");
+    }
+}
+
+/// A diagnostic as the fields of an `error` event: its code, message, help, and each label's
+/// place (`file`, `line`, `column`, 1-based) and text; the first label's place also at the top.
+fn diagnostic_fields(diag: &dyn miette::Diagnostic) -> serde_json::Value {
+    let mut obj = serde_json::Map::new();
+    if let Some(code) = diag.code() {
+        obj.insert("code".into(), code.to_string().into());
+    }
+    obj.insert("message".into(), diag.to_string().into());
+    if let Some(help) = diag.help() {
+        obj.insert("help".into(), help.to_string().into());
+    }
+    let mut labels = Vec::new();
+    if let (Some(ls), Some(src)) = (diag.labels(), diag.source_code()) {
+        for label in ls {
+            let Ok(contents) = src.read_span(label.inner(), 0, 0) else {
+                continue;
+            };
+            labels.push(serde_json::json!({
+                "file": contents.name().unwrap_or("<spec>"),
+                "line": contents.line() + 1,
+                "column": contents.column() + 1,
+                "label": label.label(),
+            }));
+        }
+    }
+    if let Some(first) = labels.first().and_then(|l| l.as_object()).cloned() {
+        for k in ["file", "line", "column"] {
+            if let Some(v) = first.get(k) {
+                obj.insert(k.into(), v.clone());
+            }
+        }
+    }
+    obj.insert("labels".into(), labels.into());
+    serde_json::Value::Object(obj)
+}
+
+/// `e` as `error` events (and a `checked` event per invalid spec).
+fn render_json(e: &CliError) {
+    match e {
+        CliError::Usage(u) => emit(
+            "error",
+            serde_json::json!({ "kind": "usage", "message": u.render().to_string().trim() }),
+        ),
+        CliError::InvalidSpec(specs) => {
+            for spec in specs {
+                for d in &spec.errors {
+                    let mut f = diagnostic_fields(d);
+                    f["kind"] = "invalid-spec".into();
+                    emit("error", f);
+                }
+                emit(
+                    "checked",
+                    serde_json::json!({
+                        "spec": spec.spec.display().to_string(),
+                        "valid": false,
+                        "errors": spec.errors.len(),
+                    }),
+                );
+            }
+        }
+        CliError::Failed(e) => emit(
+            "error",
+            serde_json::json!({ "kind": "failed", "message": e.to_string() }),
+        ),
+        CliError::StepFailed(f) => {
+            let mut fields = diagnostic_fields(step_failed(f).as_ref());
+            fields["kind"] = "step-failed".into();
+            fields["layer"] = f.layer.clone().into();
+            fields["step"] = (f.step + 1).into();
+            fields["reason"] = f.reason.clone().into();
+            fields["tail"] = f.tail.clone().into();
+            fields["log"] = f.log.display().to_string().into();
+            emit("error", fields);
+        }
+        CliError::Diagnostic(d) => {
+            let mut f = diagnostic_fields(d.as_ref());
+            f["kind"] = "invalid-file".into();
+            emit("error", f);
+        }
+    }
+}
 
 /// How many lines of a failed step's output its report shows.
 const TAIL_LINES: usize = 10;
@@ -46,6 +168,10 @@ impl Ui {
 
     /// Writes `e` to stderr.
     pub fn render(&self, e: &CliError) {
+        if json() {
+            render_json(e);
+            return;
+        }
         match e {
             CliError::Usage(e) => {
                 let _ = e.print();
@@ -181,6 +307,10 @@ pub fn warning(w: &dyn Display) -> String {
 
 /// Writes a warning to stderr (with no progress bar on screen).
 pub fn warn(w: &dyn Display) {
+    if json() {
+        emit("warning", serde_json::json!({ "message": w.to_string() }));
+        return;
+    }
     let _ = writeln!(std::io::stderr().lock(), "{}", warning(w));
 }
 

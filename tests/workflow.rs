@@ -15,6 +15,14 @@
 //!   those of the spec without the step; `name=` shares a cache between environments; a step of
 //!   another user writes there too; `envc gc --caches` empties the caches.
 //!
+//! - `build-deps` of Debian's `hello` source package (its `.dsc`, downloaded from the host's
+//!   mirror by `envc run` itself), then `dpkg-buildpackage` through `envc run --bind` without
+//!   network: the `.deb` lands in the host directory, every layer still verifies, and the working
+//!   root holds no build tree; then the same spec locked and built from its lock in another store.
+//!
+//! - `--json`: every line envc writes to stderr is one JSON object of schema version 1; a failing
+//!   step's `error` event has the step's file, line and column; `check --json` reports each spec.
+//!
 //! The bind and cache tests need root and skip otherwise, unless ENVC_REQUIRE_PRIVILEGED=1; the
 //! usage errors need no root.
 
@@ -242,6 +250,239 @@ macro_rules! on_each_backend {
 }
 
 on_each_backend! {
+    json_events_describe_a_build_and_a_run => json_events,
     a_bound_checkout_and_run_options => bind_and_options,
     a_cache_outlives_builds_and_runs_and_no_layer_holds_it => caches,
+}
+
+/// Builds Debian's hello from its source package, as sbuild would.
+#[test]
+fn a_source_package_is_built_from_its_build_deps() {
+    if !privileged("a_source_package_is_built_from_its_build_deps") {
+        return;
+    }
+    let t = TestStore::new(Kind::Overlay, "workflow-build-deps");
+    let src = t.specs.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let base = "base \"debian\" suite=\"bookworm\" variant=\"minbase\"\n";
+    let fetch = t.spec("fetch.kdl", &format!("name \"fetch-src\"\n{base}"));
+    let bind = format!("{}:/src", src.display());
+    // The source package, from the mirror the root's apt uses (and checked by it).
+    let r = t.envc(&[
+        "run",
+        "--bind",
+        &bind,
+        "--workdir",
+        "/src",
+        fetch.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/src.list \
+         && apt-get -qq update && apt-get -qq source --download-only hello",
+    ]);
+    assert_eq!(
+        r.code, 0,
+        "downloading hello's source failed:\n{}",
+        r.stderr
+    );
+    let dsc = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("hello_") && n.ends_with(".dsc"))
+        .expect("hello's .dsc");
+    let spec = t.spec(
+        "hello.kdl",
+        &format!(
+            "name \"hello-build\"\n{base}layer \"deps\" {{\n    packages \"build-essential\"\n    build-deps \"src/{dsc}\"\n}}\n"
+        ),
+    );
+    let plan = t.envc(&["plan", spec.to_str().unwrap()]);
+    assert!(
+        plan.stdout.contains(&format!("build-deps src/{dsc}")),
+        "{}",
+        plan.stdout
+    );
+    let root = t.apply(&spec).root();
+    assert!(
+        root.join("usr/bin/dh").exists(),
+        "debhelper is not installed"
+    );
+    let s = spec.to_str().unwrap();
+    let r = t.envc(&[
+        "run",
+        "--no-network",
+        "--bind",
+        &bind,
+        "--workdir",
+        "/src",
+        s,
+        "--",
+        "sh",
+        "-c",
+        &format!("dpkg-source -x {dsc} build && cd build && dpkg-buildpackage -b -us -uc"),
+    ]);
+    assert_eq!(
+        r.code,
+        0,
+        "dpkg-buildpackage failed:\n{}",
+        common::hostile::tail(&r.stderr, 3000)
+    );
+    let debs: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hello_") && n.ends_with(".deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "{debs:?}");
+    assert!(!root.join("src").exists() && !root.join("build").exists());
+    let v = t.envc(&["verify", s]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    // Locked: the resolved build dependencies pinned, installed from the lock in another store.
+    let r = t.envc(&["lock", s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lock = std::fs::read_to_string(spec.with_extension("lock")).unwrap();
+    assert!(lock.contains("name = \"debhelper\""), "{lock}");
+    let other = TestStore::new(Kind::Overlay, "workflow-build-deps-locked");
+    let spec2 = other.spec("hello.kdl", &std::fs::read_to_string(&spec).unwrap());
+    std::fs::create_dir_all(other.specs.join("src")).unwrap();
+    std::fs::copy(src.join(&dsc), other.specs.join("src").join(&dsc)).unwrap();
+    std::fs::copy(spec.with_extension("lock"), spec2.with_extension("lock")).unwrap();
+    let r = other.envc(&["apply", "--locked", spec2.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.root().join("usr/bin/dh").exists());
+}
+
+/// Every stderr line of `r`, parsed as a JSON event (each must be one).
+fn events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}"));
+            assert_eq!(v["v"], 1, "{l}");
+            assert!(v["event"].is_string(), "{l}");
+            v
+        })
+        .collect()
+}
+
+fn of<'a>(evs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    evs.iter().filter(|e| e["event"] == kind).collect()
+}
+
+#[test]
+fn check_json_reports_each_spec_and_each_error_with_its_place() {
+    let dir = common::TempDir::new("workflow-json-check");
+    let good = dir.path().join("good.kdl");
+    std::fs::write(
+        &good,
+        "name \"g\"\nbase \"scratch\"\nlayer \"a\" {\n    run \"true\"\n}\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.kdl");
+    std::fs::write(
+        &bad,
+        "name \"b\"\nbase \"scratch\"\nlayer \"a\" {\n    frobnicate \"x\"\n}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::ENVC)
+        .args(["check", "--json"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let evs = events(&String::from_utf8_lossy(&out.stderr));
+    let checked = of(&evs, "checked");
+    assert_eq!(checked.len(), 2, "{evs:?}");
+    assert_eq!(checked[0]["valid"], true);
+    assert_eq!(checked[0]["layers"], 2);
+    assert_eq!(checked[1]["valid"], false);
+    let errors = of(&evs, "error");
+    assert_eq!(errors.len(), 1, "{evs:?}");
+    assert_eq!(errors[0]["code"], "envc::spec::unknown_node");
+    assert_eq!(errors[0]["kind"], "invalid-spec");
+    assert_eq!(errors[0]["line"], 4);
+    assert_eq!(errors[0]["column"], 5);
+    assert!(
+        errors[0]["file"].as_str().unwrap().ends_with("bad.kdl"),
+        "{:?}",
+        errors[0]
+    );
+}
+
+fn json_events(kind: Kind) {
+    let t = TestStore::new(kind, "workflow-json");
+    let spec = t.spec(
+        "j.kdl",
+        &format!("{BASE}name \"j\"\nlayer \"ok\" {{\n    run \"echo hello\"\n}}\nlayer \"fails\" {{\n    env A=\"1\"\n    run \"echo about to fail; exit 7\"\n}}\n"),
+    );
+    let s = spec.to_str().unwrap();
+    let r = t.envc(&["apply", "--json", s]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let evs = events(&r.stderr);
+    let started: Vec<&str> = of(&evs, "layer-started")
+        .iter()
+        .map(|e| e["layer"].as_str().unwrap())
+        .collect();
+    assert_eq!(started, ["base", "ok", "fails"]);
+    let built = of(&evs, "layer-built");
+    assert_eq!(built.len(), 2);
+    assert!(built[0]["secs"].is_number() && built[0]["id"].as_str().unwrap().len() == 64);
+    assert!(
+        of(&evs, "output")
+            .iter()
+            .any(|e| e["layer"] == "ok" && e["line"] == "hello")
+    );
+    let err = of(&evs, "error");
+    assert_eq!(err.len(), 1, "{evs:?}");
+    let e = err[0];
+    assert_eq!(e["kind"], "step-failed");
+    assert_eq!(e["code"], "envc::apply::step_failed");
+    assert_eq!(e["layer"], "fails");
+    assert_eq!(e["step"], 2);
+    assert_eq!(e["line"], 8, "{e}");
+    assert_eq!(e["column"], 5, "{e}");
+    assert!(e["file"].as_str().unwrap().ends_with("j.kdl"));
+    assert!(
+        e["tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "about to fail")
+    );
+    // A run: the layers (cached) and the command's status; the command's own output on stdout.
+    let ok = t.spec(
+        "k.kdl",
+        &format!("{BASE}name \"k\"\nlayer \"ok\" {{\n    run \"echo hello\"\n}}\n"),
+    );
+    let r = t.envc(&["apply", "--json", ok.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let done = events(&r.stderr)
+        .into_iter()
+        .find(|e| e["event"] == "done")
+        .unwrap();
+    assert_eq!(done["cached"], 2);
+    assert_eq!(done["built"], 0);
+    let r = t.envc(&[
+        "run",
+        "--json",
+        ok.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo out; exit 3",
+    ]);
+    assert_eq!(r.code, 3);
+    assert_eq!(r.stdout, "out\n");
+    let evs = events(&r.stderr);
+    assert_eq!(of(&evs, "layer-cached").len(), 2);
+    assert_eq!(of(&evs, "exit")[0]["status"], 3);
 }

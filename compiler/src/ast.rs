@@ -113,6 +113,8 @@ pub enum StepKind {
     Env(Vec<(Spanned<String>, Spanned<String>)>),
     /// `workdir PATH`.
     Workdir(Spanned<String>),
+    /// `build-deps FILE [sync=]`: a `.dsc` or `debian/control` file.
+    BuildDeps(Spanned<String>),
     /// `cache PATH [name=]`.
     Cache {
         path: Spanned<String>,

@@ -13,7 +13,15 @@ use crate::suggest;
 /// Nodes allowed at the top level of a spec.
 pub const TOP_NODES: &[&str] = &["name", "base", "extends", "layer"];
 /// Nodes allowed inside a layer.
-pub const STEP_NODES: &[&str] = &["packages", "run", "copy", "env", "workdir", "cache"];
+pub const STEP_NODES: &[&str] = &[
+    "packages",
+    "build-deps",
+    "run",
+    "copy",
+    "env",
+    "workdir",
+    "cache",
+];
 /// Kinds of base.
 pub const BASE_KINDS: &[&str] = &["debian", "tar", "scratch"];
 
@@ -448,6 +456,22 @@ impl Decoder<'_> {
                     .filter_map(|e| self.string_value(e, "a package name (a string)"))
                     .collect();
                 StepKind::Packages(names)
+            }
+            "build-deps" => {
+                let r = self.reader(node, false);
+                self.finish(
+                    &r,
+                    &["sync"],
+                    1,
+                    "exactly one argument, a .dsc or debian/control file",
+                );
+                sync = self.string_prop(&r, "sync");
+                StepKind::BuildDeps(self.string_arg(
+                    &r,
+                    0,
+                    "a .dsc or debian/control file",
+                    "build-deps \"debian/control\"",
+                )?)
             }
             "run" => {
                 let r = self.reader(node, false);

@@ -633,6 +633,23 @@ pub enum SpecError {
         name: String,
     },
 
+    /// A `build-deps` step's file that cannot be used.
+    #[error("cannot use `{path}` for build-deps: it {reason}")]
+    #[diagnostic(
+        code(envc::spec::build_deps_unusable),
+        help(
+            "give a source package's .dsc or its debian/control, relative to the spec's directory"
+        )
+    )]
+    BuildDepsUnusable {
+        #[source_code]
+        src: Src,
+        #[label("this file")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+    },
+
     /// A `cache` step's `name=` that cannot name a directory of the store.
     #[error("invalid cache name `{name}`")]
     #[diagnostic(
@@ -795,6 +812,7 @@ impl SpecError {
             | SpecError::InvalidUser { src, .. }
             | SpecError::InvalidEnvName { src, .. }
             | SpecError::InvalidCacheName { src, .. }
+            | SpecError::BuildDepsUnusable { src, .. }
             | SpecError::BadExpansion { src, .. }
             | SpecError::EnvTooLarge { src, .. }
             | SpecError::ExpansionsTooLarge { src, .. }

@@ -742,6 +742,7 @@ mod tests {
             packages: p.iter().map(|s| s.to_string()).collect(),
             sync: SyncMode::Seccomp,
             locked: None,
+            build_deps: None,
         }
     }
 

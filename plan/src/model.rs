@@ -172,6 +172,12 @@ pub enum Step {
         /// Every package the step installs, as the lock has them (with a lock only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         locked: Option<Vec<LockedPackage>>,
+        /// For a `build-deps` step, the source package's file as the spec names it: `packages`
+        /// are then apt dependency strings to satisfy (`apt-get satisfy`), the build
+        /// dependencies and (starting with `Conflicts: `) the build conflicts. Not part of the
+        /// id; that it is a `build-deps` step is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        build_deps: Option<String>,
     },
     /// Run a shell command inside the root.
     Run {
@@ -286,9 +292,15 @@ impl Step {
         match self {
             Step::Base { base, .. } => base.key(),
             Step::Packages {
-                packages, locked, ..
+                packages,
+                locked,
+                build_deps,
+                ..
             } => {
                 let mut fields = vec![("packages", Key::strs(packages))];
+                if build_deps.is_some() {
+                    fields.push(("satisfy", Key::Bool(true)));
+                }
                 if let Some(locked) = locked {
                     fields.push(("installer", Key::Str(crate::lock::BASE_INSTALLER.into())));
                     fields.push((
@@ -374,6 +386,14 @@ impl Step {
                 base: Base::Scratch,
                 ..
             } => "scratch".to_owned(),
+            Step::Packages {
+                build_deps: Some(from),
+                locked,
+                ..
+            } => match locked {
+                Some(l) => format!("build-deps {from} ({} locked)", l.len()),
+                None => format!("build-deps {from}"),
+            },
             Step::Packages {
                 packages,
                 locked: Some(l),
@@ -709,12 +729,40 @@ mod tests {
     }
 
     #[test]
+    fn build_deps_hash_their_relations_not_their_file_and_caches_hash_nothing() {
+        let step = |from: Option<&str>| Step::Packages {
+            packages: vec!["debhelper-compat (= 13)".into()],
+            sync: SyncMode::Seccomp,
+            locked: None,
+            build_deps: from.map(str::to_owned),
+        };
+        let id = |steps: &[Step]| Layer::compute_id(Some(LayerId([7; 32])), steps);
+        assert_eq!(
+            id(&[step(Some("a.dsc"))]),
+            id(&[step(Some("b/debian/control"))])
+        );
+        assert_ne!(id(&[step(Some("a.dsc"))]), id(&[step(None)]));
+        let cache = Step::Cache {
+            path: "/c".into(),
+            name: Some("x".into()),
+        };
+        assert_eq!(id(&[step(None)]), id(&[cache.clone(), step(None)]));
+        // compute_id and the key agree with caches too.
+        let steps = [cache, step(None)];
+        assert_eq!(
+            id(&steps).0,
+            Layer::key_of(Some(LayerId([7; 32])), &steps).hash(LAYER_ID_CONTEXT)
+        );
+    }
+
+    #[test]
     fn sync_mode_is_not_in_ids() {
         let steps = |sync| {
             vec![Step::Packages {
                 packages: vec!["hello".into()],
                 sync,
                 locked: None,
+                build_deps: None,
             }]
         };
         let a = Layer::compute_id(None, &steps(SyncMode::Off));

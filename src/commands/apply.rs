@@ -31,23 +31,34 @@ pub fn apply(
     // Layers the lock recorded a tree digest for: another tree under the same id is said.
     if let Some(lock) = &lock {
         for (name, recorded, now) in rt.digest_mismatches(&plan, &lock.layers) {
-            let _ = writeln!(
-                std::io::stderr(),
-                "envc: warning: layer `{name}` has tree digest {now} in this store, but the lock recorded {recorded}: its build is not reproducible, or the stored layer changed (`envc verify` tells which)"
-            );
+            crate::report::warn(&format!(
+                "layer `{name}` has tree digest {now} in this store, but the lock recorded {recorded}: its build is not reproducible, or the stored layer changed (`envc verify` tells which)"
+            ));
         }
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "envc: {} built, {} cached; root {}",
-        applied.built,
-        applied.cached,
-        if applied.fresh_root {
-            "created"
-        } else {
-            "kept"
-        }
-    );
+    if crate::report::json() {
+        crate::report::emit(
+            "done",
+            serde_json::json!({
+                "built": applied.built,
+                "cached": applied.cached,
+                "root": applied.root.display().to_string(),
+                "root_created": applied.fresh_root,
+            }),
+        );
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "envc: {} built, {} cached; root {}",
+            applied.built,
+            applied.cached,
+            if applied.fresh_root {
+                "created"
+            } else {
+                "kept"
+            }
+        );
+    }
     println!("{}", applied.root.display());
     Ok(())
 }
@@ -68,6 +79,9 @@ pub fn run(
     let result = rt.run(&plan, argv, &opts, &mut |e| progress.event(e));
     drop(progress);
     let code = result.map_err(|e| CliError::apply(e, &compiled))?;
+    if crate::report::json() {
+        crate::report::emit("exit", serde_json::json!({ "status": code }));
+    }
     Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
 }
 

@@ -12,6 +12,18 @@ pub fn check(specs: &[PathBuf]) -> Result<(), CliError> {
         match compile(spec) {
             Ok(c) => {
                 let n = c.plan.layers.len();
+                if crate::report::json() {
+                    crate::report::emit(
+                        "checked",
+                        serde_json::json!({
+                            "spec": spec.display().to_string(),
+                            "valid": true,
+                            "name": c.plan.name,
+                            "layers": n,
+                        }),
+                    );
+                    continue;
+                }
                 println!(
                     "{}: ok ({n} layer{}, {})",
                     spec.display(),

@@ -1,4 +1,5 @@
-//! Host file digests for a `tar` base or a `copy` source, resolved against the spec's directory.
+//! Host files of a spec, resolved against its directory: a `tar` base's and a `copy` source's
+//! digests, and the build dependencies of a `build-deps` step's source package.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -43,6 +44,65 @@ impl Lower<'_> {
                 });
                 None
             }
+        }
+    }
+
+    /// A `build-deps` step's file (a `.dsc` or `debian/control`, inside the spec's directory):
+    /// the path as written, and the dependency strings apt is to satisfy (the build
+    /// dependencies, then the build conflicts as one `Conflicts: ...` string).
+    pub(super) fn build_deps(
+        &mut self,
+        f: &File,
+        path: &Spanned<String>,
+    ) -> Option<(String, Vec<String>)> {
+        let bad = |this: &mut Self, reason: String| {
+            this.errors.push(SpecError::BuildDepsUnusable {
+                src: f.src.clone(),
+                span: path.span,
+                path: path.value.clone(),
+                reason,
+            });
+            None
+        };
+        let rel = Path::new(&path.value);
+        if path.value.is_empty() || rel.is_absolute() {
+            return bad(
+                self,
+                "must be a path relative to the spec's directory".into(),
+            );
+        }
+        if normalize_lexically(rel).components().next() == Some(Component::ParentDir) {
+            return bad(self, "leaves the spec's directory through `..`".into());
+        }
+        let unreadable = |e: std::io::Error| format!("cannot be read: {e}");
+        let read = (|| -> Result<Vec<u8>, String> {
+            let dir = fs::canonicalize(&f.dir).map_err(unreadable)?;
+            let c = fs::canonicalize(dir.join(rel)).map_err(unreadable)?;
+            if !c.starts_with(&dir) {
+                return Err(format!(
+                    "resolves to `{}`, outside the spec's directory",
+                    c.display()
+                ));
+            }
+            let m = fs::metadata(&c).map_err(unreadable)?;
+            if !m.is_file() {
+                return Err("is not a regular file".into());
+            }
+            if m.len() > MAX_CONTROL_FILE {
+                return Err(format!("is larger than {MAX_CONTROL_FILE} bytes"));
+            }
+            fs::read(&c).map_err(unreadable)
+        })();
+        let text = match read {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => return bad(self, "is not UTF-8".into()),
+            },
+            Err(reason) => return bad(self, reason),
+        };
+        match build_relations(&text) {
+            Ok(r) => Some((path.value.clone(), r)),
+            Err(reason) => bad(self, reason),
         }
     }
 
@@ -137,5 +197,129 @@ impl Lower<'_> {
                 None
             }
         }
+    }
+}
+
+/// The largest `.dsc` or `debian/control` file a `build-deps` step reads.
+const MAX_CONTROL_FILE: u64 = 1 << 20;
+
+/// The dependency strings of a source package's first stanza (a `.dsc`, signed or not, or the
+/// source stanza of `debian/control`): `Build-Depends`, `-Arch` and `-Indep` joined as one string;
+/// then `Build-Conflicts`, `-Arch` and `-Indep`, if any, as one `Conflicts: ...` string. Comment
+/// lines (`#`) are skipped; a field's continuation lines are joined.
+pub(crate) fn build_relations(text: &str) -> Result<Vec<String>, String> {
+    let mut lines = text.lines().peekable();
+    // A clearsigned .dsc: the armor header, then headers up to a blank line.
+    if lines
+        .peek()
+        .is_some_and(|l| l.trim_end() == "-----BEGIN PGP SIGNED MESSAGE-----")
+    {
+        for l in lines.by_ref() {
+            if l.trim().is_empty() {
+                break;
+            }
+        }
+    }
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in lines {
+        if line.starts_with("-----BEGIN PGP SIGNATURE-----") {
+            break;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.trim().is_empty() {
+            if fields.is_empty() {
+                continue;
+            }
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            match fields.last_mut() {
+                Some((_, v)) => {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                }
+                None => return Err("begins with a continuation line".into()),
+            }
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("holds a line that is not a field: `{line}`"));
+        };
+        fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let joined = |names: &[&str]| -> Result<String, String> {
+        let mut out: Vec<String> = Vec::new();
+        for (n, v) in &fields {
+            if !names.contains(&n.as_str()) {
+                continue;
+            }
+            for rel in v.split(',') {
+                let rel = rel.split_whitespace().collect::<Vec<_>>().join(" ");
+                if rel.is_empty() {
+                    continue;
+                }
+                if let Some(c) = rel
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || " +-.~:_()<>=|[]!".contains(*c)))
+                {
+                    return Err(format!("field {n} holds `{c}` in `{rel}`"));
+                }
+                out.push(rel);
+            }
+        }
+        Ok(out.join(", "))
+    };
+    if !fields.iter().any(|(n, _)| n == "source") {
+        return Err("has no Source field: not a .dsc or debian/control".into());
+    }
+    let depends = joined(&["build-depends", "build-depends-arch", "build-depends-indep"])?;
+    let conflicts = joined(&[
+        "build-conflicts",
+        "build-conflicts-arch",
+        "build-conflicts-indep",
+    ])?;
+    if depends.is_empty() {
+        return Err("declares no build dependencies".into());
+    }
+    let mut out = vec![depends];
+    if !conflicts.is_empty() {
+        out.push(format!("Conflicts: {conflicts}"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_relations;
+
+    #[test]
+    fn a_signed_dsc_gives_its_build_dependencies() {
+        let dsc = "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA512\n\nFormat: 3.0 (quilt)\nSource: hello\nBinary: hello\nBuild-Depends: debhelper-compat (= 13),\n libfoo-dev [amd64] <!nocheck>\nBuild-Depends-Indep: texinfo\nBuild-Conflicts: autoconf2.13\nChecksums-Sha256:\n abc 1 hello.tar.gz\n\n-----BEGIN PGP SIGNATURE-----\nxyz\n-----END PGP SIGNATURE-----\n";
+        assert_eq!(
+            build_relations(dsc).unwrap(),
+            [
+                "debhelper-compat (= 13), libfoo-dev [amd64] <!nocheck>, texinfo",
+                "Conflicts: autoconf2.13"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_debian_control_gives_its_source_stanza() {
+        let control = "# a comment\nSource: x\nBuild-Depends: a | b, c (>= 1:2.0~rc1)\n\nPackage: x\nDepends: ${misc:Depends}\n";
+        assert_eq!(
+            build_relations(control).unwrap(),
+            ["a | b, c (>= 1:2.0~rc1)"]
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_source_package_is_refused() {
+        assert!(build_relations("Package: x\n").is_err());
+        assert!(build_relations("Source: x\n").is_err());
+        assert!(build_relations("Source: x\nBuild-Depends: a; rm -rf /\n").is_err());
+        assert!(build_relations(" cont\nSource: x\n").is_err());
     }
 }

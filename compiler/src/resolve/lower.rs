@@ -368,6 +368,18 @@ impl Lower<'_> {
                     packages,
                     sync,
                     locked: None,
+                    build_deps: None,
+                })
+            }
+            StepKind::BuildDeps(path) => {
+                let (shown, relations) = self.build_deps(f, path)?;
+                let sync =
+                    self.sync_mode(f, decl.sync.as_ref(), SyncMode::PACKAGES_DEFAULT, ALL)?;
+                Some(Step::Packages {
+                    packages: relations,
+                    sync,
+                    locked: None,
+                    build_deps: Some(shown),
                 })
             }
             StepKind::Run {

@@ -180,7 +180,7 @@ pub(super) fn apt_opts() -> String {
 fn quoted(packages: &[String]) -> String {
     packages
         .iter()
-        .map(|p| format!("'{p}'"))
+        .map(|p| format!("'{}'", p.replace('\'', r"'\''")))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -188,7 +188,8 @@ fn quoted(packages: &[String]) -> String {
 /// The shell script of a `packages` step. apt uses the root's own sources (for a debian base,
 /// those mmdebstrap wrote; plus any a step added). The lists are refreshed unless they were made
 /// from the same sources less than LISTS_FRESH_MINUTES ago (by the base build or an earlier step).
-pub(super) fn apt_script(packages: &[String]) -> String {
+pub(super) fn apt_script(packages: &[String], satisfy: bool) -> String {
+    let verb = if satisfy { "satisfy" } else { "install" };
     let opts = apt_opts();
     format!(
         "set -e\n\
@@ -199,7 +200,7 @@ pub(super) fn apt_script(packages: &[String]) -> String {
          \tapt-get {opts} update\n\
          \techo \"$sum\" > $marker\n\
          fi\n\
-         apt-get {opts} install -y -- {}\n",
+         apt-get {opts} {verb} -y -- {}\n",
         quoted(packages)
     )
 }
@@ -210,7 +211,7 @@ mod tests {
 
     #[test]
     fn apt_script_installs_with_the_roots_own_sources() {
-        let script = apt_script(&["hello".into(), "gcc=4".into()]);
+        let script = apt_script(&["hello".into(), "gcc=4".into()], false);
         assert!(script.contains("install -y -- 'hello' 'gcc=4'"), "{script}");
         assert!(
             !script.contains("SourceList"),

@@ -661,9 +661,14 @@ pub(super) struct Unpacker<'a> {
     order: Vec<usize>,
     next: AtomicUsize,
     stop: AtomicBool,
+    /// dpkg is running: only the first worker goes on, so that dpkg keeps a core of its own.
+    busy: AtomicBool,
     done: Mutex<BTreeMap<usize, Result<DataSpan, String>>>,
     ready: Condvar,
 }
+
+/// The file the workers make when one of them fails: a dpkg run waiting for a file stops.
+pub(super) const FAILED_MARK: &str = ".failed";
 
 impl<'a> Unpacker<'a> {
     /// Unpacks `pkgs` (in the package store) into `dir`, in `order`, once [`Unpacker::work`]
@@ -683,6 +688,7 @@ impl<'a> Unpacker<'a> {
             order,
             next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             done: Mutex::new(BTreeMap::new()),
             ready: Condvar::new(),
         })
@@ -693,23 +699,38 @@ impl<'a> Unpacker<'a> {
         crate::debs::deb_file_name(&self.pkgs[i])
     }
 
-    /// One worker: takes the next package in order until none is left or [`Unpacker::stop`].
-    pub(super) fn work(&self) {
+    /// Worker `worker`: takes the next package in order until none is left or
+    /// [`Unpacker::stop`]. Each file is written under a temporary name and renamed when whole, so
+    /// that a dpkg run waiting for it (see [`wave_script`]) never reads half of it. Workers other
+    /// than the first pause while dpkg runs ([`Unpacker::set_busy`]).
+    pub(super) fn work(&self, worker: usize) {
         loop {
+            while worker > 0
+                && self.busy.load(Ordering::Relaxed)
+                && !self.stop.load(Ordering::Relaxed)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let Some(&i) = self.order.get(n) else { return };
             let p = &self.pkgs[i];
-            let dst = self.dir.join(self.file_name(i));
+            let name = self.file_name(i);
+            let (part, dst) = (self.dir.join(format!(".part.{name}")), self.dir.join(&name));
             // A panic is an error too: the caller waits for every package's result.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                uncompressed_deb(&self.dpkg_deb, &self.debs.path_of(&p.sha256), &dst)
+                let span = uncompressed_deb(&self.dpkg_deb, &self.debs.path_of(&p.sha256), &part)?;
+                std::fs::rename(&part, &dst)?;
+                Ok(span)
             }))
             .unwrap_or_else(|_| Err(io::Error::other("envc panicked")))
             .map_err(|e| format!("cannot unpack {} {} ({}): {e}", p.name, p.version, p.arch));
             let failed = r.is_err();
+            if failed {
+                let _ = std::fs::write(self.dir.join(FAILED_MARK), b"");
+            }
             self.done
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -719,6 +740,20 @@ impl<'a> Unpacker<'a> {
                 return;
             }
         }
+    }
+
+    /// Whether dpkg is running now.
+    pub(super) fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The first failure of a worker, if any.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .find_map(|r| r.as_ref().err().cloned())
     }
 
     /// Stops the workers after the package each is on.
@@ -749,6 +784,47 @@ impl<'a> Unpacker<'a> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
+}
+
+/// The shell script that installs one wave (`files`, in order, in `dir` inside the root) as the
+/// workers make them: it waits for the first missing file, unpacks every file that is there from
+/// it on with one `dpkg --unpack`, and again until none is left; then one `dpkg --configure
+/// --pending` configures the wave. Trigger processing waits for that last run (`--no-triggers`
+/// before it), so where the unpacking was cut (which depends on timing) changes nothing in the
+/// root. A worker's failure (the [`FAILED_MARK`] file) stops it. `force` adds
+/// `--force-depends` (the essential packages, whose pre-dependencies dpkg does not order).
+/// File names are repository names: Debian's characters only, no space or glob character.
+pub(super) fn wave_script(dir: &str, files: &[String], force: bool) -> Result<String, String> {
+    if let Some(bad) = files.iter().find(|f| {
+        f.starts_with(['-', '.'])
+            || !f
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.~_%".contains(&b))
+    }) {
+        return Err(format!(
+            "cannot install `{bad}`: not a repository file name"
+        ));
+    }
+    let force = if force { " --force-depends" } else { "" };
+    let opts = format!("--force-unsafe-io --force-confdef --force-confold{force}");
+    Ok(format!(
+        "set -e -f\n\
+         d={dir}\n\
+         pending='{}'\n\
+         while [ -n \"$pending\" ]; do\n\
+         \tset -- $pending\n\
+         \tuntil [ -e \"$d/$1\" ]; do\n\
+         \t\tif [ -e \"$d/{FAILED_MARK}\" ]; then exit 70; fi\n\
+         \t\tsleep 0.05\n\
+         \tdone\n\
+         \tchunk=\n\
+         \twhile [ $# -gt 0 ] && [ -e \"$d/$1\" ]; do chunk=\"$chunk $d/$1\"; shift; done\n\
+         \tpending=\"$*\"\n\
+         \tdpkg --unpack --no-triggers {opts} -- $chunk\n\
+         done\n\
+         dpkg --configure --pending {opts}\n",
+        files.join(" ")
+    ))
 }
 
 /// Single-quotes `s` for sh.
@@ -856,6 +932,30 @@ mod tests {
         }
         let o = order(&pkgs, true);
         assert_eq!(o.waves.concat().len(), n);
+    }
+
+    #[test]
+    fn a_wave_script_unpacks_what_is_there_and_configures_once() {
+        let files = vec!["a_1_all.deb".to_owned(), "b_1%3a2~x+y_amd64.deb".to_owned()];
+        let s = wave_script("/tmp/envc-debs", &files, true).unwrap();
+        assert!(
+            s.contains("pending='a_1_all.deb b_1%3a2~x+y_amd64.deb'"),
+            "{s}"
+        );
+        assert!(s.contains("dpkg --unpack --no-triggers --force-unsafe-io --force-confdef --force-confold --force-depends -- $chunk"), "{s}");
+        assert_eq!(s.matches("dpkg --configure --pending").count(), 1);
+        assert!(s.contains(FAILED_MARK));
+        assert!(
+            !wave_script("/d", &files, false)
+                .unwrap()
+                .contains("force-depends")
+        );
+        for bad in ["a b.deb", "x'y.deb", "-rf.deb", ".part.x.deb", "*.deb"] {
+            assert!(
+                wave_script("/d", &[bad.to_owned()], false).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

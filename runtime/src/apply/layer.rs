@@ -270,6 +270,7 @@ impl Runtime {
                 packages,
                 sync,
                 locked: Some(set),
+                build_deps,
             } => {
                 // Hermetic: exactly the locked files, installed by dpkg in the step sandbox
                 // without network; checked and normalized afterwards.
@@ -290,7 +291,8 @@ impl Runtime {
                     set,
                     &plan_mirrors(plan),
                     None,
-                    &auto_installed(packages, set),
+                    // A source package's build dependencies are all dependencies: none named.
+                    &auto_installed(if build_deps.is_some() { &[] } else { packages }, set),
                     &build.source,
                     &build.mountpoint,
                     env,
@@ -306,7 +308,12 @@ impl Runtime {
                 let sde = plan.source_date_epoch().unwrap_or(0);
                 return normalize(&layers[0], sde).map_err(|e| fail(e.to_string(), None, vec![]));
             }
-            Step::Packages { packages, sync, .. } => {
+            Step::Packages {
+                packages,
+                sync,
+                build_deps,
+                ..
+            } => {
                 let key = cache_key(plan, index, si);
                 let debs = self.store.cache_dir(&format!("debs/{key}"))?;
                 let lists = self.store.cache_dir(&format!("apt-lists/{key}"))?;
@@ -337,7 +344,11 @@ impl Runtime {
                     ],
                     tmp_files: vec![],
                     action: Action::Exec {
-                        argv: vec!["/bin/sh".into(), "-c".into(), apt_script(packages)],
+                        argv: vec![
+                            "/bin/sh".into(),
+                            "-c".into(),
+                            apt_script(packages, build_deps.is_some()),
+                        ],
                         env,
                         cwd: "/".into(),
                         user: None,

@@ -213,7 +213,9 @@ impl Runtime {
         sync: envc_plan::SyncMode,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), String> {
-        use super::install::{Relations, Unpacker, extract, order, relations, sh_quote};
+        use super::install::{
+            Relations, Unpacker, extract, order, relations, sh_quote, wave_script,
+        };
         let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
         ensure_locked(&debs, pkgs, mirrors, on_line)?;
         let workers = std::thread::available_parallelism()
@@ -236,8 +238,9 @@ impl Runtime {
             .collect();
         let unpacker = Unpacker::new(&debs, pkgs, &tmp.0, all)?;
         std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| unpacker.work());
+            for k in 0..workers {
+                let unpacker = &unpacker;
+                s.spawn(move || unpacker.work(k));
             }
             let r = (|| {
                 if let Some(arch) = base_arch {
@@ -264,7 +267,6 @@ impl Runtime {
                 let batches: Vec<_> = batches.collect();
                 let last = batches.len();
                 for (n, (batch, force)) in batches.into_iter().enumerate() {
-                    unpacker.wait(batch)?;
                     on_line(&if force {
                         format!("envc: installing {} essential packages", batch.len())
                     } else {
@@ -275,15 +277,8 @@ impl Runtime {
                             order.waves.len()
                         )
                     });
-                    let files: Vec<String> = batch
-                        .iter()
-                        .map(|&i| sh_quote(&format!("{REPO_DIR}/{}", unpacker.file_name(i))))
-                        .collect();
-                    let mut script = format!(
-                        "set -e\ncd /\ndpkg --install --force-unsafe-io --force-confdef --force-confold{} -- {}\n",
-                        if force { " --force-depends" } else { "" },
-                        files.join(" ")
-                    );
+                    let files: Vec<String> = batch.iter().map(|&i| unpacker.file_name(i)).collect();
+                    let mut script = wave_script(REPO_DIR, &files, force)?;
                     if n + 1 == last && !auto.is_empty() {
                         let names: Vec<String> = auto.iter().map(|a| sh_quote(a)).collect();
                         script.push_str(&format!(
@@ -310,13 +305,18 @@ impl Runtime {
                             sync,
                         },
                     };
-                    match self.exec.sandbox(&spec, on_line) {
+                    unpacker.set_busy(true);
+                    let ran = self.exec.sandbox(&spec, on_line);
+                    unpacker.set_busy(false);
+                    match ran {
                         Ok(0) => {}
                         Ok(code) => {
-                            return Err(format!(
-                                "dpkg --install of {} packages exited with status {code}",
-                                batch.len()
-                            ));
+                            return Err(unpacker.failure().unwrap_or_else(|| {
+                                format!(
+                                    "installing {} packages with dpkg failed (exit status {code})",
+                                    batch.len()
+                                )
+                            }));
                         }
                         Err(e) => return Err(e.to_string()),
                     }
@@ -399,6 +399,12 @@ impl Runtime {
         all.dedup();
         let debs = DebStore::open(&self.store).map_err(|e| e.to_string())?;
         let missing = ensure_locked(&debs, &all, &plan_mirrors(plan), on_line)?;
+        // Each file's control fields, recorded beside it now: a build from the lock then reads
+        // them from there (and checks them again), without running dpkg-deb.
+        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        for r in parallel(&all, workers.clamp(1, 4), |p| debs.control(p)) {
+            r.map_err(|e| e.to_string())?;
+        }
         Ok((missing, all.len()))
     }
 }

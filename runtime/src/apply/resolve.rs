@@ -384,8 +384,14 @@ impl Runtime {
                             ) == name
                         })
                     });
-                if let Some(p) = p {
-                    let _ = debs.import(p, &dir.0.join("var/cache/apt/archives").join(&name));
+                if let Some(p) = p
+                    && debs
+                        .import(p, &dir.0.join("var/cache/apt/archives").join(&name))
+                        .is_ok()
+                {
+                    // Recorded now, so that a build from the lock need not read it (best
+                    // effort: a build reads what is missing).
+                    let _ = debs.control(p);
                 }
             }
         }
@@ -404,7 +410,12 @@ impl Runtime {
     ) -> Result<Vec<LockedPackage>, ApplyError> {
         let layer = &partial.layers[li];
         let what = format!("layer `{}` step {}", layer.name, si + 1);
-        let Step::Packages { packages, .. } = &layer.steps[si] else {
+        let Step::Packages {
+            packages,
+            build_deps,
+            ..
+        } = &layer.steps[si]
+        else {
             return Err(lock_err(what, "not a packages step"));
         };
         // The tree the step starts from: the layers before it, and the steps before it in its
@@ -449,7 +460,11 @@ impl Runtime {
             }],
             tmp_files: vec![("envc-pins".into(), pins_text(pins))],
             action: Action::Exec {
-                argv: vec!["/bin/sh".into(), "-c".into(), resolve_script(packages)],
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    resolve_script(packages, build_deps.is_some()),
+                ],
                 env: vars.into_iter().collect(),
                 cwd: "/".into(),
                 user: None,
@@ -527,14 +542,18 @@ fn check_pins(what: &str, got: &[LockedPackage], pins: &[LockedPackage]) -> Resu
 
 /// The script that resolves a `packages` step: fresh lists from the root's sources, then the
 /// files apt would download (into an empty archives directory, so every file it needs is named).
-fn resolve_script(packages: &[String]) -> String {
+fn resolve_script(packages: &[String], satisfy: bool) -> String {
     let opts = apt_opts();
-    let quoted: Vec<String> = packages.iter().map(|p| format!("'{p}'")).collect();
+    let verb = if satisfy { "satisfy" } else { "install" };
+    let quoted: Vec<String> = packages
+        .iter()
+        .map(|p| format!("'{}'", p.replace('\'', r"'\''")))
+        .collect();
     format!(
         "set -e\n\
          mkdir -p /tmp/envc-archives/partial\n\
          apt-get {opts} -qq update\n\
-         apt-get {opts} -o Dir::Cache::Archives=/tmp/envc-archives/ -o Dir::Etc::Preferences=/tmp/envc-pins --print-uris -qq install -y -- {}\n",
+         apt-get {opts} -o Dir::Cache::Archives=/tmp/envc-archives/ -o Dir::Etc::Preferences=/tmp/envc-pins --print-uris -qq {verb} -y -- {}\n",
         quoted.join(" ")
     )
 }

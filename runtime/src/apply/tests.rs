@@ -732,6 +732,7 @@ fn apt_caches_are_shared_only_from_the_same_starting_tree() {
         packages: vec![p.into()],
         sync: SyncMode::Off,
         locked: None,
+        build_deps: None,
     };
     let mut p = plan();
     // The first step of the layer on the base shares the base build's lists.
