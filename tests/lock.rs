@@ -444,7 +444,7 @@ fn one_lock_of_the_real_mirror_gives_bit_identical_roots_in_two_stores() {
     let (dx, dy) = (digests(&x), digests(&y));
     assert_eq!(dx.len(), 3, "{dx:?}");
     assert_eq!(dx, dy);
-    // A locked build killed while mmdebstrap installs from the lock's repository: the next gc
+    // A locked build killed while envc's installer works (decompressing, dpkg): the next gc
     // removes its directories, and nothing stays mounted.
     let z = TestStore::new(Kind::Overlay, "lock-z");
     let mut child = z

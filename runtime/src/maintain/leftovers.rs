@@ -59,13 +59,6 @@ pub fn clean_leftovers(store: &Store) -> Leftovers {
         ),
         Err(e) => out.keep(&store.path().join("roots"), e),
     }
-    // Downloads into the package store (`debs/sha256/HEX.tmp.PID.N`) of a process killed
-    // meanwhile; never through a symlink at `debs` or `debs/sha256`.
-    let debs = store.path().join("debs");
-    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    if real_dir(&debs) && real_dir(&debs.join("sha256")) {
-        dirs.push(debs.join("sha256"));
-    }
     for dir in dirs {
         temporaries(&dir, &mut out);
     }
@@ -76,7 +69,17 @@ pub fn clean_leftovers(store: &Store) -> Leftovers {
 /// What `gc` reports beyond removing layers: the leftovers it removed could not (as warnings),
 /// and the entries in `layers/` that are not layers (never used, never removed).
 pub fn gc_leftovers(store: &Store) -> Result<Vec<Warning>, StoreError> {
-    let mut warnings = clean_leftovers(store).warnings;
+    let mut out = clean_leftovers(store);
+    // Downloads into the package store (`debs/sha256/HEX.tmp.PID.N`) of a process killed
+    // meanwhile; never through a symlink at `debs` or `debs/sha256`. Only here: the package
+    // store holds thousands of files, and listing them on every apply would cost every apply;
+    // a leftover download is only disk space until then.
+    let debs = store.path().join("debs");
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if real_dir(&debs) && real_dir(&debs.join("sha256")) {
+        temporaries(&debs.join("sha256"), &mut out);
+    }
+    let mut warnings = out.warnings;
     for e in store.damaged_layers()? {
         if let StoreError::WrongType { path, .. } = &e {
             warnings.push(Warning::Damaged {
