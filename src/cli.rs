@@ -159,6 +159,30 @@ pub enum Command {
         #[command(flatten)]
         target: RunTarget,
     },
+    /// Rewrite specs in the canonical layout (four-space indentation, one node per line, a blank
+    /// line between layers), comments kept; a spec's layer ids never change.
+    Fmt {
+        /// Spec files.
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<PathBuf>,
+        /// Change nothing; exit 1 listing the specs that are not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell), generated from
+    /// envc's command line: `envc completions bash > /etc/bash_completion.d/envc`.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print envc's man page (roff) to stdout; with --dir, write it and one page per command
+    /// (`envc.1`, `envc-apply.1`, ...) into DIR.
+    Man {
+        /// Write the pages into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Drop an environment's working root.
     Rm {
         /// The environment's name.

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Color, Command};
-use crate::commands::{apply, check, gc, lock, ls, plan, rm, verify, why};
+use crate::commands::{apply, check, docs, fmt, gc, lock, ls, plan, rm, verify, why};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -50,6 +50,9 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
             target, command, ..
         } => return apply::run(store, backend, &target, command),
         Command::Shell { target } => return apply::shell(store, backend, &target),
+        Command::Fmt { specs, check } => return fmt::fmt(&specs, check),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man(dir.as_deref()),
         Command::Rm { name } => rm::rm(store, backend, &name),
         Command::Why { spec, json } => why::why(store, backend, &spec, json),
         Command::Gc { caches: true, .. } => gc::empty_caches(store, backend),

@@ -403,3 +403,137 @@ fn a_spec_named_like_its_lock_is_refused_and_never_overwritten() {
     assert_eq!(std::fs::read_to_string(&spec).unwrap(), text);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = envc().args(["completions", shell]).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(
+            text.contains("apply") && text.contains("bind"),
+            "{shell}: {text}"
+        );
+    }
+    envc().args(["completions", "tcsh"]).assert().code(2);
+    let out = envc().arg("man").assert().success();
+    let page = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        page.contains(".TH envc") && page.contains("apply"),
+        "{page}"
+    );
+    let dir = scratch("man");
+    envc()
+        .args(["man", "--dir"])
+        .arg(dir.join("pages"))
+        .assert()
+        .success();
+    let apply = std::fs::read_to_string(dir.join("pages/envc-apply.1")).unwrap();
+    assert!(
+        apply.contains(".TH envc-apply") && apply.contains(r"\-\-reset"),
+        "{apply}"
+    );
+    assert!(dir.join("pages/envc.1").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Copies `from` (a directory) into `to`, recursively.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn plan_ids(spec: &std::path::Path) -> String {
+    let out = envc()
+        .arg("plan")
+        .arg("--json")
+        .arg(spec)
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn fmt_keeps_ids_and_comments_and_is_idempotent() {
+    let dir = scratch("fmt");
+    copy_dir(std::path::Path::new("specs"), &dir.join("specs"));
+    let mut specs = Vec::new();
+    let mut stack = vec![dir.join("specs")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "kdl") {
+                specs.push(p);
+            }
+        }
+    }
+    specs.sort();
+    assert!(specs.len() >= 4, "{specs:?}");
+    for spec in &specs {
+        let before = plan_ids(spec);
+        let comments = std::fs::read_to_string(spec)
+            .unwrap()
+            .lines()
+            .filter(|l| l.trim_start().starts_with("//"))
+            .map(|l| l.trim().to_owned())
+            .collect::<Vec<_>>();
+        envc().arg("fmt").arg(spec).assert().success();
+        let once = std::fs::read_to_string(spec).unwrap();
+        assert_eq!(plan_ids(spec), before, "{}", spec.display());
+        for c in comments {
+            assert!(once.contains(&c), "{}: lost {c:?}:\n{once}", spec.display());
+        }
+        envc()
+            .arg("fmt")
+            .arg("--check")
+            .arg(spec)
+            .assert()
+            .success();
+        envc().arg("fmt").arg(spec).assert().success();
+        assert_eq!(
+            std::fs::read_to_string(spec).unwrap(),
+            once,
+            "{}",
+            spec.display()
+        );
+    }
+    // An unformatted spec: --check lists it and exits 1, changing nothing.
+    let ugly = dir.join("ugly.kdl");
+    let text = "name \"u\"\nbase \"scratch\"\nlayer \"a\" {\nrun   \"true\" /* keep me */\n}\nlayer \"b\" { run \"x\"; }\n";
+    std::fs::write(&ugly, text).unwrap();
+    let out = envc().arg("fmt").arg("--check").arg(&ugly).assert().code(1);
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("ugly.kdl"));
+    assert_eq!(std::fs::read_to_string(&ugly).unwrap(), text);
+    let before = plan_ids(&ugly);
+    envc().arg("fmt").arg(&ugly).assert().success();
+    let after = std::fs::read_to_string(&ugly).unwrap();
+    assert!(
+        after.contains("keep me") && after.contains("\n    run \"true\""),
+        "{after}"
+    );
+    assert_eq!(plan_ids(&ugly), before);
+    // A spec that does not parse: a diagnostic (exit 3), the file untouched.
+    let broken = dir.join("broken.kdl");
+    std::fs::write(&broken, "name \"b\"\nlayer \"a\" {\n").unwrap();
+    envc().arg("fmt").arg(&broken).assert().code(3);
+    assert_eq!(
+        std::fs::read_to_string(&broken).unwrap(),
+        "name \"b\"\nlayer \"a\" {\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

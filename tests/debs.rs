@@ -254,7 +254,10 @@ fn mmdebstrap_takes_the_repository_as_its_mirror() {
     let b = repo.add("envc-b", "1:1.0-1", &["envc-a"]);
     let lock = vec![locked(&a, &repo.file_uri()), locked(&b, &repo.file_uri())];
     let debs = store(&t, "store");
-    debs.ensure_all(&lock, &[], false, &mut |_| {}).unwrap();
+    // A file: mirror is read when it is given (a spec's base or the host's sources), never
+    // because the lock names it.
+    debs.ensure_all(&lock, &[repo.file_uri()], false, &mut |_| {})
+        .unwrap();
     let local = t.path().join("repo");
     std::fs::create_dir(&local).unwrap();
     debs.make_repo(&lock, &local).unwrap();

@@ -10,8 +10,33 @@ use crate::error::{CliError, exit};
 use crate::lockfile::{plan_and_lock, plan_for};
 use crate::progress::Progress;
 
-/// What `envc shell` runs: the user's login shell if the root has bash, else sh.
-const SHELL: &str = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
+/// What `envc shell` runs: bash if the root has it, else sh, started as a login shell would be
+/// (`/etc/profile`, `~/.profile`) and with a prompt that names the environment
+/// (`(envc:NAME) root@host:/dir#`). The startup file is written into the session's own `/tmp`.
+fn shell_command(name: &str) -> Vec<String> {
+    // Plan names are letters, digits, `.`, `_` and `-` already; anything else is dropped.
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect();
+    let rc = format!(
+        ". /etc/profile 2>/dev/null\n\
+         [ -f \"$HOME/.profile\" ] && . \"$HOME/.profile\"\n\
+         if [ -n \"$BASH_VERSION\" ]; then PS1='(envc:{name}) \\u@\\h:\\w\\$ '; else PS1='(envc:{name}) # '; fi\n"
+    );
+    let script = format!(
+        "printf '%s' {} > /tmp/.envc-shellrc; \
+         if command -v bash >/dev/null; then exec bash --rcfile /tmp/.envc-shellrc -i; \
+         else ENV=/tmp/.envc-shellrc exec sh -i; fi",
+        sh_quote(&rc)
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// Single-quotes `s` for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
 
 /// Builds what is missing, then prints the working root's path (a summary goes to stderr).
 pub fn apply(
@@ -73,6 +98,12 @@ pub fn run(
     let opts = run_options(target)?;
     let compiled = compile_for(&target.spec, store)?;
     let plan = plan_for(&compiled, &target.spec, store, target.locked, false)?;
+    // `envc shell`: the shell, with the environment's name in its prompt.
+    let argv = if argv.is_empty() {
+        shell_command(&plan.name)
+    } else {
+        argv
+    };
     let rt = crate::store::open(store, backend)?;
     let mut progress = Progress::for_run(plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.
@@ -87,12 +118,7 @@ pub fn run(
 
 /// `envc shell`: an interactive shell's exit status.
 pub fn shell(store: &Path, backend: Option<Backend>, target: &RunTarget) -> Result<u8, CliError> {
-    run(
-        store,
-        backend,
-        target,
-        vec!["/bin/sh".into(), "-c".into(), SHELL.into()],
-    )
+    run(store, backend, target, Vec::new())
 }
 
 /// What `--keep`, `--no-network`, `--bind`, `--env`, `--user` and `--workdir` ask for. A bind's
@@ -142,4 +168,24 @@ fn usage(message: String) -> CliError {
         clap::error::ErrorKind::InvalidValue,
         format!("{message}\n"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_command;
+
+    #[test]
+    fn the_shell_prompt_names_the_environment() {
+        let argv = shell_command("rust-ci");
+        assert_eq!(argv[..2], ["/bin/sh", "-c"]);
+        assert!(
+            argv[2].contains("(envc:rust-ci) \\u@\\h:\\w\\$ "),
+            "{}",
+            argv[2]
+        );
+        assert!(argv[2].contains("exec bash --rcfile /tmp/.envc-shellrc -i"));
+        // Nothing of a name reaches the shell unquoted.
+        let argv = shell_command("x';reboot;'");
+        assert!(!argv[2].contains("reboot;"), "{}", argv[2]);
+    }
 }

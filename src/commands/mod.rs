@@ -2,6 +2,8 @@
 
 pub mod apply;
 pub mod check;
+pub mod docs;
+pub mod fmt;
 pub mod gc;
 pub mod lock;
 pub mod ls;
