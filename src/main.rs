@@ -105,6 +105,16 @@ fn main() -> ExitCode {
     if let Some(code) = helper(&args) {
         return code;
     }
+    // Before parsing: a bad value of a --json command is a JSON error event too.
+    let json_commands = ["check", "apply", "run"];
+    report::set_json(
+        args.iter().skip(1).any(|a| a == "--json")
+            && args
+                .iter()
+                .skip(1)
+                .find(|a| !a.to_string_lossy().starts_with('-'))
+                .is_some_and(|c| json_commands.iter().any(|j| c == j)),
+    );
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // --help and --version.

@@ -46,16 +46,12 @@ impl Progress {
     /// Progress for `run` and `shell`: silent while every layer is cached.
     pub fn for_run(layers: usize) -> Progress {
         Progress {
+            quiet_output: std::env::var_os("ENVC_QUIET").is_some(),
             bar: None,
+            layers,
             held: Some(Vec::new()),
-            ..Progress::new(0)
+            done: 0,
         }
-        .with_layers(layers)
-    }
-
-    fn with_layers(mut self, layers: usize) -> Progress {
-        self.layers = layers;
-        self
     }
 
     /// Something other than a cached layer happens: what was held back is shown, and the bar

@@ -11,9 +11,10 @@
 //!   (exit 2) naming the value, and nothing runs.
 //!
 //! - a `cache PATH` step: what a `run` step writes there is seen by the next build of a step and
-//!   by `envc run`, never by a layer (the layer has an empty directory at PATH), and the ids are
-//!   those of the spec without the step; `name=` shares a cache between environments; a step of
-//!   another user writes there too; `envc gc --caches` empties the caches.
+//!   by `envc run`, never by a layer (the layer has an empty directory at PATH); the step is in
+//!   the ids, what the cache holds is not; `name=` shares a cache between environments, another
+//!   `ENVC_CACHE_SCOPE` sees none of it; a step of another user writes there too; `envc gc
+//!   --caches` empties the caches; the root, system mounts and /etc, /usr are refused.
 //!
 //! - `build-deps` of Debian's `hello` source package (its `.dsc`, downloaded from the host's
 //!   mirror by `envc run` itself), then `dpkg-buildpackage` through `envc run --bind` without
@@ -29,7 +30,7 @@
 mod common;
 
 use common::hostile::BASE;
-use common::{Kind, TestStore, privileged};
+use common::{Kind, Run, TestStore, privileged};
 
 const SPEC: &str = "name \"wf\"\nlayer \"tools\" {\n  env GREETING=\"from-spec\" KEEP=\"spec\"\n  workdir \"/home\"\n}\n";
 
@@ -174,11 +175,11 @@ fn caches(kind: Kind) {
     };
     let with = t.spec("with.kdl", &layer("cache \"/cache\"", "v1"));
     let without = t.spec("without.kdl", &layer("", "v1"));
-    assert_eq!(
-        ids(&t, &with),
-        ids(&t, &without),
-        "a cache step changed the ids"
-    );
+    // Where a cache is mounted is part of the ids (a spec cannot add one under another's ids);
+    // what it holds is not (below: builds after it filled up build nothing).
+    let (iw, io) = (ids(&t, &with), ids(&t, &without));
+    assert_eq!(iw[0], io[0]);
+    assert_ne!(iw[1], io[1], "a cache step left the ids unchanged");
     let root = t.apply(&with).root();
     // The layer has the mount point, empty; the step saw an empty cache.
     assert_eq!(std::fs::read_dir(root.join("cache")).unwrap().count(), 0);
@@ -208,6 +209,21 @@ fn caches(kind: Kind) {
     let r = t.envc(&["run", s, "--", "ls", "/cache"]);
     assert_eq!(r.stdout, "by-builder\nfrom-run\nv1\nv2\n");
     assert_eq!(r.stderr, "", "a warm envc run printed something of its own");
+    let r = t.apply(&v2);
+    assert!(
+        r.stderr.contains("0 built"),
+        "a filled cache changed an id: {}",
+        r.stderr
+    );
+    // Another scope (ENVC_CACHE_SCOPE, for untrusted builds) sees none of it.
+    let r = Run::from(
+        t.cmd()
+            .env("ENVC_CACHE_SCOPE", "pr-7")
+            .args(["run", s, "--", "ls", "/cache"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
     assert_eq!(std::fs::read_dir(root.join("cache")).unwrap().count(), 0);
     // A named cache is shared between environments.
     let a = t.spec(
@@ -236,6 +252,15 @@ fn caches(kind: Kind) {
     let r = t.envc(&["check", bad.to_str().unwrap()]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("invalid cache name"), "{}", r.stderr);
+    // Not over the root, a system mount or what envc writes into a step.
+    for path in ["/", "/tmp/x", "/proc", "/etc", "/usr", "/dev/shm"] {
+        let bad = t.spec(
+            "bad.kdl",
+            &format!("{BASE}name \"wfd\"\nlayer \"x\" {{\n  cache \"{path}\"\n}}\n"),
+        );
+        let r = t.envc(&["check", bad.to_str().unwrap()]);
+        assert_eq!(r.code, 3, "{path}: {}", r.stderr);
+    }
 }
 
 macro_rules! on_each_backend {

@@ -139,7 +139,7 @@ impl LockedPackage {
 
 /// The installer of locked bases and `packages` steps, part of their ids: a new one that builds
 /// other trees from the same lock gets a new name.
-pub const BASE_INSTALLER: &str = "envc-dpkg-1";
+pub const BASE_INSTALLER: &str = "envc-dpkg-2";
 
 /// What a lock gives a plan's base step: the source-date-epoch of every locked build, and for a
 /// Debian base its packages.

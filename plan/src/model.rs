@@ -220,8 +220,8 @@ pub enum Step {
         path: String,
     },
     /// A persistent cache directory mounted at `path` for the later `run` steps of the
-    /// environment and for `envc run`/`shell`. Kept in the store outside every layer; never part
-    /// of an id.
+    /// environment and for `envc run`/`shell`. Kept in the store outside every layer. Its path
+    /// and name are part of the id; what it holds never is.
     Cache {
         /// An absolute path inside the root.
         path: String,
@@ -347,7 +347,8 @@ impl Step {
                 )],
             ),
             Step::Workdir { path } => Key::record("workdir", vec![("path", Key::str(path))]),
-            // Never in a layer's key (see `Layer::key_of`); this is for completeness only.
+            // Where a cache is mounted, and which: a step's tree can depend on that (what it
+            // writes under the path is not in the layer). What the cache holds is never hashed.
             Step::Cache { path, name } => Key::record(
                 "cache",
                 vec![
@@ -436,17 +437,7 @@ impl Layer {
                 "layer",
                 vec![
                     ("parent", parent.map_or(Key::None, |p| Key::Digest(p.0))),
-                    // A cache changes how fast steps run, not what they build.
-                    (
-                        "steps",
-                        Key::List(
-                            steps
-                                .iter()
-                                .filter(|s| !matches!(s, Step::Cache { .. }))
-                                .map(Step::key)
-                                .collect(),
-                        ),
-                    ),
+                    ("steps", Key::List(steps.iter().map(Step::key).collect())),
                 ],
             ),
         }
@@ -467,10 +458,9 @@ impl Layer {
             .map_or(Key::None, |p| Key::Digest(p.0))
             .encode_into(&mut buf);
         Key::write_field_name("steps", &mut buf);
-        let keyed = || steps.iter().filter(|s| !matches!(s, Step::Cache { .. }));
-        Key::write_list_head(keyed().count(), &mut buf);
+        Key::write_list_head(steps.len(), &mut buf);
         hasher.update(&buf);
-        for step in keyed() {
+        for step in steps {
             buf.clear();
             step.key().encode_into(&mut buf);
             hasher.update(&buf);
@@ -729,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn build_deps_hash_their_relations_not_their_file_and_caches_hash_nothing() {
+    fn build_deps_hash_their_relations_not_their_file_and_a_cache_its_place() {
         let step = |from: Option<&str>| Step::Packages {
             packages: vec!["debhelper-compat (= 13)".into()],
             sync: SyncMode::Seccomp,
@@ -746,7 +736,8 @@ mod tests {
             path: "/c".into(),
             name: Some("x".into()),
         };
-        assert_eq!(id(&[step(None)]), id(&[cache.clone(), step(None)]));
+        // A cache step is part of the id (a spec cannot add one under another's ids).
+        assert_ne!(id(&[step(None)]), id(&[cache.clone(), step(None)]));
         // compute_id and the key agree with caches too.
         let steps = [cache, step(None)];
         assert_eq!(

@@ -67,9 +67,14 @@ pub fn canonical(text: &str) -> Result<String, String> {
     settle_terminators(&mut doc);
     let out = doc.to_string();
     // The kdl crate's formatter is not ours: whatever it would drop, nothing is written.
-    let (had, has) = (comments(text), comments(&out));
-    if let Some(lost) = had.iter().find(|c| !has.contains(c)) {
-        return Err(format!("the formatter would lose the comment `{lost}`"));
+    let (had, mut has) = (comments(text), comments(&out));
+    for c in had {
+        match has.iter().position(|h| *h == c) {
+            Some(i) => {
+                has.swap_remove(i);
+            }
+            None => return Err(format!("the formatter would lose the comment `{c}`")),
+        }
     }
     let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
     let mut result: Vec<&str> = Vec::with_capacity(lines.len() + 8);
@@ -186,6 +191,11 @@ fn comments(text: &str) -> Vec<String> {
                     i += 1;
                 }
                 i += close.len();
+            }
+            // A slashdash comments out what follows it: counted, so none can go missing.
+            b'/' if b.get(i + 1) == Some(&b'-') => {
+                out.push("/-".to_owned());
+                i += 2;
             }
             b'/' if b.get(i + 1) == Some(&b'/') => {
                 let end = b[i..]
@@ -305,5 +315,6 @@ mod tests {
         use super::comments;
         let text = "a \"// not\" #\"/* not */\"# /* one /* nested */ */ b // two\nc \"\"\"\n// not\n\"\"\"\n";
         assert_eq!(comments(text), ["/* one /* nested */ */", "// two"]);
+        assert_eq!(comments("a /-b c\n/-d\n"), ["/-", "/-"]);
     }
 }

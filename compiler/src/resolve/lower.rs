@@ -493,8 +493,33 @@ impl Lower<'_> {
             StepKind::Workdir(path) => Some(Step::Workdir {
                 path: self.path_in_root(f, path, "the working directory", vars)?,
             }),
-            StepKind::Cache { path, name } => {
-                let path = self.path_in_root(f, path, "the cache's directory", vars);
+            StepKind::Cache {
+                path: written,
+                name,
+            } => {
+                let path = self.path_in_root(f, written, "the cache's directory", vars);
+                // Not over what the sandbox mounts or writes itself (its /proc, /sys, /dev and
+                // /tmp, the resolver file and policy-rc.d a step gets), nor the whole root.
+                if let Some(p) = &path {
+                    let under = |d: &str| p == d || p.starts_with(&format!("{d}/"));
+                    let above = |f: &str| f.starts_with(&format!("{}/", p.trim_end_matches('/')));
+                    if p == "/"
+                        || ["/proc", "/sys", "/dev", "/tmp"].iter().any(|d| under(d))
+                        || ["/etc/resolv.conf", "/usr/sbin/policy-rc.d"]
+                            .iter()
+                            .any(|f| above(f))
+                    {
+                        self.invalid(
+                            f,
+                            written.span,
+                            "cache directory",
+                            p,
+                            "is the root, a system mount (/proc, /sys, /dev, /tmp), or holds a file envc puts into every step (/etc, /usr, /usr/sbin)",
+                            Some("cache a tool's own directory, such as /root/.cache/ccache".into()),
+                        );
+                        return None;
+                    }
+                }
                 let name = match name {
                     Some(n) if !envc_plan::valid_cache_name(&n.value) => {
                         self.errors.push(SpecError::InvalidCacheName {

@@ -667,8 +667,10 @@ pub(super) struct Unpacker<'a> {
     ready: Condvar,
 }
 
-/// The file the workers make when one of them fails: a dpkg run waiting for a file stops.
-pub(super) const FAILED_MARK: &str = ".failed";
+/// The file that exists while every worker is well ([`Unpacker::new`] makes it; a failing
+/// worker removes it, which cannot fail for want of space): a dpkg run waiting for a file stops
+/// when it is gone.
+pub(super) const FAILED_MARK: &str = ".ok";
 
 impl<'a> Unpacker<'a> {
     /// Unpacks `pkgs` (in the package store) into `dir`, in `order`, once [`Unpacker::work`]
@@ -680,6 +682,8 @@ impl<'a> Unpacker<'a> {
         order: Vec<usize>,
     ) -> Result<Unpacker<'a>, String> {
         let dpkg_deb = crate::tools::find("dpkg-deb").map_err(|e| e.to_string())?;
+        std::fs::write(dir.join(FAILED_MARK), b"")
+            .map_err(|e| format!("cannot write {}: {e}", dir.join(FAILED_MARK).display()))?;
         Ok(Unpacker {
             debs,
             pkgs,
@@ -729,7 +733,7 @@ impl<'a> Unpacker<'a> {
             .map_err(|e| format!("cannot unpack {} {} ({}): {e}", p.name, p.version, p.arch));
             let failed = r.is_err();
             if failed {
-                let _ = std::fs::write(self.dir.join(FAILED_MARK), b"");
+                let _ = std::fs::remove_file(self.dir.join(FAILED_MARK));
             }
             self.done
                 .lock()
@@ -791,7 +795,7 @@ impl<'a> Unpacker<'a> {
 /// it on with one `dpkg --unpack`, and again until none is left; then one `dpkg --configure
 /// --pending` configures the wave. Trigger processing waits for that last run (`--no-triggers`
 /// before it), so where the unpacking was cut (which depends on timing) changes nothing in the
-/// root. A worker's failure (the [`FAILED_MARK`] file) stops it. `force` adds
+/// root. A worker's failure (the [`FAILED_MARK`] file gone) stops it. `force` adds
 /// `--force-depends` (the essential packages, whose pre-dependencies dpkg does not order).
 /// File names are repository names: Debian's characters only, no space or glob character.
 pub(super) fn wave_script(dir: &str, files: &[String], force: bool) -> Result<String, String> {
@@ -814,7 +818,7 @@ pub(super) fn wave_script(dir: &str, files: &[String], force: bool) -> Result<St
          while [ -n \"$pending\" ]; do\n\
          \tset -- $pending\n\
          \tuntil [ -e \"$d/$1\" ]; do\n\
-         \t\tif [ -e \"$d/{FAILED_MARK}\" ]; then exit 70; fi\n\
+         \t\tif [ ! -e \"$d/{FAILED_MARK}\" ]; then exit 70; fi\n\
          \t\tsleep 0.05\n\
          \tdone\n\
          \tchunk=\n\

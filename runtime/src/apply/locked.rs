@@ -62,6 +62,19 @@ impl Drop for TmpDir {
 /// apt sources for its suite. A package's own recorded archive is tried after these.
 pub(super) fn plan_mirrors(plan: &Plan) -> Vec<String> {
     match plan.base() {
+        // A spec's own `mirror=` is as untrusted as the spec: a `file:` one would have envc read
+        // host files of its choosing (and say their size and sha256 when they differ). Only the
+        // host's apt sources may be `file:`.
+        Some(
+            b @ Base::Debian {
+                mirror: Some(_), ..
+            },
+        ) => base_sources(b)
+            .map(|s| source_uris(&s))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .collect(),
         Some(b @ Base::Debian { .. }) => {
             base_sources(b).map(|s| source_uris(&s)).unwrap_or_default()
         }
@@ -310,13 +323,19 @@ impl Runtime {
                     unpacker.set_busy(false);
                     match ran {
                         Ok(0) => {}
+                        // 70: the script stopped waiting because a worker failed.
                         Ok(code) => {
-                            return Err(unpacker.failure().unwrap_or_else(|| {
+                            let dpkg = || {
                                 format!(
                                     "installing {} packages with dpkg failed (exit status {code})",
                                     batch.len()
                                 )
-                            }));
+                            };
+                            return Err(if code == 70 {
+                                unpacker.failure().unwrap_or_else(dpkg)
+                            } else {
+                                dpkg()
+                            });
                         }
                         Err(e) => return Err(e.to_string()),
                     }

@@ -390,8 +390,25 @@ impl Runtime {
         locks: &mut Vec<store::Lock>,
     ) -> Result<Vec<crate::sandbox::Bind>, ApplyError> {
         let mut binds = Vec::with_capacity(caches.len());
+        // The operator's scope (`ENVC_CACHE_SCOPE`): builds of untrusted changes (pull requests)
+        // get caches of their own, never those of the trusted builds.
+        let scope = std::env::var("ENVC_CACHE_SCOPE").unwrap_or_default();
+        if !scope.is_empty() && !envc_plan::valid_cache_name(&scope) {
+            return Err(ApplyError::Io {
+                op: "use the cache scope",
+                path: std::path::PathBuf::from(scope),
+                source: std::io::Error::other(
+                    "ENVC_CACHE_SCOPE must be 1 to 64 of A-Z a-z 0-9 . _ -, not starting with `.`",
+                ),
+            });
+        }
         for c in caches {
-            let (host, lock) = self.store.user_cache(&c.dir)?;
+            let dir = if scope.is_empty() {
+                c.dir.clone()
+            } else {
+                format!("s-{scope}-{}", c.dir)
+            };
+            let (host, lock) = self.store.user_cache(&dir)?;
             locks.push(lock);
             binds.push(crate::sandbox::Bind {
                 host,
