@@ -324,6 +324,8 @@ pub struct PackagesStep<'p> {
     pub layer_name: &'p str,
     /// The packages it asks for.
     pub packages: &'p [String],
+    /// A `build-deps` step: `packages` are dependency strings to satisfy.
+    pub satisfy: bool,
 }
 
 /// The `packages` steps of a plan, in order.
@@ -331,12 +333,18 @@ pub fn packages_steps(plan: &Plan) -> Vec<PackagesStep<'_>> {
     let mut out = Vec::new();
     for (li, layer) in plan.layers.iter().enumerate() {
         for (si, step) in layer.steps.iter().enumerate() {
-            if let Step::Packages { packages, .. } = step {
+            if let Step::Packages {
+                packages,
+                build_deps,
+                ..
+            } = step
+            {
                 out.push(PackagesStep {
                     layer: li,
                     step: si,
                     layer_name: &layer.name,
                     packages,
+                    satisfy: build_deps.is_some(),
                 });
             }
         }
@@ -353,9 +361,18 @@ pub fn base_checksum(base: &Base) -> String {
 /// `packages` step, in order.
 pub fn inputs_checksum(plan: &Plan) -> String {
     let base = plan.base().map_or(Key::None, Base::key);
+    // A `build-deps` step's strings are marked (only then: the checksums of locks without one
+    // stay as they were), so that turning a `packages` step into a `build-deps` step of the same
+    // strings makes the lock stale.
     let steps = packages_steps(plan)
         .iter()
-        .map(|s| Key::strs(s.packages))
+        .map(|s| {
+            if s.satisfy {
+                Key::record("satisfy", vec![("packages", Key::strs(s.packages))])
+            } else {
+                Key::strs(s.packages)
+            }
+        })
         .collect();
     let key = Key::record(
         "lock-inputs",
@@ -785,6 +802,19 @@ mod tests {
                 .collect(),
             layers: vec![],
         }
+    }
+
+    #[test]
+    fn a_packages_step_turned_build_deps_makes_the_lock_stale() {
+        let p = plan("true", &["a"], &["b"]);
+        let mut q = p.clone();
+        if let Some(Step::Packages { build_deps, .. }) = q.layers[1].steps.get_mut(1) {
+            *build_deps = Some("debian/control".into());
+        } else {
+            panic!("the plan's second step is not a packages step");
+        }
+        assert_ne!(inputs_checksum(&p), inputs_checksum(&q));
+        assert!(lock_for(&p).check(&q).is_err());
     }
 
     #[test]

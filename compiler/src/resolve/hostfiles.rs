@@ -84,14 +84,28 @@ impl Lower<'_> {
                     c.display()
                 ));
             }
-            let m = fs::metadata(&c).map_err(unreadable)?;
+            // Opened once, without blocking (a FIFO swapped in would otherwise hang the
+            // compiler) and without following a symlink swapped in; checked on the descriptor;
+            // read up to one byte past the limit whatever the file does meanwhile.
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(&c)
+                .map_err(unreadable)?;
+            let m = file.metadata().map_err(unreadable)?;
             if !m.is_file() {
                 return Err("is not a regular file".into());
             }
-            if m.len() > MAX_CONTROL_FILE {
+            let mut bytes = Vec::new();
+            file.take(MAX_CONTROL_FILE + 1)
+                .read_to_end(&mut bytes)
+                .map_err(unreadable)?;
+            if bytes.len() as u64 > MAX_CONTROL_FILE {
                 return Err(format!("is larger than {MAX_CONTROL_FILE} bytes"));
             }
-            fs::read(&c).map_err(unreadable)
+            Ok(bytes)
         })();
         let text = match read {
             Ok(bytes) => match String::from_utf8(bytes) {

@@ -549,10 +549,24 @@ fn resolve_script(packages: &[String], satisfy: bool) -> String {
         .iter()
         .map(|p| format!("'{}'", p.replace('\'', r"'\''")))
         .collect();
+    // A lock records what a step adds, never what it removes: build conflicts that would remove
+    // a package cannot be locked (the locked build would keep it).
+    let removals = if satisfy {
+        format!(
+            "if apt-get {opts} -s satisfy -y -- {} | grep '^Remv '; then\n\
+             \techo 'envc: satisfying these build dependencies removes the packages above (Build-Conflicts), which a lock cannot record: remove them from the environment first' >&2\n\
+             \texit 1\n\
+             fi\n",
+            quoted.join(" ")
+        )
+    } else {
+        String::new()
+    };
     format!(
         "set -e\n\
          mkdir -p /tmp/envc-archives/partial\n\
          apt-get {opts} -qq update\n\
+         {removals}\
          apt-get {opts} -o Dir::Cache::Archives=/tmp/envc-archives/ -o Dir::Etc::Preferences=/tmp/envc-pins --print-uris -qq {verb} -y -- {}\n",
         quoted.join(" ")
     )
