@@ -697,7 +697,7 @@ def part_lock(rounds, warm_rounds):
         "\n#### Where the time goes\n\n"
         "Phases from the time each output line arrived: envc's progress lines (`[base] building`, "
         "`envc: putting the files of N essential packages in place`, `envc: installing ...` before each "
-        "`dpkg --install`, `[base] built in`); mmdebstrap's own `I:` lines. Each phase ends "
+        "group's dpkg script, `[base] built in`); mmdebstrap's own `I:` lines. Each phase ends "
         "at the line that starts the next.\n\n"
         f"{phase_table(names_of[:2], ENVC_PHASES, ['envc, minbase + step', 'envc, buildd base'])}\n\n"
         f"{phase_table(names_of[2:], MM_PHASES, ['mmdebstrap', 'mmdebstrap + eatmydata'])}\n\n"

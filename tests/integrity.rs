@@ -46,19 +46,8 @@ fn applied(kind: Kind, name: &str) -> (TestStore, PathBuf, Vec<String>) {
         ),
     );
     t.apply(&spec);
-    let ids = ids(&t, &spec);
+    let ids = t.plan_ids(&spec);
     (t, spec, ids)
-}
-
-fn ids(t: &TestStore, spec: &Path) -> Vec<String> {
-    let plan = t.envc(&["plan", spec.to_str().unwrap(), "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
-    v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Removes a sealed layer behind envc's back (a read-only subvolume on btrfs).

@@ -14,19 +14,6 @@ use std::process::Command;
 use common::aptrepo::AptRepo;
 use common::{ENVC, Kind, Run, TempDir, TestStore, privileged};
 
-/// The layer ids `envc plan --json` gives, base first.
-fn ids(t: &TestStore, spec: &Path) -> Vec<String> {
-    let r = t.envc(&["plan", "--json", spec.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn lock_of(spec: &Path) -> PathBuf {
     spec.with_extension("lock")
 }
@@ -72,7 +59,7 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
         "{}",
         r.stderr
     );
-    let unlocked = ids(&a, &spec);
+    let unlocked = a.plan_ids(&spec);
 
     // Lock at version 1.
     let r = envc_in(&a, &["lock", s]);
@@ -92,7 +79,7 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
         "the base's set: {lock1}"
     );
     assert_eq!(envc_in(&a, &["lock", "--check", s]).code, 0);
-    let locked1 = ids(&a, &spec);
+    let locked1 = a.plan_ids(&spec);
     assert_eq!(locked1.len(), 3);
     for (l, u) in locked1.iter().zip(&unlocked) {
         assert_ne!(l, u, "a lock changes the ids");
@@ -173,7 +160,7 @@ fn a_moving_repository_is_pinned_by_the_lock_until_it_is_updated() {
         "the base stays pinned"
     );
     assert!(lock2.contains("name = \"envc-demo-dep\""), "{lock2}");
-    let locked2 = ids(&a, &spec);
+    let locked2 = a.plan_ids(&spec);
     assert_eq!(locked2[..2], locked1[..2]);
     assert_ne!(locked2[2], locked1[2]);
     let r = a.apply(&spec);

@@ -154,18 +154,6 @@ fn bad_run_options_are_usage_errors() {
     }
 }
 
-fn ids(t: &TestStore, spec: &std::path::Path) -> Vec<String> {
-    let out = t.envc(&["plan", "--json", spec.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    v["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 fn caches(kind: Kind) {
     let t = TestStore::new(kind, "workflow-cache");
     let layer = |cache: &str, version: &str| {
@@ -177,7 +165,7 @@ fn caches(kind: Kind) {
     let without = t.spec("without.kdl", &layer("", "v1"));
     // Where a cache is mounted is part of the ids (a spec cannot add one under another's ids);
     // what it holds is not (below: builds after it filled up build nothing).
-    let (iw, io) = (ids(&t, &with), ids(&t, &without));
+    let (iw, io) = (t.plan_ids(&with), t.plan_ids(&without));
     assert_eq!(iw[0], io[0]);
     assert_ne!(iw[1], io[1], "a cache step left the ids unchanged");
     let root = t.apply(&with).root();
@@ -252,6 +240,20 @@ fn caches(kind: Kind) {
     let r = t.envc(&["check", bad.to_str().unwrap()]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("invalid cache name"), "{}", r.stderr);
+    // Nor there through a symlink a step planted: the mount would land on the step's /tmp.
+    let planted = t.spec(
+        "planted.kdl",
+        &format!(
+            "{BASE}name \"wfp\"\nlayer \"link\" {{\n  run \"ln -s /tmp /x\"\n}}\nlayer \"use\" {{\n  cache \"/x\"\n  run \"touch /x/written\"\n}}\n"
+        ),
+    );
+    let r = t.envc(&["apply", planted.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/x (reached without a symbolic link)"),
+        "{}",
+        r.stderr
+    );
     // Not over the root, a system mount or what envc writes into a step.
     for path in ["/", "/tmp/x", "/proc", "/etc", "/usr", "/dev/shm"] {
         let bad = t.spec(

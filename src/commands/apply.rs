@@ -146,6 +146,7 @@ fn run_options(target: &RunTarget) -> Result<envc_runtime::apply::RunOptions, Cl
             host,
             target: b.dest.clone(),
             readonly: b.readonly,
+            exact: false,
         });
     }
     Ok(envc_runtime::apply::RunOptions {

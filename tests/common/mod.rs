@@ -311,6 +311,19 @@ impl TestStore {
         Run::from(self.cmd().args(args).output().unwrap())
     }
 
+    /// The layer ids `envc plan --json` gives, base first.
+    pub fn plan_ids(&self, spec: &Path) -> Vec<String> {
+        let r = self.envc(&["plan", "--json", spec.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub fn apply(&self, spec: &Path) -> Run {
         let r = Run::from(self.cmd().arg("apply").arg(spec).output().unwrap());
         assert_eq!(r.code, 0, "apply {} failed:\n{}", spec.display(), r.stderr);

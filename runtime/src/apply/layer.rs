@@ -335,11 +335,13 @@ impl Runtime {
                             host: debs,
                             target: "/var/cache/apt/archives".into(),
                             readonly: false,
+                            exact: false,
                         },
                         Bind {
                             host: lists,
                             target: "/var/lib/apt/lists".into(),
                             readonly: false,
+                            exact: false,
                         },
                     ],
                     tmp_files: vec![],

@@ -307,6 +307,7 @@ impl Runtime {
                             host: tmp.0.clone(),
                             target: REPO_DIR.into(),
                             readonly: true,
+                            exact: false,
                         }],
                         tmp_files: vec![],
                         action: crate::sandbox::Action::Exec {
@@ -371,25 +372,9 @@ fn drop_apt_lists(root: &OwnedFd) {
 }
 
 /// Writes the root's `/etc/apt/sources.list` (the archive the root's later steps use), never
-/// through a symlink; a `sources.list.d/0000*` file mmdebstrap wrote for the local repository
-/// goes.
+/// through a symlink.
 fn write_sources(root: &OwnedFd, sources: &str) -> Result<(), String> {
-    let etc_apt = open_in_root(root, "etc/apt", OFlag::O_DIRECTORY | OFlag::O_RDONLY)
-        .map_err(|e| format!("cannot open /etc/apt of the new base: {e}"))?;
-    let _ = nix::unistd::unlinkat(
-        &etc_apt,
-        "sources.list",
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    );
-    let fd = nix::fcntl::openat(
-        &etc_apt,
-        "sources.list",
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .map_err(|e| format!("cannot write /etc/apt/sources.list of the new base: {e}"))?;
-    std::io::Write::write_all(&mut fs::File::from(fd), sources.as_bytes())
-        .map_err(|e| format!("cannot write /etc/apt/sources.list of the new base: {e}"))
+    super::inroot::write_new(root, "etc/apt/sources.list", sources.as_bytes())
 }
 
 impl Runtime {

@@ -414,6 +414,7 @@ impl Runtime {
                 host,
                 target: c.path.clone(),
                 readonly: false,
+                exact: true,
             });
         }
         Ok(binds)

@@ -457,6 +457,7 @@ impl Runtime {
                 host: lists.clone(),
                 target: "/var/lib/apt/lists".into(),
                 readonly: false,
+                exact: false,
             }],
             tmp_files: vec![("envc-pins".into(), pins_text(pins))],
             action: Action::Exec {

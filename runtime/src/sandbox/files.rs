@@ -33,6 +33,20 @@ pub fn open_in_root(root: &OwnedFd, rel: &str, flags: OFlag) -> nix::Result<Owne
     openat2(root, rel, how)
 }
 
+/// Opens the directory `rel` inside the root only if no component of it is a symbolic link.
+pub(crate) fn open_without_links(root: &OwnedFd, rel: &str) -> nix::Result<OwnedFd> {
+    let rel = rel.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    openat2(root, rel, how)
+}
+
 /// `mkdir -p` inside the root; returns the directory. Symlinks met on the way are followed, but
 /// inside the root: an absolute target is taken relative to the root, `..` stops at it.
 pub fn mkdir_in_root(root: &OwnedFd, rel: &str, mode: u32) -> nix::Result<OwnedFd> {

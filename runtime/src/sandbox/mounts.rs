@@ -16,7 +16,7 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag, makedev};
 
-use super::files::{mkdir_in_root, open_dir, open_in_root};
+use super::files::{mkdir_in_root, open_dir, open_in_root, open_without_links};
 use super::helper::Cleanup;
 use super::protocol::{Bind, OrFail, RootSource, SandboxError, SandboxOp, Spec};
 use crate::sys::Syscall;
@@ -215,6 +215,16 @@ pub(crate) fn mount_system(
     )?;
     for b in binds {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        if b.exact {
+            // Made if missing (following links inside the root, as always), then reached again
+            // with no link allowed: a planted `/cache -> /tmp` is an error, not a mount on /tmp.
+            let shown = format!("/{}", b.target.trim_start_matches('/'));
+            mkdir_in_root(root, &b.target, 0o755).or_fail(SandboxOp::CreateMountPoint, &shown)?;
+            open_without_links(root, &b.target).or_fail(
+                SandboxOp::CreateMountPoint,
+                format!("{shown} (reached without a symbolic link)"),
+            )?;
+        }
         mount_on(sys, root, &b.target, Some(&b.host), None, flags, None)?;
         if b.readonly {
             // A bind mount takes MS_RDONLY only on a remount.

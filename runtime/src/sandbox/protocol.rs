@@ -66,6 +66,11 @@ pub struct Bind {
     pub target: String,
     /// Mount read-only.
     pub readonly: bool,
+    /// The target must be reached without a symbolic link: its path was checked by the
+    /// compiler (a `cache` step's), and a symlink a step planted in the root must not move the
+    /// mount onto something else (its `/tmp`, `/etc`, `/proc`).
+    #[serde(default)]
+    pub exact: bool,
 }
 
 /// What to do inside the root.

@@ -50,11 +50,13 @@ fn spec(source: RootSource, root: &Path, network: bool) -> Spec {
                 host: "/host/debs".into(),
                 target: "/var/cache/apt/archives".into(),
                 readonly: false,
+                exact: false,
             },
             Bind {
                 host: "/host/ro".into(),
                 target: "/srv/ro".into(),
                 readonly: true,
+                exact: false,
             },
         ],
         tmp_files: vec![("script".into(), "echo hi\n".into())],
