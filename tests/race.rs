@@ -7,7 +7,9 @@
 //! - gc against `envc run`: the command always sees its full root;
 //! - two gcs at once: both succeed, and the store stays consistent;
 //! - gc while an apply is stopped right after building a layer (failpoint `layer-held`): the
-//!   layer stays, and the apply makes its root on it.
+//!   layer stays, and the apply makes its root on it;
+//! - gc while `envc run` stopped between its two looks at a layer (failpoint `layer-looked`): the
+//!   vanished layer is built again, never reported as damaged.
 //!
 //! Each race runs a few seconds (`ENVC_RACE_SECS`, default 10) so that gc's window (it decides
 //! what is in use, then removes layer after layer) is hit. Failures name the backend, the race
@@ -355,6 +357,73 @@ fn race_gc_while_built_layer_waits(kind: Kind) {
     }
 }
 
+/// Stops `envc run` at each of the first looks at a layer (the failpoint `layer-looked`: a
+/// directory is at `layers/ID`, not yet checked to be a layer; the first looks are the apply's
+/// sweep of leftover records, then each layer of the chain, before and under its shared lock),
+/// runs gc meanwhile, which removes every layer not held, then lets the run go on: a layer that
+/// vanished between the two looks is not there, so it is built again, never reported as damaged.
+fn race_gc_between_the_looks_at_a_layer(kind: Kind) {
+    use std::process::Stdio;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (t, specs) = fixture(kind, "race-look");
+    let want = "shared\ns\nown 0\n";
+    let script = "cat /shared.txt /opt/s/f /own.txt";
+    envc(&t, &["run", s(&specs[0]), "--", "/bin/true"]).unwrap();
+    let mut stops = 0;
+    for nth in 1..=9 {
+        let mut cmd = t.cmd();
+        cmd.args(["run", s(&specs[0]), "--", "/bin/sh", "-c", script])
+            .env("ENVC_TEST_STOP_AT", format!("layer-looked#{nth}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let started = Instant::now();
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        };
+        // A run that looks fewer times than `nth` just ends.
+        while !stopped() && child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "[{kind:?}] the run neither stopped at layer-looked#{nth} nor ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if stopped() {
+            stops += 1;
+            if let Err(e) = envc(&t, &["gc", "--keep-bytes", "0"]) {
+                panic!("[{kind:?}] gc while the run stopped at layer-looked#{nth}: {e}");
+            }
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            )
+            .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "[{kind:?}] the run, after gc ran while it stopped at layer-looked#{nth}: {stderr}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            want,
+            "[{kind:?}] what the run saw after layer-looked#{nth}; stderr: {stderr}"
+        );
+    }
+    // Three records swept, then each of the three layers looked at twice.
+    assert!(
+        stops >= 6,
+        "[{kind:?}] the run stopped {stops} times, want 6 or more"
+    );
+}
+
 macro_rules! on_each_backend {
     ($($name:ident => $body:ident),* $(,)?) => {
         mod overlay {
@@ -371,4 +440,5 @@ on_each_backend!(
     gc_against_run => race_gc_against_run,
     two_gcs_at_once => race_two_gcs,
     gc_while_a_built_layer_waits_for_its_root => race_gc_while_built_layer_waits,
+    gc_between_the_looks_at_a_layer => race_gc_between_the_looks_at_a_layer,
 );

@@ -19,6 +19,7 @@
 //! | `seal-before` | every step succeeded; neither the layer nor its record is written yet |
 //! | `seal-recorded` | `meta/ID.json` is written (inside the backend's seal), the layer not yet published |
 //! | `seal-published` | the backend's seal returned: the layer is published and recorded |
+//! | `layer-looked` | a directory is found at `layers/ID`, not yet asked whether it is a sealed layer (`store.rs`: `check_sealed`) |
 //! | `layer-held` | a layer of the chain, reused or just built, is held for use (shared lock) (`apply/mod.rs`) |
 //! | `root-before` | the working root is about to be (re)made, nothing written yet (`apply/mod.rs`) |
 //! | `root-recorded` | `root.json` is written, the root not yet made |

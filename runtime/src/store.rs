@@ -530,15 +530,30 @@ impl Store {
     /// repair it; a caller must not use it.
     pub fn check_sealed(&self, id: &LayerId) -> Result<bool, StoreError> {
         let path = self.backend.layout().layer(id);
-        let m = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io_err("inspect", &path)(e)),
+        let mut looks = 0;
+        let m = loop {
+            let m = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err("inspect", &path)(e)),
+            };
+            if m.is_dir() {
+                crate::failpoint::hit("layer-looked");
+                if self.backend.is_sealed(id) {
+                    return Ok(true);
+                }
+            }
+            // A gc may have removed the layer (and an apply built it again) between the two
+            // looks: what is there now is looked at again, and only an entry that stayed the
+            // same is reported as damaged.
+            looks += 1;
+            let same = fs::symlink_metadata(&path)
+                .is_ok_and(|now| now.ino() == m.ino() && now.dev() == m.dev());
+            if same || looks == 3 {
+                break m;
+            }
         };
         let expected = "a directory holding a sealed layer";
-        if m.is_dir() && self.backend.is_sealed(id) {
-            return Ok(true);
-        }
         let repair = if m.file_type().is_symlink() {
             format!(
                 "envc never uses a layer through a link; remove the link (`rm {}`, its target is left alone) and apply again: the layer is rebuilt",
