@@ -29,6 +29,7 @@ pub mod debs;
 pub mod digest;
 pub mod failpoint;
 pub mod maintain;
+pub mod oci;
 pub mod sandbox;
 pub mod store;
 pub mod sys;

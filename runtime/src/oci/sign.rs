@@ -1,0 +1,2 @@
+//! ed25519 keys and layer signatures (filled in below).
+#![forbid(unsafe_code)]
