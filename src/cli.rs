@@ -115,6 +115,29 @@ pub enum Command {
         /// events").
         #[arg(long)]
         json: bool,
+        /// Then push the chain's layers the remote cache does not have (needs --remote and
+        /// --sign-key); a failed push is a warning, the apply stands.
+        #[arg(long)]
+        push: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Push each stored layer of the spec's chain that the remote cache does not have yet,
+    /// signed with --sign-key; nothing is built. Exits 1 if a layer could not be pushed.
+    Push {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        /// Fail when the spec has no lock or its lock is stale.
+        #[arg(long)]
+        locked: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Signing keys for the remote cache.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
     },
     /// Resolve every package the spec installs (base and `packages` steps) and write the lock
     /// beside it (`env.kdl` -> `env.lock`). An existing lock is kept where the spec did not change.
@@ -290,6 +313,53 @@ pub struct StoreInit {
     pub loop_file: Option<PathBuf>,
 }
 
+/// `envc key ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a new ed25519 key pair: NAME.key (secret, mode 0600) and NAME.pub in the current
+    /// directory (or --dir); existing files are never replaced.
+    Generate {
+        /// The key's name (letters, digits, '.', '_', '-').
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Write the files here instead.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// The remote layer cache: where, and the keys. Credentials come from docker's and podman's
+/// files (README, "Remote cache"), never from the command line.
+#[derive(Debug, Args, Default)]
+pub struct RemoteArgs {
+    /// The remote layer cache, an OCI repository: `HOST[:PORT]/PATH`
+    /// (`localhost:5000/team/envc-cache`, `ghcr.io/org/envc-cache`). Missing layers are pulled
+    /// from it (signed by a trusted key) before they are built.
+    #[arg(long, env = "ENVC_REMOTE", value_name = "REF")]
+    pub remote: Option<String>,
+    /// The secret key (`NAME.key`) pushed layers are signed with.
+    #[arg(long, env = "ENVC_SIGNING_KEY", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// A public key (`NAME.pub`) whose signed layers are trusted; repeatable (the variable takes
+    /// a comma-separated list). Without one, nothing is pulled.
+    #[arg(
+        long = "trusted-key",
+        env = "ENVC_TRUSTED_KEYS",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    pub trusted_keys: Vec<PathBuf>,
+    /// A registry host (`HOST` or `HOST:PORT`) reached over plain HTTP; repeatable. Loopback
+    /// addresses always are.
+    #[arg(
+        long = "insecure-registry",
+        env = "ENVC_INSECURE_REGISTRIES",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+}
+
 /// Where `run` and `shell` run.
 #[derive(Debug, Args)]
 pub struct RunTarget {
@@ -318,6 +388,8 @@ pub struct RunTarget {
     /// The command's working directory inside the root (made when missing).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<crate::args::RootPath>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Color, Command};
-use crate::commands::{apply, check, docs, fmt, gc, lock, ls, plan, rm, verify, why};
+use crate::cli::{Cli, Color, Command, KeyCommand};
+use crate::commands::{apply, check, docs, fmt, gc, lock, ls, plan, remote, rm, verify, why};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -37,8 +37,18 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
             spec,
             reset,
             locked,
+            push,
+            remote,
             ..
-        } => apply::apply(store, backend, &spec, reset, locked),
+        } => apply::apply(store, backend, &spec, reset, locked, push, &remote),
+        Command::Push {
+            spec,
+            locked,
+            remote: args,
+        } => return remote::push(store, backend, &spec, locked, &args),
+        Command::Key {
+            command: KeyCommand::Generate { name, dir },
+        } => remote::key_generate(&name, &dir),
         Command::Lock {
             spec,
             update,

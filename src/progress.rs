@@ -157,6 +157,20 @@ impl Progress {
                     bar.inc(1);
                 }
             }
+            Event::Pulled {
+                layer, bytes, secs, ..
+            } => {
+                self.line(format!(
+                    "[{}] pulled {} ({}) in {:.1} s",
+                    layer.name,
+                    layer.id.short(12),
+                    crate::human::size(bytes),
+                    secs
+                ));
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
         }
     }
 }
@@ -199,6 +213,17 @@ fn json_event(e: &Event<'_>) {
             let mut f = layer(index, l);
             f["secs"] = json!(secs);
             report::emit("layer-built", f);
+        }
+        Event::Pulled {
+            index,
+            layer: l,
+            bytes,
+            secs,
+        } => {
+            let mut f = layer(index, l);
+            f["bytes"] = json!(bytes);
+            f["secs"] = json!(secs);
+            report::emit("layer-pulled", f);
         }
     }
 }

@@ -205,6 +205,10 @@ pub struct Meta {
     /// build (a record repaired from the spec, LVM recovery).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree_digest: Option<Digest>,
+    /// Where the layer came from when it was not built here: the remote cache and the key that
+    /// signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// A working root's record.
@@ -770,6 +774,7 @@ impl Store {
                 last_used: 0,
                 build_secs: 0.0,
                 tree_digest: None,
+                origin: None,
             }));
         }
         self.check_parents(&out)?;

@@ -10,6 +10,28 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Warning {
+    /// A layer the remote cache has was not taken from it: it is built here.
+    #[error(
+        "layer `{layer}` ({id}) was not taken from the remote cache {remote}: {reason}; it is built here"
+    )]
+    RemoteLayer {
+        /// The layer's name.
+        layer: String,
+        /// Its id.
+        id: String,
+        /// The remote cache.
+        remote: String,
+        /// Why.
+        reason: String,
+    },
+    /// The remote cache cannot be reached: it is not asked again in this run.
+    #[error("the remote cache {remote} cannot be used ({reason}): layers are built here")]
+    RemoteOff {
+        /// The remote cache.
+        remote: String,
+        /// Why.
+        reason: String,
+    },
     /// A thin pool is filling up.
     #[error(
         "thin pool {pool} is {data:.1}% full (data) and {metadata:.1}% (metadata); envc refuses to create volumes above {refuse_at:.0}%: run `envc gc`, or grow the pool with lvextend"

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::{Backend, RunTarget};
+use crate::cli::{Backend, RemoteArgs, RunTarget};
 use crate::compile::compile_for;
 use crate::error::{CliError, exit};
 use crate::lockfile::{plan_and_lock, plan_for};
@@ -45,10 +45,19 @@ pub fn apply(
     spec: &Path,
     reset: bool,
     locked: bool,
+    push: bool,
+    remote: &RemoteArgs,
 ) -> Result<(), CliError> {
+    if push && (remote.remote.as_deref().is_none_or(str::is_empty) || remote.sign_key.is_none()) {
+        return Err(usage(
+            "--push needs --remote REF and --sign-key FILE (or ENVC_REMOTE and ENVC_SIGNING_KEY)"
+                .into(),
+        ));
+    }
     let compiled = compile_for(spec, store)?;
     let (plan, lock) = plan_and_lock(&compiled, spec, store, locked, true)?;
-    let rt = crate::store::open(store, backend)?;
+    let mut rt = crate::store::open(store, backend)?;
+    crate::commands::remote::use_remote(&mut rt, remote)?;
     let mut progress = Progress::new(plan.layers.len());
     let result = rt.apply(&plan, reset, &mut |e| progress.event(e));
     drop(progress);
@@ -61,11 +70,15 @@ pub fn apply(
             ));
         }
     }
+    if push {
+        crate::commands::remote::push_plan(&rt, &plan, true)?;
+    }
     if crate::report::json() {
         crate::report::emit(
             "done",
             serde_json::json!({
                 "built": applied.built,
+                "pulled": applied.pulled,
                 "cached": applied.cached,
                 "root": applied.root.display().to_string(),
                 "root_created": applied.fresh_root,
@@ -74,8 +87,13 @@ pub fn apply(
     } else {
         let _ = writeln!(
             std::io::stderr(),
-            "envc: {} built, {} cached; root {}",
+            "envc: {} built, {}{} cached; root {}",
             applied.built,
+            if applied.pulled > 0 {
+                format!("{} pulled, ", applied.pulled)
+            } else {
+                String::new()
+            },
             applied.cached,
             if applied.fresh_root {
                 "created"
@@ -104,7 +122,8 @@ pub fn run(
     } else {
         argv
     };
-    let rt = crate::store::open(store, backend)?;
+    let mut rt = crate::store::open(store, backend)?;
+    crate::commands::remote::use_remote(&mut rt, &target.remote)?;
     let mut progress = Progress::for_run(plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.
     let result = rt.run(&plan, argv, &opts, &mut |e| progress.event(e));

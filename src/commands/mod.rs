@@ -8,6 +8,7 @@ pub mod gc;
 pub mod lock;
 pub mod ls;
 pub mod plan;
+pub mod remote;
 pub mod rm;
 pub mod store;
 pub mod verify;

@@ -54,6 +54,17 @@ pub enum Event<'a> {
     Realized,
     /// Something worth telling that does not stop the work (a nearly full pool, ...).
     Warning(Warning),
+    /// A layer was pulled from the remote cache, checked and sealed.
+    Pulled {
+        /// Its index in the plan.
+        index: usize,
+        /// The layer.
+        layer: &'a Layer,
+        /// Compressed bytes downloaded.
+        bytes: u64,
+        /// Seconds it took.
+        secs: f64,
+    },
     /// A layer was built and sealed.
     Built {
         /// Its index in the plan.

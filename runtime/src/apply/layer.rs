@@ -392,7 +392,7 @@ impl Runtime {
 }
 
 /// The tree digest of a finished build, over its full tree ([`backend::build_tree`]).
-fn digest_build(build: &Build) -> Result<Digest, ApplyError> {
+pub(super) fn digest_build(build: &Build) -> Result<Digest, ApplyError> {
     let tree = backend::build_tree(build)?;
     let digest = digest::tree_digest(&tree.path);
     let closed = tree.close();
@@ -416,6 +416,7 @@ pub(super) fn meta_of(plan: &Plan, index: usize, size: u64) -> Meta {
         last_used: 0,
         build_secs: 0.0,
         tree_digest: None,
+        origin: None,
     }
 }
 

@@ -33,6 +33,7 @@ mod install;
 mod layer;
 mod locked;
 mod normalize;
+mod pull;
 mod resolve;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ mod tests;
 pub use error::ApplyError;
 pub use event::Event;
 pub use executor::{Executor, HelperExecutor};
+pub use pull::PushOutcome;
 pub use resolve::{AnySink, Update};
 
 /// The outcome of an apply.
@@ -49,10 +51,25 @@ pub struct Applied {
     pub root: PathBuf,
     /// Layers built.
     pub built: usize,
+    /// Layers pulled from the remote cache.
+    pub pulled: usize,
     /// Layers reused.
     pub cached: usize,
     /// Whether the working root was (re)created.
     pub fresh_root: bool,
+}
+
+/// What [`Runtime::realize`] did, and the shared locks that keep the chain from gc.
+#[derive(Debug)]
+pub struct Realized {
+    /// Layers built.
+    pub built: usize,
+    /// Layers pulled from the remote cache.
+    pub pulled: usize,
+    /// Layers reused.
+    pub cached: usize,
+    /// Shared locks on every layer of the chain.
+    pub held: Vec<store::Lock>,
 }
 
 /// The runtime: a store, and what runs sandboxes and tools for it.
@@ -60,6 +77,9 @@ pub struct Runtime {
     /// The store.
     pub store: Store,
     exec: Box<dyn Executor>,
+    /// The remote layer cache, if one is used: missing layers are pulled from it before they
+    /// are built.
+    remote: Option<crate::oci::remote::Remote>,
 }
 
 type Sink<'s, 'p> = &'s mut dyn FnMut(Event<'p>);
@@ -89,7 +109,22 @@ impl Runtime {
 
     /// The runtime of `store` with an executor of the caller's (tests).
     pub fn with_executor(store: Store, exec: Box<dyn Executor>) -> Runtime {
-        Runtime { store, exec }
+        Runtime {
+            store,
+            exec,
+            remote: None,
+        }
+    }
+
+    /// Uses a remote layer cache: a layer that is not stored is pulled from it (when it has the
+    /// layer, signed by a trusted key) before it is built.
+    pub fn set_remote(&mut self, remote: crate::oci::remote::Remote) {
+        self.remote = Some(remote);
+    }
+
+    /// The remote layer cache in use.
+    pub fn remote(&self) -> Option<&crate::oci::remote::Remote> {
+        self.remote.as_ref()
     }
 
     /// The envc binary that runs sandboxes.
@@ -108,13 +143,10 @@ impl Runtime {
         }
     }
 
-    /// Builds every layer of `plan` that is not stored. Returns the layers built and reused, and
-    /// shared locks on every layer of the chain: while they are held, `gc` leaves the chain alone.
-    pub fn realize<'p>(
-        &self,
-        plan: &'p Plan,
-        sink: Sink<'_, 'p>,
-    ) -> Result<(usize, usize, Vec<store::Lock>), ApplyError> {
+    /// Builds (or pulls from the remote cache) every layer of `plan` that is not stored. Returns
+    /// what it did, and shared locks on every layer of the chain: while they are held, `gc`
+    /// leaves the chain alone.
+    pub fn realize<'p>(&self, plan: &'p Plan, sink: Sink<'_, 'p>) -> Result<Realized, ApplyError> {
         if let Some(sde) = plan.source_date_epoch() {
             let now = store::now();
             if sde > now {
@@ -129,7 +161,7 @@ impl Runtime {
         for w in maintain::clean_leftovers(&self.store).warnings {
             sink(Event::Warning(w));
         }
-        let (mut built, mut cached) = (0, 0);
+        let (mut built, mut pulled, mut cached) = (0, 0, 0);
         for (index, layer) in plan.layers.iter().enumerate() {
             // Every way to a shared lock ends with the layer checked sealed while the lock is
             // held: gc removes a layer only under its exclusive lock, so a layer seen sealed
@@ -169,18 +201,28 @@ impl Runtime {
                     continue;
                 }
                 self.backend().discard(&layer.id)?;
-                sink(Event::Building { index, layer });
                 let started = Instant::now();
-                self.build(plan, index, sink)
-                    .map_err(|e| e.in_layer(index, &layer.name))?;
+                if let Some(bytes) = self.pull(plan, index, sink) {
+                    pulled += 1;
+                    sink(Event::Pulled {
+                        index,
+                        layer,
+                        bytes,
+                        secs: started.elapsed().as_secs_f64(),
+                    });
+                } else {
+                    sink(Event::Building { index, layer });
+                    self.build(plan, index, sink)
+                        .map_err(|e| e.in_layer(index, &layer.name))?;
+                    built += 1;
+                    sink(Event::Built {
+                        index,
+                        layer,
+                        secs: started.elapsed().as_secs_f64(),
+                    });
+                }
                 // Kept locked from the seal on: the exclusive lock becomes a shared one in place.
                 let shared = lock.downgrade()?;
-                built += 1;
-                sink(Event::Built {
-                    index,
-                    layer,
-                    secs: started.elapsed().as_secs_f64(),
-                });
                 // The kernel may let a waiting exclusive lock in between the two (flock(2)); a
                 // gc that took it and removed the layer meanwhile makes us build it again.
                 if self.store.check_sealed(&layer.id)? {
@@ -191,7 +233,12 @@ impl Runtime {
             }
         }
         sink(Event::Realized);
-        Ok((built, cached, held))
+        Ok(Realized {
+            built,
+            pulled,
+            cached,
+            held,
+        })
     }
 
     /// Realizes `plan` and gives it its working root.
@@ -201,14 +248,19 @@ impl Runtime {
         reset: bool,
         sink: Sink<'_, 'p>,
     ) -> Result<Applied, ApplyError> {
-        let (built, cached, _in_use) = self.realize(plan, sink)?;
+        let Realized {
+            built,
+            pulled,
+            cached,
+            held: _in_use,
+        } = self.realize(plan, sink)?;
         let chain: Vec<LayerId> = plan.layers.iter().map(|l| l.id).collect();
         let lock = self.store.lock_root(&plan.name)?;
         let rec = self.store.read_root(&plan.name)?;
         // A layer of the root's own chain had to be built: the root stands on layers that were
         // gone, and is made again.
         let fresh = reset
-            || built > 0
+            || built + pulled > 0
             || rec.as_ref().is_none_or(|r| r.chain != chain)
             || !self.backend().root_ready(&plan.name, &chain)?;
         let root = if fresh {
@@ -239,6 +291,7 @@ impl Runtime {
         Ok(Applied {
             root,
             built,
+            pulled,
             cached,
             fresh_root: fresh,
         })
@@ -363,7 +416,7 @@ impl Runtime {
             }
             return result;
         }
-        let (_, _, _in_use) = self.realize(plan, sink)?;
+        let _in_use = self.realize(plan, sink)?.held;
         // Held until the throwaway root is gone: without it, gc removes the root as a leftover.
         let _run = self.store.hold_run_lock()?;
         let scratch = self.backend().scratch_root(&chain);

@@ -248,7 +248,7 @@ impl Runtime {
         plan: &Plan,
         sink: AnySink<'_>,
     ) -> Result<Vec<LayerDigest>, ApplyError> {
-        let (_, _, _held) = self.realize(plan, &mut |e| sink(e))?;
+        let _held = self.realize(plan, &mut |e| sink(e))?.held;
         let mut out = Vec::new();
         for l in &plan.layers {
             if let Some(d) = self.store.read_meta(&l.id)?.and_then(|m| m.tree_digest) {
@@ -435,7 +435,7 @@ impl Runtime {
                 steps,
             });
         }
-        let (_, _, _held) = self.realize(&prefix, &mut |e| sink(e))?;
+        let _held = self.realize(&prefix, &mut |e| sink(e))?.held;
         let chain: Vec<LayerId> = prefix.layers.iter().map(|l| l.id).collect();
         let (vars, _) = partial.context_at(li, si);
         let key = cache_key(partial, li, si);

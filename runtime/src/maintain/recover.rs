@@ -59,6 +59,7 @@ pub fn recover(store: &Store) -> Result<Recovered, StoreError> {
                 last_used: now,
                 build_secs: 0.0,
                 tree_digest: None,
+                origin: None,
             })?;
         }
     }
