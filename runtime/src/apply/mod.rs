@@ -60,7 +60,6 @@ pub struct Applied {
 }
 
 /// What [`Runtime::realize`] did, and the shared locks that keep the chain from gc.
-#[derive(Debug)]
 pub struct Realized {
     /// Layers built.
     pub built: usize,

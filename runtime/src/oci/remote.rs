@@ -267,7 +267,11 @@ impl Remote {
     /// The checked config of what the registry has under the layer's tag, or `None` when it has
     /// nothing there. Refuses (an error) anything that is not a layer signed by a trusted key
     /// with this id and parent.
-    pub fn offer(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Option<Offer>, RemoteError> {
+    pub fn offer(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+    ) -> Result<Option<Offer>, RemoteError> {
         let Some((manifest, config)) = self.artifact(id)? else {
             return Ok(None);
         };
@@ -300,15 +304,12 @@ impl Remote {
     /// checking the blob and the archive as they stream; returns the compressed bytes read.
     pub fn unpack(&self, offer: &Offer, target: Target<'_>) -> Result<u64, RemoteError> {
         let limits = self.settings.limits;
-        let blob = self.registry.blob(
-            &offer.blob.digest,
-            offer.blob.size,
-            limits.max_blob,
-        )?;
+        let blob = self
+            .registry
+            .blob(&offer.blob.digest, offer.blob.size, limits.max_blob)?;
         let mut counted = Counted::new(blob);
-        let decoder = zstd::stream::read::Decoder::new(&mut counted).map_err(|e| {
-            RemoteError::Refused(format!("its blob is not zstd: {e}"))
-        })?;
+        let decoder = zstd::stream::read::Decoder::new(&mut counted)
+            .map_err(|e| RemoteError::Refused(format!("its blob is not zstd: {e}")))?;
         let mut tar = Checked::new(decoder, offer.config.diff_size);
         let unpacked = archive::unpack(
             target,
@@ -338,8 +339,17 @@ impl Remote {
 
     /// Pushes one sealed layer (`chain` ends with it; the caller holds the chain's layers) whose
     /// tree digest is `tree`, unless the registry has it signed by this key already.
-    pub fn push(&self, store: &Store, chain: &[LayerId], tree: Digest) -> Result<Pushed, RemoteError> {
-        let signing = self.settings.signing.as_ref().ok_or(RemoteError::NoSigningKey)?;
+    pub fn push(
+        &self,
+        store: &Store,
+        chain: &[LayerId],
+        tree: Digest,
+    ) -> Result<Pushed, RemoteError> {
+        let signing = self
+            .settings
+            .signing
+            .as_ref()
+            .ok_or(RemoteError::NoSigningKey)?;
         let (id, parent) = match chain {
             [.., p, l] => (*l, Some(*p)),
             [l] => (*l, None),
@@ -349,13 +359,20 @@ impl Remote {
         if let Some((manifest, config)) = self.artifact(&id)?
             && check_claims(&config, &id, parent.as_ref(), &manifest).is_ok()
             && config.tree == tree.to_hex()
-            && sign::verify(&config.claim(), &config.signature, std::slice::from_ref(&public)).is_ok()
+            && sign::verify(
+                &config.claim(),
+                &config.signature,
+                std::slice::from_ref(&public),
+            )
+            .is_ok()
         {
             return Ok(Pushed::Present);
         }
         // The archive goes to a file first: its digest is in the config, the config's in the
         // manifest, and an upload retried reads it again.
-        let _run = store.hold_run_lock().map_err(|e| RemoteError::Refused(e.to_string()))?;
+        let _run = store
+            .hold_run_lock()
+            .map_err(|e| RemoteError::Refused(e.to_string()))?;
         let dir = store.backend().layout().tmp("run");
         fs::create_dir(&dir).map_err(|source| RemoteError::Io {
             op: "create",
@@ -421,9 +438,10 @@ impl Remote {
             File::open(&path).map(|f| Box::new(BufReader::new(f)) as Box<dyn Read + Send>)
         })?;
         let cb = config_bytes.clone();
-        self.registry.push_blob(&config_digest, config_bytes.len() as u64, &mut || {
-            Ok(Box::new(io::Cursor::new(cb.clone())) as Box<dyn Read + Send>)
-        })?;
+        self.registry
+            .push_blob(&config_digest, config_bytes.len() as u64, &mut || {
+                Ok(Box::new(io::Cursor::new(cb.clone())) as Box<dyn Read + Send>)
+            })?;
         let manifest = LayerManifest {
             schema_version: 2,
             media_type: MANIFEST_TYPE.into(),
@@ -440,7 +458,8 @@ impl Remote {
             }],
         };
         let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-        self.registry.push_manifest(&tag(id), MANIFEST_TYPE, &bytes)?;
+        self.registry
+            .push_manifest(&tag(id), MANIFEST_TYPE, &bytes)?;
         Ok(Pushed::Uploaded(blob_size))
     }
 
@@ -450,16 +469,18 @@ impl Remote {
         let Some(m) = self.registry.manifest(&tag(id))? else {
             return Ok(None);
         };
-        let manifest: LayerManifest = serde_json::from_slice(&m.bytes)
-            .map_err(|e| RemoteError::Refused(format!("its manifest is not an OCI manifest: {e}")))?;
+        let manifest: LayerManifest = serde_json::from_slice(&m.bytes).map_err(|e| {
+            RemoteError::Refused(format!("its manifest is not an OCI manifest: {e}"))
+        })?;
         check_manifest(&manifest)?;
         let mut bytes = Vec::new();
         self.registry
             .blob(&manifest.config.digest, manifest.config.size, MAX_CONFIG)?
             .read_to_end(&mut bytes)
             .map_err(|e| RemoteError::Refused(format!("its config blob: {e}")))?;
-        let config: LayerConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| RemoteError::Refused(format!("its config is not an envc layer config: {e}")))?;
+        let config: LayerConfig = serde_json::from_slice(&bytes).map_err(|e| {
+            RemoteError::Refused(format!("its config is not an envc layer config: {e}"))
+        })?;
         Ok(Some((manifest, config)))
     }
 }
@@ -484,7 +505,10 @@ fn check_manifest(m: &LayerManifest) -> Result<(), RemoteError> {
     }
     match m.layers.as_slice() {
         [l] if l.media_type == BLOB_TYPE => Ok(()),
-        [l] => refuse(format!("has blob media type {:?}, not {BLOB_TYPE}", l.media_type)),
+        [l] => refuse(format!(
+            "has blob media type {:?}, not {BLOB_TYPE}",
+            l.media_type
+        )),
         ls => refuse(format!("has {} blobs, not one", ls.len())),
     }
 }
@@ -684,7 +708,10 @@ impl<R: Read> Read for Checked<R> {
         if self.n > self.limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the archive is longer than the {} bytes its config says", self.limit),
+                format!(
+                    "the archive is longer than the {} bytes its config says",
+                    self.limit
+                ),
             ));
         }
         self.hash.update(&buf[..n]);
@@ -715,7 +742,12 @@ mod tests {
         assert_eq!(tag(&id), format!("envc-{}", "ab".repeat(32)));
         assert!(tag(&id).len() <= 128);
         assert_eq!(parse_digest(&"0f".repeat(32)), Some(Digest([0x0f; 32])));
-        for bad in ["", "0F".repeat(32).as_str(), &"0".repeat(63), &"g".repeat(64)] {
+        for bad in [
+            "",
+            "0F".repeat(32).as_str(),
+            &"0".repeat(63),
+            &"g".repeat(64),
+        ] {
             assert_eq!(parse_digest(bad), None, "{bad}");
         }
     }
