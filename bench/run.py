@@ -10,7 +10,8 @@ warm (warm apply, reset and run vs tar.gz/tar/tar.zst restore and cp -a), increm
 the last layer), depth (1 to 200 layers), lvm (the LVM backend's commands and overhead over raw LVM,
 inside the test VM), lock (a locked cold build with the package store filled vs mmdebstrap from a
 local repository of the same files, its phases, and warm apply with a lock vs without), compiler
-(`cargo bench` of the compiler). Needs root, mmdebstrap, debootstrap, eatmydata, dpkg-dev
+(`cargo bench` of the compiler), remote (a root pulled from a loopback registry vs built cold vs
+skopeo + umoci; push of an unchanged chain; the btrfs difference). Needs root, mmdebstrap, debootstrap, eatmydata, dpkg-dev
 (dpkg-scanpackages); hyperfine is not needed; perf (linux-perf) for the sync counts. Every tool
 uses the host's apt sources.
 
@@ -733,6 +734,123 @@ def part_lock(rounds, warm_rounds):
     )
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_registry(d):
+    """Debian's docker-registry on 127.0.0.1 at a free port, storage in d; returns (process,
+    address)."""
+    import urllib.request
+    port = free_port()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yml").write_text(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
+        f"{d}/storage\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "log", "w"))
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            return proc, f"127.0.0.1:{port}"
+        except Exception:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("docker-registry did not start")
+
+
+def part_remote(rounds):
+    """The remote cache: a fresh store getting a buildd-sized root (minbase + build-essential)
+    from a loopback registry, against building it cold and against `skopeo copy` + `umoci unpack`
+    of the same root exported as an image; `envc push` of an unchanged chain; and what computing
+    a layer's difference from its parent costs on btrfs (a push to an empty repository from a
+    btrfs store against one from an overlay store)."""
+    d = WORK / "remote"
+    for st in d.glob("store*"):
+        subprocess.run(f"umount {st}/roots/*/root 2>/dev/null", shell=True)
+    subprocess.run(f"umount {d}/btrfs 2>/dev/null; rm -rf --one-file-system {d}", shell=True, check=True)
+    d.mkdir(parents=True)
+    spec = write_spec(d / "spec" / "rbuildd.kdl", 'name "rbuildd"\nbase "debian" suite="bookworm" variant="minbase"\n'
+                      'layer "toolchain" {\n    packages "build-essential"\n}\n')
+    proc, addr = start_registry(d / "registry")
+    try:
+        sh(f"{ENVC} key generate bench --dir {d}")
+        key, pub = d / "bench.key", d / "bench.pub"
+        remote = f"{addr}/bench/envc-cache"
+        master = d / "store-master"
+        envc(["apply", str(spec), "--remote", remote, "--sign-key", str(key), "--push"], master)
+        envc(["export", str(spec), "--oci", str(d / "oci")], master)
+        sh(f"skopeo copy --dest-tls-verify=false oci:{d}/oci:rbuildd docker://{addr}/bench/image:latest")
+        size = out(f"du -sm --apparent-size {master}/layers | cut -f1")
+
+        def fresh(st):
+            return f"umount {st}/roots/rbuildd/root 2>/dev/null; rm -rf --one-file-system {st}"
+        sk = d / "skopeo"
+        cases = [
+            ("envc apply, fresh store, pulling every layer from the registry", fresh(d / "store-pull"),
+             envc_cmd(f"apply {spec} --remote {remote} --trusted-key {pub}", d / "store-pull")),
+            ("skopeo copy + umoci unpack of the exported image, from the same registry",
+             f"rm -rf {sk}",
+             f"skopeo copy --src-tls-verify=false docker://{addr}/bench/image:latest oci:{sk}/oci:latest "
+             f"&& umoci unpack --image {sk}/oci:latest {sk}/bundle"),
+            ("envc apply, fresh store, building cold (downloads from the mirror)", fresh(d / "store-build"),
+             envc_cmd(f"apply {spec}", d / "store-build")),
+        ]
+        times = interleaved(cases, rounds, warmup=0)
+        names = [c[0] for c in cases]
+        med = {n: statistics.median(times[n]) for n in names}
+        # Pushing an unchanged chain: every layer is there already.
+        push = interleaved([("envc push, unchanged chain (2 layers, both in the registry)", None,
+                             envc_cmd(f"push {spec} --remote {remote} --sign-key {key}", master))],
+                           rounds * 10, warmup=2)
+        # The btrfs difference: a push of the whole chain to an empty repository, from a btrfs
+        # store (each layer's archive is computed against its parent's snapshot) and from an
+        # overlay store (a layer is its own difference).
+        img = d / "btrfs.img"
+        sh(f"truncate -s 20G {img} && mkfs.btrfs -q {img} && mkdir -p {d}/btrfs && mount -o loop {img} {d}/btrfs")
+        bstore = d / "btrfs" / "store"
+        envc(["apply", str(spec), "--backend", "btrfs", "--remote", remote, "--trusted-key", str(pub)], bstore)
+        n = [0]
+
+        def repo():
+            n[0] += 1
+            return f"{addr}/bench/fresh-{n[0]}"
+        diff_cases = []
+        for label, st in [("overlay store", master), ("btrfs store", bstore)]:
+            diff_cases.append((f"envc push to an empty repository, {label}", None, None, st))
+        dtimes = {c[0]: [] for c in diff_cases}
+        for r in range(rounds):
+            for name, _, _, st in diff_cases:
+                secs = timed(envc_cmd(f"push {spec} --remote {repo()} --sign-key {key}", st))
+                dtimes[name].append(secs)
+        sh(f"umount {bstore}/roots/rbuildd/root 2>/dev/null; umount {d}/btrfs")
+    finally:
+        proc.kill()
+        proc.wait()
+    pull, sko, build = (med[n] for n in names)
+    return (
+        "## 8. Remote cache\n\n"
+        f"A buildd-sized root (`minbase` + `build-essential`, {size} MB of layers) from a "
+        "`docker-registry` on 127.0.0.1, into a fresh store, against building it cold and against "
+        "the tools people use for images (the same root exported with `envc export --oci` and "
+        f"pushed to the same registry). {rounds} interleaved rounds.\n\n"
+        + table(times, names[0]) + "\n\n"
+        f"- Pull vs cold build: {build / pull:.1f}x faster (goal: at least 5x); min/max of the pull "
+        f"{fmt(min(times[names[0]]))}-{fmt(max(times[names[0]]))}, of the build "
+        f"{fmt(min(times[names[2]]))}-{fmt(max(times[names[2]]))}.\n"
+        f"- Pull vs skopeo copy + umoci unpack: {pull / sko:.2f}x (goal: at most 1.3x); envc also "
+        "checks the signature, the blob and archive digests and the tree digest of the whole root.\n\n"
+        + table(push) + "\n\n"
+        "Goal for an unchanged chain: at most 100 ms.\n\n"
+        "Computing a layer's archive on btrfs (the layer's difference from its parent's snapshot) "
+        "against overlay (the layer is its own difference), each pushing the whole chain to an "
+        f"empty repository ({rounds} rounds):\n\n" + table(dtimes, diff_cases[0][0]) + "\n"
+    )
+
+
 def merge(old, sections):
     """The document `old` (BENCHMARKS.md as it is) with `sections` put in: each replaces the
     section (from its `## ` heading to the next) with the same heading, or, if there is none, goes
@@ -763,7 +881,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="fewer rounds for the slow parts; no maven case")
-    ap.add_argument("--only", default="cold,sync,warm,incremental,depth,lvm,lock,compiler")
+    ap.add_argument("--only", default="cold,sync,warm,incremental,depth,lvm,lock,remote,compiler")
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -781,6 +899,7 @@ def main():
         "lvm": lambda: part_lvm(args.rounds),
         "lock": lambda: part_lock(1 if args.quick else max(3, args.rounds), 10 if args.quick else max(30, args.rounds * 12)),
         "compiler": compiler_section,
+        "remote": lambda: part_remote(1 if args.quick else max(3, args.rounds // 2)),
     }
     # Each part's section is saved as soon as it is done (WORK/results), and put into the
     # document as it is (see `merge`): a failure, or --only, keeps the other parts' sections.

@@ -537,3 +537,82 @@ fn fmt_keeps_ids_and_comments_and_is_idempotent() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn key_generate_writes_a_pair_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = scratch("keygen");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let out = envc()
+        .args(["key", "generate", "team-ci", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = std::fs::read_to_string(d.join("team-ci.key")).unwrap();
+    let public = std::fs::read_to_string(d.join("team-ci.pub")).unwrap();
+    assert!(
+        secret.starts_with("envc-ed25519-secret-v1 team-ci "),
+        "{secret}"
+    );
+    assert!(
+        public.starts_with("envc-ed25519-public-v1 team-ci "),
+        "{public}"
+    );
+    let mode = std::fs::metadata(d.join("team-ci.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fingerprint ed25519:"));
+    // Never replaced.
+    let again = envc()
+        .args(["key", "generate", "team-ci", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(d.join("team-ci.key")).unwrap(),
+        secret
+    );
+    // A bad name is a usage error.
+    let bad = envc()
+        .args(["key", "generate", "../x", "--dir"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    // push without a remote or key: usage errors before anything else.
+    let spec = d.join("s.kdl");
+    std::fs::write(&spec, "name \"s\"\nbase \"scratch\"\n").unwrap();
+    let push = envc()
+        .arg("push")
+        .arg(&spec)
+        .env_remove("ENVC_REMOTE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        push.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let push = envc()
+        .args(["push", spec.to_str().unwrap(), "--remote", "localhost:1/x"])
+        .env_remove("ENVC_SIGNING_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(
+        push.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
