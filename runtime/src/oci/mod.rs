@@ -7,6 +7,7 @@
 //! - [`registry`]: the OCI distribution API client (anonymous, basic and bearer-token auth,
 //!   timeouts, bounded retries, size limits, digests checked as blobs arrive).
 //! - [`sign`]: ed25519 keys and the signature that covers what a pushed layer claims.
+//! - [`remote`]: the remote layer cache: layers pushed as signed artifacts, pulled and checked.
 #![forbid(unsafe_code)]
 
 pub mod archive;
