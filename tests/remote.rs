@@ -76,7 +76,7 @@ fn remote_cache(kind: Kind) {
         stranger.to_str().unwrap(),
     );
     let spec = a.spec("rc.kdl", SPEC);
-    let all = ["busybox.tar.gz", "tools", "more"];
+    let all = ["base", "tools", "more"];
 
     // Build and push.
     let r = remote_apply(
@@ -152,7 +152,7 @@ fn remote_cache(kind: Kind) {
     assert!(r.stderr.contains("no trusted key"), "{}", r.stderr);
 
     // A corrupted blob: refused, built here, the same tree.
-    let corrupted = reg.corrupt_blobs(1024);
+    let corrupted = reg.corrupt_blobs(1);
     assert!(
         corrupted > 0,
         "no blob to corrupt in the registry's storage"

@@ -172,7 +172,7 @@ impl Runtime {
                     PushOutcome::NotStored
                 } else {
                     held.push(lock);
-                    let outcome = match self.tree_digest_of(&chain) {
+                    match self.tree_digest_of(&chain) {
                         Err(reason) => PushOutcome::Failed(reason),
                         Ok(tree) => match remote.push(&self.store, &chain, tree) {
                             Ok(crate::oci::remote::Pushed::Present) => PushOutcome::Present,
@@ -184,8 +184,7 @@ impl Runtime {
                             }
                             Err(e) => PushOutcome::Failed(e.to_string()),
                         },
-                    };
-                    outcome
+                    }
                 }
             };
             if matches!(outcome, PushOutcome::Failed(_)) {

@@ -1165,11 +1165,8 @@ pub fn unpack(
             .entries()
             .map_err(|e| refused("-", format!("not a tar stream: {e}")))?
             .raw(true);
-        let (mut long_name, mut long_link, mut pax): (
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        ) = (None, None, None);
+        let (mut long_name, mut long_link, mut pax) =
+            (None::<Vec<u8>>, None::<Vec<u8>>, None::<Vec<u8>>);
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| refused("-", format!("cannot read the stream: {e}")))?;
@@ -1311,7 +1308,7 @@ pub fn unpack(
     }
     // The stream must have ended with the end-of-archive blocks, and hold nothing after them.
     let ended = watched.pos >= BLOCK as u64
-        && watched.pos % BLOCK as u64 == 0
+        && watched.pos.is_multiple_of(BLOCK as u64)
         && watched.tail.len() == BLOCK
         && watched.tail.iter().all(|b| *b == 0);
     if !ended {
