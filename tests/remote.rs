@@ -12,7 +12,11 @@
 //!   and the key;
 //! - a corrupted blob in the registry's storage is refused (a warning) and the layer built here,
 //!   with the same tree;
-//! - a registry that cannot be reached gives one warning and a local build, never a failure.
+//! - a registry that cannot be reached gives one warning and a local build, never a failure;
+//! - artifacts signed by the trusted key but hostile (paths with `..`, absolute paths, a write
+//!   through a symlink, a hard link out, a decompression bomb past the signed size, a wrong media
+//!   type, another tree than the signed digest): each refused with a warning giving the reason,
+//!   the layer built here with the same tree, nothing written outside the store.
 //!
 //! They need root and the registry, and skip otherwise, unless ENVC_REQUIRE_PRIVILEGED=1.
 
@@ -206,5 +210,254 @@ fn overlay_remote_cache() {
 fn btrfs_remote_cache() {
     if privileged("btrfs_remote_cache") {
         remote_cache(Kind::Btrfs);
+    }
+}
+
+/// A raw tar header block, whatever the tar crate would refuse to write.
+fn raw_header(name: &[u8], kind: u8, size: u64, link: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+fn raw_file(name: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut v = raw_header(name, b'0', data.len() as u64, b"");
+    v.extend_from_slice(data);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Pushes an artifact for layer `id` (a base) made of `tar`, signed with `key`: the config
+/// claims `diff_size` (the real size when `None`) and the manifest names `blob_type`.
+fn push_crafted(
+    addr: &str,
+    repo: &str,
+    id: &str,
+    key: &Path,
+    tar: &[u8],
+    diff_size: Option<u64>,
+    blob_type: &str,
+) {
+    use envc_runtime::oci::registry::{Options, Registry};
+    use envc_runtime::oci::remote::{self, Descriptor, LayerConfig, LayerManifest};
+    use envc_runtime::oci::sign::{SecretKey, SignatureRecord};
+    let blob = zstd::encode_all(tar, 3).unwrap();
+    let reg = Registry::new(
+        &format!("{addr}/{repo}").parse().unwrap(),
+        Options::default(),
+    )
+    .unwrap();
+    let mut config = LayerConfig {
+        format: remote::CONFIG_FORMAT,
+        layer: id.to_owned(),
+        parent: None,
+        tree: "ab".repeat(32),
+        diff: sha256(tar),
+        diff_size: diff_size.unwrap_or(tar.len() as u64),
+        blob: sha256(&blob),
+        signature: SignatureRecord {
+            key: String::new(),
+            name: String::new(),
+            signature: String::new(),
+        },
+    };
+    config.signature = SecretKey::read(key).unwrap().sign(&config.claim());
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    for bytes in [&blob, &config_bytes] {
+        let b = bytes.clone();
+        reg.push_blob(&sha256(bytes), bytes.len() as u64, &mut || {
+            Ok(Box::new(std::io::Cursor::new(b.clone())) as Box<dyn std::io::Read + Send>)
+        })
+        .unwrap();
+    }
+    let manifest = LayerManifest {
+        schema_version: 2,
+        media_type: remote::MANIFEST_TYPE.into(),
+        artifact_type: Some(remote::ARTIFACT_TYPE.into()),
+        config: Descriptor {
+            media_type: remote::CONFIG_TYPE.into(),
+            digest: sha256(&config_bytes),
+            size: config_bytes.len() as u64,
+        },
+        layers: vec![Descriptor {
+            media_type: blob_type.into(),
+            digest: sha256(&blob),
+            size: blob.len() as u64,
+        }],
+    };
+    reg.push_manifest(
+        &format!("envc-{id}"),
+        remote::MANIFEST_TYPE,
+        &serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Artifacts signed by the trusted key (an insider, a stolen key) but hostile: each is refused
+/// with a warning naming the layer, the layer is built here with the same tree, and nothing is
+/// written outside the store.
+fn hostile_artifacts(kind: Kind) {
+    let Some(reg) = TestRegistry::start(None) else {
+        return;
+    };
+    let keydir = TempDir::new("remote-hostile-keys");
+    let t = TestStore::new(kind, "remote-hostile-ref");
+    let (key, public) = keys(&t, keydir.path(), "insider");
+    let spec = t.spec("rc.kdl", SPEC);
+    let want = tree(&t.apply(&spec).root());
+    let base = t.plan_ids(&spec)[0].clone();
+    let canary_dir = keydir.path().join("outside");
+    std::fs::create_dir(&canary_dir).unwrap();
+    let out = canary_dir.join("written");
+    let out_b = out.to_str().unwrap().as_bytes();
+    let top = raw_header(b"./", b'5', 0, b"");
+    let end = [0u8; 1024];
+    let cases: Vec<(&str, Vec<u8>, Option<u64>, &str, &str)> = vec![
+        (
+            "dotdot",
+            [
+                top.clone(),
+                raw_file(b"../../../../../../../../../../tmp/envc-escape", b"x"),
+                end.to_vec(),
+            ]
+            .concat(),
+            None,
+            envc_runtime::oci::remote::BLOB_TYPE,
+            "a path with `..`",
+        ),
+        (
+            "absolute",
+            [top.clone(), raw_file(out_b, b"x"), end.to_vec()].concat(),
+            None,
+            envc_runtime::oci::remote::BLOB_TYPE,
+            "an absolute path",
+        ),
+        (
+            "through a symlink",
+            [
+                top.clone(),
+                raw_header(b"up", b'2', 0, canary_dir.to_str().unwrap().as_bytes()),
+                raw_file(b"up/written", b"x"),
+                end.to_vec(),
+            ]
+            .concat(),
+            None,
+            envc_runtime::oci::remote::BLOB_TYPE,
+            "a symlink is never followed",
+        ),
+        (
+            "hard link out",
+            [
+                top.clone(),
+                raw_header(b"h", b'1', 0, b"../../../../../../../../etc/passwd"),
+                end.to_vec(),
+            ]
+            .concat(),
+            None,
+            envc_runtime::oci::remote::BLOB_TYPE,
+            "a hard link to",
+        ),
+        (
+            "bomb",
+            [
+                top.clone(),
+                raw_file(b"big", &vec![0u8; 1 << 20]),
+                end.to_vec(),
+            ]
+            .concat(),
+            Some(4096),
+            envc_runtime::oci::remote::BLOB_TYPE,
+            "more than 4096 bytes",
+        ),
+        (
+            "wrong media type",
+            [top.clone(), raw_file(b"f", b"x"), end.to_vec()].concat(),
+            None,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "blob media type",
+        ),
+        (
+            "another tree",
+            [top.clone(), raw_file(b"f", b"not the base"), end.to_vec()].concat(),
+            None,
+            envc_runtime::oci::remote::BLOB_TYPE,
+            "its unpacked tree has digest",
+        ),
+    ];
+    for (i, (name, tar, diff_size, blob_type, reason)) in cases.into_iter().enumerate() {
+        let repo = format!("hostile/case{i}");
+        push_crafted(&reg.addr, &repo, &base, &key, &tar, diff_size, blob_type);
+        let s = TestStore::new(kind, "remote-hostile");
+        let sp = s.spec("rc.kdl", SPEC);
+        let r = remote_apply(
+            &s,
+            &sp,
+            &[
+                "--remote",
+                &format!("{}/{repo}", reg.addr),
+                "--trusted-key",
+                public.to_str().unwrap(),
+            ],
+        );
+        let why = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("not taken"))
+            .unwrap_or("");
+        assert!(
+            why.contains(reason),
+            "[{kind:?}] {name}: want {reason:?} in: {why}"
+        );
+        assert_eq!(r.built().len(), 3, "[{kind:?}] {name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("layer `base`")
+                && r.stderr.contains("not taken from the remote cache"),
+            "[{kind:?}] {name}: no warning: {}",
+            r.stderr
+        );
+        if let Some(d) = tree_diff(&want, &tree(&r.root())) {
+            panic!("[{kind:?}] {name}: the root differs: {d}");
+        }
+        assert!(!out.exists(), "[{kind:?}] {name}: wrote outside the store");
+        assert!(
+            !Path::new("/tmp/envc-escape").exists(),
+            "[{kind:?}] {name}: wrote /tmp/envc-escape"
+        );
+        assert!(
+            s.stray_mounts().is_empty(),
+            "[{kind:?}] {name}: {:?}",
+            s.stray_mounts()
+        );
+    }
+}
+
+#[test]
+fn overlay_hostile_artifacts() {
+    if privileged("overlay_hostile_artifacts") {
+        hostile_artifacts(Kind::Overlay);
+    }
+}
+
+#[test]
+fn btrfs_hostile_artifacts() {
+    if privileged("btrfs_hostile_artifacts") {
+        hostile_artifacts(Kind::Btrfs);
     }
 }
