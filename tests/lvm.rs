@@ -69,7 +69,83 @@ const LVM_TESTS: &[Test] = &[
         a_store_on_a_loop_file_volume_group,
     ),
     ("hostile_steps_are_confined", hostile_steps_are_confined),
+    (
+        "the_remote_cache_round_trips_thin_volumes",
+        the_remote_cache_round_trips_thin_volumes,
+    ),
 ];
+
+/// The remote cache on LVM (issue 13): a chain built on thin volumes is pushed to a registry in
+/// the guest (each layer's archive is its difference from the parent's snapshot), then pulled into
+/// a fresh LVM store and into an overlay store: nothing is built, the trees equal the pusher's,
+/// and every pulled layer verifies.
+fn the_remote_cache_round_trips_thin_volumes() {
+    // The guest starts with its loopback interface down.
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .output();
+    let reg = common::registry::TestRegistry::start(None).expect("docker-registry in the guest");
+    let remote = format!("{}/vm/cache", reg.addr);
+    let a = TestStore::new(Kind::Lvm, "remote-a");
+    let keys = a.specs.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let r = a.envc(&["key", "generate", "vm", "--dir", keys.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let (key, public) = (keys.join("vm.key"), keys.join("vm.pub"));
+    let text = format!(
+        "name \"rc\"\n{BASE}layer \"a\" {{ run \"mkdir -p /opt/t && echo a > /opt/t/a && ln -s a /opt/t/l && rm -f /bin/vi\" }}\nlayer \"b\" {{ run \"rm -rf /opt/t && echo b > /b && chmod 700 /opt\" }}\n"
+    );
+    let spec = a.spec("rc.kdl", &text);
+    let pushed = apply_logged(
+        &a,
+        &spec,
+        &a.specs.join("lvm.log"),
+        &[
+            "--remote",
+            &remote,
+            "--sign-key",
+            key.to_str().unwrap(),
+            "--push",
+        ],
+    );
+    assert_eq!(
+        pushed.stderr.matches("envc: pushed layer").count(),
+        3,
+        "{}",
+        pushed.stderr
+    );
+    let want = common::crash::tree(&pushed.root());
+    for kind in [Kind::Lvm, Kind::Overlay] {
+        let b = TestStore::new(kind, "remote-b");
+        let spec_b = b.spec("rc.kdl", &text);
+        let r = Run::from(
+            b.cmd()
+                .arg("apply")
+                .arg(&spec_b)
+                .args([
+                    "--remote",
+                    &remote,
+                    "--trusted-key",
+                    public.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(r.code, 0, "[{kind:?}] {}", r.stderr);
+        assert!(r.built().is_empty(), "[{kind:?}] built: {}", r.stderr);
+        assert_eq!(
+            r.stderr.matches("] pulled ").count(),
+            3,
+            "[{kind:?}] {}",
+            r.stderr
+        );
+        if let Some(d) = common::crash::tree_diff(&want, &common::crash::tree(&r.root())) {
+            panic!("[{kind:?}] the pulled root differs from the LVM pusher's: {d}");
+        }
+        let v = b.envc(&["verify", spec_b.to_str().unwrap()]);
+        assert_eq!(v.code, 0, "[{kind:?}] {}{}", v.stdout, v.stderr);
+    }
+}
 
 /// The hostile-step suite of tests/confine.rs (issue 11) on LVM: the same attacks as `run`
 /// steps and through `envc run`, and the host side (the store 0700, working roots mounted
