@@ -5,6 +5,7 @@
 pub mod aptrepo;
 pub mod crash;
 pub mod hostile;
+pub mod registry;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -30,7 +30,8 @@ pub use auth::Credentials;
 pub use reference::Reference;
 
 use auth::{Challenge, parse_challenges, query_escape};
-use blob::{Verified, sha256_digest};
+use blob::Verified;
+pub use blob::sha256_digest;
 use reference::{check_digest, check_tag, plain_http_allowed};
 
 /// The media type a manifest is asked for with.

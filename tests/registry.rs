@@ -1,0 +1,338 @@
+//! The OCI distribution client against a real registry (Debian's docker-registry, distribution
+//! 2.8, on 127.0.0.1): envc's layer artifacts pushed and read back, pushes repeated, absent
+//! tags, corrupted storage, basic auth from an auth file, and registries that cannot be
+//! reached or never answer.
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::registry::TestRegistry;
+use envc_runtime::oci::registry::{
+    Credentials, OCI_MANIFEST, Options, Reference, Registry, RegistryError, sha256_digest,
+};
+
+const ARTIFACT: &str = "application/vnd.envc.layer.v1";
+const CONFIG: &str = "application/vnd.envc.layer.config.v1+json";
+const LAYER: &str = "application/vnd.envc.layer.v1.tar+zstd";
+
+fn options() -> Options {
+    Options {
+        insecure_hosts: Vec::new(),
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(10),
+        attempts: 3,
+        backoff: Duration::from_millis(50),
+        auth: Credentials::anonymous(),
+    }
+}
+
+fn client(addr: &str, repo: &str, opts: Options) -> Registry {
+    let r: Reference = format!("{addr}/{repo}").parse().unwrap();
+    Registry::new(&r, opts).unwrap()
+}
+
+/// Bytes that do not compress away: a layer of `n` bytes.
+fn layer_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn opener(bytes: &[u8], opened: &mut u32) -> impl FnMut() -> io::Result<Box<dyn Read + Send>> {
+    let bytes = bytes.to_vec();
+    move || {
+        *opened += 1;
+        Ok(Box::new(io::Cursor::new(bytes.clone())) as Box<dyn Read + Send>)
+    }
+}
+
+/// Pushes a layer and its config as an envc artifact manifest tagged `tag`; returns the
+/// manifest bytes and digest.
+fn push_artifact(reg: &Registry, tag: &str, layer: &[u8]) -> (Vec<u8>, String) {
+    let config = br#"{"envc":"layer","version":1}"#;
+    let mut opened = 0;
+    reg.push_blob(
+        &sha256_digest(config),
+        config.len() as u64,
+        &mut opener(config, &mut opened),
+    )
+    .unwrap();
+    reg.push_blob(
+        &sha256_digest(layer),
+        layer.len() as u64,
+        &mut opener(layer, &mut opened),
+    )
+    .unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT,
+        "config": {"mediaType": CONFIG, "digest": sha256_digest(config), "size": config.len()},
+        "layers": [{"mediaType": LAYER, "digest": sha256_digest(layer), "size": layer.len()}],
+        "annotations": {"org.opencontainers.image.title": tag},
+    });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = reg.push_manifest(tag, OCI_MANIFEST, &bytes).unwrap();
+    assert_eq!(digest, sha256_digest(&bytes));
+    (bytes, digest)
+}
+
+fn read_blob(reg: &Registry, digest: &str, size: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    reg.blob(digest, size, 1 << 30)
+        .unwrap()
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn push_pull_and_push_again() {
+    let Some(server) = TestRegistry::start(None) else {
+        return;
+    };
+    let reg = client(&server.addr, "team/envc-cache", options());
+    let layer = layer_bytes(300_000, 1);
+    let (manifest, digest) = push_artifact(&reg, "layer-1", &layer);
+
+    let got = reg
+        .manifest("layer-1")
+        .unwrap()
+        .expect("the manifest is there");
+    assert_eq!(got.bytes, manifest);
+    assert_eq!(got.digest, digest);
+    assert_eq!(got.media_type, OCI_MANIFEST);
+    let v: serde_json::Value = serde_json::from_slice(&got.bytes).unwrap();
+    assert_eq!(v["artifactType"], ARTIFACT);
+    assert_eq!(v["config"]["mediaType"], CONFIG);
+    assert_eq!(v["layers"][0]["mediaType"], LAYER);
+
+    let ld = sha256_digest(&layer);
+    assert!(reg.has_blob(&ld).unwrap());
+    assert_eq!(read_blob(&reg, &ld, layer.len() as u64).unwrap(), layer);
+
+    // Pushing the same again: blobs are not uploaded (never opened), the manifest is the same.
+    let mut opened = 0;
+    reg.push_blob(&ld, layer.len() as u64, &mut opener(&layer, &mut opened))
+        .unwrap();
+    assert_eq!(opened, 0, "a blob the registry has is not sent again");
+    assert_eq!(
+        reg.push_manifest("layer-1", OCI_MANIFEST, &manifest)
+            .unwrap(),
+        digest
+    );
+    // The same blob under another tag of another repository is uploaded there.
+    let other = client(&server.addr, "team/other", options());
+    let mut opened = 0;
+    other
+        .push_blob(&ld, layer.len() as u64, &mut opener(&layer, &mut opened))
+        .unwrap();
+    assert_eq!(opened, 1);
+
+    // What is absent.
+    assert!(reg.manifest("nope").unwrap().is_none());
+    let absent = sha256_digest(b"absent");
+    assert!(!reg.has_blob(&absent).unwrap());
+    let e = reg
+        .blob(&absent, 6, 100)
+        .err()
+        .expect("an absent blob is an error");
+    assert!(
+        matches!(e, RegistryError::Status { status: 404, .. }) && !e.is_unreachable(),
+        "{e}"
+    );
+    // A size that is not the blob's is refused from its Content-Length.
+    let e = reg
+        .blob(&ld, layer.len() as u64 + 1, 1 << 30)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("announces"), "{e}");
+    // A blob over the caller's limit is refused before any request.
+    let e = reg.blob(&ld, layer.len() as u64, 1000).err().unwrap();
+    assert!(matches!(e, RegistryError::TooLarge { .. }), "{e}");
+
+    // A content whose digest is not the one named is refused by the registry.
+    let mut opened = 0;
+    let wrong = sha256_digest(b"something else");
+    let e = reg
+        .push_blob(&wrong, 5, &mut opener(b"hello", &mut opened))
+        .unwrap_err();
+    assert!(
+        matches!(e, RegistryError::Status { status: 400, .. }),
+        "{e}"
+    );
+    assert!(!reg.has_blob(&wrong).unwrap());
+    // One registry client serves several threads.
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let reg = &reg;
+            s.spawn(move || {
+                let layer = layer_bytes(10_000 + i, 10 + i as u64);
+                push_artifact(reg, &format!("t{i}"), &layer);
+                assert!(reg.manifest(&format!("t{i}")).unwrap().is_some());
+            });
+        }
+    });
+}
+
+#[test]
+fn corrupted_blob_is_detected() {
+    let Some(server) = TestRegistry::start(None) else {
+        return;
+    };
+    let reg = client(&server.addr, "envc/corrupt", options());
+    let layer = layer_bytes(200_000, 2);
+    let ld = sha256_digest(&layer);
+    push_artifact(&reg, "c", &layer);
+    assert_eq!(server.corrupt_blobs(100_000), 1);
+    let e = read_blob(&reg, &ld, layer.len() as u64).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("not what the digest names"), "{e}");
+}
+
+/// Standard base64 with padding (the test crate does not depend on a base64 crate).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn auth_file(dir: &std::path::Path, host: &str, user: &str, pass: &str) -> PathBuf {
+    let auth = base64(format!("{user}:{pass}").as_bytes());
+    let p = dir.join(format!("auth-{user}-{pass}.json"));
+    std::fs::write(
+        &p,
+        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn basic_auth_from_an_auth_file() {
+    let Some(server) = TestRegistry::start(Some(("envc", "s3cret"))) else {
+        return;
+    };
+    let file = auth_file(&server.dir, &server.addr, "envc", "s3cret");
+    let env = |k: &str| (k == "REGISTRY_AUTH_FILE").then(|| OsString::from(&file));
+    let (creds, notes) = Credentials::from_environment_with(&server.addr, &env).unwrap();
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(creds.user(), Some("envc"));
+    assert!(!format!("{creds:?}").contains("s3cret"));
+
+    let reg = client(
+        &server.addr,
+        "team/private",
+        Options {
+            auth: creds,
+            ..options()
+        },
+    );
+    let layer = layer_bytes(50_000, 3);
+    let (manifest, _) = push_artifact(&reg, "p", &layer);
+    assert_eq!(reg.manifest("p").unwrap().unwrap().bytes, manifest);
+    let ld = sha256_digest(&layer);
+    assert_eq!(read_blob(&reg, &ld, layer.len() as u64).unwrap(), layer);
+
+    // Anonymous: refused, and said so.
+    let anon = client(&server.addr, "team/private", options());
+    let e = anon.manifest("p").unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    assert!(e.to_string().contains("none were found"), "{e}");
+    assert!(!e.is_unreachable());
+    // A wrong password: refused once, never asked again in a loop.
+    let wrong = auth_file(&server.dir, &server.addr, "envc", "wrong");
+    let env = |k: &str| (k == "REGISTRY_AUTH_FILE").then(|| OsString::from(&wrong));
+    let (creds, _) = Credentials::from_environment_with(&server.addr, &env).unwrap();
+    let bad = client(
+        &server.addr,
+        "team/private",
+        Options {
+            auth: creds,
+            ..options()
+        },
+    );
+    let e = bad.has_blob(&ld).unwrap_err();
+    assert!(e.to_string().contains("refused the credentials"), "{e}");
+    let mut opened = 0;
+    let e = bad
+        .push_blob(&ld, layer.len() as u64, &mut opener(&layer, &mut opened))
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    assert_eq!(opened, 0);
+}
+
+#[test]
+fn closed_port_is_unreachable_quickly() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let reg = client(&format!("127.0.0.1:{port}"), "a/b", options());
+    let start = Instant::now();
+    let e = reg.manifest("x").unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    assert!(e.to_string().contains("after 3 tries"), "{e}");
+    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn silent_registry_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Accepts connections and never answers (the thread ends with the test process).
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let reg = client(
+        &addr,
+        "a/b",
+        Options {
+            read_timeout: Duration::from_secs(1),
+            attempts: 2,
+            backoff: Duration::from_millis(10),
+            ..options()
+        },
+    );
+    let start = Instant::now();
+    let e = reg.has_blob(&sha256_digest(b"x")).unwrap_err();
+    let took = start.elapsed();
+    assert!(e.is_unreachable(), "{e}");
+    assert!(took >= Duration::from_secs(2), "{took:?}: {e}");
+    assert!(took < Duration::from_secs(6), "{took:?}: {e}");
+}
