@@ -336,3 +336,219 @@ fn silent_registry_times_out() {
     assert!(took >= Duration::from_secs(2), "{took:?}: {e}");
     assert!(took < Duration::from_secs(6), "{took:?}: {e}");
 }
+
+/// `bytes` in base64url without padding (JWT's encoding).
+fn base64url(bytes: &[u8]) -> String {
+    base64(bytes)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The query and `Authorization` of every request a token server had.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// A token server: a key and self-signed certificate made with openssl, and a thread that
+/// answers `GET /token?service=..&scope=..` with a JWT signed by that key (RS256, the
+/// certificate in `x5c`), but only to requests with `basic` as their `Authorization`.
+struct TokenServer {
+    realm: String,
+    bundle: PathBuf,
+    seen: Seen,
+}
+
+impl TokenServer {
+    fn start(dir: &std::path::Path, issuer: &'static str, basic: String) -> TokenServer {
+        let key = dir.join("token.key");
+        let cert = dir.join("token.crt");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=envc-token"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{ok:?}");
+        let der = std::process::Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(der.status.success(), "{der:?}");
+        let x5c = base64(&der.stdout);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let seen = Seen::default();
+        let log = seen.clone();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().flatten().enumerate() {
+                let _ = serve_token(stream, n, &dir, &key, &x5c, issuer, &basic, &log);
+            }
+        });
+        TokenServer {
+            realm,
+            bundle: cert,
+            seen,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_token(
+    mut stream: std::net::TcpStream,
+    n: usize,
+    dir: &std::path::Path,
+    key: &std::path::Path,
+    x5c: &str,
+    issuer: &str,
+    basic: &str,
+    log: &std::sync::Mutex<Vec<(String, Option<String>)>>,
+) -> io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let target = line.split(' ').nth(1).unwrap_or("").to_owned();
+    let mut auth = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("authorization")
+        {
+            auth = Some(v.trim().to_owned());
+        }
+    }
+    let query = target.split_once('?').map_or("", |(_, q)| q).to_owned();
+    log.lock().unwrap().push((query.clone(), auth.clone()));
+    if auth.as_deref() != Some(basic) {
+        let body = r#"{"details":"bad credentials"}"#;
+        return write!(
+            stream,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(percent_decode)
+            .unwrap_or_default()
+    };
+    let (service, scope) = (param("service"), param("scope"));
+    let mut parts = scope.splitn(3, ':');
+    let (kind, name, actions) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": issuer, "sub": "envc", "aud": service,
+        "exp": now + 600, "nbf": now - 10, "iat": now - 10, "jti": format!("t{n}"),
+        "access": [{"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}],
+    });
+    let input = format!(
+        "{}.{}",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims.to_string().as_bytes())
+    );
+    let input_file = dir.join(format!("jwt-{n}"));
+    std::fs::write(&input_file, &input)?;
+    let sig = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .arg(&input_file)
+        .output()?;
+    assert!(sig.status.success(), "{sig:?}");
+    let token = format!("{input}.{}", base64url(&sig.stdout));
+    let body = serde_json::json!({"token": token, "expires_in": 600}).to_string();
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn bearer_tokens_from_a_token_server() {
+    if !TestRegistry::available() {
+        return;
+    }
+    let dir = common::TempDir::new("registry-token");
+    let basic = format!("Basic {}", base64(b"envc:t0ken"));
+    let tokens = TokenServer::start(dir.path(), "envc-issuer", basic.clone());
+    let Some(server) =
+        TestRegistry::start_token(&tokens.realm, "envc-test", "envc-issuer", &tokens.bundle)
+    else {
+        return;
+    };
+    let opts = || Options {
+        auth: Credentials::basic("envc", "t0ken"),
+        ..options()
+    };
+    let reg = client(&server.addr, "team/bearer", opts());
+    let layer = layer_bytes(40_000, 4);
+    let (manifest, digest) = push_artifact(&reg, "b", &layer);
+    let got = reg.manifest("b").unwrap().unwrap();
+    assert_eq!((got.bytes, got.digest), (manifest, digest));
+    let ld = sha256_digest(&layer);
+    assert_eq!(read_blob(&reg, &ld, layer.len() as u64).unwrap(), layer);
+    assert!(reg.has_blob(&ld).unwrap());
+    {
+        // One token per scope, asked for with the credentials: the cache serves the rest.
+        let seen = tokens.seen.lock().unwrap();
+        let queries: Vec<&str> = seen.iter().map(|(q, _)| q.as_str()).collect();
+        assert_eq!(
+            queries,
+            [
+                "service=envc-test&scope=repository%3Ateam%2Fbearer%3Apull%2Cpush",
+                "service=envc-test&scope=repository%3Ateam%2Fbearer%3Apull",
+            ],
+            "{}",
+            server.log()
+        );
+        assert!(
+            seen.iter()
+                .all(|(_, a)| a.as_deref() == Some(basic.as_str()))
+        );
+    }
+    // Without credentials the token server refuses: an authorization error, no loop.
+    let anon = client(&server.addr, "team/bearer", options());
+    let e = anon.manifest("b").unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    assert!(e.to_string().contains("HTTP 401"), "{e}");
+    assert!(!e.is_unreachable());
+    assert_eq!(tokens.seen.lock().unwrap().len(), 3);
+}
