@@ -552,3 +552,269 @@ fn bearer_tokens_from_a_token_server() {
     assert!(!e.is_unreachable());
     assert_eq!(tokens.seen.lock().unwrap().len(), 3);
 }
+
+/// One request a [`Scripted`] server had.
+#[derive(Debug, Clone)]
+struct Seen1 {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen1 {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Handler = dyn Fn(&Seen1, usize) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync;
+
+/// A scripted HTTP server (not a registry): for redirects, retries and authorization
+/// sequences a real registry does not make on demand. Each answer closes its connection.
+struct Scripted {
+    addr: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen1>>>,
+}
+
+impl Scripted {
+    fn start(handler: Box<Handler>) -> Scripted {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                let mut reader = BufReader::new(clone);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut words = line.split_whitespace();
+                let method = words.next().unwrap_or("").to_owned();
+                let target = words.next().unwrap_or("").to_owned();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+                    }
+                }
+                let req = Seen1 {
+                    method,
+                    target,
+                    headers,
+                };
+                let len: u64 = req
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let _ = io::copy(&mut reader.by_ref().take(len), &mut io::sink());
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(req.clone());
+                    log.len() - 1
+                };
+                let (status, hs, body) = handler(&req, n);
+                let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+                if !hs
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                {
+                    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+                }
+                for (k, v) in hs {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                let _ = stream.write_all(head.as_bytes());
+                if req.method != "HEAD" {
+                    let _ = stream.write_all(&body);
+                }
+            }
+        });
+        Scripted { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen1> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn h(k: &str, v: &str) -> (String, String) {
+    (k.to_owned(), v.to_owned())
+}
+
+#[test]
+fn retries_only_what_may_pass() {
+    let d = sha256_digest(b"x");
+    // 503, 429, then 200: three tries.
+    let s = Scripted::start(Box::new(|_, n| match n {
+        0 => (503, vec![], vec![]),
+        1 => (429, vec![], vec![]),
+        _ => (200, vec![], vec![]),
+    }));
+    assert!(client(&s.addr, "a/b", options()).has_blob(&d).unwrap());
+    assert_eq!(s.seen().len(), 3);
+    // Always 503: unreachable after the tries.
+    let s = Scripted::start(Box::new(|_, _| (503, vec![], b"busy".to_vec())));
+    let e = client(&s.addr, "a/b", options()).manifest("t").unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    assert!(e.to_string().contains("after 3 tries"), "{e}");
+    assert_eq!(s.seen().len(), 3);
+    // A 4xx is never tried again, and the registry's words are in the error.
+    let s = Scripted::start(Box::new(|_, _| {
+        let body = br#"{"errors":[{"code":"DENIED","message":"no way"}]}"#;
+        (403, vec![], body.to_vec())
+    }));
+    let e = client(&s.addr, "a/b", options()).manifest("t").unwrap_err();
+    assert!(!e.is_unreachable());
+    assert!(e.to_string().contains("HTTP 403: DENIED: no way"), "{e}");
+    assert_eq!(s.seen().len(), 1);
+}
+
+#[test]
+fn redirects_drop_authorization_across_hosts() {
+    let blob = b"blob content".to_vec();
+    let d = sha256_digest(&blob);
+    let body = blob.clone();
+    let storage = Scripted::start(Box::new(move |_, _| (200, vec![], body.clone())));
+    // The same port spelled `localhost`: another host to the client.
+    let target = format!(
+        "http://localhost:{}/store/x?sig=1",
+        storage.addr.rsplit_once(':').unwrap().1
+    );
+    let front = Scripted::start(Box::new(move |req, _| {
+        if req.header("authorization").is_none() {
+            return (
+                401,
+                vec![h("WWW-Authenticate", r#"Basic realm="t""#)],
+                vec![],
+            );
+        }
+        if req.target.contains("/blobs/") {
+            (307, vec![h("Location", "/v2/a/b/elsewhere")], vec![])
+        } else {
+            (302, vec![h("Location", &target)], vec![])
+        }
+    }));
+    let reg = client(
+        &front.addr,
+        "a/b",
+        Options {
+            auth: Credentials::basic("u", "p"),
+            ..options()
+        },
+    );
+    let mut out = Vec::new();
+    reg.blob(&d, blob.len() as u64, 100)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, blob);
+    let seen = front.seen();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        [
+            format!("/v2/a/b/blobs/{d}").as_str(),
+            &format!("/v2/a/b/blobs/{d}"),
+            "/v2/a/b/elsewhere"
+        ]
+    );
+    // The same host keeps the authorization, another host never gets it.
+    assert!(seen[2].header("authorization").is_some());
+    let stored = storage.seen();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].target, "/store/x?sig=1");
+    assert!(stored[0].header("authorization").is_none(), "{stored:?}");
+
+    // A redirect loop ends.
+    let looping = Scripted::start(Box::new(|_, _| {
+        (302, vec![h("Location", "/v2/a/b/x")], vec![])
+    }));
+    let e = client(&looping.addr, "a/b", options())
+        .manifest("t")
+        .unwrap_err();
+    assert!(e.to_string().contains("more than 5 redirects"), "{e}");
+    assert_eq!(looping.seen().len(), 6);
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once() {
+    // Tokens t0, t1, ... from /token; the registry accepts t0 once, then t1 once, then none.
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let realm = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (c, a, r) = (counter.clone(), accepted.clone(), realm.clone());
+    let s = Scripted::start(Box::new(move |req, _| {
+        if req.target.starts_with("/token") {
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = format!(r#"{{"access_token":"t{n}"}}"#);
+            return (200, vec![], body.into_bytes());
+        }
+        let auth = req.header("authorization").unwrap_or("").to_owned();
+        let mut used = a.lock().unwrap();
+        if (auth == "Bearer t0" || auth == "Bearer t1") && !used.contains(&auth) {
+            used.push(auth);
+            return (404, vec![], vec![]);
+        }
+        let challenge = format!(
+            r#"Bearer realm="{}",service="svc",scope="repository:a/b:pull""#,
+            r.lock().unwrap()
+        );
+        (401, vec![h("WWW-Authenticate", &challenge)], vec![])
+    }));
+    *realm.lock().unwrap() = format!("http://{}/token", s.addr);
+    let reg = client(&s.addr, "a/b", options());
+    assert!(reg.manifest("t").unwrap().is_none()); // anonymous, 401, t0, 404
+    assert!(reg.manifest("t").unwrap().is_none()); // t0 refused, t1, 404
+    let e = reg.manifest("t").unwrap_err(); // t1 refused, t2 refused: the end
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    let targets: Vec<String> = s.seen().iter().map(|r| r.target.clone()).collect();
+    let tokens = targets.iter().filter(|t| t.starts_with("/token")).count();
+    assert_eq!(tokens, 3, "{targets:?}");
+    assert_eq!(targets.len(), 9, "{targets:?}");
+    assert!(
+        targets[1].contains("scope=repository%3Aa%2Fb%3Apull"),
+        "{targets:?}"
+    );
+}
+
+#[test]
+fn manifests_are_capped_and_checked() {
+    let big = Scripted::start(Box::new(|_, _| {
+        (200, vec![h("Content-Length", "5000000")], vec![])
+    }));
+    let e = client(&big.addr, "a/b", options())
+        .manifest("t")
+        .unwrap_err();
+    assert!(e.to_string().contains("over 4194304"), "{e}");
+    let lying = Scripted::start(Box::new(|_, _| {
+        let wrong = sha256_digest(b"other");
+        (
+            200,
+            vec![
+                h("Docker-Content-Digest", &wrong),
+                h("Content-Type", OCI_MANIFEST),
+            ],
+            b"{}".to_vec(),
+        )
+    }));
+    let e = client(&lying.addr, "a/b", options())
+        .manifest("t")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the registry says the manifest is"),
+        "{e}"
+    );
+}
