@@ -24,12 +24,55 @@ impl TestRegistry {
     /// with a SKIP line on stderr, when docker-registry is not installed, unless
     /// ENVC_REQUIRE_PRIVILEGED=1, which makes that a failure.
     pub fn start(auth: Option<(&str, &str)>) -> Option<TestRegistry> {
+        Self::start_with(&|dir| {
+            let (user, pass) = auth?;
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apache2-utils) runs");
+            assert!(out.status.success(), "htpasswd: {out:?}");
+            std::fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
+            Some(format!(
+                "auth:\n  htpasswd:\n    realm: envc-test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ))
+        })
+    }
+
+    /// Starts a registry that wants bearer tokens from `realm` for `service`, signed by
+    /// `issuer` with a certificate of `bundle` (PEM).
+    pub fn start_token(
+        realm: &str,
+        service: &str,
+        issuer: &str,
+        bundle: &Path,
+    ) -> Option<TestRegistry> {
+        Self::start_with(&|_| {
+            Some(format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    \
+                 issuer: {issuer}\n    rootcertbundle: {}\n",
+                bundle.display()
+            ))
+        })
+    }
+
+    /// Whether docker-registry is installed (a SKIP line, or a panic under
+    /// ENVC_REQUIRE_PRIVILEGED=1, when it is not).
+    pub fn available() -> bool {
         if !Path::new(BINARY).exists() {
             let why = format!("{BINARY} is missing (apt-get install docker-registry)");
             if std::env::var("ENVC_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
                 panic!("registry test cannot run: {why}, and ENVC_REQUIRE_PRIVILEGED=1");
             }
             let _ = writeln!(std::io::stderr(), "SKIP registry test: {why}");
+            return false;
+        }
+        true
+    }
+
+    /// Starts a registry with the `auth:` section `auth` writes (given the directory).
+    fn start_with(auth: &dyn Fn(&Path) -> Option<String>) -> Option<TestRegistry> {
+        if !Self::available() {
             return None;
         }
         let base = std::env::var_os("ENVC_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
@@ -51,17 +94,8 @@ impl TestRegistry {
              http:\n  addr: {addr}\n",
             dir.join("storage").display()
         );
-        if let Some((user, pass)) = auth {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", user, pass])
-                .output()
-                .expect("htpasswd (apache2-utils) runs");
-            assert!(out.status.success(), "htpasswd: {out:?}");
-            std::fs::write(dir.join("htpasswd"), &out.stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: envc-test\n    path: {}\n",
-                dir.join("htpasswd").display()
-            ));
+        if let Some(section) = auth(&dir) {
+            config.push_str(&section);
         }
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config).unwrap();

@@ -63,6 +63,14 @@ impl Credentials {
     pub fn from_environment(host: &str) -> Result<(Credentials, Vec<String>), RegistryError> {
         from_env_with(host, &|k| std::env::var_os(k).filter(|v| !v.is_empty()))
     }
+
+    /// [`Credentials::from_environment`] with the variables `env` gives (`None` for unset).
+    pub fn from_environment_with(
+        host: &str,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<(Credentials, Vec<String>), RegistryError> {
+        from_env_with(host, &|k| env(k).filter(|v| !v.is_empty()))
+    }
 }
 
 /// [`Credentials::from_environment`] with the environment given.

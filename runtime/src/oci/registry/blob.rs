@@ -5,8 +5,8 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
-/// `sha256:HEX` of `bytes`.
-pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
+/// `sha256:HEX` of `bytes`: the digest of a blob or manifest.
+pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
 }
 

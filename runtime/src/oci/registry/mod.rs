@@ -30,7 +30,8 @@ pub use auth::Credentials;
 pub use reference::Reference;
 
 use auth::{Challenge, parse_challenges, query_escape};
-use blob::{Verified, sha256_digest};
+use blob::Verified;
+pub use blob::sha256_digest;
 use reference::{check_digest, check_tag, plain_http_allowed};
 
 /// The media type a manifest is asked for with.
@@ -515,10 +516,11 @@ impl Registry {
         Ok(digest)
     }
 
-    /// Sends `call`, answering 401s (once, and once more on a later 401) and trying transient
-    /// failures again. Any other answer is returned.
+    /// Sends `call`, answering a 401 with a new authorization once (a cached one that was
+    /// refused, a token that expired, is replaced once; one just obtained is not) and trying
+    /// transient failures again. Any other answer is returned.
     fn send(&self, call: &Call, body: &mut Body) -> Result<ureq::Response, RegistryError> {
-        let mut authorized = 0;
+        let mut fetched = false;
         loop {
             let auth = self.cached(call.access);
             let resp = self.retrying(call, &mut || self.once(call, body, auth.as_deref()))?;
@@ -532,16 +534,17 @@ impl Registry {
                 .flat_map(parse_challenges)
                 .collect();
             let detail = error_detail(resp);
-            self.forget(call.access);
+            if let Some(a) = &auth {
+                self.forget(call.access, a);
+            }
             let unauthorized = |reason: String| RegistryError::Unauthorized {
                 op: call.op.to_owned(),
                 url: url.clone(),
                 reason,
             };
-            if authorized >= 2 {
-                return Err(unauthorized(format!(
-                    "the registry refused the credentials{detail}"
-                )));
+            let refused = || unauthorized(format!("the registry refused the credentials{detail}"));
+            if fetched {
+                return Err(refused());
             }
             let header = self.authorize(call, &challenges).map_err(|e| match e {
                 Fail::Fatal(e) => e,
@@ -556,12 +559,10 @@ impl Registry {
                 )));
             };
             if auth.as_deref() == Some(header.as_str()) {
-                return Err(unauthorized(format!(
-                    "the registry refused the credentials{detail}"
-                )));
+                return Err(refused());
             }
             self.remember(call.access, header);
-            authorized += 1;
+            fetched = true;
         }
     }
 
@@ -575,9 +576,12 @@ impl Registry {
         cache.insert(access, header);
     }
 
-    fn forget(&self, access: Access) {
+    /// Forgets `refused` (unless another thread has replaced it already).
+    fn forget(&self, access: Access, refused: &str) {
         let mut cache = self.cache.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.remove(&access);
+        if cache.get(&access).is_some_and(|a| a == refused) {
+            cache.remove(&access);
+        }
     }
 
     /// The `Authorization` value that answers `challenges`, `None` when the registry wants a
