@@ -77,8 +77,9 @@ const LVM_TESTS: &[Test] = &[
 
 /// The remote cache on LVM (issue 13): a chain built on thin volumes is pushed to a registry in
 /// the guest (each layer's archive is its difference from the parent's snapshot), then pulled into
-/// a fresh LVM store and into an overlay store: nothing is built, the trees equal the pusher's,
-/// and every pulled layer verifies.
+/// a fresh LVM store: nothing is built, the tree equals the pusher's, and every pulled layer
+/// verifies. (The guest's / is an overlay, where overlay stores cannot work; overlay and btrfs
+/// stores pulling each other's layers are tests/remote.rs.)
 fn the_remote_cache_round_trips_thin_volumes() {
     // The guest starts with its loopback interface down.
     let _ = Command::new("ip")
@@ -115,7 +116,7 @@ fn the_remote_cache_round_trips_thin_volumes() {
         pushed.stderr
     );
     let want = common::crash::tree(&pushed.root());
-    for kind in [Kind::Lvm, Kind::Overlay] {
+    for kind in [Kind::Lvm] {
         let b = TestStore::new(kind, "remote-b");
         let spec_b = b.spec("rc.kdl", &text);
         let r = Run::from(
