@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Color, Command};
-use crate::commands::{apply, check, docs, fmt, gc, lock, ls, plan, rm, verify, why};
+use crate::commands::{apply, check, docs, export, fmt, gc, lock, ls, plan, rm, verify, why};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -66,6 +66,7 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Verify { spec, json } => {
             return verify::verify(store, backend, spec.as_deref(), json);
         }
+        Command::Export { spec, to } => export::export(store, backend, &spec, &to),
         Command::Store { command } => commands::store::store(store, &command),
     };
     done.map(|()| exit::SUCCESS)

@@ -6,7 +6,11 @@
 //!   it.
 //! - [`registry`]: the OCI distribution API client (anonymous, basic and bearer-token auth,
 //!   timeouts, bounded retries, size limits, digests checked as blobs arrive).
+//! - [`export`]: a plan's stored layers as an OCI image layout (a directory or one tar), or its
+//!   flattened root as one tar, for other tools (`envc export`).
 //! - [`sign`]: ed25519 keys and the signature that covers what a pushed layer claims.
 #![forbid(unsafe_code)]
 
+pub mod archive;
+pub mod export;
 pub mod sign;

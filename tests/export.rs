@@ -1,0 +1,207 @@
+//! `envc export` (images for other tools), on overlay and btrfs, with the busybox base and layers
+//! that add files, delete a base file and a directory (whiteouts), and replace a directory (an
+//! opaque directory on overlay):
+//!
+//! - before `envc apply`, and for a spec with a layer not stored, export fails (exit 1) telling
+//!   to run `envc apply` first, and writes nothing;
+//! - `--oci DIR` twice gives the same `index.json` and the same blobs; `skopeo inspect` reads the
+//!   layout and lists one layer per envc layer; `umoci unpack` gives a rootfs equal to the
+//!   working root; `skopeo copy` to a docker archive succeeds; a non-empty DIR is refused;
+//! - `--oci-archive FILE` twice gives the same bytes, which skopeo reads as an `oci-archive:`;
+//! - `--tar FILE`, extracted by GNU tar with numeric owners, equals the working root (but the top
+//!   directory's times).
+//!
+//! Privileged (stores, mounts): skipped without root unless ENVC_REQUIRE_PRIVILEGED=1.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::crash::{tree, tree_diff};
+use common::hostile::BASE;
+use common::{Kind, TestStore, privileged};
+
+const SPEC: &str = r#"name "exp"
+layer "add" {
+  run "mkdir -p /opt/app/sub /opt/gone /opt/todir && echo hi > /opt/app/a.txt && echo b > /opt/app/sub/b && ln -s a.txt /opt/app/link && chmod 0750 /opt/app/sub && echo bye > /opt/gone/f && echo t > /opt/todir/t && chown 1000:1000 /opt/app/a.txt && echo x > /opt/tofile"
+  env GREETING="hello" PATH="/opt/app:$PATH"
+}
+layer "change" {
+  run "rm /etc/group && rm -r /opt/gone && rm -r /opt/app/sub && mkdir /opt/app/sub && echo c > /opt/app/sub/c && echo more >> /opt/app/a.txt && rm -r /opt/todir && echo now-a-file > /opt/todir && rm /opt/tofile && mkdir /opt/tofile"
+  workdir "/opt/app"
+}
+"#;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The file names under `dir/blobs/sha256`.
+fn blob_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+fn exports(kind: Kind) {
+    let t = TestStore::new(kind, "export");
+    let spec = t.spec("exp.kdl", &format!("{BASE}{SPEC}"));
+    let s = spec.to_str().unwrap();
+    let out = t.specs.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let oci = |name: &str| out.join(name);
+
+    // Nothing built yet: no store at all.
+    let d1 = oci("d1");
+    let r = t.envc(&["export", s, "--oci", d1.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("envc apply"), "{}", r.stderr);
+    assert!(!d1.exists());
+
+    let root = t.apply(&spec).root();
+    let want = tree(&root);
+
+    // A spec with one more layer: that layer is not stored.
+    let more = t.spec(
+        "more.kdl",
+        &format!("{BASE}{SPEC}layer \"more\" {{\n  run \"echo more > /more\"\n}}\n"),
+    );
+    let r = t.envc(&[
+        "export",
+        more.to_str().unwrap(),
+        "--oci",
+        d1.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`more`") && r.stderr.contains("envc apply"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d1.exists());
+
+    // Two exports of the same chain are the same image.
+    let d2 = oci("d2");
+    let started = std::time::Instant::now();
+    let r1 = t.envc(&["export", s, "--oci", d1.to_str().unwrap()]);
+    assert_eq!(r1.code, 0, "{}", r1.stderr);
+    eprintln!("export --oci took {:?}", started.elapsed());
+    // An existing empty directory is fine.
+    std::fs::create_dir(&d2).unwrap();
+    let r2 = t.envc(&["export", s, "--oci", d2.to_str().unwrap()]);
+    assert_eq!(r2.code, 0, "{}", r2.stderr);
+    assert_eq!(r1.stdout, r2.stdout);
+    assert!(r1.stdout.trim().starts_with("sha256:"), "{}", r1.stdout);
+    assert_eq!(
+        std::fs::read(d1.join("index.json")).unwrap(),
+        std::fs::read(d2.join("index.json")).unwrap()
+    );
+    assert_eq!(blob_names(&d1), blob_names(&d2));
+    // 3 layers, a config, a manifest; nothing temporary left beside the layout.
+    assert_eq!(blob_names(&d1).len(), 5, "{:?}", blob_names(&d1));
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A directory that holds something is refused.
+    let r = t.envc(&["export", s, "--oci", d1.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not an empty directory"), "{}", r.stderr);
+
+    // skopeo reads the layout: one layer per envc layer, the environment and working directory.
+    let inspect =
+        run(Command::new("skopeo").args(["inspect", &format!("oci:{}:exp", d1.display())]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 3, "{inspect}");
+    let config = run(Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        &format!("oci:{}:exp", d1.display()),
+    ]));
+    let c: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(c["config"]["WorkingDir"], "/opt/app", "{config}");
+    let env: Vec<&str> = c["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"GREETING=hello"), "{env:?}");
+    assert!(
+        env.iter().any(|e| e.starts_with("PATH=/opt/app:")),
+        "{env:?}"
+    );
+
+    // umoci applies the layers, whiteouts and all: the working root's tree.
+    let bundle = out.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:exp", d1.display()))
+        .arg(&bundle));
+    if let Some(d) = tree_diff(&want, &tree(&bundle.join("rootfs"))) {
+        panic!("umoci's rootfs is not the working root: {d}");
+    }
+
+    // skopeo turns it into a docker archive.
+    run(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        &format!("oci:{}:exp", d1.display()),
+        &format!(
+            "docker-archive:{}:exp:latest",
+            out.join("docker.tar").display()
+        ),
+    ]));
+
+    // The archive form is reproducible too, and skopeo reads it.
+    let (a1, a2) = (oci("a1.tar"), oci("a2.tar"));
+    for a in [&a1, &a2] {
+        let r = t.envc(&["export", s, "--oci-archive", a.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(r.stdout, r1.stdout, "the same manifest");
+    }
+    assert!(std::fs::read(&a1).unwrap() == std::fs::read(&a2).unwrap());
+    run(Command::new("skopeo").args(["inspect", &format!("oci-archive:{}:exp", a1.display())]));
+
+    // The flattened root, as GNU tar extracts it.
+    let flat = oci("root.tar");
+    let r = t.envc(&["export", s, "--tar", flat.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let x = out.join("x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("tar")
+        .args(["-x", "--numeric-owner", "-f"])
+        .arg(&flat)
+        .arg("-C")
+        .arg(&x));
+    if let Some(d) = tree_diff(&want, &tree(&x)) {
+        panic!("the root tar is not the working root: {d}");
+    }
+}
+
+macro_rules! on_each_backend {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        mod overlay {
+            $(#[test] fn $name() { if super::privileged(stringify!($name)) { super::$body(super::Kind::Overlay) } })*
+        }
+        mod btrfs {
+            $(#[test] fn $name() { if super::privileged(stringify!($name)) { super::$body(super::Kind::Btrfs) } })*
+        }
+    };
+}
+
+on_each_backend! {
+    an_environment_exports_as_an_oci_layout_an_archive_and_a_root_tar => exports,
+}
