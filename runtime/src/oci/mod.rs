@@ -9,4 +9,5 @@
 //! - [`sign`]: ed25519 keys and the signature that covers what a pushed layer claims.
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod sign;
