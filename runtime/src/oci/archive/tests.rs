@@ -1,0 +1,415 @@
+//! Round trips (full trees, btrfs snapshots, overlay upper directories) checked with the tree
+//! digest, and hostile archives that must be refused without touching anything outside the
+//! target. They need root (owners, device nodes, mounts) and skip otherwise.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+use crate::digest::tree_digest;
+
+fn root() -> bool {
+    let ok = nix::unistd::geteuid().is_root();
+    if !ok {
+        eprintln!("SKIP: the archive tests need root");
+    }
+    ok
+}
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new(name: &str) -> Tmp {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "envc-archive-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-R").arg(&self.0).output();
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sh(script: &str) {
+    let o = Command::new("sh").arg("-ec").arg(script).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A tree with every kind of entry envc archives.
+fn populate(d: &Path) {
+    let p = d.display();
+    let long = "n".repeat(120);
+    let deep = (0..30).map(|_| "dddddddddd").collect::<Vec<_>>().join("/");
+    sh(&format!(
+        "cd {p}; mkdir -p usr/bin etc/sub {deep}; echo hello > usr/bin/tool; chmod 4755 usr/bin/tool;\
+         echo data > etc/sub/file; chown 1234:99 etc/sub/file; ln -s ../usr/bin/tool etc/link;\
+         ln etc/sub/file etc/hard; mkfifo etc/fifo; mknod etc/null c 1 3; echo x > {deep}/f;\
+         echo long > etc/{long}; touch -d '2001-02-03 04:05:06.123456789' etc/sub/file;\
+         chmod 1777 etc/sub; chown 5:6 usr"
+    ));
+    rustix::fs::lsetxattr(
+        d.join("etc/sub/file"),
+        "user.envc",
+        b"yes",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+fn packed(source: Source<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let p = pack(source, &mut out).unwrap();
+    assert_eq!(p.bytes as usize, out.len());
+    assert_eq!(p.sha256, <[u8; 32]>::from(Sha256::digest(&out)));
+    out
+}
+
+#[test]
+fn a_full_tree_round_trips_and_packs_the_same_twice() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("full");
+    let (a, b) = (t.0.join("a"), t.0.join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    populate(&a);
+    let one = packed(Source::Diff {
+        parent: None,
+        tree: &a,
+    });
+    let two = packed(Source::Diff {
+        parent: None,
+        tree: &a,
+    });
+    assert_eq!(one, two, "packing twice gave other bytes");
+    unpack(Target::Tree(&b), &mut &one[..], &Limits::default()).unwrap();
+    assert_eq!(tree_digest(&a).unwrap(), tree_digest(&b).unwrap());
+    // The hard link is one file again.
+    let m1 = fs::metadata(b.join("etc/hard")).unwrap();
+    let m2 = fs::metadata(b.join("etc/sub/file")).unwrap();
+    assert_eq!(m1.ino(), m2.ino());
+    // Packing the unpacked tree gives the same archive.
+    assert_eq!(
+        packed(Source::Diff {
+            parent: None,
+            tree: &b
+        }),
+        one
+    );
+}
+
+#[test]
+fn a_btrfs_snapshot_archives_only_its_changes() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("btrfs");
+    let img = t.0.join("img");
+    fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
+    let mnt = t.0.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    sh(&format!(
+        "mkfs.btrfs -q {0}; mount -o loop {0} {1}; btrfs -q subvolume create {1}/parent",
+        img.display(),
+        mnt.display()
+    ));
+    let parent = mnt.join("parent");
+    populate(&parent);
+    fs::write(parent.join("untouched"), vec![7u8; 100_000]).unwrap();
+    sh(&format!(
+        "cd {0}; btrfs -q subvolume snapshot parent child; btrfs -q subvolume snapshot parent again; cd child;\
+         printf 'changed' > usr/bin/tool; touch -r ../parent/usr/bin/tool usr/bin/tool; rm etc/fifo;\
+         rm -rf dddddddddd; rm -rf etc/sub; echo now-a-file > etc/sub; chmod 700 usr; echo new > new",
+        mnt.display()
+    ));
+    let child = mnt.join("child");
+    let diff = packed(Source::Diff {
+        parent: Some(&parent),
+        tree: &child,
+    });
+    assert!(
+        diff.len() < 50_000,
+        "the untouched file is in the diff ({} bytes)",
+        diff.len()
+    );
+    let listing = names_in(&diff);
+    assert!(listing.iter().any(|n| n == "etc/.wh.fifo"), "{listing:?}");
+    assert!(listing.iter().any(|n| n == ".wh.dddddddddd"), "{listing:?}");
+    assert!(
+        !listing.iter().any(|n| n.contains("untouched")),
+        "{listing:?}"
+    );
+    let again = mnt.join("again");
+    unpack(Target::Tree(&again), &mut &diff[..], &Limits::default()).unwrap();
+    assert_eq!(tree_digest(&child).unwrap(), tree_digest(&again).unwrap());
+}
+
+#[test]
+fn an_overlay_upper_directory_round_trips() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("overlay");
+    let (lower, upper, work, mnt) = (
+        t.0.join("lower"),
+        t.0.join("upper"),
+        t.0.join("work"),
+        t.0.join("mnt"),
+    );
+    for d in [&lower, &upper, &work, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    populate(&lower);
+    let mount = |upper: &Path, work: &Path| {
+        sh(&format!(
+            "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={} {}",
+            lower.display(),
+            upper.display(),
+            work.display(),
+            mnt.display()
+        ))
+    };
+    mount(&upper, &work);
+    sh(&format!(
+        "cd {}; rm etc/fifo; rm -rf etc/sub; mkdir etc/sub; echo fresh > etc/sub/only; chmod 600 usr/bin/tool; ln -s x newlink",
+        mnt.display()
+    ));
+    let want = tree_digest(&mnt).unwrap();
+    sh(&format!("umount {}", mnt.display()));
+    let archive = packed(Source::Upper(&upper));
+    let listing = names_in(&archive);
+    assert!(listing.iter().any(|n| n == "etc/.wh.fifo"), "{listing:?}");
+    assert!(
+        listing.iter().any(|n| n == "etc/sub/.wh..wh..opq"),
+        "{listing:?}"
+    );
+    let (upper2, work2) = (t.0.join("upper2"), t.0.join("work2"));
+    fs::create_dir(&upper2).unwrap();
+    fs::create_dir(&work2).unwrap();
+    unpack(
+        Target::Upper(&upper2),
+        &mut &archive[..],
+        &Limits::default(),
+    )
+    .unwrap();
+    mount(&upper2, &work2);
+    let got = tree_digest(&mnt);
+    sh(&format!("umount {}", mnt.display()));
+    assert_eq!(got.unwrap(), want);
+}
+
+/// The entry names of an archive, as written.
+fn names_in(archive: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(archive);
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            String::from_utf8_lossy(&e.path_bytes()).into_owned()
+        })
+        .collect()
+}
+
+/// A raw ustar header block, whatever the tar crate would allow.
+fn header(name: &[u8], kind: u8, size: u64, link: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_ustar();
+    set_name(&mut h, &name[..name.len().min(100)]);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+fn file(name: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut v = header(name, b'0', data.len() as u64, b"");
+    v.extend_from_slice(data);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+fn pax(records: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+    let mut v = header(b"././@PaxHeader", b'x', data.len() as u64, b"");
+    v.extend_from_slice(&data);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+fn end(mut v: Vec<u8>) -> Vec<u8> {
+    v.extend_from_slice(&[0u8; 1024]);
+    v
+}
+
+#[test]
+fn hostile_archives_are_refused_and_touch_nothing_outside() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("hostile");
+    let canary = t.0.join("canary");
+    fs::write(&canary, "canary").unwrap();
+    let outside = t.0.join("x");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", end(file(b"../x", b"bad"))),
+        (
+            "absolute",
+            end(file(format!("{}", outside.display()).as_bytes(), b"bad")),
+        ),
+        ("inner dotdot", end(file(b"a/../../x", b"bad"))),
+        (
+            "symlink parent",
+            end([header(b"a", b'2', 0, b".."), file(b"a/x", b"bad")].concat()),
+        ),
+        (
+            "symlink parent abs",
+            end([
+                header(b"a", b'2', 0, t.0.to_str().unwrap().as_bytes()),
+                file(b"a/x", b"bad"),
+            ]
+            .concat()),
+        ),
+        ("hardlink out", end(header(b"h", b'1', 0, b"../canary"))),
+        (
+            "hardlink abs",
+            end(header(b"h", b'1', 0, canary.to_str().unwrap().as_bytes())),
+        ),
+        (
+            "hardlink to symlink",
+            end([
+                header(b"s", b'2', 0, canary.to_str().unwrap().as_bytes()),
+                header(b"h", b'1', 0, b"s"),
+            ]
+            .concat()),
+        ),
+        (
+            "overlay xattr",
+            end([
+                pax(&[(b"SCHILY.xattr.trusted.overlay.redirect", b"/etc")]),
+                header(b"d/", b'5', 0, b""),
+            ]
+            .concat()),
+        ),
+        (
+            "trusted xattr",
+            end([pax(&[(b"SCHILY.xattr.trusted.x", b"1")]), file(b"f", b"")].concat()),
+        ),
+        ("whiteout device", end(header(b"w", b'3', 0, b""))),
+        ("twice", end([file(b"f", b"1"), file(b"f", b"2")].concat())),
+        (
+            "huge pax",
+            end(header(b"././@PaxHeader", b'x', 1 << 30, b"")),
+        ),
+        ("size beyond data", end(header(b"f", b'0', 1 << 20, b""))),
+        (
+            "nul",
+            end([pax(&[(b"path", b"a\0b")]), file(b"f", b"")].concat()),
+        ),
+        (
+            "pax dotdot",
+            end([pax(&[(b"path", b"../x")]), file(b"f", b"bad")].concat()),
+        ),
+        (
+            "pax linkpath out",
+            end([
+                pax(&[(b"linkpath", b"../../canary")]),
+                header(b"h", b'1', 0, b""),
+            ]
+            .concat()),
+        ),
+        ("global pax", end(header(b"g", b'g', 0, b""))),
+        (
+            "data after end",
+            [end(file(b"f", b"1")), file(b"g", b"2")].concat(),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let target = t.0.join(format!("t-{}", name.replace(' ', "-")));
+        fs::create_dir(&target).unwrap();
+        let r = unpack(Target::Tree(&target), &mut &bytes[..], &Limits::default());
+        assert!(r.is_err(), "{name}: accepted");
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "canary", "{name}");
+        assert!(!outside.exists(), "{name}: wrote outside");
+        let err = r.unwrap_err().to_string();
+        assert!(!err.is_empty());
+    }
+    // Every cut of a small archive is refused.
+    let good = end([
+        header(b"./", b'5', 0, b""),
+        file(b"a", b"hello"),
+        file(b"b", &[1u8; 700]),
+    ]
+    .concat());
+    let ok = t.0.join("ok");
+    fs::create_dir(&ok).unwrap();
+    unpack(Target::Tree(&ok), &mut &good[..], &Limits::default()).unwrap();
+    for cut in (0..good.len())
+        .step_by(512)
+        .chain([1, 100, 513, 1000, 1500, good.len() - 1])
+    {
+        let target = t.0.join(format!("cut-{cut}"));
+        fs::create_dir(&target).unwrap();
+        assert!(
+            unpack(Target::Tree(&target), &mut &good[..cut], &Limits::default()).is_err(),
+            "cut at {cut} accepted"
+        );
+    }
+    // Limits.
+    let target = t.0.join("limits");
+    fs::create_dir(&target).unwrap();
+    let small = Limits {
+        max_bytes: 100,
+        ..Limits::default()
+    };
+    assert!(unpack(Target::Tree(&target), &mut &good[..], &small).is_err());
+    let _ = fs::set_permissions(&canary, fs::Permissions::from_mode(0o644));
+}
+
+#[test]
+fn times_round_trip_through_pax() {
+    for t in [
+        (0, 0),
+        (5, 0),
+        (5, 1),
+        (-5, 0),
+        (-6, 500_000_000),
+        (1_700_000_000, 123_456_789),
+        (-1, 1),
+    ] {
+        assert_eq!(parse_time(format_time(t).as_bytes()), Some(t), "{t:?}");
+    }
+    for bad in ["", "-", "1.x", "a", "1.2.3", "--1"] {
+        assert_eq!(parse_time(bad.as_bytes()), None, "{bad}");
+    }
+    for (k, v) in [
+        (&b"path"[..], &b"x"[..]),
+        (b"path", &[b'y'; 95][..]),
+        (b"k", &[b'z'; 5000][..]),
+    ] {
+        let r = pax_record(k, v);
+        let len: usize = std::str::from_utf8(&r[..r.iter().position(|b| *b == b' ').unwrap()])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, r.len());
+    }
+}
