@@ -4,6 +4,7 @@
 
 mod hostfiles;
 mod load;
+mod oci;
 mod lower;
 mod values;
 

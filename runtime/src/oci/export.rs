@@ -144,6 +144,10 @@ fn created_by(step: &Step) -> String {
             base: Base::Tar { digest, .. },
             ..
         } => format!("tar blake3:{}", digest.to_hex()),
+        Step::Base {
+            base: Base::Oci { config, .. },
+            ..
+        } => format!("oci {config}"),
         Step::Copy { dest, digest, .. } => format!("copy {} {dest}", digest.to_hex()),
         other => other.summary(),
     }
