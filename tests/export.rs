@@ -9,7 +9,10 @@
 //!   working root; `skopeo copy` to a docker archive succeeds; a non-empty DIR is refused;
 //! - `--oci-archive FILE` twice gives the same bytes, which skopeo reads as an `oci-archive:`;
 //! - `--tar FILE`, extracted by GNU tar with numeric owners, equals the working root (but the top
-//!   directory's times).
+//!   directory's times);
+//! - `base "oci"` of the exported layout, and of the archive, applies to a root equal to the
+//!   working root; the base's id is stable and the same for both (the image's digests name it);
+//!   an unknown `tag=` is a spec error; a layer blob changed after the compile fails the build.
 //!
 //! Privileged (stores, mounts): skipped without root unless ENVC_REQUIRE_PRIVILEGED=1.
 
@@ -189,6 +192,60 @@ fn exports(kind: Kind) {
     if let Some(d) = tree_diff(&want, &tree(&x)) {
         panic!("the root tar is not the working root: {d}");
     }
+
+    // The layout, and the archive, as the base of another spec: its root is the working root.
+    // The base is named by the image's digests: stable, and the same for both forms.
+    let mut ids = Vec::new();
+    for (name, image) in [("fromdir", "out/d1"), ("fromtar", "out/a1.tar")] {
+        let spec = t.spec(
+            &format!("{name}.kdl"),
+            &format!("name \"{name}\"\nbase \"oci\" \"{image}\" tag=\"exp\"\n"),
+        );
+        let first = t.plan_ids(&spec);
+        assert_eq!(first, t.plan_ids(&spec), "{name}: the id is stable");
+        ids.push(first);
+        let started = std::time::Instant::now();
+        let applied = t.apply(&spec);
+        eprintln!("apply of base \"oci\" {image} took {:?}", started.elapsed());
+        assert_eq!(applied.built(), ["base"], "{}", applied.stderr);
+        if let Some(d) = tree_diff(&want, &tree(&applied.root())) {
+            panic!("the root of base \"oci\" {image} is not the exported root: {d}");
+        }
+        // Gone again, so the next form is built (from its own bytes), not found stored.
+        assert_eq!(t.envc(&["rm", name]).code, 0);
+        let r = t.envc(&["gc", "--older-than", "0"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert_eq!(ids[0], ids[1]);
+    // A layer blob changed after the compile (same size, another byte): the build refuses it.
+    let d3 = out.join("d3");
+    run(Command::new("cp").arg("-a").arg(&d1).arg(&d3));
+    let docker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d3.join("manifest.json")).unwrap()).unwrap();
+    let blob = d3.join(docker[0]["Layers"][0].as_str().unwrap());
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let spec = t.spec(
+        "tampered.kdl",
+        "name \"tampered\"\nbase \"oci\" \"out/d3\"\n",
+    );
+    let r = t.envc(&["apply", spec.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("changed since the spec"), "{}", r.stderr);
+    // An unknown tag is a spec error (exit 3) at the base.
+    let bad = t.spec(
+        "badtag.kdl",
+        "name \"bad\"\nbase \"oci\" \"out/d1\" tag=\"nope\"\n",
+    );
+    let r = t.envc(&["check", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no manifest is tagged `nope`"),
+        "{}",
+        r.stderr
+    );
 }
 
 macro_rules! on_each_backend {

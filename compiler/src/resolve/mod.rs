@@ -4,8 +4,8 @@
 
 mod hostfiles;
 mod load;
-mod oci;
 mod lower;
+mod oci;
 mod values;
 
 use std::path::Path;

@@ -145,6 +145,11 @@ impl Container {
                 return Err(bad(format!("the archive holds `{name}` twice")));
             }
         }
+        if entries.is_empty() {
+            return Err(bad(
+                "is neither a directory nor a readable tar: no files in it",
+            ));
+        }
         Ok(Container::Tar { file, entries })
     }
 
@@ -174,7 +179,9 @@ impl Container {
         let mut out = Vec::new();
         reader.take(cap + 1).read_to_end(&mut out).map_err(cannot)?;
         if out.len() as u64 > cap {
-            return Err(bad(format!("{name} has more than the {cap} bytes envc reads")));
+            return Err(bad(format!(
+                "{name} has more than the {cap} bytes envc reads"
+            )));
         }
         Ok(Some(out))
     }
@@ -195,8 +202,11 @@ impl Container {
 /// `sha256:HEX` with 64 lowercase hex digits: the blob's path in the layout.
 fn blob_path(digest: &str) -> Option<String> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| format!("blobs/sha256/{hex}"))
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| format!("blobs/sha256/{hex}"))
 }
 
 fn digest_of(what: &str, v: &Value) -> Result<String, Bad> {
@@ -216,7 +226,13 @@ fn parse(name: &str, bytes: &[u8]) -> Result<Value, Bad> {
 }
 
 /// Reads blob `digest` (at most `cap` bytes, `size` if known) and checks its sha256.
-fn read_blob(c: &Container, what: &str, digest: &str, size: Option<u64>, cap: u64) -> Result<Vec<u8>, Bad> {
+fn read_blob(
+    c: &Container,
+    what: &str,
+    digest: &str,
+    size: Option<u64>,
+    cap: u64,
+) -> Result<Vec<u8>, Bad> {
     let path = blob_path(digest).expect("checked digest");
     let bytes = c
         .read(&path, cap)?
@@ -273,7 +289,9 @@ pub fn read_image(path: &Path, tag: Option<&str>) -> Result<Image, Bad> {
     if let Some(t) = manifest.get("mediaType").and_then(Value::as_str)
         && !MANIFEST_TYPES.contains(&t)
     {
-        return Err(bad(format!("the manifest's media type `{t}` is not an image manifest")));
+        return Err(bad(format!(
+            "the manifest's media type `{t}` is not an image manifest"
+        )));
     }
     let config = digest_of("the config", &manifest["config"]["digest"])?;
     let config_bytes = read_blob(
@@ -288,7 +306,9 @@ pub fn read_image(path: &Path, tag: Option<&str>) -> Result<Image, Bad> {
         .as_array()
         .ok_or_else(|| bad("the manifest has no `layers` list"))?;
     if descs.len() > MAX_LAYERS {
-        return Err(bad(format!("the manifest has more than {MAX_LAYERS} layers")));
+        return Err(bad(format!(
+            "the manifest has more than {MAX_LAYERS} layers"
+        )));
     }
     let diff_ids = match config_json["rootfs"]["diff_ids"].as_array() {
         None => None,
@@ -307,7 +327,10 @@ pub fn read_image(path: &Path, tag: Option<&str>) -> Result<Image, Bad> {
         let media_type = d["mediaType"].as_str().unwrap_or_default();
         if !LAYER_MEDIA_TYPES.contains(&media_type) {
             let mut b = bad(format!("{what} has media type `{media_type}`"));
-            b.help = format!("envc unpacks layers of these types: {}", LAYER_MEDIA_TYPES.join(", "));
+            b.help = format!(
+                "envc unpacks layers of these types: {}",
+                LAYER_MEDIA_TYPES.join(", ")
+            );
             return Err(b);
         }
         let digest = digest_of(&what, &d["digest"])?;
@@ -353,7 +376,10 @@ fn select<'v>(manifests: &'v [Value], tag: Option<&str>) -> Result<&'v Value, Ba
         } else {
             format!(
                 "its tags: {}",
-                tags.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
+                tags.iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         }
     };
@@ -376,7 +402,9 @@ fn select<'v>(manifests: &'v [Value], tag: Option<&str>) -> Result<&'v Value, Ba
         (Some(m), n, _) if n <= 1 => {
             if is_index(m) {
                 let mut b = bad("the manifest is an index (a multi-platform image)");
-                b.help = "export one platform's image (`skopeo copy --override-arch ...`) and use that".into();
+                b.help =
+                    "export one platform's image (`skopeo copy --override-arch ...`) and use that"
+                        .into();
                 return Err(b);
             }
             Ok(m)
@@ -410,9 +438,7 @@ impl Lower<'_> {
         };
         let result = fs::canonicalize(&full)
             .map_err(|e| bad(format!("cannot be read: {e}")))
-            .and_then(|c| {
-                read_image(&c, tag.map(|t| t.value.as_str())).map(|image| (c, image))
-            });
+            .and_then(|c| read_image(&c, tag.map(|t| t.value.as_str())).map(|image| (c, image)));
         match result {
             Ok((resolved, image)) => Some(Base::Oci {
                 path: resolved,
@@ -435,5 +461,241 @@ impl Lower<'_> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("envc-oci-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("blobs/sha256")).unwrap();
+        d
+    }
+
+    fn blob(dir: &Path, bytes: &[u8]) -> (String, u64) {
+        let d = format!("sha256:{}", hex(&sha2::Sha256::digest(bytes)));
+        fs::write(dir.join(blob_path(&d).unwrap()), bytes).unwrap();
+        (d, bytes.len() as u64)
+    }
+
+    fn desc(media_type: &str, (digest, size): &(String, u64)) -> Value {
+        json!({ "mediaType": media_type, "digest": digest, "size": size })
+    }
+
+    /// A layout with one manifest per tag, each over `layers` (media type, bytes).
+    fn layout(name: &str, tags: &[&str], layers: &[(&str, &[u8])]) -> PathBuf {
+        let dir = tmpdir(name);
+        let descs: Vec<Value> = layers
+            .iter()
+            .map(|(mt, bytes)| desc(mt, &blob(&dir, bytes)))
+            .collect();
+        let mut manifests = Vec::new();
+        for tag in tags {
+            let config = blob(
+                &dir,
+                json!({ "architecture": "amd64", "os": "linux", "tag": tag })
+                    .to_string()
+                    .as_bytes(),
+            );
+            let manifest = json!({
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPES[0],
+                "config": desc("application/vnd.oci.image.config.v1+json", &config),
+                "layers": descs,
+            });
+            let m = blob(&dir, manifest.to_string().as_bytes());
+            let mut d = desc(MANIFEST_TYPES[0], &m);
+            d["annotations"] = json!({ REF_NAME: tag });
+            manifests.push(d);
+        }
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        fs::write(
+            dir.join("index.json"),
+            json!({ "schemaVersion": 2, "manifests": manifests }).to_string(),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn key(image: &Image) -> Vec<u8> {
+        Base::Oci {
+            path: "/anywhere".into(),
+            tag: None,
+            config: image.config.clone(),
+            layers: image.layers.clone(),
+        }
+        .key()
+        .encode()
+    }
+
+    fn reason(r: Result<Image, Bad>) -> String {
+        r.expect_err("a bad image").reason
+    }
+
+    #[test]
+    fn an_image_is_named_by_its_digests_not_its_file() {
+        let a = layout(
+            "named-a",
+            &["v1"],
+            &[(GZIP, b"layer one"), (GZIP, b"layer two")],
+        );
+        let image = read_image(&a, None).unwrap();
+        assert_eq!(image.layers.len(), 2);
+        assert_eq!(read_image(&a, Some("v1")).unwrap(), image);
+        // The same layout as a tar (entries under ./, as tar -C DIR . writes them): the same.
+        let tarball = a.with_extension("tar");
+        let status = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&a)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(read_image(&tarball, None).unwrap(), image);
+        // Another layer's bytes: another key; the path and tag are not in it.
+        let b = layout(
+            "named-b",
+            &["v1"],
+            &[(GZIP, b"layer one"), (GZIP, b"layer 2")],
+        );
+        let other = read_image(&b, None).unwrap();
+        assert_eq!(other.layers[0], image.layers[0]);
+        assert_ne!(other.layers[1].digest, image.layers[1].digest);
+        assert_ne!(key(&other), key(&image));
+        let mut tagged = Base::Oci {
+            path: "/elsewhere".into(),
+            tag: Some("v1".into()),
+            config: image.config.clone(),
+            layers: image.layers.clone(),
+        };
+        assert_eq!(tagged.key().encode(), key(&image));
+        // A layer's media type is in it (it says how the blob is read).
+        if let Base::Oci { layers, .. } = &mut tagged {
+            layers[0].media_type = LAYER_MEDIA_TYPES[0].into();
+        }
+        assert_ne!(tagged.key().encode(), key(&image));
+        for d in [a, b] {
+            fs::remove_dir_all(d).unwrap();
+        }
+        fs::remove_file(tarball).unwrap();
+    }
+
+    #[test]
+    fn a_tag_selects_among_several_manifests() {
+        let d = layout("tags", &["one", "two"], &[(GZIP, b"x")]);
+        let one = read_image(&d, Some("one")).unwrap();
+        assert_ne!(one, read_image(&d, Some("two")).unwrap());
+        let b = read_image(&d, None).unwrap_err();
+        assert!(b.tag && b.reason.contains("2 manifests"), "{b:?}");
+        assert!(b.help.contains("`one`, `two`"), "{b:?}");
+        let b = read_image(&d, Some("three")).unwrap_err();
+        assert!(b.tag && b.reason.contains("`three`"), "{b:?}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn malformed_layouts_are_errors_never_panics() {
+        let n = std::cell::Cell::new(0);
+        let good = || {
+            n.set(n.get() + 1);
+            layout(&format!("bad-{}", n.get()), &["t"], &[(GZIP, b"x")])
+        };
+        let d = good();
+        let index: Value =
+            serde_json::from_slice(&fs::read(d.join("index.json")).unwrap()).unwrap();
+        let manifest_path =
+            d.join(blob_path(index["manifests"][0]["digest"].as_str().unwrap()).unwrap());
+        let manifest: Value = serde_json::from_slice(&fs::read(&manifest_path).unwrap()).unwrap();
+        let layer_path =
+            d.join(blob_path(manifest["layers"][0]["digest"].as_str().unwrap()).unwrap());
+
+        // Each case damages a fresh copy of the good layout.
+        let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+            (
+                "no oci-layout",
+                Box::new(|d| fs::remove_file(d.join("oci-layout")).unwrap()),
+            ),
+            (
+                "no index.json",
+                Box::new(|d| fs::remove_file(d.join("index.json")).unwrap()),
+            ),
+            (
+                "not valid JSON",
+                Box::new(|d| fs::write(d.join("index.json"), "{").unwrap()),
+            ),
+            (
+                "no `manifests`",
+                Box::new(|d| fs::write(d.join("index.json"), "[]").unwrap()),
+            ),
+            (
+                "lists no manifest",
+                Box::new(|d| fs::write(d.join("index.json"), r#"{"manifests":[]}"#).unwrap()),
+            ),
+            (
+                "more than",
+                Box::new(|d| {
+                    let f = fs::File::create(d.join("index.json")).unwrap();
+                    f.set_len(MAX_INDEX + 1).unwrap();
+                }),
+            ),
+            ("does not match its digest", {
+                let rel = manifest_path.strip_prefix(&d).unwrap().to_owned();
+                Box::new(move |d| fs::write(d.join(&rel), b"{}").unwrap())
+            }),
+            ("is missing", {
+                let rel = layer_path.strip_prefix(&d).unwrap().to_owned();
+                Box::new(move |d| fs::remove_file(d.join(&rel)).unwrap())
+            }),
+            ("bytes, the manifest says", {
+                let rel = layer_path.strip_prefix(&d).unwrap().to_owned();
+                Box::new(move |d| fs::write(d.join(&rel), b"xx").unwrap())
+            }),
+            (
+                "digest `md5:",
+                Box::new(|d| {
+                    let text = fs::read_to_string(d.join("index.json")).unwrap();
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    let digest = v["manifests"][0]["digest"].as_str().unwrap().to_owned();
+                    fs::write(d.join("index.json"), text.replace(&digest, "md5:00")).unwrap();
+                }),
+            ),
+        ];
+        for (want, damage) in cases {
+            let c = good();
+            damage(&c);
+            let r = reason(read_image(&c, None));
+            assert!(r.contains(want), "{want}: {r}");
+            fs::remove_dir_all(c).unwrap();
+        }
+        // A layer type envc cannot unpack; a multi-platform index; not a layout at all.
+        let c = layout(
+            "badtype",
+            &["t"],
+            &[("application/vnd.oci.image.layer.v1.tar+bzip2", b"x")],
+        );
+        assert!(reason(read_image(&c, None)).contains("media type"));
+        fs::remove_dir_all(c).unwrap();
+        let c = layout("nested", &["t"], &[(GZIP, b"x")]);
+        let text = fs::read_to_string(c.join("index.json")).unwrap();
+        fs::write(
+            c.join("index.json"),
+            text.replace(MANIFEST_TYPES[0], INDEX_TYPES[0]),
+        )
+        .unwrap();
+        assert!(reason(read_image(&c, None)).contains("multi-platform"));
+        fs::remove_dir_all(c).unwrap();
+        let not = d.join("oci-layout");
+        let r = reason(read_image(&not, None));
+        assert!(r.contains("neither a directory nor a readable tar"), "{r}");
+        assert!(reason(read_image(&d.join("missing"), None)).contains("cannot be read"));
+        fs::remove_dir_all(d).unwrap();
     }
 }

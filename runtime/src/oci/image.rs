@@ -171,7 +171,12 @@ impl Image {
     }
 
     /// The blob `digest`, at most `size` bytes of it.
-    fn blob(&self, image: &Path, digest: &str, size: u64) -> Result<Box<dyn Read + '_>, ImageError> {
+    fn blob(
+        &self,
+        image: &Path,
+        digest: &str,
+        size: u64,
+    ) -> Result<Box<dyn Read + '_>, ImageError> {
         let missing = || ImageError::Missing {
             path: image.to_owned(),
             digest: digest.to_owned(),
