@@ -6,7 +6,7 @@
 //! - the flattened root as one tar.
 //!
 //! Each layer's tar comes from [`super::archive::pack`]: on overlay its upper directory (whiteouts
-//! and opaque directories as OCI whiteouts), on btrfs the difference between its subvolume and its
+//! and opaque directories as OCI whiteouts; the base, a full tree, as it is), on btrfs the difference between its subvolume and its
 //! parent's, on LVM the difference between read-only views of its chain and of its parent's. The
 //! chain is held with shared locks (gc leaves it alone) and the run lock (gc leaves the views
 //! alone) until the output is written. Outputs are made under a temporary name beside the target
@@ -358,6 +358,19 @@ impl Exporter<'_> {
             source,
         };
         match backend.kind() {
+            // A base's directory is a full tree, never an upper directory: a character device
+            // 0:0 in it is a device, not a whiteout.
+            BackendKind::Overlay if i == 0 => {
+                let tree = layout.layer(&layer.id);
+                archive::pack(
+                    Source::Diff {
+                        parent: None,
+                        tree: &tree,
+                    },
+                    out,
+                )
+                .map_err(pack_err)?;
+            }
             BackendKind::Overlay => {
                 archive::pack(Source::Upper(&layout.layer(&layer.id)), out).map_err(pack_err)?;
             }
