@@ -437,3 +437,74 @@ fn write_file(
     file.sync_all().map_err(io_err("sync", tmp))?;
     fs::rename(tmp, path).map_err(io_err("rename the finished file to", path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envc_plan::{CopyKind, Digest};
+
+    #[test]
+    fn the_image_has_the_final_environment_and_no_host_paths() {
+        let plan = Plan::new(
+            "demo",
+            Base::Tar {
+                path: "/home/someone/rootfs.tar".into(),
+                digest: Digest([1; 32]),
+            },
+            vec![
+                (
+                    "tools".into(),
+                    vec![
+                        Step::Env {
+                            vars: [("A".to_owned(), "1".to_owned())].into_iter().collect(),
+                        },
+                        Step::Copy {
+                            source: "/home/someone/src".into(),
+                            dest: "/src".into(),
+                            kind: CopyKind::Directory,
+                            mode: None,
+                            owner: None,
+                            digest: Digest([2; 32]),
+                        },
+                    ],
+                ),
+                (
+                    "later".into(),
+                    vec![
+                        Step::Env {
+                            vars: [("A".to_owned(), "2".to_owned())].into_iter().collect(),
+                        },
+                        Step::Workdir {
+                            path: "/src".into(),
+                        },
+                    ],
+                ),
+            ],
+        );
+        let image = image(&plan);
+        assert_eq!(image.name, "demo");
+        assert!(image.env.contains(&"A=2".to_owned()), "{:?}", image.env);
+        assert!(image.env.iter().any(|e| e.starts_with("PATH=")));
+        assert_eq!(image.workdir.as_deref(), Some("/src"));
+        assert_eq!(image.history.len(), 3);
+        assert!(image.history[1].starts_with("envc layer tools: env A=1; copy "));
+        for h in &image.history {
+            assert!(!h.contains("/home/someone"), "{h}");
+        }
+    }
+
+    #[test]
+    fn temporary_names_are_beside_the_target() {
+        assert_eq!(
+            beside(Path::new("out/img"), ".tmp-7").unwrap(),
+            Path::new("out/img.tmp-7")
+        );
+        assert_eq!(
+            beside(Path::new("img/"), ".tmp-7").unwrap(),
+            Path::new("img.tmp-7")
+        );
+        for bad in ["/", "..", "x/.."] {
+            assert!(beside(Path::new(bad), ".tmp").is_err(), "{bad}");
+        }
+    }
+}

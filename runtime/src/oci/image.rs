@@ -281,3 +281,89 @@ pub fn unpack_layers(path: &Path, layers: &[OciLayer], dir: &Path) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("envc-image-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        let mut h = Hashing::new(bytes);
+        io::copy(&mut h, &mut io::sink()).unwrap();
+        h.digest().0
+    }
+
+    /// A layout directory holding `blob` (nothing else is read).
+    fn with_blob(dir: &Path, blob: &[u8]) -> String {
+        let digest = sha(blob);
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        fs::write(blobs.join(&digest["sha256:".len()..]), blob).unwrap();
+        digest
+    }
+
+    #[test]
+    fn each_compression_unpacks_and_a_changed_blob_is_refused() {
+        let top = tmpdir("compressions");
+        let tree = top.join("tree");
+        fs::create_dir_all(tree.join("d")).unwrap();
+        fs::write(tree.join("d/f"), "content\n").unwrap();
+        let mut tar = Vec::new();
+        archive::pack(
+            archive::Source::Diff {
+                parent: None,
+                tree: &tree,
+            },
+            &mut tar,
+        )
+        .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        let image = top.join("image");
+        for (mt, blob) in [
+            ("application/vnd.oci.image.layer.v1.tar", &tar),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", &gz),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", &zst),
+        ] {
+            let layer = OciLayer {
+                media_type: mt.into(),
+                digest: with_blob(&image, blob),
+                size: blob.len() as u64,
+                diff_id: Some(sha(&tar)),
+            };
+            let out = top.join("out");
+            fs::create_dir_all(&out).unwrap();
+            unpack_layers(&image, std::slice::from_ref(&layer), &out).unwrap();
+            assert_eq!(fs::read_to_string(out.join("d/f")).unwrap(), "content\n");
+            fs::remove_dir_all(&out).unwrap();
+            // Another diff_id: refused after the unpack, which the build then throws away.
+            fs::create_dir_all(&out).unwrap();
+            let wrong = OciLayer {
+                diff_id: Some(sha(b"other")),
+                ..layer.clone()
+            };
+            let e = unpack_layers(&image, &[wrong], &out).unwrap_err();
+            assert!(matches!(e, ImageError::Changed { .. }), "{mt}: {e}");
+            fs::remove_dir_all(&out).unwrap();
+            // Another size than planned.
+            fs::create_dir_all(&out).unwrap();
+            let longer = OciLayer {
+                size: layer.size - 1,
+                ..layer
+            };
+            let e = unpack_layers(&image, &[longer], &out).unwrap_err();
+            assert!(matches!(e, ImageError::Changed { .. }), "{mt}: {e}");
+            fs::remove_dir_all(&out).unwrap();
+        }
+        fs::remove_dir_all(&top).unwrap();
+    }
+}
