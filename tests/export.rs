@@ -14,6 +14,9 @@
 //!   working root; the base's id is stable and the same for both (the image's digests name it);
 //!   an unknown `tag=` is a spec error; a layer blob changed after the compile fails the build.
 //!
+//! - an image umoci made (a whiteout, a new directory) as `base "oci"`: its root is the rootfs
+//!   umoci unpacks, and a command runs in it.
+//!
 //! Privileged (stores, mounts): skipped without root unless ENVC_REQUIRE_PRIVILEGED=1.
 
 mod common;
@@ -259,6 +262,50 @@ fn exports(kind: Kind) {
     );
 }
 
+/// An image umoci made (a layer that adds files, then one that deletes a file and adds a
+/// directory) as a base: its root is the rootfs umoci itself unpacks from it.
+fn umoci_base(kind: Kind) {
+    let t = TestStore::new(kind, "export-umoci");
+    let dir = &t.specs;
+    let umoci = |args: &[&str]| run(Command::new("umoci").current_dir(dir).args(args));
+    umoci(&["init", "--layout", "img"]);
+    umoci(&["new", "--image", "img:t"]);
+    umoci(&["unpack", "--image", "img:t", "b"]);
+    let rootfs = dir.join("b/rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::write(rootfs.join("etc/hello"), "hello\n").unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    umoci(&["repack", "--image", "img:t", "b"]);
+    std::fs::remove_dir_all(dir.join("b")).unwrap();
+    umoci(&["unpack", "--image", "img:t", "b"]);
+    std::fs::remove_file(rootfs.join("etc/hello")).unwrap();
+    std::fs::create_dir(rootfs.join("etc/new")).unwrap();
+    std::fs::write(rootfs.join("etc/new/x"), "x\n").unwrap();
+    umoci(&["repack", "--image", "img:t", "b"]);
+    std::fs::remove_dir_all(dir.join("b")).unwrap();
+    umoci(&["unpack", "--image", "img:t", "want"]);
+
+    let spec = t.spec("u.kdl", "name \"fromumoci\"\nbase \"oci\" \"img\"\n");
+    let root = t.apply(&spec).root();
+    let got = tree(&root);
+    assert!(!got.contains_key(Path::new("etc/hello")), "{got:?}");
+    if let Some(d) = tree_diff(&tree(&dir.join("want/rootfs")), &got) {
+        panic!("the root of umoci's image is not its rootfs: {d}");
+    }
+    // A step runs in it.
+    let r = t.envc(&[
+        "run",
+        spec.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ok",
+    ]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "ok\n"), "{}", r.stderr);
+}
+
 macro_rules! on_each_backend {
     ($($name:ident => $body:ident),* $(,)?) => {
         mod overlay {
@@ -272,4 +319,5 @@ macro_rules! on_each_backend {
 
 on_each_backend! {
     an_environment_exports_as_an_oci_layout_an_archive_and_a_root_tar => exports,
+    an_image_umoci_made_is_a_base => umoci_base,
 }
