@@ -159,7 +159,8 @@ impl Image {
         let file = open_file(path).map_err(err("open"))?;
         let mut entries = BTreeMap::new();
         let mut archive = tar::Archive::new(&file);
-        for entry in archive.entries_with_seek().map_err(err("list"))? {
+        // Raw, as the compiler reads it: long names and PAX records are not read into memory.
+        for entry in archive.entries_with_seek().map_err(err("list"))?.raw(true) {
             let entry = entry.map_err(err("list"))?;
             if entry.header().entry_type().is_file()
                 && let Some(name) = entry_name(&entry.path_bytes())
