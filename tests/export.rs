@@ -7,7 +7,8 @@
 //! - `--oci DIR` twice gives the same `index.json` and the same blobs; `skopeo inspect` reads the
 //!   layout and lists one layer per envc layer; `umoci unpack` gives a rootfs equal to the
 //!   working root; `skopeo copy` to a docker archive succeeds; a non-empty DIR is refused;
-//! - `--oci-archive FILE` twice gives the same bytes, which skopeo reads as an `oci-archive:`;
+//! - `--oci-archive FILE` twice gives the same bytes, which skopeo reads as an `oci-archive:` and
+//!   as a `docker-archive:` (docker's `manifest.json`, what `docker load` reads);
 //! - `--tar FILE`, extracted by GNU tar with numeric owners, equals the working root (but the top
 //!   directory's times);
 //! - `base "oci"` of the exported layout, and of the archive, applies to a root equal to the
@@ -180,6 +181,12 @@ fn exports(kind: Kind) {
     }
     assert!(std::fs::read(&a1).unwrap() == std::fs::read(&a2).unwrap());
     run(Command::new("skopeo").args(["inspect", &format!("oci-archive:{}:exp", a1.display())]));
+    // It is also a `docker save` archive (manifest.json): what docker load reads, as skopeo's
+    // docker-archive reader takes it (no docker daemon here).
+    let inspect =
+        run(Command::new("skopeo").args(["inspect", &format!("docker-archive:{}", a1.display())]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 3, "{inspect}");
 
     // The flattened root, as GNU tar extracts it.
     let flat = oci("root.tar");
