@@ -258,11 +258,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a built environment as an image for other tools: an OCI image layout (one layer
+    /// per envc layer), the same as one tar, or the flattened root as one tar. Every layer must
+    /// be stored already (`envc apply`); export builds nothing.
+    Export {
+        /// The spec file.
+        #[arg(value_name = "SPEC")]
+        spec: PathBuf,
+        #[command(flatten)]
+        to: ExportTo,
+    },
     /// Set up or repair the store.
     Store {
         #[command(subcommand)]
         command: StoreCommand,
     },
+}
+
+/// Where `envc export` writes, and in which form (exactly one).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ExportTo {
+    /// An OCI image layout in DIR (missing or empty), with docker's manifest.json beside it.
+    #[arg(long, value_name = "DIR")]
+    pub oci: Option<PathBuf>,
+    /// The OCI image layout as one tar file.
+    #[arg(long, value_name = "FILE")]
+    pub oci_archive: Option<PathBuf>,
+    /// The flattened root as one uncompressed tar file.
+    #[arg(long, value_name = "FILE")]
+    pub tar: Option<PathBuf>,
 }
 
 /// `envc store ...`.

@@ -22,7 +22,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Color, Command, KeyCommand};
-use crate::commands::{apply, check, docs, fmt, gc, lock, ls, plan, remote, rm, verify, why};
+use crate::commands::{
+    apply, check, docs, export, fmt, gc, lock, ls, plan, remote, rm, verify, why,
+};
 use crate::error::{CliError, exit};
 use crate::report::Ui;
 
@@ -76,6 +78,7 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Verify { spec, json } => {
             return verify::verify(store, backend, spec.as_deref(), json);
         }
+        Command::Export { spec, to } => export::export(store, backend, &spec, &to),
         Command::Store { command } => commands::store::store(store, &command),
     };
     done.map(|()| exit::SUCCESS)

@@ -65,6 +65,11 @@ pub enum BaseKind {
     },
     /// `base "tar" "path"`.
     Tar { path: Spanned<String> },
+    /// `base "oci" "path" [tag="..."]`.
+    Oci {
+        path: Spanned<String>,
+        tag: Option<Spanned<String>>,
+    },
     /// `base "scratch"`.
     Scratch,
 }

@@ -23,7 +23,7 @@ pub const STEP_NODES: &[&str] = &[
     "cache",
 ];
 /// Kinds of base.
-pub const BASE_KINDS: &[&str] = &["debian", "tar", "scratch"];
+pub const BASE_KINDS: &[&str] = &["debian", "tar", "oci", "scratch"];
 
 /// Decodes a parsed document, appending every error found to `errors`.
 pub fn decode(doc: &KdlDocument, src: &Src, errors: &mut Errors) -> SpecFile {
@@ -384,6 +384,22 @@ impl Decoder<'_> {
                     "base \"tar\" \"rootfs.tar.gz\"",
                 )?;
                 BaseKind::Tar { path }
+            }
+            "oci" => {
+                self.finish(
+                    &r,
+                    &["tag"],
+                    2,
+                    "two arguments, `oci` and the image's path, and `tag=`",
+                );
+                let tag = self.string_prop(&r, "tag");
+                let path = self.string_arg(
+                    &r,
+                    1,
+                    "the image's path (an OCI layout directory or archive)",
+                    "base \"oci\" \"image.tar\" tag=\"latest\"",
+                )?;
+                BaseKind::Oci { path, tag }
             }
             "scratch" => {
                 self.finish(&r, &[], 1, "one argument, `scratch`");

@@ -770,6 +770,21 @@ pub enum SpecError {
         path: String,
         reason: String,
     },
+
+    /// An OCI base that cannot be read or used: no such layout or archive, a malformed or
+    /// oversized `index.json`, manifest or config, a blob whose bytes do not match its digest,
+    /// a layer of a media type envc cannot unpack, or no single manifest to take.
+    #[error("cannot use OCI image `{path}` as a base: {reason}")]
+    #[diagnostic(code(envc::spec::bad_image), help("{help}"))]
+    BadImage {
+        #[source_code]
+        src: Src,
+        #[label("this image")]
+        span: SourceSpan,
+        path: String,
+        reason: String,
+        help: String,
+    },
 }
 
 impl SpecError {
@@ -820,6 +835,7 @@ impl SpecError {
             | SpecError::ExtendsTooDeep { src, .. }
             | SpecError::ExtendsCycle { src, .. }
             | SpecError::BaseFileUnreadable { src, .. }
+            | SpecError::BadImage { src, .. }
             | SpecError::ExtendsNotAFile { src, .. }
             | SpecError::Syntax { src, .. } => Some(src),
             SpecError::Unreadable { .. }

@@ -23,7 +23,7 @@ pub use digest::Digest;
 pub use id::{IdParseError, LayerId};
 pub use key::Key;
 pub use model::{
-    BASE_LAYER_NAME, Base, CacheMount, CopyKind, Layer, Mode, Plan, Step, SyncMode,
+    BASE_LAYER_NAME, Base, CacheMount, CopyKind, Layer, Mode, OciLayer, Plan, Step, SyncMode,
     valid_cache_name,
 };
 pub use name::{Name, NameError};

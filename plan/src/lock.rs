@@ -398,6 +398,7 @@ fn base_summary(base: &Base) -> String {
             s
         }
         Base::Tar { path, .. } => format!("tar {}", path.display()),
+        Base::Oci { path, .. } => format!("oci {}", path.display()),
         Base::Scratch => "scratch".into(),
     }
 }

@@ -71,8 +71,38 @@ pub enum Base {
         /// blake3 of the tarball's bytes.
         digest: Digest,
     },
+    /// An image made by another tool: an OCI image layout directory, or a tar of one. It is
+    /// identified by what its manifest names (the config's digest and the layers' digests and
+    /// media types, in order), never by the bytes of the archive file or its path.
+    Oci {
+        /// The layout directory or archive on the host. Not part of the id.
+        path: PathBuf,
+        /// The `org.opencontainers.image.ref.name` that selected the manifest, if the spec gave
+        /// one. Not part of the id (the digests are).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tag: Option<String>,
+        /// The image config's digest, `sha256:HEX`.
+        config: String,
+        /// The layers, applied in this order.
+        layers: Vec<OciLayer>,
+    },
     /// An empty root.
     Scratch,
+}
+
+/// One layer of an OCI base, as its manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciLayer {
+    /// The blob's media type (which compression: tar, tar+gzip, tar+zstd).
+    pub media_type: String,
+    /// The (compressed) blob's digest, `sha256:HEX`.
+    pub digest: String,
+    /// The blob's size in bytes. Not part of the id (the digest is).
+    pub size: u64,
+    /// The digest of the uncompressed tar (the config's `rootfs.diff_ids` entry), if the config
+    /// gives one. Not part of the id (the config's digest is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
 }
 
 /// How a step's sync calls (fsync, fdatasync, sync, syncfs, msync, sync_file_range) are handled.
@@ -281,6 +311,34 @@ impl Base {
             Base::Tar { path: _, digest } => {
                 Key::record("tar", vec![("content", Key::Digest(digest.0))])
             }
+            Base::Oci {
+                path: _,
+                tag: _,
+                config,
+                layers,
+            } => Key::record(
+                "oci",
+                vec![
+                    ("config", Key::str(config)),
+                    (
+                        "layers",
+                        Key::List(
+                            layers
+                                .iter()
+                                .map(|l| {
+                                    Key::record(
+                                        "layer",
+                                        vec![
+                                            ("digest", Key::str(&l.digest)),
+                                            ("media-type", Key::str(&l.media_type)),
+                                        ],
+                                    )
+                                })
+                                .collect(),
+                        ),
+                    ),
+                ],
+            ),
             Base::Scratch => Key::record("scratch", vec![]),
         }
     }
@@ -383,6 +441,13 @@ impl Step {
                 base: Base::Tar { path, .. },
                 ..
             } => format!("tar {}", path.display()),
+            Step::Base {
+                base: Base::Oci { path, tag, .. },
+                ..
+            } => match tag {
+                Some(t) => format!("oci {} tag {t}", path.display()),
+                None => format!("oci {}", path.display()),
+            },
             Step::Base {
                 base: Base::Scratch,
                 ..

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod check;
 pub mod docs;
+pub mod export;
 pub mod fmt;
 pub mod gc;
 pub mod lock;

@@ -209,6 +209,7 @@ impl Lower<'_> {
         match &decl.kind {
             BaseKind::Scratch => Some(Base::Scratch),
             BaseKind::Tar { path } => self.tar_base(f, path),
+            BaseKind::Oci { path, tag } => self.oci_base(f, path, tag.as_ref()),
             BaseKind::Debian {
                 suite,
                 variant,

@@ -5,6 +5,7 @@
 mod hostfiles;
 mod load;
 mod lower;
+mod oci;
 mod values;
 
 use std::path::Path;

@@ -1,5 +1,5 @@
 //! Making a base layer: a Debian root by mmdebstrap (from the base's mirror or the host's apt
-//! sources), a root filesystem tarball unpacked by tar, or nothing.
+//! sources), a root filesystem tarball unpacked by tar, an OCI image's layers, or nothing.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
@@ -55,6 +55,9 @@ pub(super) enum BaseError {
         /// The digest the layer id was computed from.
         planned: envc_plan::Digest,
     },
+    /// An OCI base's layers could not be unpacked.
+    #[error(transparent)]
+    Image(#[from] crate::oci::image::ImageError),
     /// A locked build could not be normalized.
     #[error(transparent)]
     Normalize(NormalizeError),
@@ -194,6 +197,10 @@ impl Runtime {
                         planned: *digest,
                     });
                 }
+                Ok(())
+            }
+            Base::Oci { path, layers, .. } => {
+                crate::oci::image::unpack_layers(path, layers, dir)?;
                 Ok(())
             }
             Base::Debian { .. } => {
