@@ -818,3 +818,37 @@ fn manifests_are_capped_and_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn short_content_is_a_local_error() {
+    let Some(server) = TestRegistry::start(None) else {
+        return;
+    };
+    let reg = client(&server.addr, "envc/short", options());
+    let content = layer_bytes(10_000, 5);
+    let d = sha256_digest(&content);
+    let mut opened = 0;
+    let e = reg
+        .push_blob(&d, 10_000, &mut opener(&content[..9_000], &mut opened))
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Local { .. }), "{e}");
+    assert!(
+        e.to_string().contains("ended after 9000 of its 10000"),
+        "{e}"
+    );
+    assert!(!e.is_unreachable());
+    assert_eq!(opened, 1, "a local failure is not tried again");
+    // Content longer than announced is cut at its size (and then matches its digest).
+    let mut longer = content.clone();
+    longer.extend_from_slice(b"trailing");
+    reg.push_blob(&d, 10_000, &mut opener(&longer, &mut opened))
+        .unwrap();
+    assert_eq!(read_blob(&reg, &d, 10_000).unwrap(), content);
+    // A reader that cannot be opened.
+    let e = reg
+        .push_blob(&sha256_digest(b"z"), 1, &mut || {
+            Err(io::Error::new(io::ErrorKind::NotFound, "gone"))
+        })
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Local { .. }), "{e}");
+}

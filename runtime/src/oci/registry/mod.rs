@@ -748,6 +748,7 @@ impl Registry {
             if let Some(a) = auth {
                 req = req.set("Authorization", a);
             }
+            let local = std::sync::Arc::new(Mutex::new(None));
             let result = match body {
                 Body::Empty => req.call(),
                 Body::Bytes(b) => req.send_bytes(b),
@@ -759,9 +760,23 @@ impl Registry {
                             source,
                         })
                     })?;
-                    req.set("Content-Length", &size.to_string()).send(reader)
+                    let exact = Exact {
+                        inner: reader,
+                        left: *size,
+                        size: *size,
+                        failed: local.clone(),
+                    };
+                    req.set("Content-Length", &size.to_string()).send(exact)
                 }
             };
+            let local = local.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(source) = local {
+                return Err(Fail::Fatal(RegistryError::Local {
+                    op: call.op.to_owned(),
+                    digest: call.object.to_owned(),
+                    source,
+                }));
+            }
             let resp = match result {
                 Ok(r) | Err(ureq::Error::Status(_, r)) => r,
                 Err(ureq::Error::Transport(t)) => return Err(transport(&url, &t)),
@@ -817,6 +832,49 @@ impl Registry {
             ));
         }
         Ok(())
+    }
+}
+
+/// The content to send, exactly `size` bytes of it: a reader that gives more is cut at `size`,
+/// one that ends before fails, and the failure is kept in `failed` (a local error, never the
+/// registry's).
+struct Exact {
+    inner: Box<dyn Read + Send>,
+    left: u64,
+    size: u64,
+    failed: std::sync::Arc<Mutex<Option<io::Error>>>,
+}
+
+impl Read for Exact {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let result = match self.inner.read(&mut buf[..want]) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the content ended after {} of its {} bytes",
+                    self.size - self.left,
+                    self.size
+                ),
+            )),
+            other => other,
+        };
+        match result {
+            Ok(n) => {
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(copy)
+            }
+        }
     }
 }
 
