@@ -116,7 +116,8 @@ fn the_remote_cache_round_trips_thin_volumes() {
         pushed.stderr
     );
     let want = common::crash::tree(&pushed.root());
-    for kind in [Kind::Lvm] {
+    {
+        let kind = Kind::Lvm;
         let b = TestStore::new(kind, "remote-b");
         let spec_b = b.spec("rc.kdl", &text);
         let r = Run::from(

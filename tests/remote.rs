@@ -310,6 +310,8 @@ fn push_crafted(
     .unwrap();
 }
 
+type Case<'a> = (&'a str, Vec<u8>, Option<u64>, &'a str, &'a str);
+
 /// Artifacts signed by the trusted key (an insider, a stolen key) but hostile: each is refused
 /// with a warning naming the layer, the layer is built here with the same tree, and nothing is
 /// written outside the store.
@@ -329,7 +331,8 @@ fn hostile_artifacts(kind: Kind) {
     let out_b = out.to_str().unwrap().as_bytes();
     let top = raw_header(b"./", b'5', 0, b"");
     let end = [0u8; 1024];
-    let cases: Vec<(&str, Vec<u8>, Option<u64>, &str, &str)> = vec![
+    // Name, archive, the size the config claims, the blob's media type, the reason refused.
+    let cases: Vec<Case> = vec![
         (
             "dotdot",
             [

@@ -624,7 +624,8 @@ mod tests {
             d.join(blob_path(manifest["layers"][0]["digest"].as_str().unwrap()).unwrap());
 
         // Each case damages a fresh copy of the good layout.
-        let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        type Damage = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Damage)> = vec![
             (
                 "no oci-layout",
                 Box::new(|d| fs::remove_file(d.join("oci-layout")).unwrap()),
