@@ -12,7 +12,8 @@
 //!   and the key;
 //! - a corrupted blob in the registry's storage is refused (a warning) and the layer built here,
 //!   with the same tree;
-//! - a registry that cannot be reached gives one warning and a local build, never a failure;
+//! - a registry that cannot be reached, or that accepts connections and never answers, gives one
+//!   warning and a local build, never a failure;
 //! - artifacts signed by the trusted key but hostile (paths with `..`, absolute paths, a write
 //!   through a symlink, a hard link out, a decompression bomb past the signed size, a wrong media
 //!   type, another tree than the signed digest): each refused with a warning giving the reason,
@@ -197,6 +198,47 @@ fn remote_cache(kind: Kind) {
         "want one warning: {}",
         r.stderr
     );
+
+    // A registry that accepts connections and never answers: cut by the timeout, one warning.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < until {
+            match silent.accept() {
+                Ok((c, _)) => conns.push(c),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+            if conns.len() > 20 {
+                break;
+            }
+        }
+    });
+    let g = TestStore::new(kind, "remote-g");
+    let spec_g = g.spec("rc.kdl", SPEC);
+    let started = std::time::Instant::now();
+    let mut c = g.cmd();
+    c.arg("apply")
+        .arg(&spec_g)
+        .args(["--remote", &format!("{addr}/x"), "--trusted-key", public])
+        .env("ENVC_REMOTE_TIMEOUT", "1");
+    let r = Run::from(c.output().unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.built().len(), 3, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("cannot be used").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(40),
+        "a silent registry held the apply for {:?}",
+        started.elapsed()
+    );
+    drop(held);
 }
 
 #[test]

@@ -40,10 +40,23 @@ pub fn remote_for(args: &RemoteArgs) -> Result<Option<Remote>, CliError> {
     for n in notes {
         crate::report::warn(&n);
     }
+    // How long the registry may stay silent: ENVC_REMOTE_TIMEOUT seconds (default 30).
+    let silence = match std::env::var("ENVC_REMOTE_TIMEOUT") {
+        Ok(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=3600).contains(s))
+            .ok_or_else(|| {
+                usage(format!(
+                    "ENVC_REMOTE_TIMEOUT={v}: give seconds, from 1 to 3600"
+                ))
+            })?,
+        Err(_) => 30,
+    };
     let options = Options {
         insecure_hosts: args.insecure_registries.clone(),
-        connect_timeout: Duration::from_secs(10),
-        read_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(silence.min(5)),
+        read_timeout: Duration::from_secs(silence),
         attempts: 3,
         backoff: Duration::from_millis(500),
         auth,

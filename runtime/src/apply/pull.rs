@@ -3,6 +3,7 @@
 //! checked, then sealed with its record like a built layer. Anything short of that discards the
 //! staging build, says why in a warning, and leaves the layer to be built here: a remote cache
 //! never fails an apply.
+#![forbid(unsafe_code)]
 
 use std::fs;
 

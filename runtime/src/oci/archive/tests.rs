@@ -1,6 +1,7 @@
 //! Round trips (full trees, btrfs snapshots, overlay upper directories) checked with the tree
 //! digest, and hostile archives that must be refused without touching anything outside the
 //! target. They need root (owners, device nodes, mounts) and skip otherwise.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
