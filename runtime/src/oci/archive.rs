@@ -38,19 +38,21 @@
 //! metadata records over 64 KiB, data after the end, and a stream cut anywhere.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
+use rustix::fs::{AtFlags as RAtFlags, Dir, FileType, Mode as RMode, OFlags, Statx, StatxFlags};
+use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
 /// The opaque marker's name.
@@ -187,24 +189,7 @@ pub struct Unpacked {
 // ---------------------------------------------------------------------------------------------
 // Packing.
 
-/// What is known of one entry of a tree.
-#[derive(Debug, Clone)]
-struct Meta {
-    kind: Kind,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, u32),
-    ctime: (i64, u32),
-    size: u64,
-    rdev: u64,
-    ino: u64,
-    dev: u64,
-    nlink: u64,
-    link: Option<OsString>,
-    xattrs: Vec<(OsString, Vec<u8>)>,
-}
-
+/// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
@@ -216,148 +201,263 @@ enum Kind {
     Socket,
 }
 
+impl Kind {
+    fn of(mode: u16) -> Option<Kind> {
+        Some(match FileType::from_raw_mode(mode.into()) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::CharacterDevice => Kind::Char,
+            FileType::BlockDevice => Kind::Block,
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            FileType::Unknown => return None,
+        })
+    }
+}
+
+/// Which mount an entry is on (on kernels before 5.8, without `STATX_MNT_ID`: which device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MountKey {
+    Mount(u64),
+    Device(u32, u32),
+}
+
+fn mount_key(st: &Statx) -> MountKey {
+    if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+        MountKey::Mount(st.stx_mnt_id)
+    } else {
+        MountKey::Device(st.stx_dev_major, st.stx_dev_minor)
+    }
+}
+
+/// What statx is asked for.
+const WANT: StatxFlags = StatxFlags::BASIC_STATS.union(StatxFlags::MNT_ID);
+
+/// Extended attributes: (name, value), sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What is known of one entry of a tree.
+#[derive(Debug, Clone)]
+struct Meta {
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+    /// A regular file's size (0 for the others).
+    size: u64,
+    /// A device's major and minor numbers ((0, 0) for the others).
+    rdev: (u32, u32),
+    /// Device and inode: which file it is.
+    id: (u32, u32, u64),
+    nlink: u32,
+    mount: MountKey,
+    /// A symlink's target.
+    link: Option<Vec<u8>>,
+    /// Extended attributes but overlayfs's own.
+    xattrs: Xattrs,
+    /// overlayfs's own attributes (`trusted.overlay.*`).
+    overlay: Xattrs,
+}
+
 impl Meta {
-    fn read(path: &Path) -> Result<Meta, ArchiveError> {
-        let m = fs::symlink_metadata(path).map_err(io_at("inspect", path))?;
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            Kind::File
-        } else if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_char_device() {
-            Kind::Char
-        } else if ft.is_block_device() {
-            Kind::Block
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            Kind::Socket
-        };
-        let link = if kind == Kind::Symlink {
-            Some(
-                fs::read_link(path)
-                    .map_err(io_at("read the link", path))?
-                    .into_os_string(),
-            )
-        } else {
-            None
-        };
+    fn new(st: &Statx, host: &Path) -> Result<Meta, ArchiveError> {
+        let kind = Kind::of(st.stx_mode).ok_or_else(|| ArchiveError::Unarchivable {
+            path: host.to_owned(),
+            reason: format!("an unknown file type (mode {:o})", st.stx_mode),
+        })?;
         Ok(Meta {
             kind,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            mtime: (m.mtime(), m.mtime_nsec() as u32),
-            ctime: (m.ctime(), m.ctime_nsec() as u32),
-            size: if kind == Kind::File { m.len() } else { 0 },
-            rdev: m.rdev(),
-            ino: m.ino(),
-            dev: m.dev(),
-            nlink: m.nlink(),
-            link,
-            xattrs: read_xattrs(path)?,
+            mode: u32::from(st.stx_mode) & 0o7777,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            mtime: (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec),
+            ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec),
+            size: if kind == Kind::File { st.stx_size } else { 0 },
+            rdev: if matches!(kind, Kind::Char | Kind::Block) {
+                (st.stx_rdev_major, st.stx_rdev_minor)
+            } else {
+                (0, 0)
+            },
+            id: (st.stx_dev_major, st.stx_dev_minor, st.stx_ino),
+            nlink: st.stx_nlink,
+            mount: mount_key(st),
+            link: None,
+            xattrs: Vec::new(),
+            overlay: Vec::new(),
         })
     }
 
-    /// Whether `self` (in the layer) is what `old` (in the parent) was.
+    /// The metadata of a whiteout or opaque marker: an empty file owned by root, mode 0, time 0.
+    fn marker() -> Meta {
+        Meta {
+            kind: Kind::File,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+            size: 0,
+            rdev: (0, 0),
+            id: (0, 0, 0),
+            nlink: 1,
+            mount: MountKey::Mount(0),
+            link: None,
+            xattrs: Vec::new(),
+            overlay: Vec::new(),
+        }
+    }
+
+    /// Whether `self` (in the layer's tree) is what `old` (in the parent's) was: type, mode,
+    /// owners, modification time, size, attributes, link target and device number, and for a
+    /// regular file its inode number and change time (a snapshot shares both with its parent
+    /// for what it did not change; a write that kept the size and reset the time still moved the
+    /// change time).
     fn same_as(&self, old: &Meta) -> bool {
         self.kind == old.kind
             && self.mode == old.mode
             && self.uid == old.uid
             && self.gid == old.gid
             && self.mtime == old.mtime
-            && self.ctime == old.ctime
-            && self.ino == old.ino
             && self.size == old.size
             && self.rdev == old.rdev
             && self.link == old.link
             && self.xattrs == old.xattrs
+            && (self.kind != Kind::File || (self.id.2 == old.id.2 && self.ctime == old.ctime))
     }
 
     fn is_whiteout(&self) -> bool {
-        self.kind == Kind::Char && self.rdev == 0
+        self.kind == Kind::Char && self.rdev == (0, 0)
+    }
+
+    fn overlay_attr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.overlay
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
-/// A path's extended attributes but overlayfs's own, sorted by name.
-fn read_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, ArchiveError> {
-    let mut out = Vec::new();
-    for name in xattr_names(path, false)? {
-        if name.as_bytes().starts_with(OVERLAY_XATTRS.as_bytes()) {
-            continue;
-        }
-        if let Some(v) = xattr_value(path, &name)? {
-            out.push((name, v));
-        }
+fn host(top: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        top.to_owned()
+    } else {
+        top.join(OsStr::from_bytes(rel))
     }
-    out.sort();
-    Ok(out)
 }
 
-/// The names of a path's extended attributes (with overlayfs's when `all`).
-fn xattr_names(path: &Path, _all: bool) -> Result<Vec<OsString>, ArchiveError> {
-    for _ in 0..8 {
-        let n = match rustix::fs::llistxattr_query(path) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(io_at("list the attributes of", path)(e.into())),
+fn changed(path: PathBuf) -> ArchiveError {
+    ArchiveError::Unarchivable {
+        path,
+        reason: "it changed while it was read".into(),
+    }
+}
+
+fn errno_host(op: &'static str, path: PathBuf) -> impl FnOnce(Errno) -> ArchiveError {
+    move |e| ArchiveError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}
+
+fn statx_fd(fd: BorrowedFd<'_>) -> Result<Statx, Errno> {
+    rustix::fs::statx(
+        fd,
+        c"",
+        RAtFlags::EMPTY_PATH | RAtFlags::SYMLINK_NOFOLLOW,
+        WANT,
+    )
+}
+
+/// Opens without following a symlink, and without touching the access time where allowed.
+fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, RMode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, name, flags, RMode::empty()),
+        r => r,
+    }
+}
+
+/// Whose extended attributes are read.
+#[derive(Clone, Copy)]
+enum XattrOf<'a> {
+    /// An open directory.
+    Fd(BorrowedFd<'a>),
+    /// A path whose last component is not followed (`/proc/self/fd/DIR/NAME`).
+    Link(&'a CStr),
+}
+
+/// The extended attributes of an entry: the others and overlayfs's own, each sorted by name. A
+/// filesystem without extended attributes has none.
+fn read_xattrs(of: XattrOf<'_>, path: &Path) -> Result<(Xattrs, Xattrs), ArchiveError> {
+    let list = match of {
+        XattrOf::Fd(fd) => read_sized(
+            || rustix::fs::flistxattr_query(fd),
+            |buf| rustix::fs::flistxattr(fd, buf),
+        ),
+        XattrOf::Link(p) => read_sized(
+            || rustix::fs::llistxattr_query(p),
+            |buf| rustix::fs::llistxattr(p, buf),
+        ),
+    };
+    let list = match list {
+        Ok(l) => l,
+        Err(Errno::NOTSUP) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(errno_host("list the attributes of", path.to_owned())(e)),
+    };
+    let (mut mine, mut overlay) = (Vec::new(), Vec::new());
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).map_err(|_| changed(path.to_owned()))?;
+        let value = match of {
+            XattrOf::Fd(fd) => read_sized(
+                || rustix::fs::fgetxattr_query(fd, &cname),
+                |buf| rustix::fs::fgetxattr(fd, &cname, buf),
+            ),
+            XattrOf::Link(p) => read_sized(
+                || rustix::fs::lgetxattr_query(p, &cname),
+                |buf| rustix::fs::lgetxattr(p, &cname, buf),
+            ),
         };
-        if n == 0 {
+        let value = match value {
+            Ok(v) => v,
+            Err(Errno::NODATA) => return Err(changed(path.to_owned())),
+            Err(e) => return Err(errno_host("read an attribute of", path.to_owned())(e)),
+        };
+        if name.starts_with(OVERLAY_XATTRS.as_bytes()) {
+            overlay.push((name.to_vec(), value));
+        } else {
+            mine.push((name.to_vec(), value));
+        }
+    }
+    mine.sort();
+    overlay.sort();
+    Ok((mine, overlay))
+}
+
+/// Reads an attribute list or value: its size, then the bytes; again when it grew meanwhile.
+fn read_sized(
+    query: impl Fn() -> Result<usize, Errno>,
+    fill: impl Fn(&mut [u8]) -> Result<usize, Errno>,
+) -> Result<Vec<u8>, Errno> {
+    for _ in 0..8 {
+        let size = query()?;
+        if size == 0 {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; n];
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
-            Ok(len) => {
-                buf.truncate(len);
-                return Ok(buf
-                    .split(|b| *b == 0)
-                    .filter(|n| !n.is_empty())
-                    .map(|n| OsString::from_vec(n.to_vec()))
-                    .collect());
+        let mut buf = vec![0u8; size];
+        match fill(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
             }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(e) => return Err(io_at("list the attributes of", path)(e.into())),
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
         }
     }
-    Err(io_at("list the attributes of", path)(io::Error::other(
-        "the list keeps changing",
-    )))
-}
-
-fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, ArchiveError> {
-    for _ in 0..8 {
-        let n = match rustix::fs::lgetxattr_query(path, name) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NODATA) => return Ok(None),
-            Err(e) => return Err(io_at("read an attribute of", path)(e.into())),
-        };
-        let mut buf = vec![0u8; n];
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(len) => {
-                buf.truncate(len);
-                return Ok(Some(buf));
-            }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(rustix::io::Errno::NODATA) => return Ok(None),
-            Err(e) => return Err(io_at("read an attribute of", path)(e.into())),
-        }
-    }
-    Err(io_at("read an attribute of", path)(io::Error::other(
-        "the value keeps changing",
-    )))
-}
-
-/// One thing the archive says, in order.
-#[derive(Debug)]
-enum Item {
-    /// An entry: its path relative to the top (empty for the top) and where it is on the host.
-    Entry(Vec<u8>, PathBuf, Meta),
-    /// `.wh..wh..opq` in the directory with this path.
-    Opaque(Vec<u8>),
-    /// `.wh.NAME` for this path.
-    Whiteout(Vec<u8>),
+    Err(Errno::RANGE)
 }
 
 fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
@@ -371,267 +471,332 @@ fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The names in a directory, sorted as bytes.
-fn names(dir: &Path) -> Result<Vec<OsString>, ArchiveError> {
-    let mut v: Vec<OsString> = fs::read_dir(dir)
-        .map_err(io_at("list", dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_at("list", dir))?;
-    v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(v)
+/// One tree being walked (the layer's, or its parent's).
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    /// Its top on the host (for errors).
+    top: &'a Path,
+    /// The mount its top is on: the walk never leaves it.
+    mount: MountKey,
 }
 
-fn check_name(path: &Path, name: &OsStr) -> Result<(), ArchiveError> {
-    if name.as_bytes().starts_with(WHITEOUT.as_bytes()) {
-        return Err(ArchiveError::Unarchivable {
-            path: path.join(name),
-            reason: format!("a name starting with {WHITEOUT} is a whiteout in an OCI layer"),
-        });
-    }
-    Ok(())
-}
-
-/// The items of an overlay upper directory's subtree below `dir` (not `dir` itself).
-fn upper_items(
-    top_dev: u64,
-    dir: &Path,
-    rel: &[u8],
-    meta: &Meta,
-    out: &mut Vec<Item>,
-) -> Result<(), ArchiveError> {
-    for bad in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
-        if xattr_value(dir, OsStr::new(bad))?.is_some() {
-            return Err(ArchiveError::Unarchivable {
-                path: dir.to_owned(),
-                reason: format!("overlayfs marks it with {bad}"),
-            });
-        }
-    }
-    if xattr_value(dir, OsStr::new("trusted.overlay.opaque"))?.as_deref() == Some(b"y") {
-        out.push(Item::Opaque(rel.to_vec()));
-    }
-    let _ = meta;
-    let mut children = Vec::new();
-    for name in names(dir)? {
-        let p = dir.join(&name);
-        let m = Meta::read(&p)?;
-        let crel = join(rel, name.as_bytes());
-        if m.is_whiteout() {
-            out.push(Item::Whiteout(crel));
-            continue;
-        }
-        check_name(dir, &name)?;
-        if m.dev != top_dev {
-            return Err(ArchiveError::Unarchivable {
-                path: p,
-                reason: "another filesystem is mounted there".into(),
-            });
-        }
-        children.push((crel, p, m));
-    }
-    for (crel, p, m) in children {
-        let is_dir = m.kind == Kind::Dir;
-        out.push(Item::Entry(crel.clone(), p.clone(), m.clone()));
-        if is_dir {
-            upper_items(top_dev, &p, &crel, &m, out)?;
-        }
-    }
-    Ok(())
-}
-
-/// The items of the difference below `dir` (a directory of the tree; `old` the parent's
-/// directory at the same path, if it is one). Returns whether anything was added.
-fn diff_items(
-    top_dev: u64,
-    dir: &Path,
-    old: Option<&Path>,
-    rel: &[u8],
-    out: &mut Vec<Item>,
-) -> Result<bool, ArchiveError> {
-    let start = out.len();
-    let new_names = names(dir)?;
-    if let Some(old) = old {
-        let have: HashSet<&[u8]> = new_names.iter().map(|n| n.as_bytes()).collect();
-        for name in names(old)? {
-            if !have.contains(name.as_bytes()) {
-                out.push(Item::Whiteout(join(rel, name.as_bytes())));
+impl Side<'_> {
+    /// The entries of the directory `fd` (at `rel`), sorted by name bytes.
+    fn list(&self, fd: &OwnedFd, rel: &[u8]) -> Result<Vec<(CString, Meta)>, ArchiveError> {
+        let here = host(self.top, rel);
+        let mut dir = Dir::read_from(fd).map_err(errno_host("list", here.clone()))?;
+        let mut names = Vec::new();
+        while let Some(e) = dir.read() {
+            let e = e.map_err(errno_host("list", here.clone()))?;
+            let name = e.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
             }
         }
-    }
-    for name in new_names {
-        check_name(dir, &name)?;
-        let p = dir.join(&name);
-        let m = Meta::read(&p)?;
-        if m.dev != top_dev {
-            return Err(ArchiveError::Unarchivable {
-                path: p,
-                reason: "another filesystem (or subvolume) is there".into(),
-            });
-        }
-        if m.kind == Kind::Socket {
-            continue;
-        }
-        let crel = join(rel, name.as_bytes());
-        let old_path = old.map(|o| o.join(&name));
-        let old_meta = match &old_path {
-            Some(op) => match fs::symlink_metadata(op) {
-                Ok(_) => Some(Meta::read(op)?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_at("inspect", op)(e)),
-            },
-            None => None,
-        };
-        let same = old_meta.as_ref().is_some_and(|o| m.same_as(o));
-        if m.kind == Kind::Dir {
-            let old_dir = old_meta
-                .as_ref()
-                .filter(|o| o.kind == Kind::Dir)
-                .and(old_path.as_deref());
-            let at = out.len();
-            out.push(Item::Entry(crel.clone(), p.clone(), m));
-            let below = diff_items(top_dev, &p, old_dir, &crel, out)?;
-            if same && !below {
-                out.truncate(at);
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let path = host(self.top, &join(rel, name.to_bytes()));
+            let st = match rustix::fs::statx(fd, &name, RAtFlags::SYMLINK_NOFOLLOW, WANT) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => return Err(changed(path)),
+                Err(e) => return Err(errno_host("inspect", path)(e)),
+            };
+            let mut m = Meta::new(&st, &path)?;
+            if m.mount != self.mount {
+                return Err(ArchiveError::Unarchivable {
+                    path,
+                    reason: "another mount is there (a layer's tree holds none)".into(),
+                });
             }
-        } else if !same {
-            out.push(Item::Entry(crel, p, m));
+            if m.kind == Kind::Symlink {
+                m.link = Some(
+                    rustix::fs::readlinkat(fd, &name, Vec::new())
+                        .map_err(errno_host("read the link", path.clone()))?
+                        .into_bytes(),
+                );
+            }
+            // The name is one component of a directory opened without symlinks: the path cannot
+            // leave it, and l*xattr does not follow its last component.
+            let mut proc = format!("/proc/self/fd/{}/", fd.as_raw_fd()).into_bytes();
+            proc.extend_from_slice(name.to_bytes());
+            let proc = CString::new(proc).map_err(|_| changed(path.clone()))?;
+            (m.xattrs, m.overlay) = read_xattrs(XattrOf::Link(&proc), &path)?;
+            out.push((name, m));
         }
+        Ok(out)
     }
-    Ok(out.len() > start)
+
+    /// Opens the directory `name` of `dir`, checking it is the one listed.
+    fn open_dir(
+        &self,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        m: &Meta,
+    ) -> Result<OwnedFd, ArchiveError> {
+        let path = host(self.top, rel);
+        let fd = open_at(dir.as_fd(), name, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(errno_host("open", path.clone()))?;
+        let st = statx_fd(fd.as_fd()).map_err(errno_host("inspect", path.clone()))?;
+        if (st.stx_dev_major, st.stx_dev_minor, st.stx_ino) != m.id || mount_key(&st) != self.mount
+        {
+            return Err(changed(path));
+        }
+        Ok(fd)
+    }
+
+    /// Opens the top directory.
+    fn open_top(top: &Path) -> Result<(OwnedFd, Meta, MountKey), ArchiveError> {
+        let fd = rustix::fs::open(
+            top,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            RMode::empty(),
+        )
+        .map_err(errno_host("open", top.to_owned()))?;
+        let st = statx_fd(fd.as_fd()).map_err(errno_host("inspect", top.to_owned()))?;
+        let mut m = Meta::new(&st, top)?;
+        (m.xattrs, m.overlay) = read_xattrs(XattrOf::Fd(fd.as_fd()), top)?;
+        let mount = m.mount;
+        Ok((fd, m, mount))
+    }
 }
 
-/// Writes the archive of `source` to `out`.
-pub fn pack(source: Source<'_>, out: &mut dyn Write) -> Result<Packed, ArchiveError> {
-    let top = match source {
-        Source::Upper(t) | Source::Diff { tree: t, .. } => t,
-    };
-    let top_meta = Meta::read(top)?;
-    if top_meta.kind != Kind::Dir {
-        return Err(ArchiveError::Unarchivable {
-            path: top.to_owned(),
-            reason: "not a directory".into(),
-        });
-    }
-    let mut items = vec![Item::Entry(Vec::new(), top.to_owned(), top_meta.clone())];
-    match source {
-        Source::Upper(_) => upper_items(top_meta.dev, top, b"", &top_meta, &mut items)?,
-        Source::Diff { parent, tree } => {
-            diff_items(top_meta.dev, tree, parent, b"", &mut items)?;
+/// The walk that writes the archive.
+struct Packer<'a, 'w> {
+    w: TarWriter<'w>,
+    upper: bool,
+    tree: Side<'a>,
+    parent: Option<Side<'a>>,
+    /// Regular files with more than one link already written: their first path.
+    links: HashMap<(u32, u32, u64), Vec<u8>>,
+    /// Directories of the tree whose own entries wait for something below them to be archived
+    /// (in the difference of two trees, an unchanged directory is archived only then).
+    pending: Vec<(Vec<u8>, Meta)>,
+}
+
+impl Packer<'_, '_> {
+    /// Writes the directories that wait, outermost first.
+    fn flush(&mut self) -> Result<(), ArchiveError> {
+        for (rel, m) in std::mem::take(&mut self.pending) {
+            self.dir_header(&rel, &m)?;
         }
+        Ok(())
     }
-    // Whiteouts and the opaque marker of a directory come right after its entry: move each run
-    // of them before the directory's children (they were pushed in walk order).
-    let items = order(items);
-    let mut w = TarWriter::new(out);
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for item in &items {
-        match item {
-            Item::Entry(rel, path, m) => {
-                let name = entry_name(rel, m.kind == Kind::Dir);
-                if m.kind == Kind::File && m.nlink > 1 {
-                    if let Some(first) = links.get(&(m.dev, m.ino)) {
-                        w.header(&name, b'1', m, 0, Some(first.clone()), false)?;
+
+    fn dir_header(&mut self, rel: &[u8], m: &Meta) -> Result<(), ArchiveError> {
+        self.check(rel, m)?;
+        self.w
+            .header(&entry_name(rel, true), b'5', m, 0, None, rel.is_empty())
+    }
+
+    /// What may not be archived: a name that would read as a whiteout, attributes an unpack
+    /// refuses, overlayfs redirects and metadata-only copies (the data is in a lower layer).
+    fn check(&self, rel: &[u8], m: &Meta) -> Result<(), ArchiveError> {
+        let path = || host(self.tree.top, rel);
+        let name = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
+        if name.starts_with(WHITEOUT.as_bytes()) {
+            return Err(ArchiveError::Unarchivable {
+                path: path(),
+                reason: format!("a name starting with {WHITEOUT} is a whiteout in an OCI layer"),
+            });
+        }
+        if let Some((k, _)) = m.xattrs.iter().find(|(k, _)| !xattr_allowed(k)) {
+            return Err(ArchiveError::Unarchivable {
+                path: path(),
+                reason: format!(
+                    "the extended attribute {} is never unpacked (only user.*, \
+                     security.capability, security.selinux and POSIX ACLs are)",
+                    k.escape_ascii()
+                ),
+            });
+        }
+        if self.upper {
+            for bad in [
+                &b"trusted.overlay.redirect"[..],
+                b"trusted.overlay.metacopy",
+                b"trusted.overlay.whiteout",
+            ] {
+                if m.overlay_attr(bad).is_some() {
+                    return Err(ArchiveError::Unarchivable {
+                        path: path(),
+                        reason: format!("overlayfs marks it with {}", bad.escape_ascii()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Archives the directory `new` (at `rel`, with `meta`) and what is below it: all of it
+    /// for an overlay upper directory, else what differs from `old` (the parent tree's directory
+    /// at the same path, if there is one). `changed`: the directory's own entry is archived
+    /// whatever is below it.
+    fn dir(
+        &mut self,
+        new: &OwnedFd,
+        old: Option<&OwnedFd>,
+        rel: &[u8],
+        meta: Meta,
+        changed: bool,
+    ) -> Result<(), ArchiveError> {
+        let mut children = self.tree.list(new, rel)?;
+        let mut whiteouts: Vec<Vec<u8>> = Vec::new();
+        let mut olds: HashMap<Vec<u8>, Meta> = HashMap::new();
+        let opaque = self.upper && meta.overlay_attr(b"trusted.overlay.opaque") == Some(&b"y"[..]);
+        if self.upper {
+            // A whiteout is overlayfs's device 0:0; a socket (tar has no form for it) hides
+            // what is below it like one.
+            children.retain(|(name, m)| {
+                let gone = m.is_whiteout() || m.kind == Kind::Socket;
+                if gone {
+                    whiteouts.push(name.to_bytes().to_vec());
+                }
+                !gone
+            });
+        } else {
+            // Sockets are left out; one that replaced an entry of the parent is a whiteout.
+            children.retain(|(_, m)| m.kind != Kind::Socket);
+            if let (Some(old), Some(side)) = (old, self.parent) {
+                for (name, om) in side.list(old, rel)? {
+                    if om.kind == Kind::Socket {
                         continue;
                     }
-                    links.insert((m.dev, m.ino), name.clone());
-                }
-                match m.kind {
-                    Kind::File => {
-                        w.header(&name, b'0', m, m.size, None, false)?;
-                        let f = File::options()
-                            .read(true)
-                            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                            .open(path)
-                            .map_err(io_at("open", path))?;
-                        let copied = io::copy(&mut (&f).take(m.size), &mut w)
-                            .map_err(io_at("read", path))?;
-                        let grew = (&f).read(&mut [0u8; 1]).map_err(io_at("read", path))?;
-                        if copied != m.size || grew != 0 {
-                            return Err(ArchiveError::Unarchivable {
-                                path: path.clone(),
-                                reason: "it changed size while it was read".into(),
-                            });
+                    match children.binary_search_by(|(n, _)| n.as_c_str().cmp(&name)) {
+                        Err(_) => whiteouts.push(name.to_bytes().to_vec()),
+                        Ok(i) => {
+                            // A directory replaced by something else, or the other way round:
+                            // the old one is gone, and the new entry is archived after it.
+                            if (om.kind == Kind::Dir) != (children[i].1.kind == Kind::Dir) {
+                                whiteouts.push(name.to_bytes().to_vec());
+                            } else {
+                                olds.insert(name.to_bytes().to_vec(), om);
+                            }
                         }
-                        w.pad()?;
                     }
-                    Kind::Dir => w.header(&name, b'5', m, 0, None, rel.is_empty())?,
-                    Kind::Symlink => w.header(
-                        &name,
-                        b'2',
-                        m,
-                        0,
-                        m.link.as_ref().map(|l| l.as_bytes().to_vec()),
-                        false,
-                    )?,
-                    Kind::Char => w.header(&name, b'3', m, 0, None, false)?,
-                    Kind::Block => w.header(&name, b'4', m, 0, None, false)?,
-                    Kind::Fifo => w.header(&name, b'6', m, 0, None, false)?,
-                    Kind::Socket => {}
                 }
             }
-            Item::Opaque(dir) => w.marker(&join(dir, OPAQUE.as_bytes()))?,
-            Item::Whiteout(rel) => {
-                let (dir, name) = match rel.iter().rposition(|b| *b == b'/') {
-                    Some(i) => (&rel[..i], &rel[i + 1..]),
-                    None => (&b""[..], &rel[..]),
-                };
+        }
+        let at = self.pending.len();
+        if changed || opaque || !whiteouts.is_empty() {
+            self.flush()?;
+            self.dir_header(rel, &meta)?;
+            if opaque {
+                self.w.marker(&join(rel, OPAQUE.as_bytes()))?;
+            }
+            for name in &whiteouts {
                 let mut n = WHITEOUT.as_bytes().to_vec();
                 n.extend_from_slice(name);
-                w.marker(&join(dir, &n))?;
+                self.w.marker(&join(rel, &n))?;
+            }
+        } else {
+            self.pending.push((rel.to_vec(), meta));
+        }
+        for (name, m) in children {
+            let crel = join(rel, name.to_bytes());
+            let old_m = olds.remove(name.to_bytes());
+            let same = !self.upper && old_m.as_ref().is_some_and(|o| m.same_as(o));
+            if m.kind == Kind::Dir {
+                let fd = self.tree.open_dir(new, &name, &crel, &m)?;
+                let old_fd = match (old, self.parent, &old_m) {
+                    (Some(old), Some(side), Some(om)) if om.kind == Kind::Dir => {
+                        Some(side.open_dir(old, &name, &crel, om)?)
+                    }
+                    _ => None,
+                };
+                self.dir(&fd, old_fd.as_ref(), &crel, m, !same)?;
+            } else if !same {
+                self.flush()?;
+                self.leaf(new, &name, &crel, &m)?;
             }
         }
+        // Still waiting: nothing below it was archived, and it did not change itself.
+        self.pending.truncate(at);
+        Ok(())
     }
-    w.finish()
+
+    /// Archives an entry that is not a directory (`name` in `dir`, at `rel`).
+    fn leaf(
+        &mut self,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        m: &Meta,
+    ) -> Result<(), ArchiveError> {
+        self.check(rel, m)?;
+        let entry = entry_name(rel, false);
+        match m.kind {
+            Kind::File => {
+                if m.nlink > 1 {
+                    if let Some(first) = self.links.get(&m.id) {
+                        let first = first.clone();
+                        return self.w.header(&entry, b'1', m, 0, Some(first), false);
+                    }
+                    self.links.insert(m.id, entry.clone());
+                }
+                let path = host(self.tree.top, rel);
+                // Non-blocking: a FIFO swapped in after the listing is never waited on (and is
+                // caught by the identity check).
+                let fd = open_at(dir.as_fd(), name, OFlags::RDONLY | OFlags::NONBLOCK)
+                    .map_err(errno_host("open", path.clone()))?;
+                let st = statx_fd(fd.as_fd()).map_err(errno_host("inspect", path.clone()))?;
+                if (st.stx_dev_major, st.stx_dev_minor, st.stx_ino) != m.id
+                    || Kind::of(st.stx_mode) != Some(Kind::File)
+                {
+                    return Err(changed(path));
+                }
+                self.w.header(&entry, b'0', m, m.size, None, false)?;
+                let f = File::from(fd);
+                let copied =
+                    io::copy(&mut (&f).take(m.size), &mut self.w).map_err(io_at("read", &path))?;
+                let more = (&f).read(&mut [0u8; 1]).map_err(io_at("read", &path))?;
+                if copied != m.size || more != 0 {
+                    return Err(ArchiveError::Unarchivable {
+                        path,
+                        reason: "it changed size while it was read".into(),
+                    });
+                }
+                self.w.pad()
+            }
+            Kind::Symlink => self.w.header(&entry, b'2', m, 0, m.link.clone(), false),
+            Kind::Char => self.w.header(&entry, b'3', m, 0, None, false),
+            Kind::Block => self.w.header(&entry, b'4', m, 0, None, false),
+            Kind::Fifo => self.w.header(&entry, b'6', m, 0, None, false),
+            Kind::Dir | Kind::Socket => Ok(()),
+        }
+    }
 }
 
-/// Items in canonical order: in each directory, after its entry, the opaque marker, then the
-/// whiteouts, then the children with what is below them.
-fn order(items: Vec<Item>) -> Vec<Item> {
-    // Group by the directory each item is in (markers and whiteouts) or is (entries).
-    let mut markers: BTreeMap<Vec<u8>, Vec<Item>> = BTreeMap::new();
-    let mut rest = Vec::with_capacity(items.len());
-    for item in items {
-        match &item {
-            Item::Opaque(dir) => markers.entry(dir.clone()).or_default().insert(0, item),
-            Item::Whiteout(rel) => {
-                let dir = rel
-                    .iter()
-                    .rposition(|b| *b == b'/')
-                    .map_or(Vec::new(), |i| rel[..i].to_vec());
-                markers.entry(dir).or_default().push(item);
-            }
-            Item::Entry(..) => rest.push(item),
-        }
-    }
-    for v in markers.values_mut() {
-        v.sort_by(|a, b| match (a, b) {
-            (Item::Opaque(_), _) => std::cmp::Ordering::Less,
-            (_, Item::Opaque(_)) => std::cmp::Ordering::Greater,
-            (Item::Whiteout(x), Item::Whiteout(y)) => x.cmp(y),
-            _ => std::cmp::Ordering::Equal,
-        });
-    }
-    let mut out = Vec::with_capacity(rest.len());
-    for item in rest {
-        let dir = match &item {
-            Item::Entry(rel, _, m) if m.kind == Kind::Dir => Some(rel.clone()),
-            _ => None,
-        };
-        out.push(item);
-        if let Some(d) = dir
-            && let Some(ms) = markers.remove(&d)
-        {
-            out.extend(ms);
-        }
-    }
-    // Markers of directories that are not entries cannot happen: a directory with a whiteout
-    // is always archived (its listing changed). Any left are dropped only if empty.
-    debug_assert!(markers.is_empty());
-    for (_, ms) in markers {
-        out.extend(ms);
-    }
-    out
+/// Writes the archive of `source` to `out` (see the module's documentation for its form).
+///
+/// The walk goes through directory descriptors (`openat` with `O_NOFOLLOW | O_DIRECTORY`, `statx`
+/// with `AT_SYMLINK_NOFOLLOW`): a symlink is archived, never followed. It never enters another
+/// mount (compared by mount id, on kernels before 5.8 by device): a mount below the top is an
+/// error naming it. Nested btrfs subvolumes are on the same mount and walked like directories.
+/// A file that changes size while it is read, or an entry replaced while the walk looks at it, is
+/// an error, never a short or long entry.
+///
+/// Sockets are left out (tar has no form for them); a socket where the parent had an entry, or in
+/// an overlay upper directory, is archived as a whiteout (the path holds nothing archivable).
+pub fn pack(source: Source<'_>, out: &mut dyn Write) -> Result<Packed, ArchiveError> {
+    let (top, parent, upper) = match source {
+        Source::Upper(t) => (t, None, true),
+        Source::Diff { parent, tree } => (tree, parent, false),
+    };
+    let (fd, meta, mount) = Side::open_top(top)?;
+    let old = parent.map(Side::open_top).transpose()?;
+    let mut p = Packer {
+        w: TarWriter::new(out),
+        upper,
+        tree: Side { top, mount },
+        parent: parent
+            .zip(old.as_ref())
+            .map(|(top, (_, _, mount))| Side { top, mount: *mount }),
+        links: HashMap::new(),
+        pending: Vec::new(),
+    };
+    p.dir(&fd, old.as_ref().map(|(fd, _, _)| fd), b"", meta, true)?;
+    p.w.finish()
 }
 
 fn entry_name(rel: &[u8], dir: bool) -> Vec<u8> {
@@ -683,22 +848,7 @@ impl TarWriter<'_> {
     /// An empty regular file entry (a whiteout or the opaque marker), owned by root, mode 0,
     /// time 0.
     fn marker(&mut self, name: &[u8]) -> Result<(), ArchiveError> {
-        let m = Meta {
-            kind: Kind::File,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtime: (0, 0),
-            ctime: (0, 0),
-            size: 0,
-            rdev: 0,
-            ino: 0,
-            dev: 0,
-            nlink: 1,
-            link: None,
-            xattrs: Vec::new(),
-        };
-        self.header(name, b'0', &m, 0, None, false)
+        self.header(name, b'0', &Meta::marker(), 0, None, false)
     }
 
     fn header(
@@ -723,6 +873,10 @@ impl TarWriter<'_> {
         if mtime.1 != 0 || mtime.0 < 0 || mtime.0 > 0o77777777777 {
             pax.push((b"mtime".to_vec(), format_time(mtime).into_bytes()));
         }
+        // Sizes from 8 GiB on: PAX (the ustar field then holds the GNU base-256 form).
+        if size > 0o77777777777 {
+            pax.push((b"size".to_vec(), size.to_string().into_bytes()));
+        }
         const MAX_ID: u32 = 0o7777777;
         if m.uid > MAX_ID {
             pax.push((b"uid".to_vec(), m.uid.to_string().into_bytes()));
@@ -732,7 +886,7 @@ impl TarWriter<'_> {
         }
         for (k, v) in &m.xattrs {
             let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(k.as_bytes());
+            key.extend_from_slice(k);
             pax.push((key, v.clone()));
         }
         if !pax.is_empty() {
@@ -765,7 +919,7 @@ impl TarWriter<'_> {
             h.as_old_mut().linkname[..l.len().min(100)].copy_from_slice(&l[..l.len().min(100)]);
         }
         if kind == b'3' || kind == b'4' {
-            let (major, minor) = (libc::major(m.rdev), libc::minor(m.rdev));
+            let (major, minor) = m.rdev;
             h.set_device_major(major)
                 .and_then(|()| h.set_device_minor(minor))
                 .map_err(|e| ArchiveError::Unarchivable {
@@ -1041,14 +1195,19 @@ impl Unpacker {
         rel: &str,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<(), ArchiveError> {
-        // Through /proc/self/fd: the listing of the directory this descriptor is, never a path.
-        let listing = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        for name in names(&listing)? {
-            let Some(n) = name.to_str() else {
+        let mut list = Dir::read_from(fd).map_err(|e| errno_at("list", rel)(nix_errno(e)))?;
+        let mut names = Vec::new();
+        while let Some(e) = list.read() {
+            let e = e.map_err(|e| errno_at("list", rel)(nix_errno(e)))?;
+            let name = e.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
+        for name in names {
+            let Ok(n) = name.to_str() else {
                 let child = format!("{rel}/{}", name.to_string_lossy());
-                let bytes = name.as_bytes().to_vec();
-                let cname = std::ffi::CString::new(bytes).map_err(|_| refused(&child, "NUL"))?;
-                remove_raw(fd, &cname, &child, self)?;
+                remove_raw(fd, &name, &child, self)?;
                 continue;
             };
             let child = if rel.is_empty() {
@@ -1116,6 +1275,10 @@ struct Fields {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+fn nix_errno(e: Errno) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error())
+}
+
 fn ts((s, n): (i64, u32)) -> TimeSpec {
     TimeSpec::new(s, i64::from(n))
 }
@@ -1165,11 +1328,9 @@ pub fn unpack(
             .entries()
             .map_err(|e| refused("-", format!("not a tar stream: {e}")))?
             .raw(true);
-        let (mut long_name, mut long_link, mut pax): (
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-        ) = (None, None, None);
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        let mut pax: Option<Vec<u8>> = None;
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| refused("-", format!("cannot read the stream: {e}")))?;
@@ -1311,7 +1472,7 @@ pub fn unpack(
     }
     // The stream must have ended with the end-of-archive blocks, and hold nothing after them.
     let ended = watched.pos >= BLOCK as u64
-        && watched.pos % BLOCK as u64 == 0
+        && watched.pos.is_multiple_of(BLOCK as u64)
         && watched.tail.len() == BLOCK
         && watched.tail.iter().all(|b| *b == 0);
     if !ended {

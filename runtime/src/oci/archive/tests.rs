@@ -3,7 +3,7 @@
 //! target. They need root (owners, device nodes, mounts) and skip otherwise.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
