@@ -47,7 +47,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
@@ -101,17 +101,6 @@ fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Arch
         op,
         path: path.to_owned(),
         source,
-    }
-}
-
-fn errno_at<'a>(
-    op: &'static str,
-    rel: &'a str,
-) -> impl FnOnce(nix::errno::Errno) -> ArchiveError + 'a {
-    move |e| ArchiveError::Io {
-        op,
-        path: PathBuf::from(format!("/{rel}")),
-        source: io::Error::from(e),
     }
 }
 
@@ -1043,8 +1032,12 @@ impl Read for Watched<'_> {
     }
 }
 
-/// The parts of a path inside the top: `None` for the top itself.
-fn entry_path(raw: &[u8]) -> Result<Option<String>, String> {
+/// The path of an entry inside the top (`/` between components, as bytes): `None` for the top
+/// itself (`.` or `./`).
+fn entry_path(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    if raw.is_empty() {
+        return Err("an empty path".into());
+    }
     if raw.contains(&0) {
         return Err("a NUL byte in the path".into());
     }
@@ -1054,207 +1047,230 @@ fn entry_path(raw: &[u8]) -> Result<Option<String>, String> {
     if raw.len() > 4096 {
         return Err("a path longer than 4096 bytes".into());
     }
-    let text = std::str::from_utf8(raw)
-        .map(str::to_owned)
-        .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned());
-    if std::str::from_utf8(raw).is_err() {
-        return Err(format!("a path that is not UTF-8: {text}"));
-    }
-    let mut parts = Vec::new();
-    for part in text.split('/') {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => return Err("a path with `..`".into()),
+            b"" | b"." => {}
+            b".." => return Err("a path with `..`".into()),
             p if p.len() > 255 => return Err("a name longer than 255 bytes".into()),
             p => parts.push(p),
         }
     }
-    Ok((!parts.is_empty()).then(|| parts.join("/")))
+    if parts[..parts.len().saturating_sub(1)]
+        .iter()
+        .any(|p| p.starts_with(WHITEOUT.as_bytes()))
+    {
+        return Err(format!("a directory named {WHITEOUT}... on the way"));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join(&b'/')))
 }
+
+/// A path inside the top, shown as `/REL`.
+fn shown_rel(rel: &[u8]) -> PathBuf {
+    let mut p = b"/".to_vec();
+    p.extend_from_slice(rel);
+    PathBuf::from(OsStr::from_bytes(&p))
+}
+
+fn errno_at(op: &'static str, rel: &[u8]) -> impl FnOnce(nix::errno::Errno) -> ArchiveError {
+    let path = shown_rel(rel);
+    move |e| ArchiveError::Io {
+        op,
+        path,
+        source: io::Error::from(e),
+    }
+}
+
+fn rerrno_at(op: &'static str, rel: &[u8]) -> impl FnOnce(Errno) -> ArchiveError {
+    let path = shown_rel(rel);
+    move |e| ArchiveError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}
+
+/// `DIR` and `NAME` of `DIR/NAME` (`DIR` empty at the top).
+fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&b""[..], rel),
+    }
+}
+
+/// Access and modification times of a directory, to restore.
+type Times = (TimeSpec, TimeSpec);
 
 /// The unpacking state.
 struct Unpacker {
     top: OwnedFd,
-    top_dev: u64,
     upper: bool,
     /// The last parent directory opened, by path.
-    cached: Option<(String, OwnedFd)>,
+    cached: Option<(Vec<u8>, OwnedFd)>,
     /// Every path an entry of this archive made.
-    seen: HashSet<String>,
+    seen: HashSet<Vec<u8>>,
     /// Regular files this archive made (what a hard link may name).
-    files: HashSet<String>,
-    /// Directories of the archive and their times, set at the end.
-    dirs: Vec<(String, (i64, u32))>,
-    /// The same directories, to look up.
-    dir_set: HashSet<String>,
-    /// Directories not in the archive whose listing changed: their times before, restored.
-    touched: HashMap<String, Option<(i64, u32)>>,
+    files: HashSet<Vec<u8>>,
+    /// Directories of the archive and their modification times, set at the end.
+    dirs: HashMap<Vec<u8>, (i64, u32)>,
+    /// Directories not in the archive (and the top) whose listing changed: their times before.
+    touched: HashMap<Vec<u8>, Times>,
 }
 
 fn stat_kind(st: &nix::sys::stat::FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
 }
 
+/// Opens directory `name` of `dir`: never through a symlink, never onto another mount.
+fn open_beneath(dir: &OwnedFd, name: &[u8]) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    openat2(dir, OsStr::from_bytes(name), how)
+}
+
 impl Unpacker {
-    /// Opens directory `rel` (empty: the top) through real directories only, making missing
-    /// ones (root-owned, 0755) when `make`.
-    fn open_dir(&self, rel: &str, make: bool) -> Result<OwnedFd, ArchiveError> {
-        let mut fd = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", ""))?;
-        let mut so_far = String::new();
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
-            if !so_far.is_empty() {
-                so_far.push('/');
-            }
-            so_far.push_str(part);
-            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            let next = match nix::fcntl::openat(&fd, part, flags, Mode::empty()) {
+    /// Opens directory `rel` (empty: the top) through real directories of the top's mount only,
+    /// component by component; makes missing ones (root-owned, 0755) when `make`.
+    fn open_dir(&mut self, rel: &[u8], make: bool) -> Result<OwnedFd, ArchiveError> {
+        let mut fd = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", b""))?;
+        let mut so_far: Vec<u8> = Vec::new();
+        for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            let parent_rel = so_far.clone();
+            so_far = join(&so_far, part);
+            let next = match open_beneath(&fd, part) {
                 Err(nix::errno::Errno::ENOENT) if make => {
-                    nix::sys::stat::mkdirat(&fd, part, Mode::from_bits_truncate(0o755))
-                        .map_err(errno_at("make", &so_far))?;
-                    nix::fcntl::openat(&fd, part, flags, Mode::empty())
-                        .map_err(errno_at("open", &so_far))?
+                    self.touch(&parent_rel, &fd);
+                    nix::sys::stat::mkdirat(
+                        &fd,
+                        OsStr::from_bytes(part),
+                        Mode::from_bits_truncate(0o755),
+                    )
+                    .map_err(errno_at("make", &so_far))?;
+                    open_beneath(&fd, part).map_err(errno_at("open", &so_far))?
                 }
                 Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
-                    return Err(refused(
+                    return Err(refused_rel(
                         rel,
-                        format!("/{so_far} is not a directory (a symlink is never followed)"),
+                        format!(
+                            "{} is not a directory (a symlink is never followed)",
+                            shown_rel(&so_far).display()
+                        ),
+                    ));
+                }
+                Err(nix::errno::Errno::EXDEV) => {
+                    return Err(refused_rel(
+                        rel,
+                        format!("{} is another mount", shown_rel(&so_far).display()),
                     ));
                 }
                 Err(e) => return Err(errno_at("open", &so_far)(e)),
                 Ok(f) => f,
             };
-            let st = nix::sys::stat::fstat(&next).map_err(errno_at("inspect", &so_far))?;
-            if st.st_dev != self.top_dev {
-                return Err(refused(rel, format!("/{so_far} is on another filesystem")));
-            }
             fd = next;
         }
         Ok(fd)
     }
 
-    /// The parent directory of `rel` and its last name.
-    fn parent<'a>(&mut self, rel: &'a str) -> Result<(OwnedFd, &'a str), ArchiveError> {
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    /// The parent directory of `rel` (made if missing).
+    fn parent(&mut self, rel: &[u8]) -> Result<OwnedFd, ArchiveError> {
+        let (dir, _) = split_rel(rel);
         if let Some((d, fd)) = &self.cached
             && d == dir
         {
-            let fd = nix::unistd::dup(fd.as_fd()).map_err(errno_at("open", dir))?;
-            return Ok((fd, name));
+            return nix::unistd::dup(fd.as_fd()).map_err(errno_at("open", dir));
         }
         let fd = self.open_dir(dir, true)?;
         let keep = nix::unistd::dup(fd.as_fd()).map_err(errno_at("open", dir))?;
         self.cached = Some((dir.to_owned(), keep));
-        Ok((fd, name))
+        Ok(fd)
     }
 
-    /// Remembers the times of directory `dir` (relative) before its listing changes, unless
-    /// the archive sets them.
-    fn touch(&mut self, dir: &str, fd: &OwnedFd) {
-        if self.touched.contains_key(dir) || self.dir_set.contains(dir) {
+    /// Remembers the times of directory `dir` before its listing changes, unless the archive
+    /// sets them.
+    fn touch(&mut self, dir: &[u8], fd: &OwnedFd) {
+        if self.touched.contains_key(dir) || self.dirs.contains_key(dir) {
             return;
         }
-        let t = nix::sys::stat::fstat(fd)
-            .ok()
-            .map(|st| (st.st_mtime, st.st_mtime_nsec as u32));
-        self.touched.insert(dir.to_owned(), t);
-    }
-
-    /// Removes whatever is at `name` in `dir` (recursively for a directory).
-    fn remove(&self, dir: &OwnedFd, name: &str, rel: &str) -> Result<bool, ArchiveError> {
-        match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(nix::errno::Errno::ENOENT) => Ok(false),
-            Err(e) => Err(errno_at("inspect", rel)(e)),
-            Ok(st) if stat_kind(&st) == SFlag::S_IFDIR => {
-                if st.st_dev != self.top_dev {
-                    return Err(refused(rel, "another filesystem is mounted there"));
-                }
-                let sub = nix::fcntl::openat(
-                    dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(errno_at("open", rel))?;
-                self.empty(&sub, rel)?;
-                nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
-                    .map_err(errno_at("remove", rel))?;
-                Ok(true)
-            }
-            Ok(_) => {
-                nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-                    .map_err(errno_at("remove", rel))?;
-                Ok(true)
-            }
+        if let Ok(st) = nix::sys::stat::fstat(fd) {
+            let t = (
+                TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            );
+            self.touched.insert(dir.to_owned(), t);
         }
     }
 
-    /// Removes everything in directory `fd` (at `rel`), keeping the names in `keep`.
-    fn empty_but(
-        &self,
-        fd: &OwnedFd,
-        rel: &str,
-        keep: &dyn Fn(&str) -> bool,
-    ) -> Result<(), ArchiveError> {
-        let mut list = Dir::read_from(fd).map_err(|e| errno_at("list", rel)(nix_errno(e)))?;
-        let mut names = Vec::new();
-        while let Some(e) = list.read() {
-            let e = e.map_err(|e| errno_at("list", rel)(nix_errno(e)))?;
-            let name = e.file_name();
-            if name != c"." && name != c".." {
-                names.push(name.to_owned());
+    /// Removes whatever is at `name` in `dir` (recursively for a directory, never leaving the
+    /// top's mount). Forgets the cached parent directory (it may be what went).
+    fn remove(&mut self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), ArchiveError> {
+        self.cached = None;
+        remove_at(dir, name, rel)
+    }
+
+    /// Removes everything in directory `fd` (at `rel`) that this archive did not make.
+    fn empty_but_ours(&mut self, fd: &OwnedFd, rel: &[u8]) -> Result<(), ArchiveError> {
+        self.cached = None;
+        for name in list_dir(fd, rel)? {
+            let child = join(rel, &name);
+            if !self.seen.contains(&child) {
+                remove_at(fd, &name, &child)?;
             }
-        }
-        for name in names {
-            let Ok(n) = name.to_str() else {
-                let child = format!("{rel}/{}", name.to_string_lossy());
-                remove_raw(fd, &name, &child, self)?;
-                continue;
-            };
-            let child = if rel.is_empty() {
-                n.to_owned()
-            } else {
-                format!("{rel}/{n}")
-            };
-            if keep(&child) {
-                continue;
-            }
-            self.remove(fd, n, &child)?;
         }
         Ok(())
     }
+}
 
-    fn empty(&self, fd: &OwnedFd, rel: &str) -> Result<(), ArchiveError> {
-        self.empty_but(fd, rel, &|_| false)
+/// The names in directory `fd` (at `rel`), without `.` and `..`.
+fn list_dir(fd: &OwnedFd, rel: &[u8]) -> Result<Vec<Vec<u8>>, ArchiveError> {
+    let mut list = Dir::read_from(fd).map_err(rerrno_at("list", rel))?;
+    let mut names = Vec::new();
+    while let Some(e) = list.read() {
+        let e = e.map_err(rerrno_at("list", rel))?;
+        let name = e.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_bytes().to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes whatever is at `name` in `dir` (at `rel`): a directory with everything in it, never
+/// following a symlink nor entering another mount.
+fn remove_at(dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), ArchiveError> {
+    let cname = OsStr::from_bytes(name);
+    match nix::sys::stat::fstatat(dir, cname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(errno_at("inspect", rel)(e)),
+        Ok(st) if stat_kind(&st) == SFlag::S_IFDIR => {
+            let sub = match open_beneath(dir, name) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EXDEV) => {
+                    return Err(refused_rel(rel, "another mount is there"));
+                }
+                Err(e) => return Err(errno_at("open", rel)(e)),
+            };
+            for child in list_dir(&sub, rel)? {
+                remove_at(&sub, &child, &join(rel, &child))?;
+            }
+            nix::unistd::unlinkat(dir, cname, nix::unistd::UnlinkatFlags::RemoveDir)
+                .map_err(errno_at("remove", rel))
+        }
+        Ok(_) => nix::unistd::unlinkat(dir, cname, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .map_err(errno_at("remove", rel)),
     }
 }
 
-/// Removes a name that is not UTF-8 (only in a full tree being emptied).
-fn remove_raw(
-    dir: &OwnedFd,
-    name: &std::ffi::CStr,
-    rel: &str,
-    u: &Unpacker,
-) -> Result<(), ArchiveError> {
-    let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(errno_at("inspect", rel))?;
-    if stat_kind(&st) == SFlag::S_IFDIR {
-        let sub = nix::fcntl::openat(
-            dir,
-            name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno_at("open", rel))?;
-        u.empty(&sub, rel)?;
-        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
-            .map_err(errno_at("remove", rel))
-    } else {
-        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-            .map_err(errno_at("remove", rel))
-    }
+fn refused_rel(rel: &[u8], reason: impl Into<String>) -> ArchiveError {
+    refused(&String::from_utf8_lossy(rel), reason)
 }
 
-/// Whether an extended attribute may be set from an archive.
+/// Whether an extended attribute may be set from an archive (and so is archived).
 fn xattr_allowed(name: &[u8]) -> bool {
     name.starts_with(b"user.")
         || matches!(
@@ -1275,15 +1291,12 @@ struct Fields {
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-fn nix_errno(e: Errno) -> nix::errno::Errno {
-    nix::errno::Errno::from_raw(e.raw_os_error())
-}
-
 fn ts((s, n): (i64, u32)) -> TimeSpec {
     TimeSpec::new(s, i64::from(n))
 }
 
-/// Unpacks the archive `input` into `target`.
+/// Unpacks the archive `input` into `target`, treating it as hostile (see the module's
+/// documentation). On an error, what was unpacked so far stays: the caller discards the target.
 pub fn unpack(
     target: Target<'_>,
     input: &mut dyn Read,
@@ -1299,20 +1312,18 @@ pub fn unpack(
         .open(top_path)
         .map_err(io_at("open", top_path))?
         .into();
-    let top_dev = nix::sys::stat::fstat(&top)
-        .map_err(|e| io_at("inspect", top_path)(e.into()))?
-        .st_dev;
     let mut u = Unpacker {
         top,
-        top_dev,
         upper,
         cached: None,
         seen: HashSet::new(),
         files: HashSet::new(),
-        dirs: Vec::new(),
-        dir_set: HashSet::new(),
+        dirs: HashMap::new(),
         touched: HashMap::new(),
     };
+    // The top keeps its times (an archive carries none for it).
+    let top = nix::unistd::dup(u.top.as_fd()).map_err(|e| io_at("open", top_path)(e.into()))?;
+    u.touch(b"", &top);
     let mut watched = Watched {
         inner: input,
         pos: 0,
@@ -1358,6 +1369,9 @@ pub fn unpack(
                 entry
                     .read_to_end(&mut v)
                     .map_err(|e| refused("-", format!("cannot read the stream: {e}")))?;
+                if v.len() as u64 != size {
+                    return Err(refused("-", "the stream ends inside a metadata record"));
+                }
                 *slot = Some(v);
                 continue;
             }
@@ -1428,7 +1442,7 @@ pub fn unpack(
                     0,
                 ),
             };
-            let mut xattrs = Vec::new();
+            let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for (k, v) in &records {
                 let Some(name) = k.strip_prefix(b"SCHILY.xattr.") else {
                     continue;
@@ -1448,6 +1462,8 @@ pub fn unpack(
                         "an extended attribute value over the limit",
                     ));
                 }
+                // A later record of the same name wins (as for every PAX key).
+                xattrs.retain(|(n, _)| n != name);
                 xattrs.push((name.to_vec(), v.clone()));
             }
             let fields = Fields {
@@ -1467,7 +1483,18 @@ pub fn unpack(
                     ));
                 }
             }
-            u.entry(rel, &shown, kind, &h, link, fields, &mut entry)?;
+            let e = Entry {
+                shown: &shown,
+                kind,
+                header: &h,
+                link,
+                fields,
+                size,
+            };
+            u.entry(rel, e, &mut entry)?;
+        }
+        if long_name.is_some() || long_link.is_some() || pax.is_some() {
+            return Err(refused("-", "a metadata record without an entry after it"));
         }
     }
     // The stream must have ended with the end-of-archive blocks, and hold nothing after them.
@@ -1496,38 +1523,50 @@ pub fn unpack(
     Ok(done)
 }
 
+/// One entry of the stream, as read.
+struct Entry<'a> {
+    /// Its path as the archive gives it (lossy), for errors.
+    shown: &'a str,
+    kind: tar::EntryType,
+    header: &'a tar::Header,
+    link: Option<Vec<u8>>,
+    fields: Fields,
+    /// The size of its data.
+    size: u64,
+}
+
 impl Unpacker {
-    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
-        rel: Option<String>,
-        shown: &str,
-        kind: tar::EntryType,
-        h: &tar::Header,
-        link: Option<Vec<u8>>,
-        f: Fields,
+        rel: Option<Vec<u8>>,
+        e: Entry<'_>,
         data: &mut dyn Read,
     ) -> Result<(), ArchiveError> {
+        let Entry {
+            shown,
+            kind,
+            header: h,
+            link,
+            fields: f,
+            size,
+        } = e;
         let Some(rel) = rel else {
-            // The top.
+            // The top: its owners, mode and attributes (its time is never archived).
             if kind != tar::EntryType::Directory {
                 return Err(refused(
                     shown,
                     "the top of the tree as something else than a directory",
                 ));
             }
-            if !self.seen.insert(String::new()) {
+            if !self.seen.insert(Vec::new()) {
                 return Err(refused(shown, "the top given twice"));
             }
-            let top = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", ""))?;
-            set_fd(&top, &f, "")?;
-            self.dirs.push((String::new(), f.mtime));
-            self.dir_set.insert(String::new());
-            return Ok(());
+            let top = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", b""))?;
+            return set_fd(&top, &f, b"", true);
         };
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
-        let (dir, name) = (dir.to_owned(), name.to_owned());
-        if name == OPAQUE {
+        let (dir, name) = split_rel(&rel);
+        let (dir, name) = (dir.to_vec(), name.to_vec());
+        if name == OPAQUE.as_bytes() {
             let fd = self.open_dir(&dir, true)?;
             if self.upper {
                 rustix::fs::fsetxattr(
@@ -1536,32 +1575,31 @@ impl Unpacker {
                     b"y",
                     rustix::fs::XattrFlags::empty(),
                 )
-                .map_err(|e| {
-                    errno_at("mark opaque", &dir)(nix::errno::Errno::from_raw(e.raw_os_error()))
-                })?;
+                .map_err(rerrno_at("mark opaque", &dir))?;
             } else {
                 self.touch(&dir, &fd);
-                let seen = &self.seen;
-                self.empty_but(&fd, &dir, &|p: &str| seen.contains(p))?;
+                self.empty_but_ours(&fd, &dir)?;
             }
             return Ok(());
         }
-        if let Some(gone) = name.strip_prefix(WHITEOUT) {
-            if gone.is_empty() || gone == "." || gone == ".." {
+        if let Some(gone) = name.strip_prefix(WHITEOUT.as_bytes()) {
+            if gone.is_empty() || gone == b"." || gone == b".." {
                 return Err(refused(shown, "a whiteout without a name"));
             }
-            let target = if dir.is_empty() {
-                gone.to_owned()
-            } else {
-                format!("{dir}/{gone}")
-            };
+            let target = join(&dir, gone);
             if self.seen.contains(&target) {
                 return Err(refused(shown, "a whiteout of an entry of the same archive"));
             }
             if self.upper {
-                let (pfd, _) = self.parent(&target)?;
-                nix::sys::stat::mknodat(&pfd, gone, SFlag::S_IFCHR, Mode::empty(), 0)
-                    .map_err(errno_at("make the whiteout", &target))?;
+                let pfd = self.parent(&target)?;
+                nix::sys::stat::mknodat(
+                    &pfd,
+                    OsStr::from_bytes(gone),
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(errno_at("make the whiteout", &target))?;
             } else {
                 // Nothing to remove where the directory is not there.
                 let pfd = match self.open_dir(&dir, false) {
@@ -1573,56 +1611,62 @@ impl Unpacker {
                     }
                     Err(e) => return Err(e),
                 };
-                self.touch(&dir, &pfd);
-                self.remove(&pfd, gone, &target)?;
+                if nix::sys::stat::fstatat(
+                    &pfd,
+                    OsStr::from_bytes(gone),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .is_ok()
+                {
+                    self.touch(&dir, &pfd);
+                    self.remove(&pfd, gone, &target)?;
+                }
             }
             return Ok(());
         }
         if !self.seen.insert(rel.clone()) {
             return Err(refused(shown, "the same path twice"));
         }
-        let (pfd, _) = self.parent(&rel)?;
-        let existing =
-            match nix::sys::stat::fstatat(&pfd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) => Some(st),
-                Err(nix::errno::Errno::ENOENT) => None,
-                Err(e) => return Err(errno_at("inspect", &rel)(e)),
-            };
+        let pfd = self.parent(&rel)?;
+        let cname = OsStr::from_bytes(&name);
+        let existing = match nix::sys::stat::fstatat(&pfd, cname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(errno_at("inspect", &rel)(e)),
+        };
         let is_dir = kind == tar::EntryType::Directory;
         let keep_dir = is_dir
             && existing
                 .as_ref()
                 .is_some_and(|st| stat_kind(st) == SFlag::S_IFDIR);
-        if existing.is_some() && !keep_dir {
+        if !keep_dir {
             self.touch(&dir, &pfd);
-            self.remove(&pfd, &name, &rel)?;
-        } else if existing.is_none() {
-            self.touch(&dir, &pfd);
+            if existing.is_some() {
+                self.remove(&pfd, &name, &rel)?;
+            }
         }
-        let name = name.as_str();
         let fail = |op: &'static str| errno_at(op, &rel);
         match kind {
             tar::EntryType::Directory => {
                 if !keep_dir {
-                    nix::sys::stat::mkdirat(&pfd, name, Mode::from_bits_truncate(0o700))
+                    nix::sys::stat::mkdirat(&pfd, cname, Mode::from_bits_truncate(0o700))
                         .map_err(fail("make"))?;
                 }
-                let fd = nix::fcntl::openat(
-                    &pfd,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(fail("open"))?;
-                set_fd(&fd, &f, &rel)?;
+                let fd = match open_beneath(&pfd, &name) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::EXDEV) => {
+                        return Err(refused(shown, "another mount is there"));
+                    }
+                    Err(e) => return Err(fail("open")(e)),
+                };
+                set_fd(&fd, &f, &rel, keep_dir)?;
                 self.touched.remove(&rel);
-                self.dirs.push((rel.clone(), f.mtime));
-                self.dir_set.insert(rel.clone());
+                self.dirs.insert(rel.clone(), f.mtime);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let fd = nix::fcntl::openat(
                     &pfd,
-                    name,
+                    cname,
                     OFlag::O_CREAT
                         | OFlag::O_EXCL
                         | OFlag::O_WRONLY
@@ -1634,13 +1678,13 @@ impl Unpacker {
                 let mut file = File::from(fd);
                 let n = io::copy(data, &mut file).map_err(|e| ArchiveError::Io {
                     op: "write",
-                    path: PathBuf::from(format!("/{rel}")),
+                    path: shown_rel(&rel),
                     source: e,
                 })?;
-                if n != h.size().unwrap_or(0) {
+                if n != size {
                     return Err(refused(shown, "the stream ends inside the file"));
                 }
-                set_fd(&OwnedFd::from(file), &f, &rel)?;
+                set_fd(&OwnedFd::from(file), &f, &rel, false)?;
                 self.files.insert(rel.clone());
             }
             tar::EntryType::Symlink => {
@@ -1651,29 +1695,32 @@ impl Unpacker {
                         "a symlink target that is empty, too long or holds NUL",
                     ));
                 }
-                nix::unistd::symlinkat(OsStr::from_bytes(&target), &pfd, name)
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), &pfd, cname)
                     .map_err(fail("make"))?;
-                set_at(&pfd, name, &f, &rel, true)?;
+                set_at(&pfd, &name, &f, &rel, true)?;
             }
             tar::EntryType::Link => {
                 let target = link.ok_or_else(|| refused(shown, "a hard link without a target"))?;
                 let target = entry_path(&target)
                     .map_err(|r| refused(shown, format!("a hard link to {r}")))?
                     .ok_or_else(|| refused(shown, "a hard link to the top"))?;
-                let (tpath, tname) = target.rsplit_once('/').unwrap_or(("", target.as_str()));
-                let tdir = self.open_dir(tpath, false).map_err(|_| {
+                let missing = || {
                     refused(
                         shown,
-                        format!("a hard link to /{target}, which is not there"),
+                        format!(
+                            "a hard link to {}, which is not there",
+                            shown_rel(&target).display()
+                        ),
                     )
-                })?;
-                let st = nix::sys::stat::fstatat(&tdir, tname, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|_| {
-                        refused(
-                            shown,
-                            format!("a hard link to /{target}, which is not there"),
-                        )
-                    })?;
+                };
+                let (tdir, tname) = split_rel(&target);
+                let tfd = self.open_dir(tdir, false).map_err(|_| missing())?;
+                let st = nix::sys::stat::fstatat(
+                    &tfd,
+                    OsStr::from_bytes(tname),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|_| missing())?;
                 let ours = self.files.contains(&target);
                 if stat_kind(&st) != SFlag::S_IFREG
                     || (self.upper && !ours)
@@ -1682,20 +1729,31 @@ impl Unpacker {
                     return Err(refused(
                         shown,
                         format!(
-                            "a hard link to /{target}, which is not a regular file of this archive"
+                            "a hard link to {}, which is not a regular file of this archive",
+                            shown_rel(&target).display()
                         ),
                     ));
                 }
-                nix::unistd::linkat(&tdir, tname, &pfd, name, AtFlags::empty())
-                    .map_err(fail("link"))?;
+                nix::unistd::linkat(
+                    &tfd,
+                    OsStr::from_bytes(tname),
+                    &pfd,
+                    cname,
+                    AtFlags::empty(),
+                )
+                .map_err(fail("link"))?;
                 self.files.insert(rel.clone());
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (sflag, dev) = match kind {
                     tar::EntryType::Fifo => (SFlag::S_IFIFO, 0),
                     _ => {
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let number = |n: io::Result<Option<u32>>| {
+                            n.map(Option::unwrap_or_default)
+                                .map_err(|e| refused(shown, format!("a device number: {e}")))
+                        };
+                        let major = number(h.device_major())?;
+                        let minor = number(h.device_minor())?;
                         if kind == tar::EntryType::Char && major == 0 && minor == 0 {
                             return Err(refused(
                                 shown,
@@ -1710,9 +1768,9 @@ impl Unpacker {
                         (flag, libc::makedev(major, minor))
                     }
                 };
-                nix::sys::stat::mknodat(&pfd, name, sflag, Mode::from_bits_truncate(0o600), dev)
+                nix::sys::stat::mknodat(&pfd, cname, sflag, Mode::from_bits_truncate(0o600), dev)
                     .map_err(fail("make"))?;
-                set_at(&pfd, name, &f, &rel, false)?;
+                set_at(&pfd, &name, &f, &rel, false)?;
             }
             other => {
                 return Err(refused(
@@ -1724,32 +1782,66 @@ impl Unpacker {
         Ok(())
     }
 
-    fn finish(self) -> Result<(), ArchiveError> {
-        let restore: Vec<(String, (i64, u32))> = self
-            .touched
-            .iter()
-            .filter_map(|(d, t)| t.map(|t| (d.clone(), t)))
-            .chain(self.dirs.iter().cloned())
+    /// Sets the times of the archive's directories and restores those of the others whose
+    /// listing changed, deepest first.
+    fn finish(mut self) -> Result<(), ArchiveError> {
+        let mut all: Vec<(Vec<u8>, Times)> = self
+            .dirs
+            .drain()
+            .map(|(d, t)| (d, (ts(t), ts(t))))
+            .chain(self.touched.drain())
             .collect();
-        for (dir, t) in restore {
+        let depth = |d: &[u8]| {
+            if d.is_empty() {
+                0
+            } else {
+                1 + d.iter().filter(|b| **b == b'/').count()
+            }
+        };
+        all.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.0.cmp(&b.0)));
+        for (dir, (atime, mtime)) in all {
             let fd = self.open_dir(&dir, false)?;
-            nix::sys::stat::futimens(&fd, &ts(t), &ts(t))
+            nix::sys::stat::futimens(&fd, &atime, &mtime)
                 .map_err(errno_at("set the time of", &dir))?;
         }
         Ok(())
     }
 }
 
-/// Owner, mode, attributes and time of an open file or directory.
-fn set_fd(fd: &OwnedFd, f: &Fields, rel: &str) -> Result<(), ArchiveError> {
+/// Owner, mode, attributes and time of an open file or directory; `replace`: attributes it has
+/// that the archive does not give are removed (a directory kept under a new entry), but for
+/// overlayfs's own.
+fn set_fd(fd: &OwnedFd, f: &Fields, rel: &[u8], replace: bool) -> Result<(), ArchiveError> {
     nix::unistd::fchown(fd, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
         .map_err(errno_at("chown", rel))?;
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(f.mode)).map_err(errno_at("chmod", rel))?;
+    if replace {
+        let list = match read_sized(
+            || rustix::fs::flistxattr_query(fd),
+            |buf| rustix::fs::flistxattr(fd, buf),
+        ) {
+            Ok(l) => l,
+            Err(Errno::NOTSUP) => Vec::new(),
+            Err(e) => return Err(rerrno_at("list the attributes of", rel)(e)),
+        };
+        for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if name.starts_with(OVERLAY_XATTRS.as_bytes())
+                || f.xattrs.iter().any(|(k, _)| k == name)
+            {
+                continue;
+            }
+            match rustix::fs::fremovexattr(fd, OsStr::from_bytes(name)) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(rerrno_at("remove an attribute of", rel)(e)),
+            }
+        }
+    }
     for (k, v) in &f.xattrs {
         rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
-            .map_err(|e| {
-                errno_at("set an attribute of", rel)(nix::errno::Errno::from_raw(e.raw_os_error()))
-            })?;
+            .map_err(rerrno_at("set an attribute of", rel))?;
+    }
+    if rel.is_empty() {
+        return Ok(());
     }
     nix::sys::stat::futimens(fd, &ts(f.mtime), &ts(f.mtime))
         .map_err(errno_at("set the time of", rel))
@@ -1758,24 +1850,26 @@ fn set_fd(fd: &OwnedFd, f: &Fields, rel: &str) -> Result<(), ArchiveError> {
 /// Owner, mode (not for a symlink), attributes and time of `name` in `dir`, never following it.
 fn set_at(
     dir: &OwnedFd,
-    name: &str,
+    name: &[u8],
     f: &Fields,
-    rel: &str,
+    rel: &[u8],
     symlink: bool,
 ) -> Result<(), ArchiveError> {
+    let cname = OsStr::from_bytes(name);
     nix::unistd::fchownat(
         dir,
-        name,
+        cname,
         Some(Uid::from_raw(f.uid)),
         Some(Gid::from_raw(f.gid)),
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(errno_at("chown", rel))?;
     if !symlink {
-        // A device node or a FIFO just made by this unpack: the name is not a symlink.
+        // A device node or a FIFO this unpack just made in a directory reached without
+        // symlinks: the name is not a symlink (and chmod never opens it).
         nix::sys::stat::fchmodat(
             dir,
-            name,
+            cname,
             Mode::from_bits_truncate(f.mode),
             FchmodatFlags::FollowSymlink,
         )
@@ -1783,7 +1877,9 @@ fn set_at(
     }
     // The name is one component of a directory reached without symlinks, so this path cannot
     // leave it; l*xattr does not follow the last component.
-    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    let path = PathBuf::from(OsStr::from_bytes(&path));
     for (k, v) in &f.xattrs {
         rustix::fs::lsetxattr(
             &path,
@@ -1791,13 +1887,11 @@ fn set_at(
             v,
             rustix::fs::XattrFlags::empty(),
         )
-        .map_err(|e| {
-            errno_at("set an attribute of", rel)(nix::errno::Errno::from_raw(e.raw_os_error()))
-        })?;
+        .map_err(rerrno_at("set an attribute of", rel))?;
     }
     nix::sys::stat::utimensat(
         dir,
-        name,
+        cname,
         &ts(f.mtime),
         &ts(f.mtime),
         UtimensatFlags::NoFollowSymlink,
