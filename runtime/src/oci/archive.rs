@@ -1115,6 +1115,8 @@ struct Unpacker {
     dirs: HashMap<Vec<u8>, (i64, u32)>,
     /// Directories not in the archive (and the top) whose listing changed: their times before.
     touched: HashMap<Vec<u8>, Times>,
+    /// The entry being unpacked, as the archive gives it (for errors).
+    current: String,
 }
 
 fn stat_kind(st: &nix::sys::stat::FileStat) -> SFlag {
@@ -1155,8 +1157,8 @@ impl Unpacker {
                     open_beneath(&fd, part).map_err(errno_at("open", &so_far))?
                 }
                 Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
-                    return Err(refused_rel(
-                        rel,
+                    return Err(refused(
+                        &self.current,
                         format!(
                             "{} is not a directory (a symlink is never followed)",
                             shown_rel(&so_far).display()
@@ -1164,8 +1166,8 @@ impl Unpacker {
                     ));
                 }
                 Err(nix::errno::Errno::EXDEV) => {
-                    return Err(refused_rel(
-                        rel,
+                    return Err(refused(
+                        &self.current,
                         format!("{} is another mount", shown_rel(&so_far).display()),
                     ));
                 }
@@ -1320,6 +1322,7 @@ pub fn unpack(
         files: HashSet::new(),
         dirs: HashMap::new(),
         touched: HashMap::new(),
+        current: String::new(),
     };
     // The top keeps its times (an archive carries none for it).
     let top = nix::unistd::dup(u.top.as_fd()).map_err(|e| io_at("open", top_path)(e.into()))?;
@@ -1550,6 +1553,7 @@ impl Unpacker {
             fields: f,
             size,
         } = e;
+        shown.clone_into(&mut self.current);
         let Some(rel) = rel else {
             // The top: its owners, mode and attributes (its time is never archived).
             if kind != tar::EntryType::Directory {
