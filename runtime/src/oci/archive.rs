@@ -15,27 +15,44 @@
 //!   `path` and `linkpath`; owners above the ustar range as PAX `uid` and `gid`;
 //! - regular files that are hard links of one another (the same inode) once, at their first path;
 //!   the later paths as hard-link entries to it;
-//! - nothing that depends on the host or the time of packing. Packing a tree twice gives the same
-//!   bytes. Sockets are left out (tar has no form for them).
+//! - nothing that depends on the host or the time of packing: a fixed header form (ustar with PAX
+//!   extended headers named `././@PaxHeader`, mode 0644, owner 0, time 0), no user or group names,
+//!   no atime/ctime, PAX records in a fixed order (`path`, `linkpath`, `mtime`, `size`, `uid`,
+//!   `gid`, then the attributes sorted by name), whiteouts and opaque markers as empty regular
+//!   files owned by root with mode 0 and time 0. Packing a tree twice gives the same bytes.
+//! - sockets are left out (tar has no form for them): where one hides an entry of the parent (or,
+//!   in an overlay upper directory, of a lower layer) the archive has a whiteout instead.
 //!
 //! **The sources.** An overlay layer is its own difference (its upper directory): a whiteout
-//! (character device 0:0) becomes `.wh.NAME`, a directory marked opaque gets `.wh..wh..opq`. A
+//! (character device 0:0) becomes `.wh.NAME`, a directory marked opaque (`trusted.overlay.opaque`
+//! = `y`) gets `.wh..wh..opq`; an entry overlayfs marks as a redirect, a metadata-only copy or an
+//! extended-attribute whiteout cannot be archived (its data or meaning is in a lower layer). A
 //! btrfs or LVM layer is a full snapshot of its parent with the layer's changes: its archive is
 //! the difference of the two trees. A snapshot shares inode numbers and change times with its
 //! parent for what it did not change, so an entry is in the archive when its path is new, or its
-//! type, mode, owners, times, size, attributes, link target, device number, inode number or change
-//! time differ; everything under a directory that changed nothing is skipped without reading
-//! file contents. Whatever this misses (a change time forged by no process we know of) is caught
-//! by the tree digest a pull checks: the archive is never trusted for the tree.
+//! type, mode, owners, modification time, size, attributes, link target or device number differ,
+//! or, for a regular file, its inode number or change time; a path of the parent that is gone is
+//! a whiteout, and so is one whose type changed between directory and not (then followed by the
+//! new entry). A directory whose own metadata did not change is archived when something below it
+//! is (every archived entry's ancestors are in the archive, as in an overlay upper directory),
+//! and skipped with everything below it otherwise, without reading file contents. Whatever this
+//! misses (a change time forged by no process we know of) is caught by the tree digest a pull
+//! checks: the archive is never trusted for the tree. Attributes that an unpack refuses are
+//! refused when packing, so every archive packed here unpacks.
 //!
 //! **Unpacking treats the stream as hostile.** Every path is relative, without `..`, and reached
-//! through real directories only (each component opened with `O_NOFOLLOW` from the top's
-//! descriptor, on the top's filesystem): nothing is ever created, changed or linked outside the
-//! target. A hard link must name a regular file this archive made (or, in a full tree, one reached
-//! the same way); `trusted.*` attributes (which would steer overlayfs) and attribute namespaces
-//! other than `user.`, `security.capability`, `security.selinux` and POSIX ACLs are refused, as are
-//! a character device 0:0 as an entry, a path given twice, more entries or bytes than the limits,
-//! metadata records over 64 KiB, data after the end, and a stream cut anywhere.
+//! through real directories only: each component is opened from the top's descriptor with
+//! `openat2` (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`),
+//! so a symlink on the way is refused, never followed, and no other mount (a bind mount of the
+//! same filesystem included) is entered. Nothing is ever created, changed or linked outside the
+//! target. A hard link must name a regular file this archive made (or, in a full tree, one
+//! reached the same way); `trusted.*` attributes (which would steer overlayfs) and attribute
+//! namespaces other than `user.`, `security.capability`, `security.selinux` and POSIX ACLs are
+//! refused, as are a character device 0:0 as an entry, a path given twice, more entries or bytes
+//! than the limits, metadata records over 64 KiB, data after the end, and a stream cut anywhere.
+//! The top directory takes the archive's owners, mode and attributes but keeps its times; in a
+//! full tree, a directory the archive does not give keeps its times too, however its listing
+//! changed.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -114,9 +131,13 @@ fn refused(entry: &str, reason: impl Into<String>) -> ArchiveError {
 /// What to archive.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
-    /// An overlayfs upper directory (a sealed overlay layer): it is the layer's difference.
+    /// An overlayfs upper directory (a sealed overlay layer: `store/layers/ID`). It *is* the
+    /// layer's difference: overlay whiteouts (character device 0:0) become `.wh.NAME` entries, a
+    /// directory with `trusted.overlay.opaque` = `y` gets a `.wh..wh..opq` entry, and every
+    /// `trusted.overlay.*` attribute is left out.
     Upper(&'a Path),
-    /// A full tree and its parent's full tree (`None` for a base: everything is archived).
+    /// A full tree (a btrfs subvolume, a mounted LVM snapshot) and its parent's full tree (`None`
+    /// for a base layer: then everything is archived). The archive is the difference.
     Diff {
         /// The parent layer's tree.
         parent: Option<&'a Path>,
@@ -139,9 +160,14 @@ pub struct Packed {
 /// Where to unpack.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
-    /// An empty overlayfs upper directory: whiteouts and opaque markers in overlayfs's form.
+    /// An empty overlayfs upper directory of a build: `.wh.NAME` becomes a character device 0:0,
+    /// `.wh..wh..opq` sets `trusted.overlay.opaque` = `y` on its directory.
     Upper(&'a Path),
-    /// A writable full tree (a snapshot of the parent): whiteouts remove.
+    /// A writable full tree (a btrfs snapshot of the parent, a mounted LVM snapshot): `.wh.NAME`
+    /// removes NAME (recursively, never leaving the tree), `.wh..wh..opq` removes everything in
+    /// the directory that this archive did not itself create, an entry replaces whatever is at
+    /// its path (a directory over a directory keeps the contents and takes the new metadata,
+    /// attributes included).
     Tree(&'a Path),
 }
 

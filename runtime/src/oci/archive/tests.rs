@@ -700,3 +700,52 @@ fn a_full_tree_takes_an_archive_as_a_layer_does() {
     assert_eq!(before(".").mtime(), top_time);
     assert_eq!(before("d").mtime(), 0);
 }
+
+#[test]
+fn trees_that_would_not_unpack_are_refused_when_packing() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("unarchivable");
+    let refused_for = |what: &str, make: &dyn Fn(&Path)| {
+        let tree = t.0.join(what.replace(' ', "-"));
+        fs::create_dir(&tree).unwrap();
+        make(&tree);
+        let r = pack(
+            Source::Diff {
+                parent: None,
+                tree: &tree,
+            },
+            &mut Vec::new(),
+        );
+        let err = r.expect_err(what).to_string();
+        assert!(err.contains(tree.to_str().unwrap()), "{what}: {err}");
+    };
+    refused_for("whiteout name", &|d| {
+        fs::write(d.join(".wh.x"), "").unwrap()
+    });
+    refused_for("trusted attribute", &|d| {
+        fs::write(d.join("f"), "").unwrap();
+        rustix::fs::setxattr(
+            d.join("f"),
+            "trusted.envc",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    });
+    let upper = t.0.join("upper");
+    fs::create_dir(&upper).unwrap();
+    fs::write(upper.join("f"), "").unwrap();
+    rustix::fs::setxattr(
+        upper.join("f"),
+        "trusted.overlay.metacopy",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let err = pack(Source::Upper(&upper), &mut Vec::new())
+        .expect_err("a metacopy file packed")
+        .to_string();
+    assert!(err.contains("metacopy"), "{err}");
+}
