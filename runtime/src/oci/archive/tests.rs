@@ -749,3 +749,83 @@ fn trees_that_would_not_unpack_are_refused_when_packing() {
         .to_string();
     assert!(err.contains("metacopy"), "{err}");
 }
+
+#[test]
+fn mangled_archives_never_panic_nor_reach_outside() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("mangled");
+    let canary = t.0.join("canary");
+    fs::write(&canary, "canary").unwrap();
+    let src = t.0.join("src");
+    fs::create_dir(&src).unwrap();
+    sh(&format!(
+        "cd {}; mkdir -p d/e; echo hello > d/f; ln d/f d/g; ln -s ../canary d/s; mkfifo d/p;\
+         touch -d '2001-02-03 04:05:06.7' d/f; echo {} > d/e/long",
+        src.display(),
+        "y".repeat(300)
+    ));
+    let good = packed(Source::Diff {
+        parent: None,
+        tree: &src,
+    });
+    let headers: Vec<usize> = {
+        let mut a = tar::Archive::new(&good[..]);
+        a.entries()
+            .unwrap()
+            .raw(true)
+            .map(|e| e.unwrap().raw_header_position() as usize)
+            .collect()
+    };
+    // xorshift: the same cases on every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..400 {
+        let mut bytes = good.clone();
+        let at = headers[next() as usize % headers.len()];
+        for _ in 0..1 + next() % 3 {
+            // Mostly the header block (kept valid by its checksum), sometimes what follows it.
+            let off = at + (next() % 700) as usize;
+            if off < bytes.len() {
+                bytes[off] = next() as u8;
+            }
+        }
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&bytes[at..at + 512]);
+        h.set_cksum();
+        bytes[at..at + 512].copy_from_slice(h.as_bytes());
+        let target = t.0.join(format!("t{i}"));
+        fs::create_dir(&target).unwrap();
+        let r = if i % 2 == 0 {
+            unpack(Target::Tree(&target), &mut &bytes[..], &Limits::default())
+        } else {
+            unpack(Target::Upper(&target), &mut &bytes[..], &Limits::default())
+        };
+        match r {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "canary");
+        assert_eq!(fs::metadata(&canary).unwrap().nlink(), 1);
+        let mut names: Vec<_> = fs::read_dir(&t.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.retain(|n| {
+            let n = n.to_string_lossy();
+            !(n == "canary" || n == "src" || n.starts_with('t'))
+        });
+        assert!(
+            names.is_empty(),
+            "case {i} wrote {names:?} outside its target"
+        );
+    }
+    eprintln!("mangled archives: {ok} unpacked, {refused} refused");
+}
