@@ -81,6 +81,8 @@ const META_MAX: u64 = 64 * 1024;
 /// overlayfs's own attributes: never archived.
 const OVERLAY_XATTRS: &str = "trusted.overlay.";
 const BLOCK: usize = 512;
+/// How many bytes of a file are read (and written) at a time.
+const COPY_SIZE: usize = 256 * 1024;
 
 /// A failure to pack or unpack, naming the operation and the entry.
 #[derive(Debug, thiserror::Error)]
@@ -761,11 +763,32 @@ impl Packer<'_, '_> {
                     return Err(changed(path));
                 }
                 self.w.header(&entry, b'0', m, m.size, None, false)?;
-                let f = File::from(fd);
-                let copied =
-                    io::copy(&mut (&f).take(m.size), &mut self.w).map_err(io_at("read", &path))?;
-                let more = (&f).read(&mut [0u8; 1]).map_err(io_at("read", &path))?;
-                if copied != m.size || more != 0 {
+                let mut f = File::from(fd);
+                let mut buf = vec![
+                    0u8;
+                    COPY_SIZE.min(
+                        usize::try_from(m.size)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(1)
+                    )
+                ];
+                let mut copied = 0u64;
+                let short = loop {
+                    let want = (m.size - copied).min(buf.len() as u64) as usize;
+                    if want == 0 {
+                        break false;
+                    }
+                    let n = match f.read(&mut buf[..want]) {
+                        Ok(0) => break true,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(io_at("read", &path)(e)),
+                    };
+                    self.w.put(&buf[..n])?;
+                    copied += n as u64;
+                };
+                let more = f.read(&mut buf[..1]).map_err(io_at("read", &path))?;
+                if short || more != 0 {
                     return Err(ArchiveError::Unarchivable {
                         path,
                         reason: "it changed size while it was read".into(),
@@ -958,18 +981,6 @@ impl TarWriter<'_> {
             bytes: self.bytes,
             sha256: self.hash.finalize().into(),
         })
-    }
-}
-
-impl Write for TarWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write_all(buf)?;
-        self.hash.update(buf);
-        self.bytes += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 
