@@ -15,42 +15,61 @@
 //!   `path` and `linkpath`; owners above the ustar range as PAX `uid` and `gid`;
 //! - regular files that are hard links of one another (the same inode) once, at their first path;
 //!   the later paths as hard-link entries to it;
-//! - nothing that depends on the host or the time of packing. Packing a tree twice gives the same
-//!   bytes. Sockets are left out (tar has no form for them).
+//! - nothing that depends on the host or the time of packing: a fixed header form (ustar with PAX
+//!   extended headers named `././@PaxHeader`, mode 0644, owner 0, time 0), no user or group names,
+//!   no atime/ctime, PAX records in a fixed order (`path`, `linkpath`, `mtime`, `size`, `uid`,
+//!   `gid`, then the attributes sorted by name), whiteouts and opaque markers as empty regular
+//!   files owned by root with mode 0 and time 0. Packing a tree twice gives the same bytes.
+//! - sockets are left out (tar has no form for them): where one hides an entry of the parent (or,
+//!   in an overlay upper directory, of a lower layer) the archive has a whiteout instead.
 //!
 //! **The sources.** An overlay layer is its own difference (its upper directory): a whiteout
-//! (character device 0:0) becomes `.wh.NAME`, a directory marked opaque gets `.wh..wh..opq`. A
+//! (character device 0:0) becomes `.wh.NAME`, a directory marked opaque (`trusted.overlay.opaque`
+//! = `y`) gets `.wh..wh..opq`; an entry overlayfs marks as a redirect, a metadata-only copy or an
+//! extended-attribute whiteout cannot be archived (its data or meaning is in a lower layer). A
 //! btrfs or LVM layer is a full snapshot of its parent with the layer's changes: its archive is
 //! the difference of the two trees. A snapshot shares inode numbers and change times with its
 //! parent for what it did not change, so an entry is in the archive when its path is new, or its
-//! type, mode, owners, times, size, attributes, link target, device number, inode number or change
-//! time differ; everything under a directory that changed nothing is skipped without reading
-//! file contents. Whatever this misses (a change time forged by no process we know of) is caught
-//! by the tree digest a pull checks: the archive is never trusted for the tree.
+//! type, mode, owners, modification time, size, attributes, link target or device number differ,
+//! or, for a regular file, its inode number or change time; a path of the parent that is gone is
+//! a whiteout, and so is one whose type changed between directory and not (then followed by the
+//! new entry). A directory whose own metadata did not change is archived when something below it
+//! is (every archived entry's ancestors are in the archive, as in an overlay upper directory),
+//! and skipped with everything below it otherwise, without reading file contents. Whatever this
+//! misses (a change time forged by no process we know of) is caught by the tree digest a pull
+//! checks: the archive is never trusted for the tree. Attributes that an unpack refuses are
+//! refused when packing, so every archive packed here unpacks.
 //!
 //! **Unpacking treats the stream as hostile.** Every path is relative, without `..`, and reached
-//! through real directories only (each component opened with `O_NOFOLLOW` from the top's
-//! descriptor, on the top's filesystem): nothing is ever created, changed or linked outside the
-//! target. A hard link must name a regular file this archive made (or, in a full tree, one reached
-//! the same way); `trusted.*` attributes (which would steer overlayfs) and attribute namespaces
-//! other than `user.`, `security.capability`, `security.selinux` and POSIX ACLs are refused, as are
-//! a character device 0:0 as an entry, a path given twice, more entries or bytes than the limits,
-//! metadata records over 64 KiB, data after the end, and a stream cut anywhere.
+//! through real directories only: each component is opened from the top's descriptor with
+//! `openat2` (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`),
+//! so a symlink on the way is refused, never followed, and no other mount (a bind mount of the
+//! same filesystem included) is entered. Nothing is ever created, changed or linked outside the
+//! target. A hard link must name a regular file this archive made (or, in a full tree, one
+//! reached the same way); `trusted.*` attributes (which would steer overlayfs) and attribute
+//! namespaces other than `user.`, `security.capability`, `security.selinux` and POSIX ACLs are
+//! refused, as are a character device 0:0 as an entry, a path given twice, more entries or bytes
+//! than the limits, metadata records over 64 KiB, data after the end, and a stream cut anywhere.
+//! The top directory takes the archive's owners, mode and attributes but keeps its times; in a
+//! full tree, a directory the archive does not give keeps its times too, however its listing
+//! changed.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::fs::{self, File};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
+use rustix::fs::{AtFlags as RAtFlags, Dir, FileType, Mode as RMode, OFlags, Statx, StatxFlags};
+use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
 /// The opaque marker's name.
@@ -62,6 +81,8 @@ const META_MAX: u64 = 64 * 1024;
 /// overlayfs's own attributes: never archived.
 const OVERLAY_XATTRS: &str = "trusted.overlay.";
 const BLOCK: usize = 512;
+/// How many bytes of a file are read (and written) at a time.
+const COPY_SIZE: usize = 256 * 1024;
 
 /// A failure to pack or unpack, naming the operation and the entry.
 #[derive(Debug, thiserror::Error)]
@@ -102,17 +123,6 @@ fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Arch
     }
 }
 
-fn errno_at<'a>(
-    op: &'static str,
-    rel: &'a str,
-) -> impl FnOnce(nix::errno::Errno) -> ArchiveError + 'a {
-    move |e| ArchiveError::Io {
-        op,
-        path: PathBuf::from(format!("/{rel}")),
-        source: io::Error::from(e),
-    }
-}
-
 fn refused(entry: &str, reason: impl Into<String>) -> ArchiveError {
     ArchiveError::Refused {
         entry: entry.to_owned(),
@@ -123,9 +133,13 @@ fn refused(entry: &str, reason: impl Into<String>) -> ArchiveError {
 /// What to archive.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
-    /// An overlayfs upper directory (a sealed overlay layer): it is the layer's difference.
+    /// An overlayfs upper directory (a sealed overlay layer: `store/layers/ID`). It *is* the
+    /// layer's difference: overlay whiteouts (character device 0:0) become `.wh.NAME` entries, a
+    /// directory with `trusted.overlay.opaque` = `y` gets a `.wh..wh..opq` entry, and every
+    /// `trusted.overlay.*` attribute is left out.
     Upper(&'a Path),
-    /// A full tree and its parent's full tree (`None` for a base: everything is archived).
+    /// A full tree (a btrfs subvolume, a mounted LVM snapshot) and its parent's full tree (`None`
+    /// for a base layer: then everything is archived). The archive is the difference.
     Diff {
         /// The parent layer's tree.
         parent: Option<&'a Path>,
@@ -148,9 +162,14 @@ pub struct Packed {
 /// Where to unpack.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
-    /// An empty overlayfs upper directory: whiteouts and opaque markers in overlayfs's form.
+    /// An empty overlayfs upper directory of a build: `.wh.NAME` becomes a character device 0:0,
+    /// `.wh..wh..opq` sets `trusted.overlay.opaque` = `y` on its directory.
     Upper(&'a Path),
-    /// A writable full tree (a snapshot of the parent): whiteouts remove.
+    /// A writable full tree (a btrfs snapshot of the parent, a mounted LVM snapshot): `.wh.NAME`
+    /// removes NAME (recursively, never leaving the tree), `.wh..wh..opq` removes everything in
+    /// the directory that this archive did not itself create, an entry replaces whatever is at
+    /// its path (a directory over a directory keeps the contents and takes the new metadata,
+    /// attributes included).
     Tree(&'a Path),
 }
 
@@ -187,24 +206,7 @@ pub struct Unpacked {
 // ---------------------------------------------------------------------------------------------
 // Packing.
 
-/// What is known of one entry of a tree.
-#[derive(Debug, Clone)]
-struct Meta {
-    kind: Kind,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, u32),
-    ctime: (i64, u32),
-    size: u64,
-    rdev: u64,
-    ino: u64,
-    dev: u64,
-    nlink: u64,
-    link: Option<OsString>,
-    xattrs: Vec<(OsString, Vec<u8>)>,
-}
-
+/// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
@@ -216,148 +218,263 @@ enum Kind {
     Socket,
 }
 
+impl Kind {
+    fn of(mode: u16) -> Option<Kind> {
+        Some(match FileType::from_raw_mode(mode.into()) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::CharacterDevice => Kind::Char,
+            FileType::BlockDevice => Kind::Block,
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            FileType::Unknown => return None,
+        })
+    }
+}
+
+/// Which mount an entry is on (on kernels before 5.8, without `STATX_MNT_ID`: which device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MountKey {
+    Mount(u64),
+    Device(u32, u32),
+}
+
+fn mount_key(st: &Statx) -> MountKey {
+    if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+        MountKey::Mount(st.stx_mnt_id)
+    } else {
+        MountKey::Device(st.stx_dev_major, st.stx_dev_minor)
+    }
+}
+
+/// What statx is asked for.
+const WANT: StatxFlags = StatxFlags::BASIC_STATS.union(StatxFlags::MNT_ID);
+
+/// Extended attributes: (name, value), sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What is known of one entry of a tree.
+#[derive(Debug, Clone)]
+struct Meta {
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+    /// A regular file's size (0 for the others).
+    size: u64,
+    /// A device's major and minor numbers ((0, 0) for the others).
+    rdev: (u32, u32),
+    /// Device and inode: which file it is.
+    id: (u32, u32, u64),
+    nlink: u32,
+    mount: MountKey,
+    /// A symlink's target.
+    link: Option<Vec<u8>>,
+    /// Extended attributes but overlayfs's own.
+    xattrs: Xattrs,
+    /// overlayfs's own attributes (`trusted.overlay.*`).
+    overlay: Xattrs,
+}
+
 impl Meta {
-    fn read(path: &Path) -> Result<Meta, ArchiveError> {
-        let m = fs::symlink_metadata(path).map_err(io_at("inspect", path))?;
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            Kind::File
-        } else if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_char_device() {
-            Kind::Char
-        } else if ft.is_block_device() {
-            Kind::Block
-        } else if ft.is_fifo() {
-            Kind::Fifo
-        } else {
-            Kind::Socket
-        };
-        let link = if kind == Kind::Symlink {
-            Some(
-                fs::read_link(path)
-                    .map_err(io_at("read the link", path))?
-                    .into_os_string(),
-            )
-        } else {
-            None
-        };
+    fn new(st: &Statx, host: &Path) -> Result<Meta, ArchiveError> {
+        let kind = Kind::of(st.stx_mode).ok_or_else(|| ArchiveError::Unarchivable {
+            path: host.to_owned(),
+            reason: format!("an unknown file type (mode {:o})", st.stx_mode),
+        })?;
         Ok(Meta {
             kind,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            mtime: (m.mtime(), m.mtime_nsec() as u32),
-            ctime: (m.ctime(), m.ctime_nsec() as u32),
-            size: if kind == Kind::File { m.len() } else { 0 },
-            rdev: m.rdev(),
-            ino: m.ino(),
-            dev: m.dev(),
-            nlink: m.nlink(),
-            link,
-            xattrs: read_xattrs(path)?,
+            mode: u32::from(st.stx_mode) & 0o7777,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            mtime: (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec),
+            ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec),
+            size: if kind == Kind::File { st.stx_size } else { 0 },
+            rdev: if matches!(kind, Kind::Char | Kind::Block) {
+                (st.stx_rdev_major, st.stx_rdev_minor)
+            } else {
+                (0, 0)
+            },
+            id: (st.stx_dev_major, st.stx_dev_minor, st.stx_ino),
+            nlink: st.stx_nlink,
+            mount: mount_key(st),
+            link: None,
+            xattrs: Vec::new(),
+            overlay: Vec::new(),
         })
     }
 
-    /// Whether `self` (in the layer) is what `old` (in the parent) was.
+    /// The metadata of a whiteout or opaque marker: an empty file owned by root, mode 0, time 0.
+    fn marker() -> Meta {
+        Meta {
+            kind: Kind::File,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+            size: 0,
+            rdev: (0, 0),
+            id: (0, 0, 0),
+            nlink: 1,
+            mount: MountKey::Mount(0),
+            link: None,
+            xattrs: Vec::new(),
+            overlay: Vec::new(),
+        }
+    }
+
+    /// Whether `self` (in the layer's tree) is what `old` (in the parent's) was: type, mode,
+    /// owners, modification time, size, attributes, link target and device number, and for a
+    /// regular file its inode number and change time (a snapshot shares both with its parent
+    /// for what it did not change; a write that kept the size and reset the time still moved the
+    /// change time).
     fn same_as(&self, old: &Meta) -> bool {
         self.kind == old.kind
             && self.mode == old.mode
             && self.uid == old.uid
             && self.gid == old.gid
             && self.mtime == old.mtime
-            && self.ctime == old.ctime
-            && self.ino == old.ino
             && self.size == old.size
             && self.rdev == old.rdev
             && self.link == old.link
             && self.xattrs == old.xattrs
+            && (self.kind != Kind::File || (self.id.2 == old.id.2 && self.ctime == old.ctime))
     }
 
     fn is_whiteout(&self) -> bool {
-        self.kind == Kind::Char && self.rdev == 0
+        self.kind == Kind::Char && self.rdev == (0, 0)
+    }
+
+    fn overlay_attr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.overlay
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
-/// A path's extended attributes but overlayfs's own, sorted by name.
-fn read_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>, ArchiveError> {
-    let mut out = Vec::new();
-    for name in xattr_names(path, false)? {
-        if name.as_bytes().starts_with(OVERLAY_XATTRS.as_bytes()) {
-            continue;
-        }
-        if let Some(v) = xattr_value(path, &name)? {
-            out.push((name, v));
-        }
+fn host(top: &Path, rel: &[u8]) -> PathBuf {
+    if rel.is_empty() {
+        top.to_owned()
+    } else {
+        top.join(OsStr::from_bytes(rel))
     }
-    out.sort();
-    Ok(out)
 }
 
-/// The names of a path's extended attributes (with overlayfs's when `all`).
-fn xattr_names(path: &Path, _all: bool) -> Result<Vec<OsString>, ArchiveError> {
-    for _ in 0..8 {
-        let n = match rustix::fs::llistxattr_query(path) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(io_at("list the attributes of", path)(e.into())),
+fn changed(path: PathBuf) -> ArchiveError {
+    ArchiveError::Unarchivable {
+        path,
+        reason: "it changed while it was read".into(),
+    }
+}
+
+fn errno_host(op: &'static str, path: PathBuf) -> impl FnOnce(Errno) -> ArchiveError {
+    move |e| ArchiveError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}
+
+fn statx_fd(fd: BorrowedFd<'_>) -> Result<Statx, Errno> {
+    rustix::fs::statx(
+        fd,
+        c"",
+        RAtFlags::EMPTY_PATH | RAtFlags::SYMLINK_NOFOLLOW,
+        WANT,
+    )
+}
+
+/// Opens without following a symlink, and without touching the access time where allowed.
+fn open_at(dir: BorrowedFd<'_>, name: &CStr, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, RMode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, name, flags, RMode::empty()),
+        r => r,
+    }
+}
+
+/// Whose extended attributes are read.
+#[derive(Clone, Copy)]
+enum XattrOf<'a> {
+    /// An open directory.
+    Fd(BorrowedFd<'a>),
+    /// A path whose last component is not followed (`/proc/self/fd/DIR/NAME`).
+    Link(&'a CStr),
+}
+
+/// The extended attributes of an entry: the others and overlayfs's own, each sorted by name. A
+/// filesystem without extended attributes has none.
+fn read_xattrs(of: XattrOf<'_>, path: &Path) -> Result<(Xattrs, Xattrs), ArchiveError> {
+    let list = match of {
+        XattrOf::Fd(fd) => read_sized(
+            || rustix::fs::flistxattr_query(fd),
+            |buf| rustix::fs::flistxattr(fd, buf),
+        ),
+        XattrOf::Link(p) => read_sized(
+            || rustix::fs::llistxattr_query(p),
+            |buf| rustix::fs::llistxattr(p, buf),
+        ),
+    };
+    let list = match list {
+        Ok(l) => l,
+        Err(Errno::NOTSUP) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(errno_host("list the attributes of", path.to_owned())(e)),
+    };
+    let (mut mine, mut overlay) = (Vec::new(), Vec::new());
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name).map_err(|_| changed(path.to_owned()))?;
+        let value = match of {
+            XattrOf::Fd(fd) => read_sized(
+                || rustix::fs::fgetxattr_query(fd, &cname),
+                |buf| rustix::fs::fgetxattr(fd, &cname, buf),
+            ),
+            XattrOf::Link(p) => read_sized(
+                || rustix::fs::lgetxattr_query(p, &cname),
+                |buf| rustix::fs::lgetxattr(p, &cname, buf),
+            ),
         };
-        if n == 0 {
+        let value = match value {
+            Ok(v) => v,
+            Err(Errno::NODATA) => return Err(changed(path.to_owned())),
+            Err(e) => return Err(errno_host("read an attribute of", path.to_owned())(e)),
+        };
+        if name.starts_with(OVERLAY_XATTRS.as_bytes()) {
+            overlay.push((name.to_vec(), value));
+        } else {
+            mine.push((name.to_vec(), value));
+        }
+    }
+    mine.sort();
+    overlay.sort();
+    Ok((mine, overlay))
+}
+
+/// Reads an attribute list or value: its size, then the bytes; again when it grew meanwhile.
+fn read_sized(
+    query: impl Fn() -> Result<usize, Errno>,
+    fill: impl Fn(&mut [u8]) -> Result<usize, Errno>,
+) -> Result<Vec<u8>, Errno> {
+    for _ in 0..8 {
+        let size = query()?;
+        if size == 0 {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; n];
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
-            Ok(len) => {
-                buf.truncate(len);
-                return Ok(buf
-                    .split(|b| *b == 0)
-                    .filter(|n| !n.is_empty())
-                    .map(|n| OsString::from_vec(n.to_vec()))
-                    .collect());
+        let mut buf = vec![0u8; size];
+        match fill(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
             }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(e) => return Err(io_at("list the attributes of", path)(e.into())),
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
         }
     }
-    Err(io_at("list the attributes of", path)(io::Error::other(
-        "the list keeps changing",
-    )))
-}
-
-fn xattr_value(path: &Path, name: &OsStr) -> Result<Option<Vec<u8>>, ArchiveError> {
-    for _ in 0..8 {
-        let n = match rustix::fs::lgetxattr_query(path, name) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::NODATA) => return Ok(None),
-            Err(e) => return Err(io_at("read an attribute of", path)(e.into())),
-        };
-        let mut buf = vec![0u8; n];
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(len) => {
-                buf.truncate(len);
-                return Ok(Some(buf));
-            }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(rustix::io::Errno::NODATA) => return Ok(None),
-            Err(e) => return Err(io_at("read an attribute of", path)(e.into())),
-        }
-    }
-    Err(io_at("read an attribute of", path)(io::Error::other(
-        "the value keeps changing",
-    )))
-}
-
-/// One thing the archive says, in order.
-#[derive(Debug)]
-enum Item {
-    /// An entry: its path relative to the top (empty for the top) and where it is on the host.
-    Entry(Vec<u8>, PathBuf, Meta),
-    /// `.wh..wh..opq` in the directory with this path.
-    Opaque(Vec<u8>),
-    /// `.wh.NAME` for this path.
-    Whiteout(Vec<u8>),
+    Err(Errno::RANGE)
 }
 
 fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
@@ -371,267 +488,353 @@ fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The names in a directory, sorted as bytes.
-fn names(dir: &Path) -> Result<Vec<OsString>, ArchiveError> {
-    let mut v: Vec<OsString> = fs::read_dir(dir)
-        .map_err(io_at("list", dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_at("list", dir))?;
-    v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(v)
+/// One tree being walked (the layer's, or its parent's).
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    /// Its top on the host (for errors).
+    top: &'a Path,
+    /// The mount its top is on: the walk never leaves it.
+    mount: MountKey,
 }
 
-fn check_name(path: &Path, name: &OsStr) -> Result<(), ArchiveError> {
-    if name.as_bytes().starts_with(WHITEOUT.as_bytes()) {
-        return Err(ArchiveError::Unarchivable {
-            path: path.join(name),
-            reason: format!("a name starting with {WHITEOUT} is a whiteout in an OCI layer"),
-        });
-    }
-    Ok(())
-}
-
-/// The items of an overlay upper directory's subtree below `dir` (not `dir` itself).
-fn upper_items(
-    top_dev: u64,
-    dir: &Path,
-    rel: &[u8],
-    meta: &Meta,
-    out: &mut Vec<Item>,
-) -> Result<(), ArchiveError> {
-    for bad in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
-        if xattr_value(dir, OsStr::new(bad))?.is_some() {
-            return Err(ArchiveError::Unarchivable {
-                path: dir.to_owned(),
-                reason: format!("overlayfs marks it with {bad}"),
-            });
-        }
-    }
-    if xattr_value(dir, OsStr::new("trusted.overlay.opaque"))?.as_deref() == Some(b"y") {
-        out.push(Item::Opaque(rel.to_vec()));
-    }
-    let _ = meta;
-    let mut children = Vec::new();
-    for name in names(dir)? {
-        let p = dir.join(&name);
-        let m = Meta::read(&p)?;
-        let crel = join(rel, name.as_bytes());
-        if m.is_whiteout() {
-            out.push(Item::Whiteout(crel));
-            continue;
-        }
-        check_name(dir, &name)?;
-        if m.dev != top_dev {
-            return Err(ArchiveError::Unarchivable {
-                path: p,
-                reason: "another filesystem is mounted there".into(),
-            });
-        }
-        children.push((crel, p, m));
-    }
-    for (crel, p, m) in children {
-        let is_dir = m.kind == Kind::Dir;
-        out.push(Item::Entry(crel.clone(), p.clone(), m.clone()));
-        if is_dir {
-            upper_items(top_dev, &p, &crel, &m, out)?;
-        }
-    }
-    Ok(())
-}
-
-/// The items of the difference below `dir` (a directory of the tree; `old` the parent's
-/// directory at the same path, if it is one). Returns whether anything was added.
-fn diff_items(
-    top_dev: u64,
-    dir: &Path,
-    old: Option<&Path>,
-    rel: &[u8],
-    out: &mut Vec<Item>,
-) -> Result<bool, ArchiveError> {
-    let start = out.len();
-    let new_names = names(dir)?;
-    if let Some(old) = old {
-        let have: HashSet<&[u8]> = new_names.iter().map(|n| n.as_bytes()).collect();
-        for name in names(old)? {
-            if !have.contains(name.as_bytes()) {
-                out.push(Item::Whiteout(join(rel, name.as_bytes())));
+impl Side<'_> {
+    /// The entries of the directory `fd` (at `rel`), sorted by name bytes.
+    fn list(&self, fd: &OwnedFd, rel: &[u8]) -> Result<Vec<(CString, Meta)>, ArchiveError> {
+        let here = host(self.top, rel);
+        let mut dir = Dir::read_from(fd).map_err(errno_host("list", here.clone()))?;
+        let mut names = Vec::new();
+        while let Some(e) = dir.read() {
+            let e = e.map_err(errno_host("list", here.clone()))?;
+            let name = e.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
             }
         }
-    }
-    for name in new_names {
-        check_name(dir, &name)?;
-        let p = dir.join(&name);
-        let m = Meta::read(&p)?;
-        if m.dev != top_dev {
-            return Err(ArchiveError::Unarchivable {
-                path: p,
-                reason: "another filesystem (or subvolume) is there".into(),
-            });
-        }
-        if m.kind == Kind::Socket {
-            continue;
-        }
-        let crel = join(rel, name.as_bytes());
-        let old_path = old.map(|o| o.join(&name));
-        let old_meta = match &old_path {
-            Some(op) => match fs::symlink_metadata(op) {
-                Ok(_) => Some(Meta::read(op)?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_at("inspect", op)(e)),
-            },
-            None => None,
-        };
-        let same = old_meta.as_ref().is_some_and(|o| m.same_as(o));
-        if m.kind == Kind::Dir {
-            let old_dir = old_meta
-                .as_ref()
-                .filter(|o| o.kind == Kind::Dir)
-                .and(old_path.as_deref());
-            let at = out.len();
-            out.push(Item::Entry(crel.clone(), p.clone(), m));
-            let below = diff_items(top_dev, &p, old_dir, &crel, out)?;
-            if same && !below {
-                out.truncate(at);
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let path = host(self.top, &join(rel, name.to_bytes()));
+            let st = match rustix::fs::statx(fd, &name, RAtFlags::SYMLINK_NOFOLLOW, WANT) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => return Err(changed(path)),
+                Err(e) => return Err(errno_host("inspect", path)(e)),
+            };
+            let mut m = Meta::new(&st, &path)?;
+            if m.mount != self.mount {
+                return Err(ArchiveError::Unarchivable {
+                    path,
+                    reason: "another mount is there (a layer's tree holds none)".into(),
+                });
             }
-        } else if !same {
-            out.push(Item::Entry(crel, p, m));
+            if m.kind == Kind::Symlink {
+                m.link = Some(
+                    rustix::fs::readlinkat(fd, &name, Vec::new())
+                        .map_err(errno_host("read the link", path.clone()))?
+                        .into_bytes(),
+                );
+            }
+            // The name is one component of a directory opened without symlinks: the path cannot
+            // leave it, and l*xattr does not follow its last component.
+            let mut proc = format!("/proc/self/fd/{}/", fd.as_raw_fd()).into_bytes();
+            proc.extend_from_slice(name.to_bytes());
+            let proc = CString::new(proc).map_err(|_| changed(path.clone()))?;
+            (m.xattrs, m.overlay) = read_xattrs(XattrOf::Link(&proc), &path)?;
+            out.push((name, m));
         }
+        Ok(out)
     }
-    Ok(out.len() > start)
+
+    /// Opens the directory `name` of `dir`, checking it is the one listed.
+    fn open_dir(
+        &self,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        m: &Meta,
+    ) -> Result<OwnedFd, ArchiveError> {
+        let path = host(self.top, rel);
+        let fd = open_at(dir.as_fd(), name, OFlags::RDONLY | OFlags::DIRECTORY)
+            .map_err(errno_host("open", path.clone()))?;
+        let st = statx_fd(fd.as_fd()).map_err(errno_host("inspect", path.clone()))?;
+        if (st.stx_dev_major, st.stx_dev_minor, st.stx_ino) != m.id || mount_key(&st) != self.mount
+        {
+            return Err(changed(path));
+        }
+        Ok(fd)
+    }
+
+    /// Opens the top directory.
+    fn open_top(top: &Path) -> Result<(OwnedFd, Meta, MountKey), ArchiveError> {
+        let fd = rustix::fs::open(
+            top,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            RMode::empty(),
+        )
+        .map_err(errno_host("open", top.to_owned()))?;
+        let st = statx_fd(fd.as_fd()).map_err(errno_host("inspect", top.to_owned()))?;
+        let mut m = Meta::new(&st, top)?;
+        (m.xattrs, m.overlay) = read_xattrs(XattrOf::Fd(fd.as_fd()), top)?;
+        let mount = m.mount;
+        Ok((fd, m, mount))
+    }
 }
 
-/// Writes the archive of `source` to `out`.
-pub fn pack(source: Source<'_>, out: &mut dyn Write) -> Result<Packed, ArchiveError> {
-    let top = match source {
-        Source::Upper(t) | Source::Diff { tree: t, .. } => t,
-    };
-    let top_meta = Meta::read(top)?;
-    if top_meta.kind != Kind::Dir {
-        return Err(ArchiveError::Unarchivable {
-            path: top.to_owned(),
-            reason: "not a directory".into(),
-        });
-    }
-    let mut items = vec![Item::Entry(Vec::new(), top.to_owned(), top_meta.clone())];
-    match source {
-        Source::Upper(_) => upper_items(top_meta.dev, top, b"", &top_meta, &mut items)?,
-        Source::Diff { parent, tree } => {
-            diff_items(top_meta.dev, tree, parent, b"", &mut items)?;
+/// The walk that writes the archive.
+struct Packer<'a, 'w> {
+    w: TarWriter<'w>,
+    upper: bool,
+    tree: Side<'a>,
+    parent: Option<Side<'a>>,
+    /// Regular files with more than one link already written: their first path.
+    links: HashMap<(u32, u32, u64), Vec<u8>>,
+    /// Directories of the tree whose own entries wait for something below them to be archived
+    /// (in the difference of two trees, an unchanged directory is archived only then).
+    pending: Vec<(Vec<u8>, Meta)>,
+}
+
+impl Packer<'_, '_> {
+    /// Writes the directories that wait, outermost first.
+    fn flush(&mut self) -> Result<(), ArchiveError> {
+        for (rel, m) in std::mem::take(&mut self.pending) {
+            self.dir_header(&rel, &m)?;
         }
+        Ok(())
     }
-    // Whiteouts and the opaque marker of a directory come right after its entry: move each run
-    // of them before the directory's children (they were pushed in walk order).
-    let items = order(items);
-    let mut w = TarWriter::new(out);
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for item in &items {
-        match item {
-            Item::Entry(rel, path, m) => {
-                let name = entry_name(rel, m.kind == Kind::Dir);
-                if m.kind == Kind::File && m.nlink > 1 {
-                    if let Some(first) = links.get(&(m.dev, m.ino)) {
-                        w.header(&name, b'1', m, 0, Some(first.clone()), false)?;
+
+    fn dir_header(&mut self, rel: &[u8], m: &Meta) -> Result<(), ArchiveError> {
+        self.check(rel, m)?;
+        self.w
+            .header(&entry_name(rel, true), b'5', m, 0, None, rel.is_empty())
+    }
+
+    /// What may not be archived: a name that would read as a whiteout, attributes an unpack
+    /// refuses, overlayfs redirects and metadata-only copies (the data is in a lower layer).
+    fn check(&self, rel: &[u8], m: &Meta) -> Result<(), ArchiveError> {
+        let path = || host(self.tree.top, rel);
+        let name = rel.rsplit(|b| *b == b'/').next().unwrap_or(rel);
+        if name.starts_with(WHITEOUT.as_bytes()) {
+            return Err(ArchiveError::Unarchivable {
+                path: path(),
+                reason: format!("a name starting with {WHITEOUT} is a whiteout in an OCI layer"),
+            });
+        }
+        if let Some((k, _)) = m.xattrs.iter().find(|(k, _)| !xattr_allowed(k)) {
+            return Err(ArchiveError::Unarchivable {
+                path: path(),
+                reason: format!(
+                    "the extended attribute {} is never unpacked (only user.*, \
+                     security.capability, security.selinux and POSIX ACLs are)",
+                    k.escape_ascii()
+                ),
+            });
+        }
+        if self.upper {
+            for bad in [
+                &b"trusted.overlay.redirect"[..],
+                b"trusted.overlay.metacopy",
+                b"trusted.overlay.whiteout",
+            ] {
+                if m.overlay_attr(bad).is_some() {
+                    return Err(ArchiveError::Unarchivable {
+                        path: path(),
+                        reason: format!("overlayfs marks it with {}", bad.escape_ascii()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Archives the directory `new` (at `rel`, with `meta`) and what is below it: all of it
+    /// for an overlay upper directory, else what differs from `old` (the parent tree's directory
+    /// at the same path, if there is one). `changed`: the directory's own entry is archived
+    /// whatever is below it.
+    fn dir(
+        &mut self,
+        new: &OwnedFd,
+        old: Option<&OwnedFd>,
+        rel: &[u8],
+        meta: Meta,
+        changed: bool,
+    ) -> Result<(), ArchiveError> {
+        let mut children = self.tree.list(new, rel)?;
+        let mut whiteouts: Vec<Vec<u8>> = Vec::new();
+        let mut olds: HashMap<Vec<u8>, Meta> = HashMap::new();
+        let opaque = self.upper && meta.overlay_attr(b"trusted.overlay.opaque") == Some(&b"y"[..]);
+        if self.upper {
+            // A whiteout is overlayfs's device 0:0; a socket (tar has no form for it) hides
+            // what is below it like one.
+            children.retain(|(name, m)| {
+                let gone = m.is_whiteout() || m.kind == Kind::Socket;
+                if gone {
+                    whiteouts.push(name.to_bytes().to_vec());
+                }
+                !gone
+            });
+        } else {
+            // Sockets are left out; one that replaced an entry of the parent is a whiteout.
+            children.retain(|(_, m)| m.kind != Kind::Socket);
+            if let (Some(old), Some(side)) = (old, self.parent) {
+                for (name, om) in side.list(old, rel)? {
+                    if om.kind == Kind::Socket {
                         continue;
                     }
-                    links.insert((m.dev, m.ino), name.clone());
-                }
-                match m.kind {
-                    Kind::File => {
-                        w.header(&name, b'0', m, m.size, None, false)?;
-                        let f = File::options()
-                            .read(true)
-                            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                            .open(path)
-                            .map_err(io_at("open", path))?;
-                        let copied = io::copy(&mut (&f).take(m.size), &mut w)
-                            .map_err(io_at("read", path))?;
-                        let grew = (&f).read(&mut [0u8; 1]).map_err(io_at("read", path))?;
-                        if copied != m.size || grew != 0 {
-                            return Err(ArchiveError::Unarchivable {
-                                path: path.clone(),
-                                reason: "it changed size while it was read".into(),
-                            });
+                    match children.binary_search_by(|(n, _)| n.as_c_str().cmp(&name)) {
+                        Err(_) => whiteouts.push(name.to_bytes().to_vec()),
+                        Ok(i) => {
+                            // A directory replaced by something else, or the other way round:
+                            // the old one is gone, and the new entry is archived after it.
+                            if (om.kind == Kind::Dir) != (children[i].1.kind == Kind::Dir) {
+                                whiteouts.push(name.to_bytes().to_vec());
+                            } else {
+                                olds.insert(name.to_bytes().to_vec(), om);
+                            }
                         }
-                        w.pad()?;
                     }
-                    Kind::Dir => w.header(&name, b'5', m, 0, None, rel.is_empty())?,
-                    Kind::Symlink => w.header(
-                        &name,
-                        b'2',
-                        m,
-                        0,
-                        m.link.as_ref().map(|l| l.as_bytes().to_vec()),
-                        false,
-                    )?,
-                    Kind::Char => w.header(&name, b'3', m, 0, None, false)?,
-                    Kind::Block => w.header(&name, b'4', m, 0, None, false)?,
-                    Kind::Fifo => w.header(&name, b'6', m, 0, None, false)?,
-                    Kind::Socket => {}
                 }
             }
-            Item::Opaque(dir) => w.marker(&join(dir, OPAQUE.as_bytes()))?,
-            Item::Whiteout(rel) => {
-                let (dir, name) = match rel.iter().rposition(|b| *b == b'/') {
-                    Some(i) => (&rel[..i], &rel[i + 1..]),
-                    None => (&b""[..], &rel[..]),
-                };
+        }
+        let at = self.pending.len();
+        if changed || opaque || !whiteouts.is_empty() {
+            self.flush()?;
+            self.dir_header(rel, &meta)?;
+            if opaque {
+                self.w.marker(&join(rel, OPAQUE.as_bytes()))?;
+            }
+            for name in &whiteouts {
                 let mut n = WHITEOUT.as_bytes().to_vec();
                 n.extend_from_slice(name);
-                w.marker(&join(dir, &n))?;
+                self.w.marker(&join(rel, &n))?;
+            }
+        } else {
+            self.pending.push((rel.to_vec(), meta));
+        }
+        for (name, m) in children {
+            let crel = join(rel, name.to_bytes());
+            let old_m = olds.remove(name.to_bytes());
+            let same = !self.upper && old_m.as_ref().is_some_and(|o| m.same_as(o));
+            if m.kind == Kind::Dir {
+                let fd = self.tree.open_dir(new, &name, &crel, &m)?;
+                let old_fd = match (old, self.parent, &old_m) {
+                    (Some(old), Some(side), Some(om)) if om.kind == Kind::Dir => {
+                        Some(side.open_dir(old, &name, &crel, om)?)
+                    }
+                    _ => None,
+                };
+                self.dir(&fd, old_fd.as_ref(), &crel, m, !same)?;
+            } else if !same {
+                self.flush()?;
+                self.leaf(new, &name, &crel, &m)?;
             }
         }
+        // Still waiting: nothing below it was archived, and it did not change itself.
+        self.pending.truncate(at);
+        Ok(())
     }
-    w.finish()
+
+    /// Archives an entry that is not a directory (`name` in `dir`, at `rel`).
+    fn leaf(
+        &mut self,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        m: &Meta,
+    ) -> Result<(), ArchiveError> {
+        self.check(rel, m)?;
+        let entry = entry_name(rel, false);
+        match m.kind {
+            Kind::File => {
+                if m.nlink > 1 {
+                    if let Some(first) = self.links.get(&m.id) {
+                        let first = first.clone();
+                        return self.w.header(&entry, b'1', m, 0, Some(first), false);
+                    }
+                    self.links.insert(m.id, entry.clone());
+                }
+                let path = host(self.tree.top, rel);
+                // Non-blocking: a FIFO swapped in after the listing is never waited on (and is
+                // caught by the identity check).
+                let fd = open_at(dir.as_fd(), name, OFlags::RDONLY | OFlags::NONBLOCK)
+                    .map_err(errno_host("open", path.clone()))?;
+                let st = statx_fd(fd.as_fd()).map_err(errno_host("inspect", path.clone()))?;
+                if (st.stx_dev_major, st.stx_dev_minor, st.stx_ino) != m.id
+                    || Kind::of(st.stx_mode) != Some(Kind::File)
+                {
+                    return Err(changed(path));
+                }
+                self.w.header(&entry, b'0', m, m.size, None, false)?;
+                let mut f = File::from(fd);
+                let mut buf = vec![
+                    0u8;
+                    COPY_SIZE.min(
+                        usize::try_from(m.size)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(1)
+                    )
+                ];
+                let mut copied = 0u64;
+                let short = loop {
+                    let want = (m.size - copied).min(buf.len() as u64) as usize;
+                    if want == 0 {
+                        break false;
+                    }
+                    let n = match f.read(&mut buf[..want]) {
+                        Ok(0) => break true,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(io_at("read", &path)(e)),
+                    };
+                    self.w.put(&buf[..n])?;
+                    copied += n as u64;
+                };
+                let more = f.read(&mut buf[..1]).map_err(io_at("read", &path))?;
+                if short || more != 0 {
+                    return Err(ArchiveError::Unarchivable {
+                        path,
+                        reason: "it changed size while it was read".into(),
+                    });
+                }
+                self.w.pad()
+            }
+            Kind::Symlink => self.w.header(&entry, b'2', m, 0, m.link.clone(), false),
+            Kind::Char => self.w.header(&entry, b'3', m, 0, None, false),
+            Kind::Block => self.w.header(&entry, b'4', m, 0, None, false),
+            Kind::Fifo => self.w.header(&entry, b'6', m, 0, None, false),
+            Kind::Dir | Kind::Socket => Ok(()),
+        }
+    }
 }
 
-/// Items in canonical order: in each directory, after its entry, the opaque marker, then the
-/// whiteouts, then the children with what is below them.
-fn order(items: Vec<Item>) -> Vec<Item> {
-    // Group by the directory each item is in (markers and whiteouts) or is (entries).
-    let mut markers: BTreeMap<Vec<u8>, Vec<Item>> = BTreeMap::new();
-    let mut rest = Vec::with_capacity(items.len());
-    for item in items {
-        match &item {
-            Item::Opaque(dir) => markers.entry(dir.clone()).or_default().insert(0, item),
-            Item::Whiteout(rel) => {
-                let dir = rel
-                    .iter()
-                    .rposition(|b| *b == b'/')
-                    .map_or(Vec::new(), |i| rel[..i].to_vec());
-                markers.entry(dir).or_default().push(item);
-            }
-            Item::Entry(..) => rest.push(item),
-        }
-    }
-    for v in markers.values_mut() {
-        v.sort_by(|a, b| match (a, b) {
-            (Item::Opaque(_), _) => std::cmp::Ordering::Less,
-            (_, Item::Opaque(_)) => std::cmp::Ordering::Greater,
-            (Item::Whiteout(x), Item::Whiteout(y)) => x.cmp(y),
-            _ => std::cmp::Ordering::Equal,
-        });
-    }
-    let mut out = Vec::with_capacity(rest.len());
-    for item in rest {
-        let dir = match &item {
-            Item::Entry(rel, _, m) if m.kind == Kind::Dir => Some(rel.clone()),
-            _ => None,
-        };
-        out.push(item);
-        if let Some(d) = dir
-            && let Some(ms) = markers.remove(&d)
-        {
-            out.extend(ms);
-        }
-    }
-    // Markers of directories that are not entries cannot happen: a directory with a whiteout
-    // is always archived (its listing changed). Any left are dropped only if empty.
-    debug_assert!(markers.is_empty());
-    for (_, ms) in markers {
-        out.extend(ms);
-    }
-    out
+/// Writes the archive of `source` to `out` (see the module's documentation for its form).
+///
+/// The walk goes through directory descriptors (`openat` with `O_NOFOLLOW | O_DIRECTORY`, `statx`
+/// with `AT_SYMLINK_NOFOLLOW`): a symlink is archived, never followed. It never enters another
+/// mount (compared by mount id, on kernels before 5.8 by device): a mount below the top is an
+/// error naming it. Nested btrfs subvolumes are on the same mount and walked like directories.
+/// A file that changes size while it is read, or an entry replaced while the walk looks at it, is
+/// an error, never a short or long entry.
+///
+/// Sockets are left out (tar has no form for them); a socket where the parent had an entry, or in
+/// an overlay upper directory, is archived as a whiteout (the path holds nothing archivable).
+pub fn pack(source: Source<'_>, out: &mut dyn Write) -> Result<Packed, ArchiveError> {
+    let (top, parent, upper) = match source {
+        Source::Upper(t) => (t, None, true),
+        Source::Diff { parent, tree } => (tree, parent, false),
+    };
+    let (fd, meta, mount) = Side::open_top(top)?;
+    let old = parent.map(Side::open_top).transpose()?;
+    let mut p = Packer {
+        w: TarWriter::new(out),
+        upper,
+        tree: Side { top, mount },
+        parent: parent
+            .zip(old.as_ref())
+            .map(|(top, (_, _, mount))| Side { top, mount: *mount }),
+        links: HashMap::new(),
+        pending: Vec::new(),
+    };
+    p.dir(&fd, old.as_ref().map(|(fd, _, _)| fd), b"", meta, true)?;
+    p.w.finish()
 }
 
 fn entry_name(rel: &[u8], dir: bool) -> Vec<u8> {
@@ -683,22 +886,7 @@ impl TarWriter<'_> {
     /// An empty regular file entry (a whiteout or the opaque marker), owned by root, mode 0,
     /// time 0.
     fn marker(&mut self, name: &[u8]) -> Result<(), ArchiveError> {
-        let m = Meta {
-            kind: Kind::File,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtime: (0, 0),
-            ctime: (0, 0),
-            size: 0,
-            rdev: 0,
-            ino: 0,
-            dev: 0,
-            nlink: 1,
-            link: None,
-            xattrs: Vec::new(),
-        };
-        self.header(name, b'0', &m, 0, None, false)
+        self.header(name, b'0', &Meta::marker(), 0, None, false)
     }
 
     fn header(
@@ -723,6 +911,10 @@ impl TarWriter<'_> {
         if mtime.1 != 0 || mtime.0 < 0 || mtime.0 > 0o77777777777 {
             pax.push((b"mtime".to_vec(), format_time(mtime).into_bytes()));
         }
+        // Sizes from 8 GiB on: PAX (the ustar field then holds the GNU base-256 form).
+        if size > 0o77777777777 {
+            pax.push((b"size".to_vec(), size.to_string().into_bytes()));
+        }
         const MAX_ID: u32 = 0o7777777;
         if m.uid > MAX_ID {
             pax.push((b"uid".to_vec(), m.uid.to_string().into_bytes()));
@@ -732,7 +924,7 @@ impl TarWriter<'_> {
         }
         for (k, v) in &m.xattrs {
             let mut key = b"SCHILY.xattr.".to_vec();
-            key.extend_from_slice(k.as_bytes());
+            key.extend_from_slice(k);
             pax.push((key, v.clone()));
         }
         if !pax.is_empty() {
@@ -765,7 +957,7 @@ impl TarWriter<'_> {
             h.as_old_mut().linkname[..l.len().min(100)].copy_from_slice(&l[..l.len().min(100)]);
         }
         if kind == b'3' || kind == b'4' {
-            let (major, minor) = (libc::major(m.rdev), libc::minor(m.rdev));
+            let (major, minor) = m.rdev;
             h.set_device_major(major)
                 .and_then(|()| h.set_device_minor(minor))
                 .map_err(|e| ArchiveError::Unarchivable {
@@ -789,18 +981,6 @@ impl TarWriter<'_> {
             bytes: self.bytes,
             sha256: self.hash.finalize().into(),
         })
-    }
-}
-
-impl Write for TarWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write_all(buf)?;
-        self.hash.update(buf);
-        self.bytes += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
     }
 }
 
@@ -889,8 +1069,12 @@ impl Read for Watched<'_> {
     }
 }
 
-/// The parts of a path inside the top: `None` for the top itself.
-fn entry_path(raw: &[u8]) -> Result<Option<String>, String> {
+/// The path of an entry inside the top (`/` between components, as bytes): `None` for the top
+/// itself (`.` or `./`).
+fn entry_path(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    if raw.is_empty() {
+        return Err("an empty path".into());
+    }
     if raw.contains(&0) {
         return Err("a NUL byte in the path".into());
     }
@@ -900,202 +1084,232 @@ fn entry_path(raw: &[u8]) -> Result<Option<String>, String> {
     if raw.len() > 4096 {
         return Err("a path longer than 4096 bytes".into());
     }
-    let text = std::str::from_utf8(raw)
-        .map(str::to_owned)
-        .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned());
-    if std::str::from_utf8(raw).is_err() {
-        return Err(format!("a path that is not UTF-8: {text}"));
-    }
-    let mut parts = Vec::new();
-    for part in text.split('/') {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in raw.split(|b| *b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => return Err("a path with `..`".into()),
+            b"" | b"." => {}
+            b".." => return Err("a path with `..`".into()),
             p if p.len() > 255 => return Err("a name longer than 255 bytes".into()),
             p => parts.push(p),
         }
     }
-    Ok((!parts.is_empty()).then(|| parts.join("/")))
+    if parts[..parts.len().saturating_sub(1)]
+        .iter()
+        .any(|p| p.starts_with(WHITEOUT.as_bytes()))
+    {
+        return Err(format!("a directory named {WHITEOUT}... on the way"));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join(&b'/')))
 }
+
+/// A path inside the top, shown as `/REL`.
+fn shown_rel(rel: &[u8]) -> PathBuf {
+    let mut p = b"/".to_vec();
+    p.extend_from_slice(rel);
+    PathBuf::from(OsStr::from_bytes(&p))
+}
+
+fn errno_at(op: &'static str, rel: &[u8]) -> impl FnOnce(nix::errno::Errno) -> ArchiveError {
+    let path = shown_rel(rel);
+    move |e| ArchiveError::Io {
+        op,
+        path,
+        source: io::Error::from(e),
+    }
+}
+
+fn rerrno_at(op: &'static str, rel: &[u8]) -> impl FnOnce(Errno) -> ArchiveError {
+    let path = shown_rel(rel);
+    move |e| ArchiveError::Io {
+        op,
+        path,
+        source: e.into(),
+    }
+}
+
+/// `DIR` and `NAME` of `DIR/NAME` (`DIR` empty at the top).
+fn split_rel(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&b""[..], rel),
+    }
+}
+
+/// Access and modification times of a directory, to restore.
+type Times = (TimeSpec, TimeSpec);
 
 /// The unpacking state.
 struct Unpacker {
     top: OwnedFd,
-    top_dev: u64,
     upper: bool,
     /// The last parent directory opened, by path.
-    cached: Option<(String, OwnedFd)>,
+    cached: Option<(Vec<u8>, OwnedFd)>,
     /// Every path an entry of this archive made.
-    seen: HashSet<String>,
+    seen: HashSet<Vec<u8>>,
     /// Regular files this archive made (what a hard link may name).
-    files: HashSet<String>,
-    /// Directories of the archive and their times, set at the end.
-    dirs: Vec<(String, (i64, u32))>,
-    /// The same directories, to look up.
-    dir_set: HashSet<String>,
-    /// Directories not in the archive whose listing changed: their times before, restored.
-    touched: HashMap<String, Option<(i64, u32)>>,
+    files: HashSet<Vec<u8>>,
+    /// Directories of the archive and their modification times, set at the end.
+    dirs: HashMap<Vec<u8>, (i64, u32)>,
+    /// Directories not in the archive (and the top) whose listing changed: their times before.
+    touched: HashMap<Vec<u8>, Times>,
+    /// The entry being unpacked, as the archive gives it (for errors).
+    current: String,
 }
 
 fn stat_kind(st: &nix::sys::stat::FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
 }
 
+/// Opens directory `name` of `dir`: never through a symlink, never onto another mount.
+fn open_beneath(dir: &OwnedFd, name: &[u8]) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    openat2(dir, OsStr::from_bytes(name), how)
+}
+
 impl Unpacker {
-    /// Opens directory `rel` (empty: the top) through real directories only, making missing
-    /// ones (root-owned, 0755) when `make`.
-    fn open_dir(&self, rel: &str, make: bool) -> Result<OwnedFd, ArchiveError> {
-        let mut fd = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", ""))?;
-        let mut so_far = String::new();
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
-            if !so_far.is_empty() {
-                so_far.push('/');
-            }
-            so_far.push_str(part);
-            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            let next = match nix::fcntl::openat(&fd, part, flags, Mode::empty()) {
+    /// Opens directory `rel` (empty: the top) through real directories of the top's mount only,
+    /// component by component; makes missing ones (root-owned, 0755) when `make`.
+    fn open_dir(&mut self, rel: &[u8], make: bool) -> Result<OwnedFd, ArchiveError> {
+        let mut fd = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", b""))?;
+        let mut so_far: Vec<u8> = Vec::new();
+        for part in rel.split(|b| *b == b'/').filter(|p| !p.is_empty()) {
+            let parent_rel = so_far.clone();
+            so_far = join(&so_far, part);
+            let next = match open_beneath(&fd, part) {
                 Err(nix::errno::Errno::ENOENT) if make => {
-                    nix::sys::stat::mkdirat(&fd, part, Mode::from_bits_truncate(0o755))
-                        .map_err(errno_at("make", &so_far))?;
-                    nix::fcntl::openat(&fd, part, flags, Mode::empty())
-                        .map_err(errno_at("open", &so_far))?
+                    self.touch(&parent_rel, &fd);
+                    nix::sys::stat::mkdirat(
+                        &fd,
+                        OsStr::from_bytes(part),
+                        Mode::from_bits_truncate(0o755),
+                    )
+                    .map_err(errno_at("make", &so_far))?;
+                    open_beneath(&fd, part).map_err(errno_at("open", &so_far))?
                 }
                 Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
                     return Err(refused(
-                        rel,
-                        format!("/{so_far} is not a directory (a symlink is never followed)"),
+                        &self.current,
+                        format!(
+                            "{} is not a directory (a symlink is never followed)",
+                            shown_rel(&so_far).display()
+                        ),
+                    ));
+                }
+                Err(nix::errno::Errno::EXDEV) => {
+                    return Err(refused(
+                        &self.current,
+                        format!("{} is another mount", shown_rel(&so_far).display()),
                     ));
                 }
                 Err(e) => return Err(errno_at("open", &so_far)(e)),
                 Ok(f) => f,
             };
-            let st = nix::sys::stat::fstat(&next).map_err(errno_at("inspect", &so_far))?;
-            if st.st_dev != self.top_dev {
-                return Err(refused(rel, format!("/{so_far} is on another filesystem")));
-            }
             fd = next;
         }
         Ok(fd)
     }
 
-    /// The parent directory of `rel` and its last name.
-    fn parent<'a>(&mut self, rel: &'a str) -> Result<(OwnedFd, &'a str), ArchiveError> {
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    /// The parent directory of `rel` (made if missing).
+    fn parent(&mut self, rel: &[u8]) -> Result<OwnedFd, ArchiveError> {
+        let (dir, _) = split_rel(rel);
         if let Some((d, fd)) = &self.cached
             && d == dir
         {
-            let fd = nix::unistd::dup(fd.as_fd()).map_err(errno_at("open", dir))?;
-            return Ok((fd, name));
+            return nix::unistd::dup(fd.as_fd()).map_err(errno_at("open", dir));
         }
         let fd = self.open_dir(dir, true)?;
         let keep = nix::unistd::dup(fd.as_fd()).map_err(errno_at("open", dir))?;
         self.cached = Some((dir.to_owned(), keep));
-        Ok((fd, name))
+        Ok(fd)
     }
 
-    /// Remembers the times of directory `dir` (relative) before its listing changes, unless
-    /// the archive sets them.
-    fn touch(&mut self, dir: &str, fd: &OwnedFd) {
-        if self.touched.contains_key(dir) || self.dir_set.contains(dir) {
+    /// Remembers the times of directory `dir` before its listing changes, unless the archive
+    /// sets them.
+    fn touch(&mut self, dir: &[u8], fd: &OwnedFd) {
+        if self.touched.contains_key(dir) || self.dirs.contains_key(dir) {
             return;
         }
-        let t = nix::sys::stat::fstat(fd)
-            .ok()
-            .map(|st| (st.st_mtime, st.st_mtime_nsec as u32));
-        self.touched.insert(dir.to_owned(), t);
-    }
-
-    /// Removes whatever is at `name` in `dir` (recursively for a directory).
-    fn remove(&self, dir: &OwnedFd, name: &str, rel: &str) -> Result<bool, ArchiveError> {
-        match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(nix::errno::Errno::ENOENT) => Ok(false),
-            Err(e) => Err(errno_at("inspect", rel)(e)),
-            Ok(st) if stat_kind(&st) == SFlag::S_IFDIR => {
-                if st.st_dev != self.top_dev {
-                    return Err(refused(rel, "another filesystem is mounted there"));
-                }
-                let sub = nix::fcntl::openat(
-                    dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(errno_at("open", rel))?;
-                self.empty(&sub, rel)?;
-                nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
-                    .map_err(errno_at("remove", rel))?;
-                Ok(true)
-            }
-            Ok(_) => {
-                nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-                    .map_err(errno_at("remove", rel))?;
-                Ok(true)
-            }
+        if let Ok(st) = nix::sys::stat::fstat(fd) {
+            let t = (
+                TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            );
+            self.touched.insert(dir.to_owned(), t);
         }
     }
 
-    /// Removes everything in directory `fd` (at `rel`), keeping the names in `keep`.
-    fn empty_but(
-        &self,
-        fd: &OwnedFd,
-        rel: &str,
-        keep: &dyn Fn(&str) -> bool,
-    ) -> Result<(), ArchiveError> {
-        // Through /proc/self/fd: the listing of the directory this descriptor is, never a path.
-        let listing = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        for name in names(&listing)? {
-            let Some(n) = name.to_str() else {
-                let child = format!("{rel}/{}", name.to_string_lossy());
-                let bytes = name.as_bytes().to_vec();
-                let cname = std::ffi::CString::new(bytes).map_err(|_| refused(&child, "NUL"))?;
-                remove_raw(fd, &cname, &child, self)?;
-                continue;
-            };
-            let child = if rel.is_empty() {
-                n.to_owned()
-            } else {
-                format!("{rel}/{n}")
-            };
-            if keep(&child) {
-                continue;
+    /// Removes whatever is at `name` in `dir` (recursively for a directory, never leaving the
+    /// top's mount). Forgets the cached parent directory (it may be what went).
+    fn remove(&mut self, dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), ArchiveError> {
+        self.cached = None;
+        remove_at(dir, name, rel)
+    }
+
+    /// Removes everything in directory `fd` (at `rel`) that this archive did not make.
+    fn empty_but_ours(&mut self, fd: &OwnedFd, rel: &[u8]) -> Result<(), ArchiveError> {
+        self.cached = None;
+        for name in list_dir(fd, rel)? {
+            let child = join(rel, &name);
+            if !self.seen.contains(&child) {
+                remove_at(fd, &name, &child)?;
             }
-            self.remove(fd, n, &child)?;
         }
         Ok(())
     }
+}
 
-    fn empty(&self, fd: &OwnedFd, rel: &str) -> Result<(), ArchiveError> {
-        self.empty_but(fd, rel, &|_| false)
+/// The names in directory `fd` (at `rel`), without `.` and `..`.
+fn list_dir(fd: &OwnedFd, rel: &[u8]) -> Result<Vec<Vec<u8>>, ArchiveError> {
+    let mut list = Dir::read_from(fd).map_err(rerrno_at("list", rel))?;
+    let mut names = Vec::new();
+    while let Some(e) = list.read() {
+        let e = e.map_err(rerrno_at("list", rel))?;
+        let name = e.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_bytes().to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes whatever is at `name` in `dir` (at `rel`): a directory with everything in it, never
+/// following a symlink nor entering another mount.
+fn remove_at(dir: &OwnedFd, name: &[u8], rel: &[u8]) -> Result<(), ArchiveError> {
+    let cname = OsStr::from_bytes(name);
+    match nix::sys::stat::fstatat(dir, cname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(errno_at("inspect", rel)(e)),
+        Ok(st) if stat_kind(&st) == SFlag::S_IFDIR => {
+            let sub = match open_beneath(dir, name) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EXDEV) => {
+                    return Err(refused_rel(rel, "another mount is there"));
+                }
+                Err(e) => return Err(errno_at("open", rel)(e)),
+            };
+            for child in list_dir(&sub, rel)? {
+                remove_at(&sub, &child, &join(rel, &child))?;
+            }
+            nix::unistd::unlinkat(dir, cname, nix::unistd::UnlinkatFlags::RemoveDir)
+                .map_err(errno_at("remove", rel))
+        }
+        Ok(_) => nix::unistd::unlinkat(dir, cname, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .map_err(errno_at("remove", rel)),
     }
 }
 
-/// Removes a name that is not UTF-8 (only in a full tree being emptied).
-fn remove_raw(
-    dir: &OwnedFd,
-    name: &std::ffi::CStr,
-    rel: &str,
-    u: &Unpacker,
-) -> Result<(), ArchiveError> {
-    let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(errno_at("inspect", rel))?;
-    if stat_kind(&st) == SFlag::S_IFDIR {
-        let sub = nix::fcntl::openat(
-            dir,
-            name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno_at("open", rel))?;
-        u.empty(&sub, rel)?;
-        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
-            .map_err(errno_at("remove", rel))
-    } else {
-        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-            .map_err(errno_at("remove", rel))
-    }
+fn refused_rel(rel: &[u8], reason: impl Into<String>) -> ArchiveError {
+    refused(&String::from_utf8_lossy(rel), reason)
 }
 
-/// Whether an extended attribute may be set from an archive.
+/// Whether an extended attribute may be set from an archive (and so is archived).
 fn xattr_allowed(name: &[u8]) -> bool {
     name.starts_with(b"user.")
         || matches!(
@@ -1120,7 +1334,8 @@ fn ts((s, n): (i64, u32)) -> TimeSpec {
     TimeSpec::new(s, i64::from(n))
 }
 
-/// Unpacks the archive `input` into `target`.
+/// Unpacks the archive `input` into `target`, treating it as hostile (see the module's
+/// documentation). On an error, what was unpacked so far stays: the caller discards the target.
 pub fn unpack(
     target: Target<'_>,
     input: &mut dyn Read,
@@ -1136,20 +1351,19 @@ pub fn unpack(
         .open(top_path)
         .map_err(io_at("open", top_path))?
         .into();
-    let top_dev = nix::sys::stat::fstat(&top)
-        .map_err(|e| io_at("inspect", top_path)(e.into()))?
-        .st_dev;
     let mut u = Unpacker {
         top,
-        top_dev,
         upper,
         cached: None,
         seen: HashSet::new(),
         files: HashSet::new(),
-        dirs: Vec::new(),
-        dir_set: HashSet::new(),
+        dirs: HashMap::new(),
         touched: HashMap::new(),
+        current: String::new(),
     };
+    // The top keeps its times (an archive carries none for it).
+    let top = nix::unistd::dup(u.top.as_fd()).map_err(|e| io_at("open", top_path)(e.into()))?;
+    u.touch(b"", &top);
     let mut watched = Watched {
         inner: input,
         pos: 0,
@@ -1165,8 +1379,9 @@ pub fn unpack(
             .entries()
             .map_err(|e| refused("-", format!("not a tar stream: {e}")))?
             .raw(true);
-        let (mut long_name, mut long_link, mut pax) =
-            (None::<Vec<u8>>, None::<Vec<u8>>, None::<Vec<u8>>);
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        let mut pax: Option<Vec<u8>> = None;
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| refused("-", format!("cannot read the stream: {e}")))?;
@@ -1194,6 +1409,9 @@ pub fn unpack(
                 entry
                     .read_to_end(&mut v)
                     .map_err(|e| refused("-", format!("cannot read the stream: {e}")))?;
+                if v.len() as u64 != size {
+                    return Err(refused("-", "the stream ends inside a metadata record"));
+                }
                 *slot = Some(v);
                 continue;
             }
@@ -1264,7 +1482,7 @@ pub fn unpack(
                     0,
                 ),
             };
-            let mut xattrs = Vec::new();
+            let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for (k, v) in &records {
                 let Some(name) = k.strip_prefix(b"SCHILY.xattr.") else {
                     continue;
@@ -1284,6 +1502,8 @@ pub fn unpack(
                         "an extended attribute value over the limit",
                     ));
                 }
+                // A later record of the same name wins (as for every PAX key).
+                xattrs.retain(|(n, _)| n != name);
                 xattrs.push((name.to_vec(), v.clone()));
             }
             let fields = Fields {
@@ -1303,7 +1523,18 @@ pub fn unpack(
                     ));
                 }
             }
-            u.entry(rel, &shown, kind, &h, link, fields, &mut entry)?;
+            let e = Entry {
+                shown: &shown,
+                kind,
+                header: &h,
+                link,
+                fields,
+                size,
+            };
+            u.entry(rel, e, &mut entry)?;
+        }
+        if long_name.is_some() || long_link.is_some() || pax.is_some() {
+            return Err(refused("-", "a metadata record without an entry after it"));
         }
     }
     // The stream must have ended with the end-of-archive blocks, and hold nothing after them.
@@ -1332,38 +1563,51 @@ pub fn unpack(
     Ok(done)
 }
 
+/// One entry of the stream, as read.
+struct Entry<'a> {
+    /// Its path as the archive gives it (lossy), for errors.
+    shown: &'a str,
+    kind: tar::EntryType,
+    header: &'a tar::Header,
+    link: Option<Vec<u8>>,
+    fields: Fields,
+    /// The size of its data.
+    size: u64,
+}
+
 impl Unpacker {
-    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
-        rel: Option<String>,
-        shown: &str,
-        kind: tar::EntryType,
-        h: &tar::Header,
-        link: Option<Vec<u8>>,
-        f: Fields,
+        rel: Option<Vec<u8>>,
+        e: Entry<'_>,
         data: &mut dyn Read,
     ) -> Result<(), ArchiveError> {
+        let Entry {
+            shown,
+            kind,
+            header: h,
+            link,
+            fields: f,
+            size,
+        } = e;
+        shown.clone_into(&mut self.current);
         let Some(rel) = rel else {
-            // The top.
+            // The top: its owners, mode and attributes (its time is never archived).
             if kind != tar::EntryType::Directory {
                 return Err(refused(
                     shown,
                     "the top of the tree as something else than a directory",
                 ));
             }
-            if !self.seen.insert(String::new()) {
+            if !self.seen.insert(Vec::new()) {
                 return Err(refused(shown, "the top given twice"));
             }
-            let top = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", ""))?;
-            set_fd(&top, &f, "")?;
-            self.dirs.push((String::new(), f.mtime));
-            self.dir_set.insert(String::new());
-            return Ok(());
+            let top = nix::unistd::dup(self.top.as_fd()).map_err(errno_at("open", b""))?;
+            return set_fd(&top, &f, b"", true);
         };
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
-        let (dir, name) = (dir.to_owned(), name.to_owned());
-        if name == OPAQUE {
+        let (dir, name) = split_rel(&rel);
+        let (dir, name) = (dir.to_vec(), name.to_vec());
+        if name == OPAQUE.as_bytes() {
             let fd = self.open_dir(&dir, true)?;
             if self.upper {
                 rustix::fs::fsetxattr(
@@ -1372,32 +1616,31 @@ impl Unpacker {
                     b"y",
                     rustix::fs::XattrFlags::empty(),
                 )
-                .map_err(|e| {
-                    errno_at("mark opaque", &dir)(nix::errno::Errno::from_raw(e.raw_os_error()))
-                })?;
+                .map_err(rerrno_at("mark opaque", &dir))?;
             } else {
                 self.touch(&dir, &fd);
-                let seen = &self.seen;
-                self.empty_but(&fd, &dir, &|p: &str| seen.contains(p))?;
+                self.empty_but_ours(&fd, &dir)?;
             }
             return Ok(());
         }
-        if let Some(gone) = name.strip_prefix(WHITEOUT) {
-            if gone.is_empty() || gone == "." || gone == ".." {
+        if let Some(gone) = name.strip_prefix(WHITEOUT.as_bytes()) {
+            if gone.is_empty() || gone == b"." || gone == b".." {
                 return Err(refused(shown, "a whiteout without a name"));
             }
-            let target = if dir.is_empty() {
-                gone.to_owned()
-            } else {
-                format!("{dir}/{gone}")
-            };
+            let target = join(&dir, gone);
             if self.seen.contains(&target) {
                 return Err(refused(shown, "a whiteout of an entry of the same archive"));
             }
             if self.upper {
-                let (pfd, _) = self.parent(&target)?;
-                nix::sys::stat::mknodat(&pfd, gone, SFlag::S_IFCHR, Mode::empty(), 0)
-                    .map_err(errno_at("make the whiteout", &target))?;
+                let pfd = self.parent(&target)?;
+                nix::sys::stat::mknodat(
+                    &pfd,
+                    OsStr::from_bytes(gone),
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(errno_at("make the whiteout", &target))?;
             } else {
                 // Nothing to remove where the directory is not there.
                 let pfd = match self.open_dir(&dir, false) {
@@ -1409,56 +1652,62 @@ impl Unpacker {
                     }
                     Err(e) => return Err(e),
                 };
-                self.touch(&dir, &pfd);
-                self.remove(&pfd, gone, &target)?;
+                if nix::sys::stat::fstatat(
+                    &pfd,
+                    OsStr::from_bytes(gone),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .is_ok()
+                {
+                    self.touch(&dir, &pfd);
+                    self.remove(&pfd, gone, &target)?;
+                }
             }
             return Ok(());
         }
         if !self.seen.insert(rel.clone()) {
             return Err(refused(shown, "the same path twice"));
         }
-        let (pfd, _) = self.parent(&rel)?;
-        let existing =
-            match nix::sys::stat::fstatat(&pfd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) => Some(st),
-                Err(nix::errno::Errno::ENOENT) => None,
-                Err(e) => return Err(errno_at("inspect", &rel)(e)),
-            };
+        let pfd = self.parent(&rel)?;
+        let cname = OsStr::from_bytes(&name);
+        let existing = match nix::sys::stat::fstatat(&pfd, cname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(errno_at("inspect", &rel)(e)),
+        };
         let is_dir = kind == tar::EntryType::Directory;
         let keep_dir = is_dir
             && existing
                 .as_ref()
                 .is_some_and(|st| stat_kind(st) == SFlag::S_IFDIR);
-        if existing.is_some() && !keep_dir {
+        if !keep_dir {
             self.touch(&dir, &pfd);
-            self.remove(&pfd, &name, &rel)?;
-        } else if existing.is_none() {
-            self.touch(&dir, &pfd);
+            if existing.is_some() {
+                self.remove(&pfd, &name, &rel)?;
+            }
         }
-        let name = name.as_str();
         let fail = |op: &'static str| errno_at(op, &rel);
         match kind {
             tar::EntryType::Directory => {
                 if !keep_dir {
-                    nix::sys::stat::mkdirat(&pfd, name, Mode::from_bits_truncate(0o700))
+                    nix::sys::stat::mkdirat(&pfd, cname, Mode::from_bits_truncate(0o700))
                         .map_err(fail("make"))?;
                 }
-                let fd = nix::fcntl::openat(
-                    &pfd,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(fail("open"))?;
-                set_fd(&fd, &f, &rel)?;
+                let fd = match open_beneath(&pfd, &name) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::EXDEV) => {
+                        return Err(refused(shown, "another mount is there"));
+                    }
+                    Err(e) => return Err(fail("open")(e)),
+                };
+                set_fd(&fd, &f, &rel, keep_dir)?;
                 self.touched.remove(&rel);
-                self.dirs.push((rel.clone(), f.mtime));
-                self.dir_set.insert(rel.clone());
+                self.dirs.insert(rel.clone(), f.mtime);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let fd = nix::fcntl::openat(
                     &pfd,
-                    name,
+                    cname,
                     OFlag::O_CREAT
                         | OFlag::O_EXCL
                         | OFlag::O_WRONLY
@@ -1470,13 +1719,13 @@ impl Unpacker {
                 let mut file = File::from(fd);
                 let n = io::copy(data, &mut file).map_err(|e| ArchiveError::Io {
                     op: "write",
-                    path: PathBuf::from(format!("/{rel}")),
+                    path: shown_rel(&rel),
                     source: e,
                 })?;
-                if n != h.size().unwrap_or(0) {
+                if n != size {
                     return Err(refused(shown, "the stream ends inside the file"));
                 }
-                set_fd(&OwnedFd::from(file), &f, &rel)?;
+                set_fd(&OwnedFd::from(file), &f, &rel, false)?;
                 self.files.insert(rel.clone());
             }
             tar::EntryType::Symlink => {
@@ -1487,29 +1736,32 @@ impl Unpacker {
                         "a symlink target that is empty, too long or holds NUL",
                     ));
                 }
-                nix::unistd::symlinkat(OsStr::from_bytes(&target), &pfd, name)
+                nix::unistd::symlinkat(OsStr::from_bytes(&target), &pfd, cname)
                     .map_err(fail("make"))?;
-                set_at(&pfd, name, &f, &rel, true)?;
+                set_at(&pfd, &name, &f, &rel, true)?;
             }
             tar::EntryType::Link => {
                 let target = link.ok_or_else(|| refused(shown, "a hard link without a target"))?;
                 let target = entry_path(&target)
                     .map_err(|r| refused(shown, format!("a hard link to {r}")))?
                     .ok_or_else(|| refused(shown, "a hard link to the top"))?;
-                let (tpath, tname) = target.rsplit_once('/').unwrap_or(("", target.as_str()));
-                let tdir = self.open_dir(tpath, false).map_err(|_| {
+                let missing = || {
                     refused(
                         shown,
-                        format!("a hard link to /{target}, which is not there"),
+                        format!(
+                            "a hard link to {}, which is not there",
+                            shown_rel(&target).display()
+                        ),
                     )
-                })?;
-                let st = nix::sys::stat::fstatat(&tdir, tname, AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|_| {
-                        refused(
-                            shown,
-                            format!("a hard link to /{target}, which is not there"),
-                        )
-                    })?;
+                };
+                let (tdir, tname) = split_rel(&target);
+                let tfd = self.open_dir(tdir, false).map_err(|_| missing())?;
+                let st = nix::sys::stat::fstatat(
+                    &tfd,
+                    OsStr::from_bytes(tname),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|_| missing())?;
                 let ours = self.files.contains(&target);
                 if stat_kind(&st) != SFlag::S_IFREG
                     || (self.upper && !ours)
@@ -1518,20 +1770,31 @@ impl Unpacker {
                     return Err(refused(
                         shown,
                         format!(
-                            "a hard link to /{target}, which is not a regular file of this archive"
+                            "a hard link to {}, which is not a regular file of this archive",
+                            shown_rel(&target).display()
                         ),
                     ));
                 }
-                nix::unistd::linkat(&tdir, tname, &pfd, name, AtFlags::empty())
-                    .map_err(fail("link"))?;
+                nix::unistd::linkat(
+                    &tfd,
+                    OsStr::from_bytes(tname),
+                    &pfd,
+                    cname,
+                    AtFlags::empty(),
+                )
+                .map_err(fail("link"))?;
                 self.files.insert(rel.clone());
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (sflag, dev) = match kind {
                     tar::EntryType::Fifo => (SFlag::S_IFIFO, 0),
                     _ => {
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let number = |n: io::Result<Option<u32>>| {
+                            n.map(Option::unwrap_or_default)
+                                .map_err(|e| refused(shown, format!("a device number: {e}")))
+                        };
+                        let major = number(h.device_major())?;
+                        let minor = number(h.device_minor())?;
                         if kind == tar::EntryType::Char && major == 0 && minor == 0 {
                             return Err(refused(
                                 shown,
@@ -1546,9 +1809,9 @@ impl Unpacker {
                         (flag, libc::makedev(major, minor))
                     }
                 };
-                nix::sys::stat::mknodat(&pfd, name, sflag, Mode::from_bits_truncate(0o600), dev)
+                nix::sys::stat::mknodat(&pfd, cname, sflag, Mode::from_bits_truncate(0o600), dev)
                     .map_err(fail("make"))?;
-                set_at(&pfd, name, &f, &rel, false)?;
+                set_at(&pfd, &name, &f, &rel, false)?;
             }
             other => {
                 return Err(refused(
@@ -1560,32 +1823,66 @@ impl Unpacker {
         Ok(())
     }
 
-    fn finish(self) -> Result<(), ArchiveError> {
-        let restore: Vec<(String, (i64, u32))> = self
-            .touched
-            .iter()
-            .filter_map(|(d, t)| t.map(|t| (d.clone(), t)))
-            .chain(self.dirs.iter().cloned())
+    /// Sets the times of the archive's directories and restores those of the others whose
+    /// listing changed, deepest first.
+    fn finish(mut self) -> Result<(), ArchiveError> {
+        let mut all: Vec<(Vec<u8>, Times)> = self
+            .dirs
+            .drain()
+            .map(|(d, t)| (d, (ts(t), ts(t))))
+            .chain(self.touched.drain())
             .collect();
-        for (dir, t) in restore {
+        let depth = |d: &[u8]| {
+            if d.is_empty() {
+                0
+            } else {
+                1 + d.iter().filter(|b| **b == b'/').count()
+            }
+        };
+        all.sort_by(|a, b| depth(&b.0).cmp(&depth(&a.0)).then_with(|| a.0.cmp(&b.0)));
+        for (dir, (atime, mtime)) in all {
             let fd = self.open_dir(&dir, false)?;
-            nix::sys::stat::futimens(&fd, &ts(t), &ts(t))
+            nix::sys::stat::futimens(&fd, &atime, &mtime)
                 .map_err(errno_at("set the time of", &dir))?;
         }
         Ok(())
     }
 }
 
-/// Owner, mode, attributes and time of an open file or directory.
-fn set_fd(fd: &OwnedFd, f: &Fields, rel: &str) -> Result<(), ArchiveError> {
+/// Owner, mode, attributes and time of an open file or directory; `replace`: attributes it has
+/// that the archive does not give are removed (a directory kept under a new entry), but for
+/// overlayfs's own.
+fn set_fd(fd: &OwnedFd, f: &Fields, rel: &[u8], replace: bool) -> Result<(), ArchiveError> {
     nix::unistd::fchown(fd, Some(Uid::from_raw(f.uid)), Some(Gid::from_raw(f.gid)))
         .map_err(errno_at("chown", rel))?;
     nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(f.mode)).map_err(errno_at("chmod", rel))?;
+    if replace {
+        let list = match read_sized(
+            || rustix::fs::flistxattr_query(fd),
+            |buf| rustix::fs::flistxattr(fd, buf),
+        ) {
+            Ok(l) => l,
+            Err(Errno::NOTSUP) => Vec::new(),
+            Err(e) => return Err(rerrno_at("list the attributes of", rel)(e)),
+        };
+        for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if name.starts_with(OVERLAY_XATTRS.as_bytes())
+                || f.xattrs.iter().any(|(k, _)| k == name)
+            {
+                continue;
+            }
+            match rustix::fs::fremovexattr(fd, OsStr::from_bytes(name)) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(e) => return Err(rerrno_at("remove an attribute of", rel)(e)),
+            }
+        }
+    }
     for (k, v) in &f.xattrs {
         rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty())
-            .map_err(|e| {
-                errno_at("set an attribute of", rel)(nix::errno::Errno::from_raw(e.raw_os_error()))
-            })?;
+            .map_err(rerrno_at("set an attribute of", rel))?;
+    }
+    if rel.is_empty() {
+        return Ok(());
     }
     nix::sys::stat::futimens(fd, &ts(f.mtime), &ts(f.mtime))
         .map_err(errno_at("set the time of", rel))
@@ -1594,24 +1891,26 @@ fn set_fd(fd: &OwnedFd, f: &Fields, rel: &str) -> Result<(), ArchiveError> {
 /// Owner, mode (not for a symlink), attributes and time of `name` in `dir`, never following it.
 fn set_at(
     dir: &OwnedFd,
-    name: &str,
+    name: &[u8],
     f: &Fields,
-    rel: &str,
+    rel: &[u8],
     symlink: bool,
 ) -> Result<(), ArchiveError> {
+    let cname = OsStr::from_bytes(name);
     nix::unistd::fchownat(
         dir,
-        name,
+        cname,
         Some(Uid::from_raw(f.uid)),
         Some(Gid::from_raw(f.gid)),
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(errno_at("chown", rel))?;
     if !symlink {
-        // A device node or a FIFO just made by this unpack: the name is not a symlink.
+        // A device node or a FIFO this unpack just made in a directory reached without
+        // symlinks: the name is not a symlink (and chmod never opens it).
         nix::sys::stat::fchmodat(
             dir,
-            name,
+            cname,
             Mode::from_bits_truncate(f.mode),
             FchmodatFlags::FollowSymlink,
         )
@@ -1619,7 +1918,9 @@ fn set_at(
     }
     // The name is one component of a directory reached without symlinks, so this path cannot
     // leave it; l*xattr does not follow the last component.
-    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()));
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    let path = PathBuf::from(OsStr::from_bytes(&path));
     for (k, v) in &f.xattrs {
         rustix::fs::lsetxattr(
             &path,
@@ -1627,13 +1928,11 @@ fn set_at(
             v,
             rustix::fs::XattrFlags::empty(),
         )
-        .map_err(|e| {
-            errno_at("set an attribute of", rel)(nix::errno::Errno::from_raw(e.raw_os_error()))
-        })?;
+        .map_err(rerrno_at("set an attribute of", rel))?;
     }
     nix::sys::stat::utimensat(
         dir,
-        name,
+        cname,
         &ts(f.mtime),
         &ts(f.mtime),
         UtimensatFlags::NoFollowSymlink,

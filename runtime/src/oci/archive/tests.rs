@@ -4,17 +4,22 @@
 #![forbid(unsafe_code)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
 use crate::digest::tree_digest;
 
+/// Whether the test can run (as root); otherwise it says so on stderr, unless
+/// ENVC_REQUIRE_PRIVILEGED=1 makes that a failure.
 fn root() -> bool {
     let ok = nix::unistd::geteuid().is_root();
     if !ok {
-        eprintln!("SKIP: the archive tests need root");
+        if std::env::var("ENVC_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+            panic!("the archive tests need root, and ENVC_REQUIRE_PRIVILEGED=1");
+        }
+        eprintln!("SKIP: the archive tests need root (owners, device nodes, mounts)");
     }
     ok
 }
@@ -69,6 +74,27 @@ fn populate(d: &Path) {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
+    // A file capability (cap_net_raw+ep, VFS_CAP_REVISION_2), where the filesystem takes it.
+    let cap: [u8; 20] = [
+        0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00,
+    ];
+    match rustix::fs::setxattr(
+        d.join("usr/bin/tool"),
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    ) {
+        Ok(()) => {}
+        Err(e) => eprintln!("note: no security.capability on this filesystem ({e})"),
+    }
+    // A name that is not UTF-8, an owner beyond the ustar field, a link target beyond 100 bytes.
+    let odd = d.join(OsStr::from_bytes(b"etc/caf\xe9"));
+    fs::write(&odd, "latin-1").unwrap();
+    std::os::unix::fs::symlink("t".repeat(150), d.join("etc/longlink")).unwrap();
+    sh(&format!(
+        "cd {p}; chown 3000000:3000001 etc/longlink -h; touch -h -d '1999-01-01 00:00:00.5' etc/longlink"
+    ));
 }
 
 fn packed(source: Source<'_>) -> Vec<u8> {
@@ -133,12 +159,29 @@ fn a_btrfs_snapshot_archives_only_its_changes() {
     populate(&parent);
     fs::write(parent.join("untouched"), vec![7u8; 100_000]).unwrap();
     sh(&format!(
-        "cd {0}; btrfs -q subvolume snapshot parent child; btrfs -q subvolume snapshot parent again; cd child;\
-         printf 'changed' > usr/bin/tool; touch -r ../parent/usr/bin/tool usr/bin/tool; rm etc/fifo;\
-         rm -rf dddddddddd; rm -rf etc/sub; echo now-a-file > etc/sub; chmod 700 usr; echo new > new",
+        "cd {0}/parent; mkdir -p quiet/a/b loud/a/b xdir; echo same > quiet/a/b/f; echo hello > loud/a/b/f;\
+         echo x > xdir/x; echo file > became-dir",
         mnt.display()
     ));
+    rustix::fs::setxattr(
+        parent.join("xdir"),
+        "user.gone",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    sh(&format!(
+        "cd {0}; btrfs -q subvolume snapshot parent child; btrfs -q subvolume snapshot parent again; cd child;\
+         printf 'changed' > usr/bin/tool; touch -r ../parent/usr/bin/tool usr/bin/tool; rm etc/fifo;\
+         printf HELLO > loud/a/b/f.new; cat loud/a/b/f.new > loud/a/b/f; echo >> loud/a/b/f; rm loud/a/b/f.new;\
+         touch -r ../parent/loud/a/b/f loud/a/b/f; touch -r ../parent/loud/a/b loud/a/b;\
+         rm -rf dddddddddd; rm -rf etc/sub; echo now-a-file > etc/sub; chmod 700 usr; echo new > new;\
+         rm became-dir; mkdir became-dir; echo in > became-dir/in",
+        mnt.display()
+    ));
+    // An attribute removed from a directory that stays: the unpack must remove it too.
     let child = mnt.join("child");
+    rustix::fs::removexattr(child.join("xdir"), "user.gone").unwrap();
     let diff = packed(Source::Diff {
         parent: Some(&parent),
         tree: &child,
@@ -152,9 +195,27 @@ fn a_btrfs_snapshot_archives_only_its_changes() {
     assert!(listing.iter().any(|n| n == "etc/.wh.fifo"), "{listing:?}");
     assert!(listing.iter().any(|n| n == ".wh.dddddddddd"), "{listing:?}");
     assert!(
-        !listing.iter().any(|n| n.contains("untouched")),
+        !listing
+            .iter()
+            .any(|n| n.contains("untouched") || n.starts_with("quiet")),
         "{listing:?}"
     );
+    // Same size, same time, written in place: the change time gives it away; its unchanged
+    // directories come along.
+    for n in ["loud/", "loud/a/", "loud/a/b/", "loud/a/b/f"] {
+        assert!(listing.iter().any(|l| l == n), "{n} not in {listing:?}");
+    }
+    // A directory replaced by a file and a file by a directory: a whiteout, then the entry.
+    let at = |n: &str| listing.iter().position(|l| l == n);
+    assert!(
+        at("etc/.wh.sub").unwrap() < at("etc/sub").unwrap(),
+        "{listing:?}"
+    );
+    assert!(
+        at(".wh.became-dir").unwrap() < at("became-dir/").unwrap(),
+        "{listing:?}"
+    );
+    assert_eq!(listing[0], "./");
     let again = mnt.join("again");
     unpack(Target::Tree(&again), &mut &diff[..], &Limits::default()).unwrap();
     assert_eq!(tree_digest(&child).unwrap(), tree_digest(&again).unwrap());
@@ -195,10 +256,17 @@ fn an_overlay_upper_directory_round_trips() {
     let archive = packed(Source::Upper(&upper));
     let listing = names_in(&archive);
     assert!(listing.iter().any(|n| n == "etc/.wh.fifo"), "{listing:?}");
-    assert!(
-        listing.iter().any(|n| n == "etc/sub/.wh..wh..opq"),
-        "{listing:?}"
-    );
+    // Canonical order: the directory, its opaque marker, its whiteouts, its children.
+    let at = |n: &str| {
+        listing
+            .iter()
+            .position(|l| l == n)
+            .unwrap_or_else(|| panic!("{n} not in {listing:?}"))
+    };
+    assert_eq!(at("./"), 0);
+    assert!(at("etc/sub/") < at("etc/sub/.wh..wh..opq"));
+    assert!(at("etc/sub/.wh..wh..opq") < at("etc/sub/only"));
+    assert!(at("etc/") < at("etc/.wh.fifo") && at("etc/.wh.fifo") < at("etc/sub/"));
     let (upper2, work2) = (t.0.join("upper2"), t.0.join("work2"));
     fs::create_dir(&upper2).unwrap();
     fs::create_dir(&work2).unwrap();
@@ -236,6 +304,10 @@ fn header(name: &[u8], kind: u8, size: u64, link: &[u8]) -> Vec<u8> {
     h.set_mtime(0);
     h.set_size(size);
     h.set_entry_type(tar::EntryType::new(kind));
+    if kind == b'3' || kind == b'4' {
+        h.set_device_major(0).unwrap();
+        h.set_device_minor(0).unwrap();
+    }
     h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
     h.set_cksum();
     h.as_bytes().to_vec()
@@ -255,6 +327,9 @@ fn pax(records: &[(&[u8], &[u8])]) -> Vec<u8> {
     v.resize(v.len().div_ceil(512) * 512, 0);
     v
 }
+
+/// A path in /etc no test may ever create.
+const ETC_CANARY: &str = "/etc/envc-archive-test-must-not-exist";
 
 fn end(mut v: Vec<u8>) -> Vec<u8> {
     v.extend_from_slice(&[0u8; 1024]);
@@ -277,6 +352,66 @@ fn hostile_archives_are_refused_and_touch_nothing_outside() {
             end(file(format!("{}", outside.display()).as_bytes(), b"bad")),
         ),
         ("inner dotdot", end(file(b"a/../../x", b"bad"))),
+        ("etc", end(file(ETC_CANARY.as_bytes(), b"bad"))),
+        ("empty name", end(file(b"", b"bad"))),
+        ("whiteout dir on the way", end(file(b".wh.d/x", b"bad"))),
+        (
+            "hardlink passwd",
+            end(header(b"h", b'1', 0, b"../../etc/passwd")),
+        ),
+        (
+            "hardlink abs passwd",
+            end(header(b"h", b'1', 0, b"/etc/passwd")),
+        ),
+        (
+            "hardlink to dir",
+            end([header(b"d/", b'5', 0, b""), header(b"h", b'1', 0, b"d")].concat()),
+        ),
+        (
+            "hardlink through symlink",
+            end([
+                header(b"d/", b'5', 0, b""),
+                file(b"d/f", b"1"),
+                header(b"s", b'2', 0, b"d"),
+                header(b"h", b'1', 0, b"s/f"),
+            ]
+            .concat()),
+        ),
+        (
+            "pax size mismatch",
+            end([pax(&[(b"size", b"100")]), file(b"f", b"1")].concat()),
+        ),
+        ("dangling pax", end(pax(&[(b"path", b"f")]))),
+        ("sparse", end(header(b"f", b'S', 0, b""))),
+        (
+            "symlink parent deep",
+            end([
+                header(b"d/", b'5', 0, b""),
+                header(b"d/s", b'2', 0, b"../.."),
+                file(b"d/s/x", b"bad"),
+            ]
+            .concat()),
+        ),
+        (
+            "file as parent",
+            end([file(b"f", b"1"), file(b"f/x", b"bad")].concat()),
+        ),
+        (
+            "posix xattr on the way",
+            end([
+                pax(&[(b"SCHILY.xattr.security.evm", b"1")]),
+                file(b"f", b""),
+            ]
+            .concat()),
+        ),
+        (
+            "pax over 64 KiB",
+            end([
+                pax(&[(b"SCHILY.xattr.user.big", &[b'v'; 65 * 1024][..])]),
+                file(b"f", b""),
+            ]
+            .concat()),
+        ),
         (
             "symlink parent",
             end([header(b"a", b'2', 0, b".."), file(b"a/x", b"bad")].concat()),
@@ -343,15 +478,45 @@ fn hostile_archives_are_refused_and_touch_nothing_outside() {
             [end(file(b"f", b"1")), file(b"g", b"2")].concat(),
         ),
     ];
+    let passwd = fs::read("/etc/passwd").unwrap();
+    let passwd_meta = fs::metadata("/etc/passwd").unwrap();
     for (name, bytes) in cases {
-        let target = t.0.join(format!("t-{}", name.replace(' ', "-")));
-        fs::create_dir(&target).unwrap();
-        let r = unpack(Target::Tree(&target), &mut &bytes[..], &Limits::default());
-        assert!(r.is_err(), "{name}: accepted");
-        assert_eq!(fs::read_to_string(&canary).unwrap(), "canary", "{name}");
-        assert!(!outside.exists(), "{name}: wrote outside");
-        let err = r.unwrap_err().to_string();
-        assert!(!err.is_empty());
+        for upper in [false, true] {
+            let target = t.0.join(format!("t-{}-{upper}", name.replace(' ', "-")));
+            fs::create_dir(&target).unwrap();
+            let r = if upper {
+                unpack(Target::Upper(&target), &mut &bytes[..], &Limits::default())
+            } else {
+                unpack(Target::Tree(&target), &mut &bytes[..], &Limits::default())
+            };
+            let err = match r {
+                Ok(_) => panic!("{name} (upper: {upper}): accepted"),
+                Err(e) => e.to_string(),
+            };
+            eprintln!("{name}: {err}");
+            assert!(!err.is_empty());
+            assert_eq!(fs::read_to_string(&canary).unwrap(), "canary", "{name}");
+            assert_eq!(
+                fs::metadata(&canary).unwrap().nlink(),
+                1,
+                "{name}: linked the canary"
+            );
+            assert!(!outside.exists(), "{name}: wrote outside");
+            assert!(!Path::new(ETC_CANARY).exists(), "{name}: wrote in /etc");
+            assert!(!Path::new("/x").exists(), "{name}: wrote /x");
+            assert_eq!(fs::read("/etc/passwd").unwrap(), passwd, "{name}");
+            let m = fs::metadata("/etc/passwd").unwrap();
+            assert_eq!(
+                (m.nlink(), m.mode(), m.uid(), m.mtime()),
+                (
+                    passwd_meta.nlink(),
+                    passwd_meta.mode(),
+                    passwd_meta.uid(),
+                    passwd_meta.mtime()
+                ),
+                "{name}"
+            );
+        }
     }
     // Every cut of a small archive is refused.
     let good = end([
@@ -382,6 +547,25 @@ fn hostile_archives_are_refused_and_touch_nothing_outside() {
         ..Limits::default()
     };
     assert!(unpack(Target::Tree(&target), &mut &good[..], &small).is_err());
+    let target = t.0.join("limits3");
+    fs::create_dir(&target).unwrap();
+    let big = end([
+        pax(&[(b"SCHILY.xattr.user.big", &[b'v'; 2000][..])]),
+        file(b"f", b""),
+    ]
+    .concat());
+    let tight = Limits {
+        max_xattr_value: 1000,
+        ..Limits::default()
+    };
+    assert!(unpack(Target::Tree(&target), &mut &big[..], &tight).is_err());
+    let few = Limits {
+        max_entries: 2,
+        ..Limits::default()
+    };
+    let target = t.0.join("limits2");
+    fs::create_dir(&target).unwrap();
+    assert!(unpack(Target::Tree(&target), &mut &good[..], &few).is_err());
     let _ = fs::set_permissions(&canary, fs::Permissions::from_mode(0o644));
 }
 
@@ -413,4 +597,241 @@ fn times_round_trip_through_pax() {
             .unwrap();
         assert_eq!(len, r.len());
     }
+}
+
+#[test]
+fn mounts_are_never_crossed() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("mounts");
+    let (tree, elsewhere) = (t.0.join("tree"), t.0.join("elsewhere"));
+    fs::create_dir_all(tree.join("m")).unwrap();
+    fs::create_dir(&elsewhere).unwrap();
+    fs::write(elsewhere.join("secret"), "s").unwrap();
+    // A bind mount of the same filesystem: the device number is the same, the mount is not.
+    sh(&format!(
+        "mount --bind {} {}",
+        elsewhere.display(),
+        tree.join("m").display()
+    ));
+    let r = pack(
+        Source::Diff {
+            parent: None,
+            tree: &tree,
+        },
+        &mut Vec::new(),
+    );
+    let err = r.expect_err("packed across a mount").to_string();
+    assert!(err.contains("mount"), "{err}");
+    // Unpacking into the mount below the target is refused, and nothing lands there.
+    let archive = end([header(b"m/", b'5', 0, b""), file(b"m/x", b"bad")].concat());
+    let r = unpack(Target::Tree(&tree), &mut &archive[..], &Limits::default());
+    assert!(r.is_err(), "unpacked into a mount");
+    let archive = end(file(b"m/x", b"bad"));
+    let r = unpack(Target::Tree(&tree), &mut &archive[..], &Limits::default());
+    assert!(r.is_err(), "unpacked into a mount");
+    let archive = end(header(b".wh.m", b'0', 0, b""));
+    let r = unpack(Target::Tree(&tree), &mut &archive[..], &Limits::default());
+    assert!(r.is_err(), "removed a mount");
+    sh(&format!("umount {}", tree.join("m").display()));
+    assert!(!elsewhere.join("x").exists());
+    assert!(elsewhere.join("secret").exists());
+}
+
+#[test]
+fn sockets_are_left_out() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("sockets");
+    let (parent, tree) = (t.0.join("parent"), t.0.join("tree"));
+    fs::create_dir(&parent).unwrap();
+    fs::create_dir(&tree).unwrap();
+    fs::write(parent.join("was-a-file"), "f").unwrap();
+    fs::write(tree.join("plain"), "p").unwrap();
+    let _a = std::os::unix::net::UnixListener::bind(tree.join("sock")).unwrap();
+    let _b = std::os::unix::net::UnixListener::bind(tree.join("was-a-file")).unwrap();
+    let listing = names_in(&packed(Source::Diff {
+        parent: None,
+        tree: &tree,
+    }));
+    assert_eq!(listing, ["./", "plain"]);
+    let listing = names_in(&packed(Source::Diff {
+        parent: Some(&parent),
+        tree: &tree,
+    }));
+    assert_eq!(listing, ["./", ".wh.was-a-file", "plain"]);
+}
+
+#[test]
+fn a_full_tree_takes_an_archive_as_a_layer_does() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("tree-mode");
+    let tree = t.0.join("tree");
+    sh(&format!(
+        "mkdir -p {0}/d/sub {0}/keep {0}/gone/deep; cd {0}; echo old > d/old; echo x > d/sub/x;\
+         echo k > keep/k; echo g > gone/deep/g; touch -d '2000-01-01' keep d . ",
+        tree.display()
+    ));
+    let before = |p: &str| fs::metadata(tree.join(p)).unwrap();
+    let (keep_time, top_time) = (before("keep").mtime(), before(".").mtime());
+    let archive = end([
+        header(b"d/", b'5', 0, b""),
+        file(b"d/.wh..wh..opq", b""),
+        file(b"d/new", b"new"),
+        file(b"keep/added", b"a"),
+        file(b".wh.gone", b""),
+        file(b".wh.never-there", b""),
+    ]
+    .concat());
+    unpack(Target::Tree(&tree), &mut &archive[..], &Limits::default()).unwrap();
+    let mut left: Vec<_> = fs::read_dir(tree.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["new"],
+        "the opaque directory keeps only the archive's entries"
+    );
+    assert!(!tree.join("gone").exists());
+    assert_eq!(fs::read_to_string(tree.join("keep/added")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(tree.join("keep/k")).unwrap(), "k\n");
+    // Directories the archive does not give keep their times; the archive's take its own.
+    assert_eq!(before("keep").mtime(), keep_time);
+    assert_eq!(before(".").mtime(), top_time);
+    assert_eq!(before("d").mtime(), 0);
+}
+
+#[test]
+fn trees_that_would_not_unpack_are_refused_when_packing() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("unarchivable");
+    let refused_for = |what: &str, make: &dyn Fn(&Path)| {
+        let tree = t.0.join(what.replace(' ', "-"));
+        fs::create_dir(&tree).unwrap();
+        make(&tree);
+        let r = pack(
+            Source::Diff {
+                parent: None,
+                tree: &tree,
+            },
+            &mut Vec::new(),
+        );
+        let err = r.expect_err(what).to_string();
+        assert!(err.contains(tree.to_str().unwrap()), "{what}: {err}");
+    };
+    refused_for("whiteout name", &|d| {
+        fs::write(d.join(".wh.x"), "").unwrap()
+    });
+    refused_for("trusted attribute", &|d| {
+        fs::write(d.join("f"), "").unwrap();
+        rustix::fs::setxattr(
+            d.join("f"),
+            "trusted.envc",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    });
+    let upper = t.0.join("upper");
+    fs::create_dir(&upper).unwrap();
+    fs::write(upper.join("f"), "").unwrap();
+    rustix::fs::setxattr(
+        upper.join("f"),
+        "trusted.overlay.metacopy",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let err = pack(Source::Upper(&upper), &mut Vec::new())
+        .expect_err("a metacopy file packed")
+        .to_string();
+    assert!(err.contains("metacopy"), "{err}");
+}
+
+#[test]
+fn mangled_archives_never_panic_nor_reach_outside() {
+    if !root() {
+        return;
+    }
+    let t = Tmp::new("mangled");
+    let canary = t.0.join("canary");
+    fs::write(&canary, "canary").unwrap();
+    let src = t.0.join("src");
+    fs::create_dir(&src).unwrap();
+    sh(&format!(
+        "cd {}; mkdir -p d/e; echo hello > d/f; ln d/f d/g; ln -s ../canary d/s; mkfifo d/p;\
+         touch -d '2001-02-03 04:05:06.7' d/f; echo {} > d/e/long",
+        src.display(),
+        "y".repeat(300)
+    ));
+    let good = packed(Source::Diff {
+        parent: None,
+        tree: &src,
+    });
+    let headers: Vec<usize> = {
+        let mut a = tar::Archive::new(&good[..]);
+        a.entries()
+            .unwrap()
+            .raw(true)
+            .map(|e| e.unwrap().raw_header_position() as usize)
+            .collect()
+    };
+    // xorshift: the same cases on every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..400 {
+        let mut bytes = good.clone();
+        let at = headers[next() as usize % headers.len()];
+        for _ in 0..1 + next() % 3 {
+            // Mostly the header block (kept valid by its checksum), sometimes what follows it.
+            let off = at + (next() % 700) as usize;
+            if off < bytes.len() {
+                bytes[off] = next() as u8;
+            }
+        }
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&bytes[at..at + 512]);
+        h.set_cksum();
+        bytes[at..at + 512].copy_from_slice(h.as_bytes());
+        let target = t.0.join(format!("t{i}"));
+        fs::create_dir(&target).unwrap();
+        let r = if i % 2 == 0 {
+            unpack(Target::Tree(&target), &mut &bytes[..], &Limits::default())
+        } else {
+            unpack(Target::Upper(&target), &mut &bytes[..], &Limits::default())
+        };
+        match r {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "canary");
+        assert_eq!(fs::metadata(&canary).unwrap().nlink(), 1);
+        let mut names: Vec<_> = fs::read_dir(&t.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.retain(|n| {
+            let n = n.to_string_lossy();
+            !(n == "canary" || n == "src" || n.starts_with('t'))
+        });
+        assert!(
+            names.is_empty(),
+            "case {i} wrote {names:?} outside its target"
+        );
+    }
+    eprintln!("mangled archives: {ok} unpacked, {refused} refused");
 }
