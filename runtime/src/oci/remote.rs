@@ -320,10 +320,12 @@ impl Remote {
             },
         );
         // The rest of the archive (its padding) and of the blob are read to their ends, so that
-        // the sizes and digests are checked before anything is sealed.
-        let rest = io::copy(&mut tar, &mut io::sink());
+        // the sizes and digests are checked before anything is sealed; not after a failed
+        // unpack, which refuses the layer anyway (a registry that stalls would be waited for
+        // once more).
         unpacked?;
-        rest.map_err(|e| RemoteError::Refused(format!("its blob: {e}")))?;
+        io::copy(&mut tar, &mut io::sink())
+            .map_err(|e| RemoteError::Refused(format!("its blob: {e}")))?;
         let (decoder, diff) = tar.into_parts();
         let diff = diff.map_err(RemoteError::Refused)?;
         io::copy(&mut decoder.finish(), &mut io::sink())

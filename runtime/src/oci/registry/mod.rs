@@ -202,6 +202,9 @@ struct Call<'a> {
     access: Access,
     follow: bool,
     attempts: u32,
+    /// How long the whole answer (headers and body) may take, for small answers: the read
+    /// timeout alone lets a registry that sends a byte at a time hold a request forever.
+    deadline: Option<Duration>,
 }
 
 /// Why one try failed.
@@ -277,6 +280,7 @@ impl Registry {
             access: Access::Pull,
             follow: matches!(method, "GET" | "HEAD"),
             attempts: self.options.attempts.max(1),
+            deadline: None,
         }
     }
 
@@ -285,6 +289,7 @@ impl Registry {
         check_tag(tag)?;
         let mut call = self.call("get manifest", tag, "GET", &format!("manifests/{tag}"));
         call.accept = Some(OCI_MANIFEST);
+        call.deadline = Some(self.small_deadline());
         let resp = self.send(&call, &mut Body::Empty)?;
         let url = resp.get_url().to_owned();
         match resp.status() {
@@ -358,7 +363,10 @@ impl Registry {
                 max,
             });
         }
-        let call = self.call("get blob", digest, "GET", &format!("blobs/{digest}"));
+        let mut call = self.call("get blob", digest, "GET", &format!("blobs/{digest}"));
+        if size <= MANIFEST_CAP {
+            call.deadline = Some(self.small_deadline());
+        }
         let resp = self.send(&call, &mut Body::Empty)?;
         if resp.status() != 200 {
             return Err(status_error(&call, resp, 1));
@@ -528,6 +536,20 @@ impl Registry {
                 return Ok(resp);
             }
             let url = resp.get_url().to_owned();
+            if host_of(&url) != host_of(&call.url) {
+                // A redirect target (a CDN, blob storage) is never given the registry's
+                // credentials, nor told where to send them (a Bearer realm of its choosing).
+                let detail = error_detail(resp);
+                return Err(RegistryError::Unauthorized {
+                    op: call.op.to_owned(),
+                    url,
+                    reason: format!(
+                        "the registry redirected to another host, which asks for credentials; \
+                         the credentials for {} are not sent there{detail}",
+                        self.reference.host
+                    ),
+                });
+            }
             let challenges: Vec<Challenge> = resp
                 .all("WWW-Authenticate")
                 .into_iter()
@@ -564,6 +586,12 @@ impl Registry {
             self.remember(call.access, header);
             fetched = true;
         }
+    }
+
+    /// How long a small answer (a manifest, a config, a token) may take in all: twice the read
+    /// timeout.
+    fn small_deadline(&self) -> Duration {
+        self.options.read_timeout.saturating_mul(2)
     }
 
     fn cached(&self, access: Access) -> Option<String> {
@@ -657,6 +685,7 @@ impl Registry {
             access: call.access,
             follow: true,
             attempts: self.options.attempts.max(1),
+            deadline: Some(self.small_deadline()),
         };
         let basic = self.options.auth.basic_header();
         let resp = self
@@ -739,6 +768,9 @@ impl Registry {
         let mut auth = auth;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.agent.request(call.method, &url);
+            if let Some(d) = call.deadline {
+                req = req.timeout(d);
+            }
             if let Some(a) = call.accept {
                 req = req.set("Accept", a);
             }
@@ -878,13 +910,19 @@ impl Read for Exact {
     }
 }
 
-/// The `HOST[:PORT]` of an absolute URL, in lower case.
+/// The `HOST[:PORT]` of an absolute URL, in lower case. The authority ends where the URL parser
+/// that ureq uses (WHATWG) ends it for http and https: at `/`, `\`, `?` or `#`. A host told
+/// differently here than there would carry `Authorization` to a host it was not meant for
+/// (`http://evil\@registry/` connects to `evil`).
 fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = rest.split(AUTHORITY_END).next().unwrap_or_default();
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     hostport.to_ascii_lowercase()
 }
+
+/// What ends the authority of an http(s) URL for the WHATWG URL parser.
+const AUTHORITY_END: [char; 4] = ['/', '\\', '?', '#'];
 
 /// `location` (absolute, scheme-relative, absolute-path or relative) against `base`.
 fn resolve(base: &str, location: &str) -> Result<String, String> {
@@ -903,7 +941,7 @@ fn resolve(base: &str, location: &str) -> Result<String, String> {
     if let Some(r) = location.strip_prefix("//") {
         return Ok(format!("{scheme}://{r}"));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = rest.split(AUTHORITY_END).next().unwrap_or_default();
     if location.starts_with('/') {
         return Ok(format!("{scheme}://{authority}{location}"));
     }
@@ -1083,6 +1121,12 @@ mod tests {
         assert_eq!(
             host_of("https://User@Reg.Example:5000/x?y"),
             "reg.example:5000"
+        );
+        // What ureq connects to, not what follows the '@'.
+        assert_eq!(host_of("http://127.0.0.1:9\\@reg.example/x"), "127.0.0.1:9");
+        assert_eq!(
+            host_of(&resolve("http://evil\\@h/v2/a/b", "c").unwrap()),
+            "evil"
         );
 
         let r = Registry::new(
