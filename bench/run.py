@@ -793,7 +793,7 @@ def part_remote(rounds):
             ("envc apply, fresh store, pulling every layer from the registry", fresh(d / "store-pull"),
              envc_cmd(f"apply {spec} --remote {remote} --trusted-key {pub}", d / "store-pull")),
             ("skopeo copy + umoci unpack of the exported image, from the same registry",
-             f"rm -rf {sk}",
+             f"rm -rf {sk} && mkdir -p {sk}",
              f"skopeo copy --src-tls-verify=false docker://{addr}/bench/image:latest oci:{sk}/oci:latest "
              f"&& umoci unpack --image {sk}/oci:latest {sk}/bundle"),
             ("envc apply, fresh store, building cold (downloads from the mirror)", fresh(d / "store-build"),
