@@ -14,6 +14,7 @@
 //!   with the same tree;
 //! - a registry that cannot be reached, or that accepts connections and never answers, gives one
 //!   warning and a local build, never a failure;
+//! - a stored layer changed after it was sealed is not pushed (`envc push` exits 1 naming it);
 //! - artifacts signed by the trusted key but hostile (paths with `..`, absolute paths, a write
 //!   through a symlink, a hard link out, a decompression bomb past the signed size, a wrong media
 //!   type, another tree than the signed digest): each refused with a warning giving the reason,
@@ -239,6 +240,30 @@ fn remote_cache(kind: Kind) {
         started.elapsed()
     );
     drop(held);
+
+    // A stored layer changed behind envc's back (overlay: its directory is writable) is not
+    // pushed: the push would sign a tree digest the tree does not keep.
+    if kind == Kind::Overlay {
+        let tools = a.plan_ids(&spec)[1].clone();
+        let f = a.store.join("layers").join(&tools).join("opt/t/sub/x");
+        std::fs::write(&f, "tampered\n").unwrap();
+        let mut c = a.cmd();
+        c.args([
+            "push",
+            spec.to_str().unwrap(),
+            "--remote",
+            &format!("{}/team/other", reg.addr),
+            "--sign-key",
+            key,
+        ]);
+        let p = Run::from(c.output().unwrap());
+        assert_eq!(p.code, 1, "a tampered layer was pushed: {}", p.stderr);
+        assert!(
+            p.stderr.contains("layer `tools`") && p.stderr.contains("changed since it was sealed"),
+            "{}",
+            p.stderr
+        );
+    }
 }
 
 #[test]

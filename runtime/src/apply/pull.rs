@@ -175,16 +175,22 @@ impl Runtime {
                     held.push(lock);
                     match self.tree_digest_of(&chain) {
                         Err(reason) => PushOutcome::Failed(reason),
-                        Ok(tree) => match remote.push(&self.store, &chain, tree) {
-                            Ok(crate::oci::remote::Pushed::Present) => PushOutcome::Present,
-                            Ok(crate::oci::remote::Pushed::Uploaded(n)) => PushOutcome::Uploaded(n),
-                            Err(e) if e.is_unreachable() => {
-                                failures += 1;
-                                report(index, layer, &PushOutcome::Failed(e.to_string()));
-                                return Ok(failures);
+                        Ok((tree, recorded)) => {
+                            match remote.push(&self.store, &chain, tree, &mut || {
+                                self.unchanged(&chain, tree, recorded)
+                            }) {
+                                Ok(crate::oci::remote::Pushed::Present) => PushOutcome::Present,
+                                Ok(crate::oci::remote::Pushed::Uploaded(n)) => {
+                                    PushOutcome::Uploaded(n)
+                                }
+                                Err(e) if e.is_unreachable() => {
+                                    failures += 1;
+                                    report(index, layer, &PushOutcome::Failed(e.to_string()));
+                                    return Ok(failures);
+                                }
+                                Err(e) => PushOutcome::Failed(e.to_string()),
                             }
-                            Err(e) => PushOutcome::Failed(e.to_string()),
-                        },
+                        }
                     }
                 }
             };
@@ -197,14 +203,41 @@ impl Runtime {
     }
 
     /// The recorded tree digest of the last layer of `chain` (sealed and held), or, for a layer
-    /// recorded without one, its tree digest computed now.
-    fn tree_digest_of(&self, chain: &[LayerId]) -> Result<envc_plan::Digest, String> {
+    /// recorded without one, its tree digest computed now; and whether it was recorded.
+    fn tree_digest_of(&self, chain: &[LayerId]) -> Result<(envc_plan::Digest, bool), String> {
         let id = chain.last().expect("a chain has a layer");
         if let Ok(Some(meta)) = self.store.read_meta(id)
             && let Some(d) = meta.tree_digest
         {
-            return Ok(d);
+            return Ok((d, true));
         }
+        self.tree_digest_now(chain).map(|d| (d, false))
+    }
+
+    /// Before a layer is uploaded: its stored tree must still be the one recorded when it was
+    /// sealed, or the push would sign a claim the tree does not keep (pullers would refuse it,
+    /// and the cache would hold a useless entry under the id).
+    fn unchanged(
+        &self,
+        chain: &[LayerId],
+        recorded: envc_plan::Digest,
+        was_recorded: bool,
+    ) -> Result<(), String> {
+        if !was_recorded {
+            return Ok(());
+        }
+        let now = self.tree_digest_now(chain)?;
+        if now == recorded {
+            Ok(())
+        } else {
+            Err(format!(
+                "its stored tree changed since it was sealed (digest {now}, recorded {recorded}): it is not pushed; `envc verify` tells more"
+            ))
+        }
+    }
+
+    /// The tree digest of the last layer of `chain` (sealed and held), computed now.
+    fn tree_digest_now(&self, chain: &[LayerId]) -> Result<envc_plan::Digest, String> {
         let _run = self.store.hold_run_lock().map_err(|e| e.to_string())?;
         let view = self
             .backend()

@@ -178,6 +178,9 @@ pub enum RemoteError {
         /// The cause.
         source: io::Error,
     },
+    /// The registry stopped sending a blob, or sent it too slowly.
+    #[error("{0}")]
+    Stalled(String),
     /// Pushing needs a signing key.
     #[error(
         "no signing key: give --sign-key FILE or ENVC_SIGNING_KEY (make one with `envc key generate NAME`)"
@@ -188,7 +191,8 @@ pub enum RemoteError {
 impl RemoteError {
     /// Whether the registry could not be reached at all (then it is not asked again in this run).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, RemoteError::Registry(e) if e.is_unreachable())
+        matches!(self, RemoteError::Stalled(_))
+            || matches!(self, RemoteError::Registry(e) if e.is_unreachable())
     }
 }
 
@@ -307,7 +311,8 @@ impl Remote {
         let blob = self
             .registry
             .blob(&offer.blob.digest, offer.blob.size, limits.max_blob)?;
-        let mut counted = Counted::new(blob);
+        let stalled = std::cell::RefCell::new(None);
+        let mut counted = Counted::new(blob, std::time::Instant::now(), &stalled);
         let decoder = zstd::stream::read::Decoder::new(&mut counted)
             .map_err(|e| RemoteError::Refused(format!("its blob is not zstd: {e}")))?;
         let mut tar = Checked::new(decoder, offer.config.diff_size);
@@ -323,6 +328,10 @@ impl Remote {
         // the sizes and digests are checked before anything is sealed; not after a failed
         // unpack, which refuses the layer anyway (a registry that stalls would be waited for
         // once more).
+        if let Some(why) = stalled.borrow_mut().take() {
+            // The registry stopped sending: it is not asked again in this run.
+            return Err(RemoteError::Stalled(why));
+        }
         unpacked?;
         io::copy(&mut tar, &mut io::sink())
             .map_err(|e| RemoteError::Refused(format!("its blob: {e}")))?;
@@ -340,12 +349,15 @@ impl Remote {
     }
 
     /// Pushes one sealed layer (`chain` ends with it; the caller holds the chain's layers) whose
-    /// tree digest is `tree`, unless the registry has it signed by this key already.
+    /// tree digest is `tree`, unless the registry has it signed by this key already. `check`
+    /// runs before anything is uploaded (the caller makes sure the stored tree still is `tree`);
+    /// its error refuses the push.
     pub fn push(
         &self,
         store: &Store,
         chain: &[LayerId],
         tree: Digest,
+        check: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<Pushed, RemoteError> {
         let signing = self
             .settings
@@ -370,6 +382,7 @@ impl Remote {
         {
             return Ok(Pushed::Present);
         }
+        check().map_err(RemoteError::Refused)?;
         // The archive goes to a file first: its digest is in the config, the config's in the
         // manifest, and an upload retried reads it again.
         let _run = store
@@ -647,23 +660,65 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// A reader that counts what it gives.
-struct Counted<R> {
+/// The slowest a blob may come once [`RATE_GRACE`] has passed: a registry that drips bytes
+/// (each within the read timeout) is cut instead of holding the apply for ever.
+pub const MIN_RATE: u64 = 16 * 1024;
+/// How long a blob may come at any rate.
+pub const RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A reader of a blob that counts what it gives, refuses to go on below [`MIN_RATE`] after
+/// [`RATE_GRACE`], and remembers a stall (a timeout, or that rate), which makes the registry
+/// count as unreachable.
+struct Counted<'s, R> {
     inner: R,
     n: u64,
+    started: std::time::Instant,
+    stalled: &'s std::cell::RefCell<Option<String>>,
 }
 
-impl<R> Counted<R> {
-    fn new(inner: R) -> Self {
-        Counted { inner, n: 0 }
+impl<'s, R> Counted<'s, R> {
+    fn new(
+        inner: R,
+        started: std::time::Instant,
+        stalled: &'s std::cell::RefCell<Option<String>>,
+    ) -> Self {
+        Counted {
+            inner,
+            n: 0,
+            started,
+            stalled,
+        }
     }
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
+        let elapsed = self.started.elapsed();
+        if elapsed > RATE_GRACE && (self.n as f64) < MIN_RATE as f64 * elapsed.as_secs_f64() {
+            let why = format!(
+                "its blob came at {} bytes in {:.0} s, slower than {} KiB/s",
+                self.n,
+                elapsed.as_secs_f64(),
+                MIN_RATE / 1024
+            );
+            *self.stalled.borrow_mut() = Some(why.clone());
+            return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+        }
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.n += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) {
+                    *self.stalled.borrow_mut() = Some(format!("its blob stopped coming: {e}"));
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -736,6 +791,38 @@ mod tests {
         let mut c = Checked::new(&data[..], 10_001);
         io::copy(&mut c, &mut io::sink()).unwrap();
         assert!(c.into_parts().1.is_err());
+    }
+
+    #[test]
+    fn a_blob_that_drips_or_times_out_is_a_stall() {
+        let stalled = std::cell::RefCell::new(None);
+        let long_ago = std::time::Instant::now() - RATE_GRACE * 2;
+        let mut c = Counted::new(&[1u8; 100][..], long_ago, &stalled);
+        let e = c.read(&mut [0u8; 10]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            stalled
+                .borrow()
+                .as_deref()
+                .unwrap()
+                .contains("slower than 16 KiB/s")
+        );
+        // Within the grace, any rate is fine.
+        let fresh = std::cell::RefCell::new(None);
+        let mut c = Counted::new(&[1u8; 100][..], std::time::Instant::now(), &fresh);
+        assert_eq!(c.read(&mut [0u8; 10]).unwrap(), 10);
+        assert!(fresh.borrow().is_none());
+        struct Timeout;
+        impl Read for Timeout {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))
+            }
+        }
+        let t = std::cell::RefCell::new(None);
+        let mut c = Counted::new(Timeout, std::time::Instant::now(), &t);
+        assert!(c.read(&mut [0u8; 10]).is_err());
+        assert!(t.borrow().is_some());
+        assert!(RemoteError::Stalled("x".into()).is_unreachable());
     }
 
     #[test]
