@@ -340,14 +340,16 @@ fn hash_file(mut file: File, buf: &mut [u8]) -> io::Result<Digest> {
     }
 }
 
-/// Which mount (or, on kernels before 5.8, which device) an entry is on.
+/// Which mount (or, on kernels before 5.8, which device) an entry is on (also the layer
+/// archive's walk, [`crate::oci::archive`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MountKey {
+pub(crate) enum MountKey {
     Mount(u64),
     Device(u32, u32),
 }
 
-fn mount_key(st: &Statx) -> MountKey {
+/// The mount key of a statx result asked with `STATX_MNT_ID`.
+pub(crate) fn mount_key(st: &Statx) -> MountKey {
     if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
         MountKey::Mount(st.stx_mnt_id)
     } else {
@@ -684,7 +686,7 @@ fn read_xattrs(walk: &Walk<'_>, of: XattrOf<'_>, rel: &[u8]) -> Result<Xattrs, D
 
 /// Reads an attribute list or value: its size first (`query`), then the bytes (`fill`, into a
 /// buffer of that size); again, larger, when it grew in between (`ERANGE`).
-fn read_sized(
+pub(crate) fn read_sized(
     query: impl Fn() -> Result<usize, Errno>,
     fill: impl Fn(&mut [u8]) -> Result<usize, Errno>,
 ) -> Result<Vec<u8>, Errno> {

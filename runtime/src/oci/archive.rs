@@ -72,6 +72,8 @@ use rustix::fs::{AtFlags as RAtFlags, Dir, FileType, Mode as RMode, OFlags, Stat
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
+use crate::digest::{MountKey, mount_key, read_sized};
+
 /// The opaque marker's name.
 pub const OPAQUE: &str = ".wh..wh..opq";
 /// The prefix of a whiteout's name.
@@ -230,21 +232,6 @@ impl Kind {
             FileType::Socket => Kind::Socket,
             FileType::Unknown => return None,
         })
-    }
-}
-
-/// Which mount an entry is on (on kernels before 5.8, without `STATX_MNT_ID`: which device).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MountKey {
-    Mount(u64),
-    Device(u32, u32),
-}
-
-fn mount_key(st: &Statx) -> MountKey {
-    if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
-        MountKey::Mount(st.stx_mnt_id)
-    } else {
-        MountKey::Device(st.stx_dev_major, st.stx_dev_minor)
     }
 }
 
@@ -452,29 +439,6 @@ fn read_xattrs(of: XattrOf<'_>, path: &Path) -> Result<(Xattrs, Xattrs), Archive
     mine.sort();
     overlay.sort();
     Ok((mine, overlay))
-}
-
-/// Reads an attribute list or value: its size, then the bytes; again when it grew meanwhile.
-fn read_sized(
-    query: impl Fn() -> Result<usize, Errno>,
-    fill: impl Fn(&mut [u8]) -> Result<usize, Errno>,
-) -> Result<Vec<u8>, Errno> {
-    for _ in 0..8 {
-        let size = query()?;
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; size];
-        match fill(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Errno::RANGE)
 }
 
 fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
