@@ -222,7 +222,9 @@ pub enum Pushed {
 #[derive(Debug)]
 pub struct Remote {
     settings: Settings,
-    registry: Registry,
+    /// The client, made on first use: a warm apply that needs no layer never pays for its TLS
+    /// set-up (reading the system's root certificates).
+    registry: std::sync::OnceLock<Registry>,
     /// Set once the registry was unreachable: the reason, and nothing more is asked of it.
     off: Mutex<Option<String>>,
 }
@@ -230,12 +232,20 @@ pub struct Remote {
 impl Remote {
     /// A remote cache with these settings (nothing is asked of the registry yet).
     pub fn new(settings: Settings) -> Result<Remote, RemoteError> {
-        let registry = Registry::new(&settings.reference, settings.options.clone())?;
         Ok(Remote {
             settings,
-            registry,
+            registry: std::sync::OnceLock::new(),
             off: Mutex::new(None),
         })
+    }
+
+    /// The registry client, made the first time it is needed.
+    fn registry(&self) -> Result<&Registry, RemoteError> {
+        if let Some(r) = self.registry.get() {
+            return Ok(r);
+        }
+        let made = Registry::new(&self.settings.reference, self.settings.options.clone())?;
+        Ok(self.registry.get_or_init(|| made))
     }
 
     /// `HOST/PATH`, for messages.
@@ -309,7 +319,7 @@ impl Remote {
     pub fn unpack(&self, offer: &Offer, target: Target<'_>) -> Result<u64, RemoteError> {
         let limits = self.settings.limits;
         let blob = self
-            .registry
+            .registry()?
             .blob(&offer.blob.digest, offer.blob.size, limits.max_blob)?;
         let stalled = std::cell::RefCell::new(None);
         let mut counted = Counted::new(blob, std::time::Instant::now(), &stalled);
@@ -449,11 +459,12 @@ impl Remote {
         config.signature = signing.sign(&config.claim());
         let config_bytes = serde_json::to_vec(&config).expect("a config serializes");
         let config_digest = sha256_digest(&config_bytes);
-        self.registry.push_blob(&blob_digest, blob_size, &mut || {
-            File::open(&path).map(|f| Box::new(BufReader::new(f)) as Box<dyn Read + Send>)
-        })?;
+        self.registry()?
+            .push_blob(&blob_digest, blob_size, &mut || {
+                File::open(&path).map(|f| Box::new(BufReader::new(f)) as Box<dyn Read + Send>)
+            })?;
         let cb = config_bytes.clone();
-        self.registry
+        self.registry()?
             .push_blob(&config_digest, config_bytes.len() as u64, &mut || {
                 Ok(Box::new(io::Cursor::new(cb.clone())) as Box<dyn Read + Send>)
             })?;
@@ -473,7 +484,7 @@ impl Remote {
             }],
         };
         let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-        self.registry
+        self.registry()?
             .push_manifest(&tag(id), MANIFEST_TYPE, &bytes)?;
         Ok(Pushed::Uploaded(blob_size))
     }
@@ -481,7 +492,7 @@ impl Remote {
     /// The manifest and config under the layer's tag, their form checked; `None` when the tag
     /// is not there.
     fn artifact(&self, id: &LayerId) -> Result<Option<(LayerManifest, LayerConfig)>, RemoteError> {
-        let Some(m) = self.registry.manifest(&tag(id))? else {
+        let Some(m) = self.registry()?.manifest(&tag(id))? else {
             return Ok(None);
         };
         let manifest: LayerManifest = serde_json::from_slice(&m.bytes).map_err(|e| {
@@ -489,7 +500,7 @@ impl Remote {
         })?;
         check_manifest(&manifest)?;
         let mut bytes = Vec::new();
-        self.registry
+        self.registry()?
             .blob(&manifest.config.digest, manifest.config.size, MAX_CONFIG)?
             .read_to_end(&mut bytes)
             .map_err(|e| RemoteError::Refused(format!("its config blob: {e}")))?;
