@@ -112,6 +112,8 @@ fn remote_cache(kind: Kind) {
     assert_eq!(p.code, 0, "push again: {}", p.stderr);
     assert_eq!(p.stderr.matches(" is in ").count(), 3, "{}", p.stderr);
     assert!(!p.stderr.contains("pushed layer"), "{}", p.stderr);
+    // push pulls nothing: no word about trusted keys.
+    assert!(!p.stderr.contains("trusted key"), "{}", p.stderr);
 
     // Fresh stores, this backend and the other, pull everything.
     for k in [kind, other(kind)] {

@@ -57,7 +57,7 @@ pub fn apply(
     let compiled = compile_for(spec, store)?;
     let (plan, lock) = plan_and_lock(&compiled, spec, store, locked, true)?;
     let mut rt = crate::store::open(store, backend)?;
-    crate::commands::remote::use_remote(&mut rt, remote)?;
+    crate::commands::remote::use_remote(&mut rt, remote, true)?;
     let mut progress = Progress::new(plan.layers.len());
     let result = rt.apply(&plan, reset, &mut |e| progress.event(e));
     drop(progress);
@@ -123,7 +123,7 @@ pub fn run(
         argv
     };
     let mut rt = crate::store::open(store, backend)?;
-    crate::commands::remote::use_remote(&mut rt, &target.remote)?;
+    crate::commands::remote::use_remote(&mut rt, &target.remote, true)?;
     let mut progress = Progress::for_run(plan.layers.len());
     // The progress bar must be gone before the command takes the terminal.
     let result = rt.run(&plan, argv, &opts, &mut |e| progress.event(e));

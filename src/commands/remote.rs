@@ -17,8 +17,9 @@ use crate::compile::compile_for;
 use crate::error::{CliError, exit};
 use crate::lockfile::plan_for;
 
-/// The remote cache the arguments name, if any; a bad reference or key file is an error.
-pub fn remote_for(args: &RemoteArgs) -> Result<Option<Remote>, CliError> {
+/// The remote cache the arguments name, if any; a bad reference or key file is an error. A
+/// command that pulls (`pulls`) says when no key is trusted.
+pub fn remote_for(args: &RemoteArgs, pulls: bool) -> Result<Option<Remote>, CliError> {
     let Some(reference) = args.remote.as_deref().filter(|r| !r.is_empty()) else {
         return Ok(None);
     };
@@ -69,7 +70,7 @@ pub fn remote_for(args: &RemoteArgs) -> Result<Option<Remote>, CliError> {
         limits: Limits::default(),
     })
     .map_err(|e| CliError::failed(e.to_string()))?;
-    if !remote.can_pull() {
+    if pulls && !remote.can_pull() {
         crate::report::warn(&format!(
             "no trusted key (--trusted-key or ENVC_TRUSTED_KEYS): nothing is pulled from {}",
             remote.name()
@@ -78,9 +79,9 @@ pub fn remote_for(args: &RemoteArgs) -> Result<Option<Remote>, CliError> {
     Ok(Some(remote))
 }
 
-/// Sets the runtime's remote cache from the arguments.
-pub fn use_remote(rt: &mut Runtime, args: &RemoteArgs) -> Result<(), CliError> {
-    if let Some(remote) = remote_for(args)? {
+/// Sets the runtime's remote cache from the arguments (for a command that pulls when `pulls`).
+pub fn use_remote(rt: &mut Runtime, args: &RemoteArgs, pulls: bool) -> Result<(), CliError> {
+    if let Some(remote) = remote_for(args, pulls)? {
         rt.set_remote(remote);
     }
     Ok(())
@@ -107,7 +108,7 @@ pub fn push(
     let compiled = compile_for(spec, store)?;
     let plan = plan_for(&compiled, spec, store, locked, false)?;
     let mut rt = crate::store::open(store, backend)?;
-    use_remote(&mut rt, args)?;
+    use_remote(&mut rt, args, false)?;
     let failures = push_plan(&rt, &plan, false)?;
     Ok(if failures == 0 {
         exit::SUCCESS
